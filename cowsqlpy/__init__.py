@@ -1,0 +1,1 @@
+"""cowsqlpy: replicated SQLite (the dqlite engine) embedded in Python."""

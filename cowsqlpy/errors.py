@@ -1,0 +1,220 @@
+"""One table from engine and protocol codes to exception classes.
+
+PEP 249 classes are the roots. Engine failures carry `.code` (the SQLite
+extended result code or dqlite protocol code the server sent) and `.message`
+(the server's text). Classes are chosen by code only, never by message text.
+
+Each class also says how a client may react, through `retry`:
+
+* ``"never"``: surface to the caller.
+* ``"reconnect"``: nothing was applied; drop the connection, find the leader
+  and run the request again.
+* ``"same_leader"``: transient on the same leader (SQLITE_BUSY); back off and
+  try again.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+Retry = Literal["never", "reconnect", "same_leader"]
+
+
+class Warning(Exception):  # noqa: A001 - PEP 249 requires this name
+    """PEP 249 warning (never raised by cowsqlpy itself)."""
+
+
+class Error(Exception):
+    """Root of every cowsqlpy error (PEP 249)."""
+
+    retry: ClassVar[Retry] = "never"
+
+    def __init__(self, message: str = "", code: int | None = None) -> None:
+        super().__init__(message if code is None else f"{message} (code {code})")
+        self.message = message
+        self.code = code
+
+
+class InterfaceError(Error):
+    """Misuse of the client, or the client and server disagree on the protocol."""
+
+
+class DatabaseError(Error):
+    """An error reported by, or about, the database."""
+
+
+class DataError(DatabaseError):
+    """A value cannot be encoded or is too big."""
+
+
+class OperationalError(DatabaseError):
+    """Something outside the program's control: the cluster, the network, a lock."""
+
+
+class IntegrityError(DatabaseError):
+    """A constraint failed."""
+
+
+class InternalError(DatabaseError):
+    """The engine's internal state is inconsistent."""
+
+
+class ProgrammingError(DatabaseError):
+    """Bad SQL, wrong parameters, use of a closed object."""
+
+
+class NotSupportedError(DatabaseError):
+    """The engine cannot do this (or cannot do it safely, see the guardrails)."""
+
+
+# -- Protocol and transport ---------------------------------------------------
+
+
+class ProtocolError(InterfaceError):
+    """Bytes from the server do not decode: truncated, malformed or oversized."""
+
+
+class EngineProtocolError(InterfaceError):
+    """The server could not parse what the client sent (DQLITE_PARSE / DQLITE_PROTO)."""
+
+
+class ConnectionLostError(OperationalError):
+    """The connection to a node dropped (EOF, reset, timeout) before a reply.
+
+    Raised for requests whose effect is known not to have happened, or that do
+    not write; writes in doubt raise `OutcomeUnknownError` instead.
+    """
+
+    retry = "reconnect"
+
+
+class NoLeaderError(OperationalError):
+    """No node of the store answered as leader within the retry policy."""
+
+    retry = "reconnect"
+
+
+class NotLeaderError(OperationalError):
+    """The node is not the leader (10250 / legacy 8202): nothing was applied."""
+
+    retry = "reconnect"
+
+
+class OutcomeUnknownError(OperationalError):
+    """A write may or may not have been committed; it is never retried blindly."""
+
+
+class LeadershipLostError(OutcomeUnknownError):
+    """Leadership was lost while a write was replicating (10506 / legacy 8458)."""
+
+
+class NoDatabaseError(OperationalError):
+    """The connection's database handle is gone (code 12, after a leader change)."""
+
+    retry = "reconnect"
+
+
+class BusyError(OperationalError):
+    """The database is locked by another writer (SQLITE_BUSY); the engine fails at once."""
+
+    retry = "same_leader"
+
+
+class NodeError(OperationalError):
+    """The embedded engine node failed to start, stop or recover."""
+
+
+class EngineUnavailableError(ImportError):
+    """The engine binding (libdqlite) is not installed; only `Node` needs it."""
+
+
+# -- The code table -----------------------------------------------------------
+
+# Primary SQLite result codes (code & 0xff) to classes, as Python's sqlite3 does.
+_PRIMARY: dict[int, type[Error]] = {}
+# Exact codes (extended SQLite codes and dqlite's own) that need their own class.
+_EXACT: dict[int, type[Error]] = {}
+
+
+def register(code: int, cls: type[Error], *, exact: bool = True) -> None:
+    """Map an engine code to a class. A code can be registered once only."""
+    table = _EXACT if exact else _PRIMARY
+    if code in table:
+        raise ValueError(f"code {code} already maps to {table[code].__name__}")
+    table[code] = cls
+
+
+for _code, _cls in {
+    1: OperationalError,  # SQLITE_ERROR: SQL error or raft error text
+    2: InternalError,  # SQLITE_INTERNAL
+    3: OperationalError,  # SQLITE_PERM
+    4: OperationalError,  # SQLITE_ABORT
+    5: BusyError,  # SQLITE_BUSY (and BUSY_RECOVERY 261, BUSY_SNAPSHOT 517)
+    6: BusyError,  # SQLITE_LOCKED
+    7: OperationalError,  # SQLITE_NOMEM
+    8: OperationalError,  # SQLITE_READONLY
+    9: OperationalError,  # SQLITE_INTERRUPT
+    10: OperationalError,  # SQLITE_IOERR
+    11: DatabaseError,  # SQLITE_CORRUPT
+    12: NoDatabaseError,  # SQLITE_NOTFOUND: "no database opened"
+    13: OperationalError,  # SQLITE_FULL
+    14: OperationalError,  # SQLITE_CANTOPEN
+    15: OperationalError,  # SQLITE_PROTOCOL
+    17: OperationalError,  # SQLITE_SCHEMA
+    18: DataError,  # SQLITE_TOOBIG
+    19: IntegrityError,  # SQLITE_CONSTRAINT
+    20: IntegrityError,  # SQLITE_MISMATCH
+    21: InterfaceError,  # SQLITE_MISUSE
+    23: OperationalError,  # SQLITE_AUTH
+    25: ProgrammingError,  # SQLITE_RANGE: more params than placeholders
+    26: DatabaseError,  # SQLITE_NOTADB
+    100: ProgrammingError,  # SQLITE_ROW: a row-returning statement was EXECuted
+}.items():
+    register(_code, _cls, exact=False)
+
+for _code, _cls in {
+    0: ProgrammingError,  # "empty statement"
+    10250: NotLeaderError,  # SQLITE_IOERR_NOT_LEADER
+    8202: NotLeaderError,  # legacy NOT_LEADER
+    10506: LeadershipLostError,  # SQLITE_IOERR_LEADERSHIP_LOST
+    8458: LeadershipLostError,  # legacy LEADERSHIP_LOST
+    1001: EngineProtocolError,  # DQLITE_PROTO
+    1005: EngineProtocolError,  # DQLITE_PARSE
+}.items():
+    register(_code, _cls)
+
+
+def error_for(code: int, message: str) -> Error:
+    """The exception for a FAILURE(code, message) from the engine.
+
+    An unknown code gives a `DatabaseError` that still carries `.code`.
+    """
+    cls = _EXACT.get(code) or _PRIMARY.get(code & 0xFF, DatabaseError)
+    return cls(message, code)
+
+
+__all__ = [
+    "Warning",
+    "Error",
+    "InterfaceError",
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "ProtocolError",
+    "EngineProtocolError",
+    "ConnectionLostError",
+    "NoLeaderError",
+    "NotLeaderError",
+    "OutcomeUnknownError",
+    "LeadershipLostError",
+    "NoDatabaseError",
+    "BusyError",
+    "NodeError",
+    "EngineUnavailableError",
+    "register",
+    "error_for",
+]
