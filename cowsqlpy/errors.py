@@ -124,6 +124,10 @@ class NodeError(OperationalError):
     """The embedded engine node failed to start, stop or recover."""
 
 
+class NodeStateError(NodeError):
+    """A node call made in the wrong state (stop before start, option change while running)."""
+
+
 class EngineUnavailableError(ImportError):
     """The engine binding (libdqlite) is not installed; only `Node` needs it."""
 
@@ -214,6 +218,7 @@ __all__ = [
     "NoDatabaseError",
     "BusyError",
     "NodeError",
+    "NodeStateError",
     "EngineUnavailableError",
     "register",
     "error_for",

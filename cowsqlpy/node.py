@@ -1,0 +1,518 @@
+"""An engine node embedded in this process.
+
+This is the only module that imports the engine binding (`cowsqlpy._engine`,
+built by cffi from `native/engine_build.py`); everything else in cowsqlpy
+imports and works without libdqlite.
+
+The engine runs its own thread (libuv loop) and serves both Raft peers and
+clients on its bind address. Debian's libdqlite keeps its asserts: a request it
+does not expect aborts the whole process, so untrusted clients should talk to
+a node run in its own process (``python -m cowsqlpy node``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from .errors import EngineUnavailableError, NodeError, NodeStateError
+from .versions import EngineFeatures, features_for
+
+log = logging.getLogger("cowsqlpy.node")
+
+BOOTSTRAP_ID = 0x2DC171858C3155BE
+"""The id with which a node on an empty data dir bootstraps a new cluster."""
+
+VOTER, STANDBY, SPARE = 0, 1, 2
+
+_U64_MAX = (1 << 64) - 1
+_TCP_ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
+
+DialFunc = Callable[[str], socket.socket]
+
+
+class SnapshotParams(NamedTuple):
+    threshold: int  # raft log entries between snapshots
+    trailing: int  # entries kept after a snapshot
+
+
+class NodeInfo(NamedTuple):
+    id: int
+    address: str
+    role: int = VOTER
+
+
+# -- Loading the binding ---------------------------------------------------------
+
+_binding: Any = None
+_binding_lock = threading.Lock()
+
+
+def _engine() -> Any:
+    """The cffi module, loaded once; a missing library names what to install."""
+    global _binding
+    with _binding_lock:
+        if _binding is None:
+            try:
+                from . import _engine as binding  # type: ignore[attr-defined]
+            except ImportError as exc:
+                raise EngineUnavailableError(
+                    "the dqlite engine binding is not available "
+                    f"({exc}); install Debian's libdqlite0 and libdqlite-dev, then "
+                    "reinstall cowsqlpy (pip install -e .) to build it"
+                ) from exc
+            features_for(binding.lib.dqlite_version_number())  # refuses too old
+            _binding = binding
+        return _binding
+
+
+def engine_version() -> int:
+    """`dqlite_version_number()` of the loaded library (1.11.1 reports 11000)."""
+    return int(_engine().lib.dqlite_version_number())
+
+
+def engine_features() -> EngineFeatures:
+    """The version-table entry for the loaded library."""
+    return features_for(engine_version())
+
+
+def generate_id(address: str) -> int:
+    """A fresh random node id, as the engine generates it (mixes in `address`)."""
+    _check_address(address)
+    return int(_engine().lib.dqlite_generate_node_id(address.encode()))
+
+
+# -- Argument checks -------------------------------------------------------------
+
+
+def _check_id(node_id: int) -> int:
+    if isinstance(node_id, bool) or not isinstance(node_id, int):
+        raise TypeError(f"node id must be an int, not {type(node_id).__name__}")
+    if not 0 < node_id <= _U64_MAX:
+        raise ValueError(f"node id must be in 1..2**64-1, got {node_id}")
+    return node_id
+
+
+def _check_address(address: str, *, allow_auto: bool = False) -> str:
+    """'host:port' or '@name' (abstract unix socket; '@' alone = auto if allowed)."""
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a str, not {type(address).__name__}")
+    if address.startswith("@"):
+        if address == "@" and not allow_auto:
+            raise ValueError("'@' (auto-named socket) is only valid as a bind address")
+        if "\0" in address or len(address) > 107:
+            raise ValueError(f"bad abstract socket address {address!r}")
+        return address
+    m = _TCP_ADDRESS.match(address)
+    if m is None or not 0 <= int(m.group("port")) <= 65535:
+        raise ValueError(f"address must be 'host:port' or '@name', got {address!r}")
+    return address
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host.strip("[]"), 0))
+        return int(s.getsockname()[1])
+
+
+def _resolve_port_zero(address: str) -> str:
+    """The engine does not report an OS-chosen port, so pick a free one here."""
+    if address.startswith("@") or not address.endswith(":0"):
+        return address
+    host = address.rsplit(":", 1)[0]
+    return f"{host}:{_free_port(host)}"
+
+
+# -- The dial callback (called from the engine's threads) --------------------------
+
+
+_dial_installed = False
+
+
+def _install_dial_callback(ffi: Any) -> None:
+    global _dial_installed
+    if _dial_installed:
+        return
+
+    @ffi.def_extern()  # type: ignore[misc]
+    def cowsqlpy_dial(arg: Any, address: Any, fd_out: Any) -> int:
+        # Runs on a libuv worker thread holding the GIL; it must never raise
+        # into C: any failure is a failed connection for the engine.
+        try:
+            node: Node = ffi.from_handle(arg)
+            sock = node._call_dial(ffi.string(address).decode())
+            fd_out[0] = sock.detach()
+            return 0
+        except BaseException as exc:  # noqa: BLE001 - C cannot take an exception
+            log.warning("dial callback failed: %r", exc)
+            return 1
+
+    _dial_installed = True
+
+
+# -- Node ------------------------------------------------------------------------
+
+
+class _Handle:
+    """The engine node pointer, owned so that a finalizer can free it without `Node`."""
+
+    def __init__(self, ffi: Any, lib: Any, ptr: Any) -> None:
+        self.ffi, self.lib, self.ptr = ffi, lib, ptr
+        self.running = False
+        self.lock = threading.Lock()
+
+    def errmsg(self) -> str:
+        return self.ffi.string(self.lib.dqlite_node_errmsg(self.ptr)).decode(errors="replace")
+
+    def stop(self) -> tuple[int, str]:
+        with self.lock:
+            if self.ptr is None or not self.running:
+                return 0, ""
+            rv = self.lib.dqlite_node_stop(self.ptr)
+            self.running = False
+            return rv, (self.errmsg() if rv else "")
+
+    def release(self) -> None:
+        self.stop()
+        with self.lock:
+            if self.ptr is not None:
+                self.lib.dqlite_node_destroy(self.ptr)
+                self.ptr = None
+
+
+class Node:
+    """A replicated SQLite node that runs inside this process.
+
+    Options can be changed until `start()`; afterwards they raise
+    `NodeStateError`. After `stop()`, `start()` runs the node again on the same
+    data dir. `close()` stops and frees it and is idempotent.
+
+    :raises ValueError/TypeError: bad id, address or option.
+    :raises OSError: the data dir cannot be created.
+    :raises EngineUnavailableError: libdqlite is not installed.
+    """
+
+    def __init__(
+        self,
+        id: int,
+        address: str,
+        data_dir: str | os.PathLike[str],
+        *,
+        bind_address: str | None = None,
+        network_latency: float | None = None,
+        failure_domain: int | None = None,
+        snapshot_params: SnapshotParams | tuple[int, int] | None = None,
+        dial: DialFunc | None = None,
+    ) -> None:
+        self._id = _check_id(id)
+        self._address = _resolve_port_zero(_check_address(address))
+        self._data_dir = os.fspath(data_dir)
+        self._handle: _Handle | None = None
+        self._closed = False
+        self._bind_address: str | None = None
+        self._network_latency: float | None = None
+        self._failure_domain: int | None = None
+        self._snapshot_params: SnapshotParams | None = None
+        self._dial: DialFunc | None = None
+        self.dial_calls = 0
+        """How many Raft connections the engine asked `dial` for."""
+        self.bind_address = bind_address
+        self.network_latency = network_latency
+        self.failure_domain = failure_domain
+        self.snapshot_params = snapshot_params  # type: ignore[assignment]
+        self.dial = dial
+        os.makedirs(self._data_dir, exist_ok=True)
+        if not os.access(self._data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "data dir is not writable", self._data_dir)
+        self._ffi_self = None  # cffi handle to self, kept alive while the engine may call back
+
+    # -- identity ---------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        return self._id
+
+    @property
+    def address(self) -> str:
+        """The address other nodes and clients use to reach this node."""
+        return self._address
+
+    @property
+    def data_dir(self) -> str:
+        return self._data_dir
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None and self._handle.running
+
+    # -- options (settable until start) -------------------------------------------
+
+    def _check_settable(self, what: str) -> None:
+        if self._closed:
+            raise NodeStateError(f"cannot set {what}: node is closed")
+        if self.running:
+            raise NodeStateError(f"cannot set {what} while the node is running")
+
+    @property
+    def bind_address(self) -> str:
+        """Where the node listens; read back from the engine once running."""
+        if self.running:
+            assert self._handle is not None
+            h = self._handle
+            return h.ffi.string(h.lib.dqlite_node_get_bind_address(h.ptr)).decode()
+        return self._bind_address or self._address
+
+    @bind_address.setter
+    def bind_address(self, value: str | None) -> None:
+        self._check_settable("bind_address")
+        self._bind_address = None if value is None else _resolve_port_zero(_check_address(value, allow_auto=True))
+
+    @property
+    def network_latency(self) -> float | None:
+        """Expected one-way latency in seconds; the engine derives heartbeat (x1.5) and
+        election timeout (x15) from it. None keeps the engine default (3 s election)."""
+        return self._network_latency
+
+    @network_latency.setter
+    def network_latency(self, value: float | None) -> None:
+        self._check_settable("network_latency")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError("network_latency must be seconds as a number")
+            if not 0.001 <= value <= 3600:
+                raise ValueError(f"network_latency must be in 0.001..3600 s, got {value}")
+        self._network_latency = value
+
+    @property
+    def failure_domain(self) -> int | None:
+        return self._failure_domain
+
+    @failure_domain.setter
+    def failure_domain(self, value: int | None) -> None:
+        self._check_settable("failure_domain")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U64_MAX:
+                raise ValueError(f"failure_domain must be an int in 0..2**64-1, got {value!r}")
+        self._failure_domain = value
+
+    @property
+    def snapshot_params(self) -> SnapshotParams | None:
+        return self._snapshot_params
+
+    @snapshot_params.setter
+    def snapshot_params(self, value: SnapshotParams | tuple[int, int] | None) -> None:
+        self._check_settable("snapshot_params")
+        if value is None:
+            self._snapshot_params = None
+            return
+        threshold, trailing = value
+        for name, v in (("threshold", threshold), ("trailing", trailing)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 1 << 32:
+                raise ValueError(f"snapshot {name} must be a positive 32-bit int, got {v!r}")
+        if threshold > trailing:
+            raise ValueError(f"snapshot threshold ({threshold}) must not exceed trailing ({trailing})")
+        self._snapshot_params = SnapshotParams(threshold, trailing)
+
+    @property
+    def dial(self) -> DialFunc | None:
+        return self._dial
+
+    @dial.setter
+    def dial(self, value: DialFunc | None) -> None:
+        self._check_settable("dial")
+        if value is not None and not callable(value):
+            raise TypeError("dial must be a callable (address) -> connected socket")
+        self._dial = value
+
+    def _call_dial(self, address: str) -> socket.socket:
+        self.dial_calls += 1
+        assert self._dial is not None
+        sock = self._dial(address)
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+            if isinstance(sock, socket.socket):
+                sock.close()
+            raise TypeError(f"dial returned {type(sock).__name__}, not a connected stream socket")
+        sock.setblocking(True)  # the engine takes over a plain blocking fd
+        return sock
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the engine thread; the node serves clients when this returns.
+
+        :raises NodeStateError: already running, or closed.
+        :raises NodeError: the engine refused (address in use, bad data dir, ...).
+        """
+        if self._closed:
+            raise NodeStateError("cannot start: node is closed")
+        if self.running:
+            raise NodeStateError("node is already running")
+        binding = _engine()
+        ffi, lib = binding.ffi, binding.lib
+        out = ffi.new("dqlite_node **")
+        rv = lib.dqlite_node_create(self._id, self._address.encode(), self._data_dir.encode(), out)
+        handle = _Handle(ffi, lib, out[0])
+        try:
+            if rv != 0:
+                raise NodeError(f"cannot create node: {handle.errmsg() or 'error ' + str(rv)}", rv)
+            self._configure(handle)
+            rv = lib.dqlite_node_start(handle.ptr)
+            if rv != 0:
+                raise NodeError(f"cannot start node {self._address}: {handle.errmsg()}", rv)
+        except BaseException:
+            if handle.ptr != ffi.NULL:
+                handle.release()
+            raise
+        handle.running = True
+        self._handle = handle
+        self._finalizer = weakref.finalize(self, handle.release)
+        log.info("node %d started on %s (data dir %s)", self._id, self.bind_address, self._data_dir)
+
+    def _configure(self, h: _Handle) -> None:
+        lib, ffi = h.lib, h.ffi
+
+        def check(rv: int, what: str) -> None:
+            if rv != 0:
+                raise NodeError(f"cannot set {what}: {h.errmsg() or 'error ' + str(rv)}", rv)
+
+        # The engine asserts on start without a listener: always bind.
+        bind = self._bind_address or self._address
+        check(lib.dqlite_node_set_bind_address(h.ptr, bind.encode()), "bind address")
+        if self._network_latency is not None:
+            check(lib.dqlite_node_set_network_latency(h.ptr, int(self._network_latency * 1e9)), "network latency")
+        if self._failure_domain is not None:
+            check(lib.dqlite_node_set_failure_domain(h.ptr, self._failure_domain), "failure domain")
+        if self._snapshot_params is not None:
+            check(lib.dqlite_node_set_snapshot_params(h.ptr, *self._snapshot_params), "snapshot params")
+        if self._dial is not None:
+            _install_dial_callback(ffi)
+            self._ffi_self = ffi.new_handle(self)
+            check(lib.dqlite_node_set_connect_func(h.ptr, lib.cowsqlpy_dial, self._ffi_self), "dial function")
+
+    def stop(self) -> None:
+        """Stop the engine thread and free it; the data dir stays.
+
+        :raises NodeStateError: the node is not running.
+        """
+        if not self.running:
+            raise NodeStateError("node is not running" + (" (closed)" if self._closed else ""))
+        assert self._handle is not None
+        self._finalizer.detach()
+        handle, self._handle = self._handle, None
+        rv, msg = handle.stop()
+        handle.release()
+        self._ffi_self = None
+        log.info("node %d stopped", self._id)
+        if rv != 0:
+            raise NodeError(f"node stop failed: {msg}", rv)
+
+    def close(self) -> None:
+        """Stop the node if running and free it. Safe to call more than once."""
+        if self._closed:
+            return
+        try:
+            if self.running:
+                self.stop()
+        finally:
+            self._closed = True
+
+    def __enter__(self) -> Node:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self.running else "stopped"
+        return f"<Node id={self._id} address={self._address!r} {state}>"
+
+
+def reconfigure_membership(data_dir: str | os.PathLike[str], nodes: Sequence[NodeInfo | tuple[int, str, int]]) -> None:
+    """Force the Raft configuration stored in `data_dir` to `nodes` (id, address, role).
+
+    For recovery after the majority is lost: run it on the most up-to-date
+    node's (stopped) data dir, copy that dir to the others listed, then start
+    them. Roles: 0 voter, 1 stand-by, 2 spare.
+
+    :raises ValueError: empty or invalid node list (it needs at least one voter).
+    :raises NodeError: the engine refused.
+    """
+    infos = [NodeInfo(*n) for n in nodes]
+    if not infos:
+        raise ValueError("reconfigure_membership needs at least one node")
+    ids = [_check_id(i.id) for i in infos]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate node ids")
+    for info in infos:
+        _check_address(info.address)
+        if info.role not in (VOTER, STANDBY, SPARE):
+            raise ValueError(f"role must be 0 (voter), 1 (stand-by) or 2 (spare), got {info.role!r}")
+    if not any(i.role == VOTER for i in infos):
+        raise ValueError("the new configuration needs at least one voter")
+    path = os.fspath(data_dir)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(2, "data dir does not exist", path)
+
+    binding = _engine()
+    ffi, lib = binding.ffi, binding.lib
+    out = ffi.new("dqlite_node **")
+    # As go-dqlite does: a throw-away node object on the dir, never started.
+    rv = lib.dqlite_node_create(1, b"1", path.encode(), out)
+    handle = _Handle(ffi, lib, out[0])
+    try:
+        if rv != 0:
+            raise NodeError(f"cannot open data dir: {handle.errmsg()}", rv)
+        c_infos = ffi.new("dqlite_node_info_ext[]", len(infos))
+        keep = []
+        for slot, info in zip(c_infos, infos, strict=True):
+            addr = ffi.new("char[]", info.address.encode())
+            keep.append(addr)
+            slot.size = ffi.sizeof("dqlite_node_info_ext")
+            slot.id = info.id
+            slot.address = int(ffi.cast("uintptr_t", addr))
+            slot.dqlite_role = info.role
+        rv = lib.dqlite_node_recover_ext(handle.ptr, c_infos, len(infos))
+        if rv != 0:
+            raise NodeError(f"recover failed: {handle.errmsg()}", rv)
+    finally:
+        handle.release()
+
+
+def default_dial(timeout: float = 5.0) -> DialFunc:
+    """A dial function equivalent to the engine's own (TCP or abstract unix socket)."""
+
+    def dial(address: str) -> socket.socket:
+        if address.startswith("@"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect("\0" + address[1:])
+            return sock
+        host, port = address.rsplit(":", 1)
+        return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+
+    return dial
+
+
+__all__ = [
+    "BOOTSTRAP_ID",
+    "VOTER",
+    "STANDBY",
+    "SPARE",
+    "Node",
+    "NodeInfo",
+    "SnapshotParams",
+    "engine_version",
+    "engine_features",
+    "generate_id",
+    "reconfigure_membership",
+    "default_dial",
+]

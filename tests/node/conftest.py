@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cowsqlpy import protocol
+from cowsqlpy.node import Node
+from tests import rawwire
+
+# Short timeouts so elections take well under a second on loopback.
+LATENCY = 0.02
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except OSError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def form_cluster(nodes: list[Node]) -> None:
+    """Wait for nodes[0] to lead, then ADD and promote the others to voters."""
+    first = nodes[0]
+    wait_for(lambda: rawwire.leader(first.address)[0] == first.id, what="bootstrap leader")
+    for n in nodes[1:]:
+        rawwire.must(first.address, protocol.ADD, n.id, n.address)
+        rawwire.must(first.address, protocol.ASSIGN, n.id, protocol.VOTER)
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Factory of nodes in per-test dirs on OS-chosen ports, closed in the finalizer."""
+    made: list[Node] = []
+
+    def make(node_id: int, name: str | None = None, **options: object) -> Node:
+        options.setdefault("network_latency", LATENCY)
+        node = Node(node_id, "127.0.0.1:0", tmp_path / (name or f"node{node_id}"), **options)  # type: ignore[arg-type]
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
+
+
+@pytest.fixture
+def cluster3(make_node: Callable[..., Node]) -> list[Node]:
+    nodes = [make_node(i) for i in (1, 2, 3)]
+    for n in nodes:
+        n.start()
+    form_cluster(nodes)
+    return nodes
