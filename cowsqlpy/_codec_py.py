@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 from cowsqlpy import protocol as P
@@ -113,7 +113,9 @@ def _encode_value(code: int, value: Any, what: str) -> bytes:
         return _U64.pack(1 if value else 0)
     if code == P.ISO8601:
         # None/"" here is only reachable from encode_rows (the engine's typed NULL).
-        text = "" if value is None else value if isinstance(value, str) else P.format_datetime(value)
+        text = (
+            "" if value is None else value if isinstance(value, str) else P.format_datetime(value)
+        )
         return _text(text, what)
     if code == P.UNIXTIME:
         return _I64.pack(P.unixtime_seconds(value))
@@ -161,7 +163,7 @@ def encode_request(rtype: int, *args: Any) -> bytes:
     """
     layout, values = P.bind_request(rtype, args)
     parts = []
-    for field, value in zip(layout.fields, values):
+    for field, value in zip(layout.fields, values, strict=True):
         kind = field.kind
         if kind == "u64":
             parts.append(_U64.pack(_unsigned(value, 64, _U64_MAX, f"{layout.name} {field.name}")))
@@ -214,7 +216,7 @@ class FrameReader:
         if len(buf) < end:
             return None
         with memoryview(buf) as view:
-            body = view[P.HEADER_SIZE:end].tobytes()
+            body = view[P.HEADER_SIZE : end].tobytes()
         del buf[:end]
         return rtype, body
 
@@ -333,7 +335,9 @@ def _decode_rows(body: bytes, pos: int) -> tuple[list[str], list[tuple[Any, ...]
         rows.append(tuple(row))
 
 
-def decode_rows(body: bytes) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+def decode_rows(
+    body: bytes | bytearray | memoryview,
+) -> tuple[list[str], list[tuple[Any, ...]], bool]:
     """Decode a ROWS body into (columns, rows, done).
 
     `done` is True for the DONE marker, False for PART (another ROWS response follows;
@@ -384,7 +388,7 @@ def _decode_files(body: bytes, pos: int) -> tuple[list[tuple[str, bytes]], int]:
     return files, pos
 
 
-def decode_response(rtype: int, body: bytes, format: int = 1) -> Any:  # noqa: A002 - protocol term
+def decode_response(rtype: int, body: bytes | bytearray | memoryview, format: int = 1) -> Any:  # noqa: A002 - protocol term
     """Decode a response body per `protocol.RESPONSES`.
 
     Returns: FAILURE `Failure(code, message)`; SERVER `(id, address)`; WELCOME int;

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 from cowsqlpy.errors import DataError, ProgrammingError, ProtocolError
@@ -129,66 +129,69 @@ class Layout(NamedTuple):
     result: str = "value"  # responses only, one of RESULT_FORMS
 
 
-def _f(name: str, kind: str, default: Any = REQUIRED, allowed: tuple[int, ...] | None = None, why: str = "") -> Field:
-    return Field(name, kind, default, allowed, why)
+def _table(*layouts: Layout) -> dict[int, Layout]:
+    return {layout.code: layout for layout in layouts}
 
 
+_PARAMS = Field("params", "params", ())  # always the last field
+
+# fmt: off
 # Requests the codec will encode. HEARTBEAT and CONNECT are absent on purpose (NEVER_SEND).
-REQUESTS: dict[int, Layout] = {
-    lay.code: lay
-    for lay in (
-        Layout(LEADER, "LEADER", (_f("unused", "u64", 0),)),
-        Layout(CLIENT, "CLIENT", (_f("id", "u64"),)),
-        # flags and vfs are ignored by 1.11.1 but must be present (§4).
-        Layout(OPEN, "OPEN", (_f("name", "text"), _f("flags", "u64", 0), _f("vfs", "text", "volatile"))),
-        Layout(PREPARE, "PREPARE", (_f("db_id", "u64"), _f("sql", "text"))),
-        Layout(EXEC, "EXEC", (_f("db_id", "u32"), _f("stmt_id", "u32"), _f("params", "params", ()))),
-        Layout(QUERY, "QUERY", (_f("db_id", "u32"), _f("stmt_id", "u32"), _f("params", "params", ()))),
-        Layout(FINALIZE, "FINALIZE", (_f("db_id", "u32"), _f("stmt_id", "u32"))),
-        Layout(EXEC_SQL, "EXEC_SQL", (_f("db_id", "u64"), _f("sql", "text"), _f("params", "params", ()))),
-        Layout(QUERY_SQL, "QUERY_SQL", (_f("db_id", "u64"), _f("sql", "text"), _f("params", "params", ()))),
-        Layout(INTERRUPT, "INTERRUPT", (_f("db_id", "u64"),)),
-        Layout(ADD, "ADD", (_f("id", "u64"), _f("address", "text"))),
-        # The engine reads a missing role as VOTER (legacy PROMOTE); we always send it.
-        Layout(ASSIGN, "ASSIGN", (
-            _f("id", "u64"),
-            _f("role", "u64", allowed=(VOTER, STANDBY, SPARE), why="roles are VOTER(0), STANDBY(1), SPARE(2)"),
-        )),
-        Layout(REMOVE, "REMOVE", (_f("id", "u64"),)),
-        Layout(DUMP, "DUMP", (_f("name", "text"),)),
-        # 1.11.1 reads any format but 0 as 1; later servers reject unknown formats.
-        Layout(CLUSTER, "CLUSTER", (_f("format", "u64", 1, allowed=(0, 1), why="CLUSTER formats are 0 and 1"),)),
-        Layout(TRANSFER, "TRANSFER", (_f("id", "u64"),)),
-        Layout(DESCRIBE, "DESCRIBE", (
-            _f("format", "u64", 0, allowed=(0,), why="format != 0 aborts the engine in 1.11.1"),
-        )),
-        Layout(WEIGHT, "WEIGHT", (_f("weight", "u64"),)),
-    )
-}
+REQUESTS: dict[int, Layout] = _table(
+    Layout(LEADER,    "LEADER",    (Field("unused", "u64", 0),)),
+    Layout(CLIENT,    "CLIENT",    (Field("id", "u64"),)),
+    # flags and vfs are ignored by 1.11.1 but must be present (§4).
+    Layout(OPEN,      "OPEN",      (Field("name", "text"), Field("flags", "u64", 0),
+                                    Field("vfs", "text", "volatile"))),
+    Layout(PREPARE,   "PREPARE",   (Field("db_id", "u64"), Field("sql", "text"))),
+    Layout(EXEC,      "EXEC",      (Field("db_id", "u32"), Field("stmt_id", "u32"), _PARAMS)),
+    Layout(QUERY,     "QUERY",     (Field("db_id", "u32"), Field("stmt_id", "u32"), _PARAMS)),
+    Layout(FINALIZE,  "FINALIZE",  (Field("db_id", "u32"), Field("stmt_id", "u32"))),
+    Layout(EXEC_SQL,  "EXEC_SQL",  (Field("db_id", "u64"), Field("sql", "text"), _PARAMS)),
+    Layout(QUERY_SQL, "QUERY_SQL", (Field("db_id", "u64"), Field("sql", "text"), _PARAMS)),
+    Layout(INTERRUPT, "INTERRUPT", (Field("db_id", "u64"),)),
+    Layout(ADD,       "ADD",       (Field("id", "u64"), Field("address", "text"))),
+    # The engine reads a missing role as VOTER (legacy PROMOTE); we always send it.
+    Layout(ASSIGN,    "ASSIGN",    (Field("id", "u64"),
+                                    Field("role", "u64", REQUIRED, (VOTER, STANDBY, SPARE),
+                                          "roles are VOTER(0), STANDBY(1), SPARE(2)"))),
+    Layout(REMOVE,    "REMOVE",    (Field("id", "u64"),)),
+    Layout(DUMP,      "DUMP",      (Field("name", "text"),)),
+    # 1.11.1 reads any format but 0 as 1; later servers reject unknown formats.
+    Layout(CLUSTER,   "CLUSTER",   (Field("format", "u64", 1, (0, 1), "CLUSTER formats are 0 and 1"),)),
+    Layout(TRANSFER,  "TRANSFER",  (Field("id", "u64"),)),
+    Layout(DESCRIBE,  "DESCRIBE",  (Field("format", "u64", 0, (0,),
+                                          "format != 0 aborts the engine in 1.11.1"),)),
+    Layout(WEIGHT,    "WEIGHT",    (Field("weight", "u64"),)),
+)
 
 NEVER_SEND: dict[int, str] = {
     HEARTBEAT: "HEARTBEAT (2) has no handler in libdqlite 1.11.1: no reply and the connection wedges",
     CONNECT: "CONNECT (11) hands the socket over to raft; clients never send it",
 }
 
-RESPONSES: dict[int, Layout] = {
-    lay.code: lay
-    for lay in (
-        Layout(FAILURE, "FAILURE", (_f("code", "u64"), _f("message", "text")), "failure"),
-        Layout(SERVER, "SERVER", (_f("id", "u64"), _f("address", "text")), "tuple"),
-        Layout(WELCOME, "WELCOME", (_f("heartbeat_timeout", "u64"),)),
-        Layout(SERVERS, "SERVERS", (_f("nodes", "nodes"),)),
-        Layout(DB, "DB", (_f("db_id", "u32"), _f("unused", "pad32"))),
-        Layout(STMT, "STMT", (_f("db_id", "u32"), _f("stmt_id", "u32"), _f("nparams", "u64")), "tuple"),
-        Layout(RESULT, "RESULT", (_f("last_insert_id", "u64"), _f("rows_affected", "u64")), "tuple"),
-        Layout(ROWS, "ROWS", (_f("rows", "rows"),)),
-        Layout(EMPTY, "EMPTY", (_f("unused", "u64"),), "none"),
-        Layout(FILES, "FILES", (_f("files", "files"),)),
-        Layout(METADATA, "METADATA", (_f("failure_domain", "u64"), _f("weight", "u64")), "tuple"),
-    )
-}
+RESPONSES: dict[int, Layout] = _table(
+    Layout(FAILURE,  "FAILURE",  (Field("code", "u64"), Field("message", "text")), "failure"),
+    Layout(SERVER,   "SERVER",   (Field("id", "u64"), Field("address", "text")), "tuple"),
+    Layout(WELCOME,  "WELCOME",  (Field("heartbeat_timeout", "u64"),)),
+    Layout(SERVERS,  "SERVERS",  (Field("nodes", "nodes"),)),
+    Layout(DB,       "DB",       (Field("db_id", "u32"), Field("unused", "pad32"))),
+    Layout(STMT,     "STMT",     (Field("db_id", "u32"), Field("stmt_id", "u32"),
+                                  Field("nparams", "u64")), "tuple"),
+    Layout(RESULT,   "RESULT",   (Field("last_insert_id", "u64"), Field("rows_affected", "u64")),
+           "tuple"),
+    Layout(ROWS,     "ROWS",     (Field("rows", "rows"),)),
+    Layout(EMPTY,    "EMPTY",    (Field("unused", "u64"),), "none"),
+    Layout(FILES,    "FILES",    (Field("files", "files"),)),
+    Layout(METADATA, "METADATA", (Field("failure_domain", "u64"), Field("weight", "u64")), "tuple"),
+)
+# fmt: on
 
-REQUEST_NAMES: dict[int, str] = {**{c: lay.name for c, lay in REQUESTS.items()}, HEARTBEAT: "HEARTBEAT", CONNECT: "CONNECT"}
+REQUEST_NAMES: dict[int, str] = {
+    **{c: lay.name for c, lay in REQUESTS.items()},
+    HEARTBEAT: "HEARTBEAT",
+    CONNECT: "CONNECT",
+}
 RESPONSE_NAMES: dict[int, str] = {c: lay.name for c, lay in RESPONSES.items()}
 
 
@@ -216,10 +219,12 @@ def bind_request(rtype: object, args: tuple[Any, ...]) -> tuple[Layout, tuple[An
     else:
         required = sum(1 for f in fields if f.default is REQUIRED)
         if not required <= len(args) <= len(fields):
-            sig = ", ".join(f.name if f.default is REQUIRED else f"{f.name}={f.default!r}" for f in fields)
+            sig = ", ".join(
+                f.name if f.default is REQUIRED else f"{f.name}={f.default!r}" for f in fields
+            )
             raise ProgrammingError(f"{layout.name} takes ({sig}), got {len(args)} argument(s)")
-        values = args + tuple(f.default for f in fields[len(args):])
-    for f, v in zip(fields, values):
+        values = args + tuple(f.default for f in fields[len(args) :])
+    for f, v in zip(fields, values, strict=True):
         if f.allowed is not None and v not in f.allowed:
             raise ProgrammingError(f"{layout.name} {f.name}={v!r} refused: {f.why}")
     return layout, values
@@ -240,7 +245,9 @@ def shape_result(layout: Layout, values: list[Any]) -> Any:
 def param_sequence(params: object) -> Sequence[Any]:
     """Accept any sequence of params except str/bytes-like (a common mistake)."""
     if isinstance(params, (str, bytes, bytearray, memoryview)) or not isinstance(params, Sequence):
-        raise ProgrammingError(f"params must be a sequence (list or tuple), not {type(params).__name__}")
+        raise ProgrammingError(
+            f"params must be a sequence (list or tuple), not {type(params).__name__}"
+        )
     return params
 
 
@@ -287,7 +294,7 @@ def truncated(what: str) -> ProtocolError:
 
 # -- Datetime values -----------------------------------------------------------
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The formats go-dqlite reads back (plus "Z", as it trims a trailing Z); date-only allowed.
 _ISO8601 = re.compile(
@@ -339,7 +346,7 @@ def iso8601_value(text: str) -> datetime | str | None:
     try:
         tzinfo: timezone | None = None
         if tz == "Z":
-            tzinfo = timezone.utc
+            tzinfo = UTC
         elif tz is not None:
             oh, om = int(tz[1:3]), int(tz[4:6])
             if om >= 60:
@@ -347,8 +354,12 @@ def iso8601_value(text: str) -> datetime | str | None:
             delta = timedelta(hours=oh, minutes=om)
             tzinfo = timezone(-delta if tz[0] == "-" else delta)
         return datetime(
-            int(year), int(month), int(day),
-            int(hour or 0), int(minute or 0), int(second or 0),
+            int(year),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
             int((frac or "").ljust(6, "0")[:6]),
             tzinfo,
         )
@@ -368,6 +379,6 @@ def unixtime_seconds(value: datetime | int) -> int:
     """Seconds since the epoch for a UNIXTIME value; naive datetimes are taken as UTC."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return (value - EPOCH) // timedelta(seconds=1)
     return value
