@@ -1,0 +1,312 @@
+"""Coordination recipes built only on the public primitives (txn, range,
+watch, leases), so every backend gets them for free: the session lease and its
+keeper, temporary keys, the distributed lock with a fencing token, ZooKeeper
+sequence/ephemeral create, and the optimistic update loop.
+
+Internal keys live under ``__kvstore/`` in the user's key space (as etcd's
+concurrency package uses the user's key space for its locks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ClosedError,
+    KeyExists,
+    KVError,
+    LeaseNotFound,
+    LockTimeout,
+    RetriesExhausted,
+)
+from .types import (
+    CreateRevision,
+    EventType,
+    ModRevision,
+    Put,
+    Range,
+    RangeResult,
+    Version,
+    prefix_end,
+    to_value,
+)
+
+if TYPE_CHECKING:
+    from .api import KV
+
+log = logging.getLogger("kvstore.recipes")
+
+LOCK_PREFIX = b"__kvstore/lock/"
+SEQ_PREFIX = b"__kvstore/seq/"
+
+
+class LeaseKeeper(threading.Thread):
+    """Keeps one lease alive (a keepalive every ttl/3) until stopped or lost."""
+
+    def __init__(self, kv: KV, lease: int, ttl: int) -> None:
+        super().__init__(name=f"kvstore-lease-{lease:x}", daemon=True)
+        self.kv, self.lease, self.ttl = kv, lease, ttl
+        self._stop_ev = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        period = max(0.2, self.ttl / 3.0)
+        while not self._stop_ev.wait(period):
+            try:
+                self.kv._keepalive(self.lease)
+            except LeaseNotFound:
+                log.warning("lease %#x expired before its keepalive", self.lease)
+                self.lost.set()
+                return
+            except ClosedError:
+                return
+            except KVError:
+                log.warning("keepalive of lease %#x failed; retrying", self.lease, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop_ev.set()
+
+
+class Session:
+    """The per-handle lease behind temp keys, ephemeral creates and locks
+    (etcd's concurrency.Session, ZooKeeper's session)."""
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+        self._lock = threading.Lock()
+        self._keeper: LeaseKeeper | None = None
+
+    def lease(self) -> int:
+        with self._lock:
+            k = self._keeper
+            if k is None or k.lost.is_set():
+                lid, ttl = self._kv._grant(self._kv.session_ttl)
+                k = self._keeper = LeaseKeeper(self._kv, lid, ttl)
+                k.start()
+            return k.lease
+
+    def close(self) -> None:
+        with self._lock:
+            k, self._keeper = self._keeper, None
+        if k is not None:
+            k.stop()
+            if not k.lost.is_set():
+                try:
+                    self._kv._revoke(k.lease)
+                except LeaseNotFound:
+                    pass
+
+
+class TempKey:
+    """A key that lives while this handle keeps its lease alive (hmetcd TempKey)."""
+
+    def __init__(self, kv: KV, key: bytes, lease: int, keeper: LeaseKeeper | None) -> None:
+        self.kv, self.key, self.lease = kv, key, lease
+        self._keeper = keeper
+
+    @classmethod
+    def create(cls, kv: KV, key: bytes, value: bytes, ttl: int | None) -> TempKey:
+        keeper = None
+        if ttl is None:
+            lid = kv._session.lease()
+        else:
+            lid, granted = kv._grant(ttl)
+            keeper = LeaseKeeper(kv, lid, granted)
+            keeper.start()
+        kv._put(key, value, lid, False)
+        return cls(kv, key, lid, keeper)
+
+    def release(self) -> None:
+        """Delete the key now (and revoke its own lease, if it has one)."""
+        if self._keeper is not None:
+            self._keeper.stop()
+            try:
+                self.kv._revoke(self.lease)
+            except LeaseNotFound:
+                pass
+        else:
+            self.kv.txn([ModRevision(self.key) > 0, _lease_is(self.key, self.lease)],
+                        [_delete(self.key)])
+
+    def __enter__(self) -> TempKey:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _lease_is(key: bytes, lease: int) -> Any:
+    from .types import LeaseId
+    return LeaseId(key) == lease
+
+
+def _delete(key: bytes) -> Any:
+    from .types import Delete
+    return Delete(key)
+
+
+class Lock:
+    """A held distributed lock (etcd concurrency.Mutex algorithm).
+
+    Each acquirer creates ``__kvstore/lock/<name>/<unique>`` on its session
+    lease; the owner is the key with the lowest create revision, and waiters
+    watch only their predecessor (no herd). ``fencing_token`` is the owner
+    key's create revision: it strictly increases across acquisitions, so a
+    resource can reject writes carrying an older token.
+    """
+
+    def __init__(self, kv: KV, name: bytes, key: bytes, token: int) -> None:
+        self.kv, self.name, self.key = kv, name, key
+        self.fencing_token = token
+        self._held = True
+
+    @classmethod
+    def acquire_new(cls, kv: KV, name: bytes, timeout: float | None) -> Lock:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lease = kv._session.lease()
+        prefix = LOCK_PREFIX + name + b"/"
+        key = prefix + f"{lease:016x}-{os.getpid()}-{uuid.uuid4().hex[:12]}".encode()
+        r = kv.txn([CreateRevision(key) == 0], [Put(key, b"", lease)], [])
+        my_rev = r.revision
+        try:
+            while True:
+                rr = kv.get_range(prefix, prefix_end(prefix))
+                mine = [x for x in rr if x.key == key]
+                if not mine:
+                    raise LeaseNotFound("the session lease expired while waiting for the lock")
+                my_rev = mine[0].create_revision
+                preds = [x for x in rr if x.create_revision < my_rev]
+                if not preds:
+                    return cls(kv, name, key, my_rev)
+                pred = max(preds, key=lambda x: x.create_revision)
+                with kv.watch_key(pred.key, start_revision=rr.revision + 1) as w:
+                    while True:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise LockTimeout(f"lock {name!r} not acquired within {timeout}s")
+                        ev = w.get(timeout=left if left is not None else 5.0)
+                        if ev is not None and ev.type is EventType.DELETE:
+                            break
+                        if ev is None and left is None:
+                            break  # periodic re-check of the queue (session loss)
+        except BaseException:
+            try:
+                kv.delete(key)
+            except KVError:
+                log.warning("could not remove lock key %r after failure", key, exc_info=True)
+            raise
+
+    def is_held(self) -> bool:
+        """Whether the lock key still exists (False after release or session loss)."""
+        return self._held and self.kv.get_kv(self.key) is not None
+
+    def release(self) -> None:
+        """Release the lock (hmetcd DistUnlock). Idempotent."""
+        if self._held:
+            self._held = False
+            self.kv.delete(self.key)
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"Lock(name={self.name!r}, fencing_token={self.fencing_token})"
+
+
+class WatchHandle:
+    """A running :meth:`KV.watch_callback` watcher (hmetcd WatchCBHandle)."""
+
+    def __init__(self, kv: KV, key: bytes, op: EventType | None,
+                 callback: Callable[..., bool], userdata: Any) -> None:
+        self.kv, self.key, self.op = kv, key, op
+        self.callback, self.userdata = callback, userdata
+        self._stream = kv.watch_key(key)
+        self._thread = threading.Thread(target=self._run, name="kvstore-watch-cb", daemon=True)
+        self.done = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for ev in self._stream:
+                if self.op is None or ev.type is self.op:
+                    try:
+                        keep = self.callback(ev.key, ev.value, ev.type, self.userdata)
+                    except Exception:  # noqa: BLE001 - a user callback must not kill the loop silently
+                        log.exception("watch callback for %r raised; stopping it", self.key)
+                        keep = False
+                    if keep is False:
+                        break
+                if ev.type is EventType.DELETE:
+                    break
+        except KVError:
+            log.warning("watch on %r ended with an error", self.key, exc_info=True)
+        finally:
+            self._stream.cancel()
+            self.done.set()
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+
+    @property
+    def active(self) -> bool:
+        return not self.done.is_set()
+
+
+def create(kv: KV, key: bytes, value: bytes, sequence: bool, ephemeral: bool, lease: int
+           ) -> bytes:
+    if ephemeral and not lease:
+        lease = kv._session.lease()
+    if not sequence:
+        r = kv.txn([CreateRevision(key) == 0], [Put(key, value, lease)], [])
+        if not r.succeeded:
+            raise KeyExists(f"key {key!r} already exists")
+        return key
+    counter = SEQ_PREFIX + key
+    for attempt in range(1000):
+        cur = kv.get_kv(counter)
+        n = cur.version if cur is not None else 0
+        new_key = key + b"%010d" % n
+        r = kv.txn([Version(counter) == n, CreateRevision(new_key) == 0],
+                   [Put(counter, b""), Put(new_key, value, lease)],
+                   [Range(counter)])
+        if r.succeeded:
+            return new_key
+        rr = r.responses[0]
+        now_n = rr[0].version if isinstance(rr, RangeResult) and len(rr) else 0
+        if now_n == n:
+            # the counter did not move, so new_key was taken by a plain put: skip it
+            kv.txn([Version(counter) == n], [Put(counter, b"")], [])
+        _backoff(attempt)
+    raise RetriesExhausted(f"create({key!r}, sequence=True) lost 1000 races")
+
+
+def update(kv: KV, key: bytes, fn: Callable[[bytes | None], Any], max_retries: int) -> int:
+    for attempt in range(max_retries):
+        cur = kv.get_kv(key)
+        new = to_value(fn(None if cur is None else cur.value))
+        cond = CreateRevision(key) == 0 if cur is None else ModRevision(key) == cur.mod_revision
+        lease = cur.lease if cur is not None else 0
+        r = kv.txn([cond], [Put(key, new, lease)], [])
+        if r.succeeded:
+            return r.revision
+        _backoff(attempt)
+    raise RetriesExhausted(f"update({key!r}) lost {max_retries} races")
+
+
+def _backoff(attempt: int) -> None:
+    if attempt:
+        time.sleep(random.uniform(0, min(0.05, 0.001 * (2 ** min(attempt, 6)))))

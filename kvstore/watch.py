@@ -1,0 +1,159 @@
+"""Watch streams (shared by every backend) and the local watch hub used by the
+backends built on :mod:`kvstore.mvcc` (mem, raft).
+
+A :class:`WatchStream` is a thread-safe queue of :class:`~kvstore.types.Event`
+filled by a backend and consumed by the user, in revision order, without gaps
+or duplicates (etcd's watch guarantees).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import ClosedError, KVError
+from .types import Event, in_range
+
+
+class WatchStream:
+    """Events of one watch, oldest first.
+
+    Iterate it (blocks for the next event, ends after :meth:`cancel`), or call
+    :meth:`get` with a timeout. An error (e.g. :class:`~kvstore.CompactedError`
+    when the start revision was compacted) is raised by the next read after
+    the events received before it. Use as a context manager to cancel on exit.
+    """
+
+    def __init__(self, start: bytes, end: bytes, cancel_fn: Callable[[WatchStream], None]
+                 | None = None) -> None:
+        self.start = start
+        self.end = end
+        self._cancel_fn = cancel_fn
+        self._q: collections.deque[Event] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._error: BaseException | None = None
+        #: Revision of the next event this stream can deliver (resume point).
+        self.next_revision = 0
+
+    # backend side
+    def _push(self, events: list[Event]) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            for e in events:
+                if in_range(e.kv.key, self.start, self.end):
+                    self._q.append(e)
+            self._cond.notify_all()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._error is None and not self._closed:
+                self._error = exc
+            self._cond.notify_all()
+
+    def _finish(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # user side
+    def get(self, timeout: float | None = None) -> Event | None:
+        """The next event, or ``None`` when ``timeout`` seconds pass without one
+        or the stream was cancelled.
+
+        :raises CompactedError: the requested start revision was compacted.
+        :raises KVError: the backend lost the watch.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._q:
+                    e = self._q.popleft()
+                    self.next_revision = e.revision + 1 if not self._q or \
+                        self._q[0].revision != e.revision else e.revision
+                    return e
+                if self._error is not None:
+                    raise self._error
+                if self._closed:
+                    return None
+                if deadline is None:
+                    self._cond.wait(1.0)
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self._cond.wait(left)
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        e = self.get()
+        if e is None:
+            raise StopIteration
+        return e
+
+    @property
+    def cancelled(self) -> bool:
+        return self._closed
+
+    def cancel(self) -> None:
+        """Stop the watch; pending events can still be read, then iteration ends."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self._cancel_fn is not None:
+            self._cancel_fn(self)
+
+    close = cancel
+
+    def __enter__(self) -> WatchStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cancel()
+
+
+class WatchHub:
+    """Local fan-out of applied events to watch streams.
+
+    ``register`` and ``publish`` must be called under the same lock as the
+    state machine's apply, which makes "backlog from the log, then live events"
+    gap-free and duplicate-free.
+    """
+
+    def __init__(self) -> None:
+        self._streams: set[WatchStream] = set()
+        self._lock = threading.Lock()
+
+    def add(self, stream: WatchStream, backlog: list[Event]) -> None:
+        if backlog:
+            stream._push(backlog)
+        with self._lock:
+            self._streams.add(stream)
+
+    def remove(self, stream: WatchStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def publish(self, events: list[Event]) -> None:
+        if not events:
+            return
+        with self._lock:
+            streams = list(self._streams)
+        for s in streams:
+            s._push(events)
+
+    def close(self, exc: KVError | None = None) -> None:
+        with self._lock:
+            streams = list(self._streams)
+            self._streams.clear()
+        for s in streams:
+            s._fail(exc or ClosedError("the KV handle was closed"))
+            s._finish()
