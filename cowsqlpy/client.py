@@ -1,0 +1,355 @@
+"""Client core (asyncio): sessions with one node, leader discovery, cluster admin.
+
+`Session` is a wire connection plus the database it opened and the statements
+it prepared; it is what the DB-API driver leases. `find_leader` probes the
+nodes of a store in parallel (voters first) and returns a connection to the
+node that reports itself as leader. `Client` is the cluster admin API
+(`cluster`, `leader`, `add`, `assign`, `remove`, `transfer`, `describe`,
+`weight`, `dump`); `SyncClient` is its blocking twin, a thin wrapper that runs
+the same coroutines on the background loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any, NamedTuple
+
+from . import protocol
+from ._loop import run_sync
+from .errors import (
+    ConnectionLostError,
+    Error,
+    NoLeaderError,
+    NotLeaderError,
+    ProgrammingError,
+)
+from .protocol import SPARE, NodeInfo
+from .retry import DEFAULT_POLICY, RetryPolicy, retrying
+from .store import MemoryNodeStore, NodeStore, dial_order
+from .wire import WireConnection
+
+log = logging.getLogger("cowsqlpy.client")
+
+
+class NodeMetadata(NamedTuple):
+    failure_domain: int
+    weight: int
+
+
+class PreparedStatement(NamedTuple):
+    id: int
+    nparams: int
+
+
+class Session:
+    """A connection to one node with (at most) one open database.
+
+    Statement ids are tracked here: an id is finalized at most once and
+    forgotten at once, because the engine reuses freed slots and finalizing a
+    stale id crashes 1.11.1.
+    """
+
+    def __init__(self, conn: WireConnection, policy: RetryPolicy = DEFAULT_POLICY) -> None:
+        self.conn = conn
+        self.policy = policy
+        self.database: str | None = None
+        self.db_id = 0
+        self._statements: set[int] = set()
+
+    @classmethod
+    async def connect(cls, address: str, policy: RetryPolicy = DEFAULT_POLICY) -> Session:
+        return cls(await WireConnection.connect(address, timeout=policy.connect_timeout), policy)
+
+    @property
+    def address(self) -> str:
+        return self.conn.address
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.closed
+
+    async def call(self, rtype: int, *args: Any) -> Any:
+        return await self.conn.request(rtype, *args, timeout=self.policy.attempt_timeout)
+
+    async def open(self, database: str) -> None:
+        if self.database is not None:
+            if self.database == database:
+                return
+            raise ProgrammingError(f"this session already opened {self.database!r}; the engine allows one per connection")
+        self.db_id = await self.call(protocol.OPEN, database)
+        self.database = database
+
+    async def exec_sql(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int]:
+        """Run SQL that returns no rows; (last_insert_id, rows_affected)."""
+        return await self.call(protocol.EXEC_SQL, self.db_id, sql, params)  # type: ignore[no-any-return]
+
+    def query_sql(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        """Stream (columns, rows) batches of the first statement's result."""
+        return self.conn.query(protocol.QUERY_SQL, self.db_id, sql, params, timeout=self.policy.attempt_timeout)
+
+    async def prepare(self, sql: str) -> PreparedStatement:
+        _, stmt_id, nparams = await self.call(protocol.PREPARE, self.db_id, sql)
+        self._statements.add(stmt_id)
+        return PreparedStatement(stmt_id, nparams)
+
+    def send_exec(self, stmt: PreparedStatement, params: Sequence[Any]) -> asyncio.Future[Any]:
+        """Pipeline an EXEC without waiting for earlier replies (executemany)."""
+        self._check_statement(stmt)
+        return asyncio.ensure_future(self.call(protocol.EXEC, self.db_id, stmt.id, params))
+
+    def query(self, stmt: PreparedStatement, params: Sequence[Any] = ()) -> AsyncIterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        self._check_statement(stmt)
+        return self.conn.query(protocol.QUERY, self.db_id, stmt.id, params, timeout=self.policy.attempt_timeout)
+
+    async def finalize(self, stmt: PreparedStatement) -> None:
+        self._check_statement(stmt)
+        self._statements.discard(stmt.id)  # forget first: never sent twice, even on error
+        await self.call(protocol.FINALIZE, self.db_id, stmt.id)
+
+    def _check_statement(self, stmt: PreparedStatement) -> None:
+        if stmt.id not in self._statements:
+            raise ProgrammingError(f"statement {stmt.id} is not live on this session (finalized already?)")
+
+    def close(self) -> None:
+        self._statements.clear()
+        self.conn.close()
+
+
+# -- Leader discovery --------------------------------------------------------------
+
+
+async def _probe(address: str, policy: RetryPolicy) -> tuple[WireConnection | None, str]:
+    """Connect to `address` and ask it for the leader: (connection if it leads, leader address)."""
+    conn = await WireConnection.connect(address, timeout=policy.connect_timeout)
+    try:
+        _, leader_address = await conn.request(protocol.LEADER, timeout=policy.attempt_timeout)
+    except BaseException:
+        conn.close()
+        raise
+    if leader_address == address:
+        return conn, leader_address
+    conn.close()
+    return None, leader_address
+
+
+async def find_leader(store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY, *, hint: str | None = None) -> WireConnection:
+    """A connection to the node that reports itself as leader (one sweep, no retry).
+
+    `hint` (the last known leader) is tried first. Then every node of the
+    store is probed at once; a node that names another leader sends us there.
+
+    :raises NoLeaderError: no node led or pointed at a leader.
+    """
+    if hint:
+        try:
+            conn, _ = await _probe(hint, policy)
+            if conn is not None:
+                return conn
+        except Error:
+            pass
+    nodes = dial_order(store.get())
+    if not nodes:
+        raise NoLeaderError("the node store is empty")
+    tasks = [asyncio.ensure_future(_probe(n.address, policy)) for n in nodes]
+    pointed: set[str] = set()
+    errors: list[str] = []
+    try:
+        for next_done in asyncio.as_completed(tasks):
+            try:
+                conn, leader_address = await next_done
+            except Error as exc:
+                errors.append(str(exc))
+                continue
+            if conn is not None:
+                return conn
+            if leader_address:
+                pointed.add(leader_address)
+        for address in pointed - {n.address for n in nodes}:
+            try:
+                conn, _ = await _probe(address, policy)
+            except Error as exc:
+                errors.append(str(exc))
+                continue
+            if conn is not None:
+                return conn
+    finally:
+        # Only the leader keeps its connection; a probe cancelled here closes its own.
+        for t in tasks:
+            t.cancel()
+    detail = "; ".join(errors[:3])
+    raise NoLeaderError(f"no available leader among {[n.address for n in nodes]}" + (f" ({detail})" if detail else ""))
+
+
+class LeaderTracker:
+    """Remembers the last leader and reconnects to the current one under a retry policy."""
+
+    def __init__(self, store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY) -> None:
+        self.store = store
+        self.policy = policy
+        self.last_leader: str | None = None
+
+    async def connect(self) -> WireConnection:
+        async def attempt() -> WireConnection:
+            return await find_leader(self.store, self.policy, hint=self.last_leader)
+
+        conn = await retrying(attempt, self.policy, what="leader discovery")
+        self.last_leader = conn.address
+        return conn
+
+    def forget(self) -> None:
+        self.last_leader = None
+
+
+def as_store(servers: NodeStore | Iterable[str] | str) -> NodeStore:
+    if isinstance(servers, str):
+        return MemoryNodeStore([s.strip() for s in servers.split(",") if s.strip()])
+    if isinstance(servers, NodeStore):
+        return servers
+    return MemoryNodeStore(list(servers))
+
+
+# -- Cluster admin ---------------------------------------------------------------
+
+
+class Client:
+    """Cluster administration over a node store (asyncio).
+
+    Leader-only requests find the leader first and are retried on the new
+    leader when it changes (not-leader, lost connection) under `policy`.
+    """
+
+    def __init__(self, servers: NodeStore | Iterable[str] | str, *, policy: RetryPolicy = DEFAULT_POLICY) -> None:
+        self.store = as_store(servers)
+        self.policy = policy
+        self._tracker = LeaderTracker(self.store, policy)
+        self._session: Session | None = None
+
+    async def _leader_session(self) -> Session:
+        if self._session is None or self._session.closed:
+            self._session = Session(await self._tracker.connect(), self.policy)
+        return self._session
+
+    async def _on_leader(self, rtype: int, *args: Any) -> Any:
+        async def attempt() -> Any:
+            session = await self._leader_session()
+            try:
+                return await session.call(rtype, *args)
+            except (NotLeaderError, ConnectionLostError):
+                session.close()
+                self._tracker.forget()
+                raise
+
+        return await retrying(attempt, self.policy, what=protocol.REQUEST_NAMES[rtype])
+
+    async def _at(self, address: str, rtype: int, *args: Any) -> Any:
+        session = await Session.connect(address, self.policy)
+        try:
+            return await session.call(rtype, *args)
+        finally:
+            session.close()
+
+    async def leader(self) -> NodeInfo | None:
+        """The current leader, or None when no node knows one."""
+        try:
+            session = await self._leader_session()
+        except NoLeaderError:
+            return None
+        leader_id, address = await session.call(protocol.LEADER)
+        return NodeInfo(leader_id, address, protocol.VOTER) if address else None
+
+    async def cluster(self) -> list[NodeInfo]:
+        """Every node of the cluster with its role, as the leader knows them."""
+        nodes: list[NodeInfo] = await self._on_leader(protocol.CLUSTER, 1)
+        return nodes
+
+    async def add(self, node_id: int, address: str, role: int = SPARE) -> None:
+        """Add a node (it joins as spare), then assign `role` if it is not spare."""
+        await self._on_leader(protocol.ADD, node_id, address)
+        if role != SPARE:
+            await self.assign(node_id, role)
+
+    async def assign(self, node_id: int, role: int) -> None:
+        await self._on_leader(protocol.ASSIGN, node_id, role)
+
+    async def remove(self, node_id: int) -> None:
+        await self._on_leader(protocol.REMOVE, node_id)
+
+    async def transfer(self, node_id: int = 0) -> None:
+        """Hand leadership to `node_id` (0: the engine picks a voter)."""
+        await self._on_leader(protocol.TRANSFER, node_id)
+        if self._session is not None:
+            self._session.close()
+        self._tracker.forget()
+
+    async def describe(self, address: str) -> NodeMetadata:
+        """Failure domain and weight of the node at `address`."""
+        return NodeMetadata(*await self._at(address, protocol.DESCRIBE, 0))
+
+    async def weight(self, address: str, weight: int) -> None:
+        """Set the weight of the node at `address` (in memory on that node only)."""
+        await self._at(address, protocol.WEIGHT, weight)
+
+    async def dump(self, database: str, address: str | None = None) -> dict[str, bytes]:
+        """The database file and its WAL, as `{name: bytes}`, from `address` or the leader."""
+        if address is None:
+            files = await self._on_leader(protocol.DUMP, database)
+        else:
+            files = await self._at(address, protocol.DUMP, database)
+        return dict(files)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SyncClient:
+    """Blocking cluster admin: the same coroutines as `Client`, run on the background loop."""
+
+    def __init__(self, servers: NodeStore | Iterable[str] | str, *, policy: RetryPolicy = DEFAULT_POLICY) -> None:
+        self._client = Client(servers, policy=policy)
+        self.store = self._client.store
+
+    def leader(self) -> NodeInfo | None:
+        return run_sync(self._client.leader())
+
+    def cluster(self) -> list[NodeInfo]:
+        return run_sync(self._client.cluster())
+
+    def add(self, node_id: int, address: str, role: int = SPARE) -> None:
+        run_sync(self._client.add(node_id, address, role))
+
+    def assign(self, node_id: int, role: int) -> None:
+        run_sync(self._client.assign(node_id, role))
+
+    def remove(self, node_id: int) -> None:
+        run_sync(self._client.remove(node_id))
+
+    def transfer(self, node_id: int = 0) -> None:
+        run_sync(self._client.transfer(node_id))
+
+    def describe(self, address: str) -> NodeMetadata:
+        return run_sync(self._client.describe(address))
+
+    def weight(self, address: str, weight: int) -> None:
+        run_sync(self._client.weight(address, weight))
+
+    def dump(self, database: str, address: str | None = None) -> dict[str, bytes]:
+        return run_sync(self._client.dump(database, address))
+
+    def close(self) -> None:
+        run_sync(self._client.close())
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,103 @@
+"""Node stores: where a client keeps the list of cluster nodes it may dial.
+
+Two stores, as go-cowsql's client has: in memory, and a SQLite file (through
+apsw) kept in a node's data dir so the list survives restarts. Both are
+thread-safe and cheap; they hold `NodeInfo(id, address, role)` rows.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from .protocol import SPARE, STANDBY, VOTER, NodeInfo
+
+_ROLE_ORDER = {VOTER: 0, STANDBY: 1, SPARE: 2, None: 3}
+
+
+@runtime_checkable
+class NodeStore(Protocol):
+    def get(self) -> list[NodeInfo]:
+        """The known nodes (possibly empty)."""
+        ...
+
+    def set(self, nodes: Iterable[NodeInfo]) -> None:
+        """Replace the known nodes."""
+        ...
+
+
+def _normalise(nodes: Iterable[NodeInfo | tuple[int, str, int | None] | str]) -> list[NodeInfo]:
+    out: list[NodeInfo] = []
+    for n in nodes:
+        if isinstance(n, str):
+            out.append(NodeInfo(0, n, VOTER))  # an address alone: id unknown, assume voter
+        else:
+            out.append(NodeInfo(*n))
+    return out
+
+
+def dial_order(nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
+    """Voters first, then stand-bys, then spares (only voters know the leader)."""
+    return sorted(nodes, key=lambda n: _ROLE_ORDER.get(n.role, 3))
+
+
+class MemoryNodeStore:
+    """A node list held in memory; `MemoryNodeStore(["127.0.0.1:9001", ...])` works."""
+
+    def __init__(self, nodes: Iterable[NodeInfo | tuple[int, str, int | None] | str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._nodes = _normalise(nodes)
+
+    def get(self) -> list[NodeInfo]:
+        with self._lock:
+            return list(self._nodes)
+
+    def set(self, nodes: Iterable[NodeInfo | tuple[int, str, int | None] | str]) -> None:
+        normalised = _normalise(nodes)
+        with self._lock:
+            self._nodes = normalised
+
+    def __repr__(self) -> str:
+        return f"MemoryNodeStore({[n.address for n in self.get()]})"
+
+
+class SqliteNodeStore:
+    """A node list in a SQLite file (apsw), as go-cowsql keeps `servers` in its data dir."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import apsw  # only this store needs it
+
+        self.path = os.fspath(path)
+        self._lock = threading.Lock()
+        self._db = apsw.Connection(self.path)
+        self._db.setbusytimeout(5000)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS servers (id INTEGER NOT NULL, address TEXT PRIMARY KEY, role INTEGER)"
+        )
+
+    def get(self) -> list[NodeInfo]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, address, role FROM servers ORDER BY address").fetchall()
+        return [NodeInfo(int(i) & ((1 << 64) - 1), a, r) for i, a, r in rows]
+
+    def set(self, nodes: Iterable[NodeInfo | tuple[int, str, int | None] | str]) -> None:
+        normalised = _normalise(nodes)
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM servers")
+            # SQLite integers are signed: store ids as their signed 64-bit twin.
+            self._db.executemany(
+                "INSERT OR REPLACE INTO servers (id, address, role) VALUES (?, ?, ?)",
+                [(n.id - (1 << 64) if n.id >= 1 << 63 else n.id, n.address, n.role) for n in normalised],
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteNodeStore({self.path!r})"
+
+
+__all__ = ["NodeStore", "MemoryNodeStore", "SqliteNodeStore", "dial_order", "NodeInfo"]

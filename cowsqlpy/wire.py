@@ -1,0 +1,285 @@
+"""One connection to one node: handshake, pipelined requests, FIFO replies.
+
+The engine answers requests on a connection strictly in order and carries no
+request ids, so replies are matched to a FIFO of waiters. A query's reply is a
+stream of ROWS frames that ends with DONE; the stream applies back-pressure
+(the socket stops being read) so a million-row result never piles up in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import codec, protocol
+from .errors import ConnectionLostError, Error, ProtocolError, error_for
+
+log = logging.getLogger("cowsqlpy.wire")
+_TRACE = "client" in os.environ.get("COWSQLPY_TRACE", "").split(",")
+
+# The reply each request gets when it succeeds (a FAILURE can replace any of them).
+REPLY: dict[int, int] = {
+    protocol.LEADER: protocol.SERVER,
+    protocol.CLIENT: protocol.WELCOME,
+    protocol.OPEN: protocol.DB,
+    protocol.PREPARE: protocol.STMT,
+    protocol.EXEC: protocol.RESULT,
+    protocol.QUERY: protocol.ROWS,
+    protocol.FINALIZE: protocol.EMPTY,
+    protocol.EXEC_SQL: protocol.RESULT,
+    protocol.QUERY_SQL: protocol.ROWS,
+    protocol.INTERRUPT: protocol.EMPTY,
+    protocol.ADD: protocol.EMPTY,
+    protocol.ASSIGN: protocol.EMPTY,
+    protocol.REMOVE: protocol.EMPTY,
+    protocol.DUMP: protocol.FILES,
+    protocol.CLUSTER: protocol.SERVERS,
+    protocol.TRANSFER: protocol.EMPTY,
+    protocol.DESCRIBE: protocol.METADATA,
+    protocol.WEIGHT: protocol.EMPTY,
+}
+
+# A query stream stops reading the socket once this many frames wait unconsumed.
+_STREAM_HIGH_WATER = 8
+_PART = protocol.PART.to_bytes(8, "little")
+
+class _Waiter:
+    """The reply (or stream of ROWS replies) owed to one request."""
+
+    __slots__ = ("rtype", "expect", "future", "frames", "wakeup", "done", "format", "discard")
+
+    def __init__(self, rtype: int, loop: asyncio.AbstractEventLoop, stream: bool, fmt: int) -> None:
+        self.rtype = rtype
+        self.expect = REPLY[rtype]
+        self.format = fmt
+        self.future: asyncio.Future[Any] | None = None if stream else loop.create_future()
+        self.frames: collections.deque[tuple[int, bytes] | BaseException] | None = (
+            collections.deque() if stream else None
+        )
+        self.wakeup: asyncio.Event | None = asyncio.Event() if stream else None
+        self.done = False
+        self.discard = False  # the consumer left early: drop the rest of the stream
+
+
+class WireConnection(asyncio.Protocol):
+    """A connection to one node. Use `await WireConnection.connect(address)`."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._transport: asyncio.Transport | None = None
+        self._reader = codec.FrameReader()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._closed_exc: BaseException | None = None
+        self._paused = False
+        self._loop = asyncio.get_running_loop()
+
+    # -- set-up ---------------------------------------------------------------
+
+    @classmethod
+    async def connect(cls, address: str, *, timeout: float = 5.0) -> WireConnection:
+        """Dial `address` ('host:port' or '@abstract'), send the protocol version.
+
+        :raises ConnectionLostError: refused, unreachable or timed out.
+        """
+        loop = asyncio.get_running_loop()
+        conn = cls(address)
+        try:
+            async with asyncio.timeout(timeout):
+                if address.startswith("@"):
+                    await loop.create_unix_connection(lambda: conn, "\0" + address[1:])
+                else:
+                    host, _, port = address.rpartition(":")
+                    if not host or not port.isdigit():
+                        raise ValueError(f"address must be 'host:port' or '@name', got {address!r}")
+                    await loop.create_connection(lambda: conn, host.strip("[]"), int(port))
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionLostError(f"cannot connect to {address}: {exc or 'timed out'}") from exc
+        assert conn._transport is not None
+        conn._transport.write(codec.handshake())
+        return conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    # -- I/O callbacks ----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (frame := self._reader.next_frame()) is not None:
+                self._dispatch(frame)
+        except Error as exc:
+            self._fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionLostError(f"connection to {self.address} lost" + (f": {exc}" if exc else "")))
+
+    def _dispatch(self, frame: tuple[int, bytes]) -> None:
+        if not self._waiters:
+            raise ProtocolError(f"unsolicited frame of type {frame[0]} from {self.address}")
+        waiter = self._waiters[0]
+        if _TRACE:
+            log.debug("%s <- %s %d bytes", self.address, protocol.RESPONSE_NAMES.get(frame[0], frame[0]), len(frame[1]))
+        if waiter.frames is None:
+            self._waiters.popleft()
+            assert waiter.future is not None
+            if not waiter.future.done():
+                waiter.future.set_result(frame)
+            return
+        # Streaming: every ROWS frame until DONE belongs to this waiter.
+        ftype, body = frame
+        # Anything but a ROWS body ending in the PART marker ends the stream.
+        last = ftype != protocol.ROWS or body[-8:] != _PART
+        if not waiter.discard:
+            waiter.frames.append(frame)
+            assert waiter.wakeup is not None
+            waiter.wakeup.set()
+        if last:
+            waiter.done = True
+            self._waiters.popleft()
+        elif len(waiter.frames) >= _STREAM_HIGH_WATER and not self._paused and self._transport:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._closed_exc is None:
+            self._closed_exc = exc
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter.future is not None:
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+                    waiter.future.exception()  # mark retrieved: the caller may be gone
+            else:
+                assert waiter.frames is not None and waiter.wakeup is not None
+                waiter.frames.append(exc)
+                waiter.wakeup.set()
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- requests -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_exc is not None
+
+    def _send(self, rtype: int, args: tuple[Any, ...], stream: bool, fmt: int = 1) -> _Waiter:
+        if self._closed_exc is not None:
+            raise ConnectionLostError(f"connection to {self.address} is closed") from self._closed_exc
+        data = codec.encode_request(rtype, *args)  # refuses what the engine must not receive
+        waiter = _Waiter(rtype, self._loop, stream, fmt)
+        self._waiters.append(waiter)
+        assert self._transport is not None
+        if _TRACE:
+            log.debug("%s -> %s %r", self.address, protocol.REQUEST_NAMES.get(rtype, rtype), args)
+        self._transport.write(data)
+        return waiter
+
+    def _decode(self, waiter: _Waiter, frame: tuple[int, bytes]) -> Any:
+        ftype, body = frame
+        if ftype == protocol.FAILURE:
+            failure = codec.decode_response(ftype, body)
+            raise error_for(failure.code, failure.message)
+        if ftype != waiter.expect:
+            exc = ProtocolError(
+                f"{self.address} answered {protocol.REQUEST_NAMES[waiter.rtype]} with response type {ftype}"
+            )
+            self._fail(exc)
+            raise exc
+        return codec.decode_response(ftype, body, waiter.format)
+
+    async def request(self, rtype: int, *args: Any, timeout: float | None = None) -> Any:
+        """Send one request and return its decoded reply.
+
+        :raises Error subclass: the FAILURE the engine sent (see errors.py).
+        :raises ConnectionLostError: EOF, reset or timeout (the connection is closed).
+        """
+        fmt = args[0] if rtype == protocol.CLUSTER and args else 1
+        waiter = self._send(rtype, args, stream=False, fmt=fmt)
+        assert waiter.future is not None
+        try:
+            if timeout is None:
+                frame = await waiter.future
+            else:
+                async with asyncio.timeout(timeout):
+                    frame = await waiter.future
+        except TimeoutError:
+            self._fail(ConnectionLostError(f"{self.address}: no reply within {timeout}s"))
+            raise ConnectionLostError(f"{self.address}: no reply within {timeout}s") from None
+        except asyncio.CancelledError:
+            # The reply can no longer be matched to anyone: the connection is unusable.
+            self._fail(ConnectionLostError(f"{self.address}: request cancelled"))
+            raise
+        return self._decode(waiter, frame)
+
+    async def query(self, rtype: int, *args: Any, timeout: float | None = None) -> AsyncIterator[tuple[list[str], list[tuple[Any, ...]]]]:
+        """Send QUERY or QUERY_SQL and yield (columns, rows) per ROWS batch until DONE.
+
+        Leaving the loop early drains the rest of the result in the background
+        (1.11.1 cannot interrupt a query), keeping the connection usable.
+        """
+        waiter = self._send(rtype, args, stream=True)
+        assert waiter.frames is not None and waiter.wakeup is not None
+        finished = False
+        try:
+            while True:
+                if not waiter.frames:
+                    waiter.wakeup.clear()
+                    try:
+                        async with asyncio.timeout(timeout):
+                            await waiter.wakeup.wait()
+                    except TimeoutError:
+                        self._fail(ConnectionLostError(f"{self.address}: no rows within {timeout}s"))
+                        raise ConnectionLostError(f"{self.address}: no rows within {timeout}s") from None
+                    continue
+                item = waiter.frames.popleft()
+                if self._paused and len(waiter.frames) < _STREAM_HIGH_WATER // 2 and self._transport:
+                    self._paused = False
+                    self._transport.resume_reading()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                ftype, body = item
+                if ftype != protocol.ROWS:
+                    finished = True
+                    self._decode(waiter, item)  # raises the FAILURE (or ProtocolError)
+                    raise ProtocolError(f"unexpected response type {ftype} in a result set")
+                try:
+                    columns, rows, done = codec.decode_rows(body)
+                except Error as exc:
+                    finished = True
+                    self._fail(exc)
+                    raise
+                if done:
+                    finished = True
+                yield columns, rows
+                if done:
+                    return
+        finally:
+            if not finished:
+                self._discard_stream(waiter)
+
+    def _discard_stream(self, waiter: _Waiter) -> None:
+        """Throw away the rest of an abandoned result set as it arrives."""
+        assert waiter.frames is not None
+        waiter.discard = True
+        waiter.frames.clear()
+        if self._paused and self._transport:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        if self._closed_exc is None:
+            self._fail(ConnectionLostError(f"connection to {self.address} closed by the client"))
+
+    def __repr__(self) -> str:
+        return f"<WireConnection {self.address} {'closed' if self.closed else 'open'}>"
