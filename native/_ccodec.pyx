@@ -1,4 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# cython: auto_pickle=False, autotestdict=False
 """Cython wire codec: the fast twin of `cowsqlpy._codec_py`, with the same API and behaviour.
 
 Both interpret the layouts in `cowsqlpy.protocol` and call its helpers for argument binding,
