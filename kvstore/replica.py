@@ -86,6 +86,22 @@ class Replica:
                 self.hub.publish(events)
         return res
 
+    def restore(self, state: mvcc.MVCC) -> None:
+        """Replace the state with a snapshot (a lagging raft member catching up).
+        Live watchers receive the events between the old and the new state from
+        the snapshot's event log, or an error when that part was compacted."""
+        with self.lock:
+            old_rev = self.state.revision
+            self.state = state
+            self._reset_deadlines()
+            if state.revision > old_rev:
+                missed = state.events_since(old_rev + 1)
+                if isinstance(missed, tuple):
+                    self.hub.close(from_code(missed[1], "watch lost: this replica was restored "
+                                             "from a snapshot past compacted history", missed[3]))
+                else:
+                    self.hub.publish(list(missed))
+
     # ------------------------------------------------------------ leases
     def expired_leases(self, now: float | None = None) -> list[int]:
         now = time.monotonic() if now is None else now
