@@ -108,6 +108,11 @@ class LeadershipLostError(OutcomeUnknownError):
     """Leadership was lost while a write was replicating (10506 / legacy 8458)."""
 
 
+class TransactionLostError(OperationalError):
+    """The open transaction died (leader change, lost connection); nothing of it was
+    committed. Retry the whole transaction, not the statement."""
+
+
 class NoDatabaseError(OperationalError):
     """The connection's database handle is gone (code 12, after a leader change)."""
 
@@ -216,6 +221,7 @@ __all__ = [
     "OutcomeUnknownError",
     "LeadershipLostError",
     "NoDatabaseError",
+    "TransactionLostError",
     "BusyError",
     "NodeError",
     "NodeStateError",

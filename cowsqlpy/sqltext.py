@@ -43,6 +43,7 @@ TX_VERBS = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEAS
 @dataclass(frozen=True)
 class Statement:
     verb: str  # first keyword, upper case ("" for empty text)
+    head: tuple[str, ...]  # the first three bare words, upper case (ROLLBACK TO ...)
     main_verb: str  # the verb after a WITH clause, else `verb`
     returns_rows: bool | None  # None: cannot tell from the text (PRAGMA)
     returning: bool  # a RETURNING clause outside literals and comments
@@ -127,6 +128,7 @@ def analyze(sql: str) -> Statement:
         returns_rows = False
     return Statement(
         verb=verb,
+        head=tuple(words[:3]),
         main_verb=main_verb,
         returns_rows=returns_rows,
         returning=returning and main_verb in WRITE_VERBS,

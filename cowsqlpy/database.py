@@ -1,0 +1,435 @@
+"""The async core behind the DB-API driver: one replicated database, seen from this process.
+
+`Database` keeps a pool of sessions to the current leader, follows the leader
+when it changes, and serialises this process's write transactions with one
+lock, so writers wait their turn instead of spinning on the engine's immediate
+SQLITE_BUSY. Single-statement autocommit writes that arrive while another
+write is in flight are coalesced into one engine transaction (group commit):
+each statement stays atomic and is acknowledged on its own, only after the
+transaction that carries it committed.
+
+Error rules (see errors.py for the classes):
+
+* not-leader, lost connection or no leader *before* a write was sent: retried
+  on the new leader under the retry policy;
+* SQLITE_BUSY (another process writing): retried for `policy.busy_timeout`;
+* leadership lost or connection lost while a commit was in flight:
+  `OutcomeUnknownError` (the write may have committed), never retried;
+* a failure inside an open transaction: `TransactionLostError`, the
+  application retries the whole transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import LeaderTracker, Session
+from .errors import (
+    BusyError,
+    ConnectionLostError,
+    Error,
+    LeadershipLostError,
+    NoDatabaseError,
+    NotLeaderError,
+    OutcomeUnknownError,
+    TransactionLostError,
+)
+from .retry import RetryPolicy, retrying
+from .store import NodeStore
+
+log = logging.getLogger("cowsqlpy.database")
+
+MAX_IDLE_SESSIONS = 32
+MAX_BATCH = 512  # statements per group commit
+PIPELINE_WINDOW = 256  # EXEC requests in flight during executemany
+
+# Errors that mean "this session no longer talks to a leader's open database".
+SESSION_GONE = (NotLeaderError, ConnectionLostError, NoDatabaseError, LeadershipLostError)
+
+BEGIN = "BEGIN IMMEDIATE"  # takes the engine's write lock up front: BUSY comes at BEGIN, where a retry is safe
+
+
+@dataclass(eq=False)
+class _Write:
+    sql: str
+    params: Sequence[Any]
+    future: asyncio.Future[tuple[int, int]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class _Rerun(Exception):
+    """A statement error rolled the whole batch transaction back: run the rest again."""
+
+
+class Database:
+    """One database of a cluster: leader-following session pool, write lock, group commit."""
+
+    def __init__(self, store: NodeStore, name: str, policy: RetryPolicy, *, group_commit: bool = True) -> None:
+        self.store = store
+        self.name = name
+        self.policy = policy
+        self.group_commit = group_commit
+        self.tracker = LeaderTracker(store, policy)
+        self.write_lock = asyncio.Lock()
+        self._idle: list[Session] = []
+        self._pending: collections.deque[_Write] = collections.deque()
+        self._committer: asyncio.Task[None] | None = None
+        self.batches = 0  # group commits run (for tests and benchmarks)
+        self.batched_statements = 0
+
+    # -- sessions ---------------------------------------------------------------
+
+    async def acquire(self) -> Session:
+        """A session to the leader with this database open (retried across leader changes)."""
+        while self._idle:
+            session = self._idle.pop()
+            if not session.closed:
+                return session
+
+        async def attempt() -> Session:
+            session = Session(await self.tracker.connect(), self.policy)
+            try:
+                await session.open(self.name)
+            except BaseException:
+                session.close()
+                raise
+            return session
+
+        return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="connect")
+
+    def release(self, session: Session, error: BaseException | None = None) -> None:
+        """Give a session back; one that failed with a leader/connection error is dropped."""
+        if session.closed or isinstance(error, SESSION_GONE):
+            session.close()
+            if error is not None:
+                self._drop_idle()
+            return
+        if len(self._idle) < MAX_IDLE_SESSIONS:
+            self._idle.append(session)
+        else:
+            session.close()
+
+    async def _forget_leader(self) -> None:
+        self._drop_idle()
+
+    def _drop_idle(self) -> None:
+        self.tracker.forget()
+        for session in self._idle:
+            session.close()
+        self._idle.clear()
+
+    async def close(self) -> None:
+        self._drop_idle()
+
+    # -- reads ------------------------------------------------------------------
+
+    async def query(self, sql: str, params: Sequence[Any]) -> ResultStream:
+        """Start a query outside any transaction; retried until its first batch arrives."""
+
+        async def attempt() -> ResultStream:
+            session = await self.acquire()
+            stream = ResultStream(session.query_sql(sql, params), session, self)
+            try:
+                await stream.start()
+            except BaseException as exc:
+                self.release(session, exc)
+                raise
+            return stream
+
+        return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="query")
+
+    # -- autocommit writes --------------------------------------------------------
+
+    async def execute(self, sql: str, params: Sequence[Any], *, coalesce: bool) -> tuple[int, int]:
+        """Run one statement that returns no rows in its own transaction.
+
+        With `coalesce`, concurrent calls share engine transactions (group commit).
+        """
+        if coalesce and self.group_commit:
+            write = _Write(sql, params)
+            self._pending.append(write)
+            if self._committer is None or self._committer.done():
+                self._committer = asyncio.ensure_future(self._commit_loop())
+            return await write.future
+        async with self.write_lock:
+            return await retrying(lambda: self._exec_once(sql, params), self.policy, on_reconnect=self._forget_leader, what="exec")
+
+    async def _exec_once(self, sql: str, params: Sequence[Any]) -> tuple[int, int]:
+        session = await self.acquire()
+        try:
+            result = await session.exec_sql(sql, params)
+        except ConnectionLostError as exc:
+            self.release(session, exc)
+            raise OutcomeUnknownError(f"connection lost while a write was in flight: {exc.message}") from exc
+        except BaseException as exc:
+            self.release(session, exc)
+            raise
+        self.release(session)
+        return result
+
+    async def _commit_loop(self) -> None:
+        while self._pending:
+            batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
+            async with self.write_lock:
+                try:
+                    await retrying(lambda: self._commit_batch(batch), self.policy, on_reconnect=self._forget_leader, what="group commit")
+                except BaseException as exc:
+                    for w in batch:
+                        if not w.future.done():
+                            w.future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+
+    async def _commit_batch(self, batch: list[_Write]) -> None:
+        todo = [w for w in batch if not w.future.done()]
+        if not todo:
+            return
+        if len(todo) == 1:
+            w = todo[0]
+            try:
+                w.future.set_result(await self._exec_once(w.sql, w.params))
+            except Error as exc:
+                if exc.retry != "never":
+                    raise
+                w.future.set_exception(exc)
+            return
+        while todo:
+            try:
+                await self._run_batch(todo)
+                return
+            except _Rerun:
+                todo = [w for w in todo if not w.future.done()]
+
+    async def _run_batch(self, todo: list[_Write]) -> None:
+        session = await self.acquire()
+        results: dict[_Write, tuple[int, int]] = {}
+        failed: dict[_Write, Error] = {}
+        try:
+            await session.exec_sql(BEGIN)
+            await session.exec_sql("SAVEPOINT cowsqlpy_batch")
+            for w in todo:
+                try:
+                    results[w] = await session.exec_sql(w.sql, w.params)
+                except (*SESSION_GONE, BusyError):
+                    raise
+                except Error as exc:
+                    failed[w] = exc
+                    # Statement errors normally undo only the statement; OR ROLLBACK
+                    # and RAISE(ROLLBACK) end the transaction. Find out which.
+                    try:
+                        await session.exec_sql("RELEASE cowsqlpy_batch")
+                    except (*SESSION_GONE, BusyError):
+                        raise
+                    except Error:
+                        w.future.set_exception(exc)  # its own effect is gone with the transaction
+                        self.release(session)
+                        raise _Rerun() from None
+                    await session.exec_sql("SAVEPOINT cowsqlpy_batch")
+        except (*SESSION_GONE, BusyError) as exc:
+            # Nothing was committed: the transaction dies with the session or is rolled back.
+            await self._abandon(session, exc)
+            if isinstance(exc, LeadershipLostError):
+                raise ConnectionLostError(f"leadership lost before commit: {exc.message}") from exc
+            raise
+        try:
+            await session.exec_sql("COMMIT")
+        except (LeadershipLostError, ConnectionLostError) as exc:
+            self.release(session, exc)
+            unknown = OutcomeUnknownError(f"commit outcome unknown: {exc.message}")
+            for w in todo:
+                w.future.set_exception(unknown)
+            return
+        except Error as exc:
+            await self._abandon(session, exc)
+            raise
+        self.release(session)
+        self.batches += 1
+        self.batched_statements += len(todo)
+        for w, r in results.items():
+            w.future.set_result(r)
+        for w, e in failed.items():
+            w.future.set_exception(e)
+
+    async def _abandon(self, session: Session, exc: BaseException) -> None:
+        if not isinstance(exc, SESSION_GONE) and not session.closed:
+            try:
+                await session.exec_sql("ROLLBACK")
+            except Error as rollback_error:
+                exc = rollback_error
+        self.release(session, exc if isinstance(exc, SESSION_GONE) else None)
+
+    async def execute_script(self, sql: str) -> tuple[int, int]:
+        """Run every statement of `sql` (EXEC_SQL). Never retried once sent: the engine
+        commits statement by statement, so a failure part-way leaves the outcome unknown."""
+        async with self.write_lock:
+            session = await self.acquire()
+            try:
+                result = await session.exec_sql(sql)
+            except SESSION_GONE as exc:
+                self.release(session, exc)
+                raise OutcomeUnknownError(f"script interrupted, some statements may have run: {exc.message}") from exc
+            except BaseException as exc:
+                await self._end_stray_transaction(session)
+                raise exc
+            await self._end_stray_transaction(session)
+            return result
+
+    async def _end_stray_transaction(self, session: Session) -> None:
+        """A script may leave BEGIN without COMMIT: roll it back before pooling the session."""
+        try:
+            await session.exec_sql("ROLLBACK")
+        except SESSION_GONE as exc:
+            self.release(session, exc)
+            return
+        except Error:
+            pass  # "no transaction is active": the normal case
+        self.release(session)
+
+    # -- transactions -------------------------------------------------------------
+
+    async def begin(self, sql: str = BEGIN) -> Session:
+        """Take the write lock and open a transaction on a leader session."""
+        await self.write_lock.acquire()
+        try:
+
+            async def attempt() -> Session:
+                session = await self.acquire()
+                try:
+                    await session.exec_sql(sql)
+                except BaseException as exc:
+                    self.release(session, exc)
+                    raise
+                return session
+
+            return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="begin")
+        except BaseException:
+            self.write_lock.release()
+            raise
+
+    async def commit(self, session: Session) -> None:
+        """COMMIT and release; the lock is released whatever happens."""
+        try:
+            await session.exec_sql("COMMIT")
+        except (LeadershipLostError, ConnectionLostError) as exc:
+            self.release(session, exc)
+            self.write_lock.release()
+            raise OutcomeUnknownError(f"commit outcome unknown: {exc.message}") from exc
+        except SESSION_GONE as exc:
+            self.release(session, exc)
+            self.write_lock.release()
+            raise TransactionLostError(f"transaction lost before commit: {exc.message}") from exc
+        except BaseException:
+            raise  # e.g. a deferred constraint: the transaction stays open for rollback
+        self.release(session)
+        self.write_lock.release()
+
+    async def rollback(self, session: Session) -> None:
+        try:
+            if not session.closed:
+                await session.exec_sql("ROLLBACK")
+        except Error as exc:
+            self.release(session, exc if isinstance(exc, SESSION_GONE) else ConnectionLostError("rollback failed"))
+        else:
+            self.release(session)
+        finally:
+            self.write_lock.release()
+
+    def lose(self, session: Session, exc: BaseException) -> None:
+        """A transaction's session failed: drop it and free the lock."""
+        self.release(session, exc)
+        self.write_lock.release()
+
+    async def executemany(self, session: Session, sql: str, seq: Sequence[Sequence[Any]]) -> int:
+        """Run `sql` for each parameter set, pipelined, atomically inside the open transaction.
+
+        :returns: total rows affected.
+        """
+        stmt = await session.prepare(sql)
+        total = 0
+        await session.exec_sql("SAVEPOINT cowsqlpy_many")
+        try:
+            for start in range(0, len(seq), PIPELINE_WINDOW):
+                futures = [session.send_exec(stmt, p) for p in seq[start : start + PIPELINE_WINDOW]]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                for r in results:
+                    if isinstance(r, BaseException):
+                        raise r
+                    total += r[1]
+        except SESSION_GONE:
+            raise
+        except BaseException:
+            if not session.closed:
+                await session.exec_sql("ROLLBACK TO cowsqlpy_many")
+                await session.exec_sql("RELEASE cowsqlpy_many")
+                await session.finalize(stmt)
+            raise
+        await session.exec_sql("RELEASE cowsqlpy_many")
+        await session.finalize(stmt)
+        return total
+
+
+class ResultStream:
+    """Batches of one result set, read on demand (memory stays bounded)."""
+
+    def __init__(
+        self,
+        batches: AsyncIterator[tuple[list[str], list[tuple[Any, ...]]]],
+        session: Session,
+        owner: Database | None,
+    ) -> None:
+        self._batches = batches
+        self.session = session
+        self._owner = owner  # set: release the session to it when done
+        self.columns: list[str] = []
+        self.first: list[tuple[Any, ...]] | None = None
+        self.finished = False
+
+    async def start(self) -> None:
+        """Wait for the first batch (so errors surface at execute time)."""
+        self.first = await self._next()
+
+    async def _next(self) -> list[tuple[Any, ...]] | None:
+        if self.finished:
+            return None
+        try:
+            columns, rows = await self._batches.__anext__()
+        except StopAsyncIteration:
+            self._finish()
+            return None
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+        self.columns = columns
+        return rows
+
+    async def next_batch(self) -> list[tuple[Any, ...]] | None:
+        """The next batch of rows, or None at the end."""
+        if self.first is not None:
+            rows, self.first = self.first, None
+            return rows
+        return await self._next()
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if not self.finished:
+            self.finished = True
+            if self._owner is not None:
+                self._owner.release(self.session, exc)
+
+    async def materialize(self) -> None:
+        """Read the rest into memory now, so the session can take the next request."""
+        rows = list(self.first or [])
+        self.first = None
+        while (batch := await self._next()) is not None:
+            rows.extend(batch)
+        self.first = rows
+
+    async def aclose(self) -> None:
+        """Abandon the rest (the wire layer discards it as it arrives)."""
+        if not self.finished:
+            await self._batches.aclose()  # type: ignore[attr-defined]
+            self._finish()
+
