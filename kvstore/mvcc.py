@@ -79,9 +79,13 @@ class MVCC:
             events: list[Event] = []
             if kind == "put":
                 res = self._cmd_txn([], [["put", cmd[1], cmd[2], cmd[3], cmd[4]]], [], events)
+                if res[0] == "error":
+                    return res, []
                 return ("ok", res[2][0][1], res[2][0][2]), events
             if kind == "del":
                 res = self._cmd_txn([], [["del", cmd[1], cmd[2], cmd[3]]], [], events)
+                if res[0] == "error":
+                    return res, []
                 return ("ok", res[2][0][1], res[2][0][2], res[2][0][3]), events
             if kind == "txn":
                 return self._cmd_txn(cmd[1], cmd[2], cmd[3], events), events
