@@ -140,13 +140,15 @@ class RaftCluster:
     """``nodes`` raft members in this process (one ``RaftKV`` handle each)."""
 
     def __init__(self, base: Path | str | None = None, nodes: int = 3, *, durable: bool = False,
-                 options: str = "") -> None:
+                 options: str = "", spares: int = 0) -> None:
         self.base = None if base is None else Path(base)
         self.n = nodes
+        self.spares = spares
         self.durable = durable
         self.options = options
-        self.ports = free_ports(nodes)
+        self.ports = free_ports(nodes + spares)
         self.handles: list[Any] = []
+        self._spare_handles: dict[int, Any] = {}
 
     @property
     def addrs(self) -> list[str]:
@@ -158,9 +160,24 @@ class RaftCluster:
         if self.durable:
             assert self.base is not None
             q += f"&dir={self.base / f'raft-{i}'}"
+        elif i >= self.n and self.base is not None:
+            q += f"&dir={self.base / f'raft-spare-{i}'}"
         if self.options:
             q += "&" + self.options
         return f"raft://{self.addrs[i]}?{q}"
+
+    def open_spare(self, timeout: float = 30.0) -> Any:
+        """Start a member in a free spare slot (listed as a peer by everyone
+        but not started by ``start``); closing the handle frees the slot. The
+        slot keeps its journal, so reuse is a restart, not a new empty node."""
+        import kvstore
+        for i in range(self.n, self.n + self.spares):
+            h = self._spare_handles.get(i)
+            if h is None or h.closed:
+                h = self._spare_handles[i] = kvstore.open(self.url(i))
+                h.wait_ready(timeout)
+                return h
+        raise RuntimeError("no free spare raft slot")
 
     def start(self, timeout: float = 30.0) -> RaftCluster:
         import kvstore
@@ -170,12 +187,23 @@ class RaftCluster:
         return self
 
     def stop(self) -> None:
-        for h in self.handles:
+        """Close every member at once (closing one by one would lose quorum
+        half-way and make the remaining closes wait for their timeouts)."""
+        import threading
+
+        def close(h: Any) -> None:
             try:
                 h.close()
             except Exception:  # noqa: BLE001 - teardown must reach every node
                 pass
+        ts = [threading.Thread(target=close, args=(h,))
+              for h in list(self._spare_handles.values()) + self.handles]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
         self.handles = []
+        self._spare_handles = {}
 
     def __enter__(self) -> RaftCluster:
         return self.start()

@@ -71,7 +71,7 @@ def mem_env() -> Iterator[Env]:
 
 @pytest.fixture(scope="session")
 def raft_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaftCluster]:
-    c = RaftCluster(tmp_path_factory.mktemp("raft"), 3, durable=True,
+    c = RaftCluster(tmp_path_factory.mktemp("raft"), 3, durable=True, spares=2,
                     options=f"session_ttl={TEST_SESSION_TTL}")
     c.start()
     yield c
@@ -80,12 +80,8 @@ def raft_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaftClust
 
 @pytest.fixture
 def raft_env(raft_cluster: RaftCluster) -> Iterator[Env]:
-    def single() -> kvstore.KV:
-        c = RaftCluster(None, 1, options=f"session_ttl={TEST_SESSION_TTL}")
-        kv = kvstore.open(c.url(0))
-        kv.wait_ready()  # type: ignore[attr-defined]
-        return kv
-    env = Env("raft", raft_cluster.handles[0], raft_cluster.handles[1], single, False,
+    env = Env("raft", raft_cluster.handles[0], raft_cluster.handles[1], raft_cluster.open_spare,
+              False,
               url=raft_cluster.url(0))
     yield env
     env.close()

@@ -65,7 +65,7 @@ def test_general_txn(env):
         r = kv.txn(
             [Value(a) == b"1", Version(b) == 1, CreateRevision(a) == ra, ModRevision(a) < ra + 1,
              CreateRevision(c) == 0, LeaseId(a) == 0],
-            [Put(c, b"3", lease=lease), Delete(b), Get(a), GetRange(env.ns)],
+            [Put(c, b"3", lease=lease), Delete(b), Get(a), GetRange(env.ns, kvstore.prefix_end(env.ns))],
             [Put(c, b"fail")])
         assert r.succeeded
         put_r, del_r, get_r, range_r = r.responses
