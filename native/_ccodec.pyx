@@ -41,6 +41,8 @@ cdef int _ISO8601 = P.ISO8601
 cdef int _BOOLEAN = P.BOOLEAN
 cdef Py_ssize_t _MAX_PARAMS = P.MAX_PARAMS
 cdef Py_ssize_t _HEADER_SIZE = P.HEADER_SIZE
+cdef int _ROWS = P.ROWS
+cdef dict _RESPONSES = P.RESPONSES
 
 cdef enum Kind:
     K_U64, K_U32, K_PAD32, K_TEXT, K_PARAMS, K_NODES, K_FILES, K_ROWS
@@ -491,12 +493,12 @@ cdef list _files(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos):
 
 def decode_response(rtype, body, format=1):
     """Decode a response body per protocol.RESPONSES. See _codec_py.decode_response."""
-    layout = P.RESPONSES.get(rtype)
+    layout = _RESPONSES.get(rtype)
     if layout is None:
         raise ProtocolError(f"unknown response type {rtype!r}")
-    if layout.code == P.ROWS:
+    if rtype == _ROWS:
         return decode_rows(body)
-    cdef tuple kinds = _RESPONSE_KINDS[layout.code]
+    cdef tuple kinds = _RESPONSE_KINDS[rtype]
     cdef bytes data = _as_bytes(body)
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
