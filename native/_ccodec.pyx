@@ -171,6 +171,7 @@ cdef int _w_blob(Writer* w, object value) except -1:
 cdef int _w_param(Writer* w, object value, Py_ssize_t i) except -1:
     """Encode one param; return its type code. Same precedence as _codec_py._infer_type."""
     cdef object tp = type(value)
+    cdef long long integer
     cdef int rc
     if value is None:
         _st64(_room(w, 8), 0)
@@ -180,10 +181,10 @@ cdef int _w_param(Writer* w, object value, Py_ssize_t i) except -1:
         return _BOOLEAN
     if tp is int or (tp is not float and tp is not str and isinstance(value, int)):
         try:
-            _st64(_room(w, 8), <uint64_t>PyLong_AsLongLong(value))
+            integer = PyLong_AsLongLong(value)
         except OverflowError:
-            w.size -= 8
             raise P.int_range_error(f"params[{i}]", value) from None
+        _st64(_room(w, 8), <uint64_t>integer)
         return _INTEGER
     if tp is float or isinstance(value, float):
         _w_f64(w, PyFloat_AsDouble(value))
