@@ -133,6 +133,15 @@ class NodeStateError(NodeError):
     """A node call made in the wrong state (stop before start, option change while running)."""
 
 
+class NodeIdentityError(NodeError):
+    """An App's data dir does not match what it was asked to run: another address,
+    files of another program, or a node of another cluster."""
+
+
+class ClusterMismatchError(NodeIdentityError):
+    """The data dir belongs to a node of a different cluster than the one reached."""
+
+
 class EngineUnavailableError(ImportError):
     """The engine binding (libdqlite) is not installed; only `Node` needs it."""
 
@@ -225,6 +234,8 @@ __all__ = [
     "BusyError",
     "NodeError",
     "NodeStateError",
+    "NodeIdentityError",
+    "ClusterMismatchError",
     "EngineUnavailableError",
     "register",
     "error_for",
