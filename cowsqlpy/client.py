@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from . import protocol
@@ -94,10 +94,10 @@ class Session:
         self._statements.add(stmt_id)
         return PreparedStatement(stmt_id, nparams)
 
-    def send_exec(self, stmt: PreparedStatement, params: Sequence[Any]) -> asyncio.Future[Any]:
-        """Pipeline an EXEC without waiting for earlier replies (executemany)."""
+    def send_exec(self, stmt: PreparedStatement, params: Sequence[Any]) -> Coroutine[Any, Any, tuple[int, int]]:
+        """Write an EXEC now and return the awaitable of its RESULT (pipelining)."""
         self._check_statement(stmt)
-        return asyncio.ensure_future(self.call(protocol.EXEC, self.db_id, stmt.id, params))
+        return self.conn.submit(protocol.EXEC, self.db_id, stmt.id, params, timeout=self.policy.attempt_timeout)
 
     def query(self, stmt: PreparedStatement, params: Sequence[Any] = ()) -> AsyncIterator[tuple[list[str], list[tuple[Any, ...]]]]:
         self._check_statement(stmt)

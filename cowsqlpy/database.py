@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,24 +349,31 @@ class Database:
         :returns: total rows affected.
         """
         stmt = await session.prepare(sql)
-        total = 0
         await session.exec_sql("SAVEPOINT cowsqlpy_many")
-        try:
-            for start in range(0, len(seq), PIPELINE_WINDOW):
-                futures = [session.send_exec(stmt, p) for p in seq[start : start + PIPELINE_WINDOW]]
-                results = await asyncio.gather(*futures, return_exceptions=True)
-                for r in results:
-                    if isinstance(r, BaseException):
-                        raise r
-                    total += r[1]
-        except SESSION_GONE:
-            raise
-        except BaseException:
-            if not session.closed:
-                await session.exec_sql("ROLLBACK TO cowsqlpy_many")
-                await session.exec_sql("RELEASE cowsqlpy_many")
-                await session.finalize(stmt)
-            raise
+        # A sliding window of requests in flight: the engine never waits for us.
+        in_flight: collections.deque[Coroutine[Any, Any, tuple[int, int]]] = collections.deque()
+        total = 0
+        error: BaseException | None = None
+        for params in seq:
+            if len(in_flight) >= PIPELINE_WINDOW:
+                try:
+                    total += (await in_flight.popleft())[1]
+                except BaseException as exc:
+                    error = exc
+                    break
+            in_flight.append(session.send_exec(stmt, params))
+        while in_flight:  # every reply already owed is read, even after an error
+            try:
+                total += (await in_flight.popleft())[1]
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            if isinstance(error, SESSION_GONE) or session.closed:
+                raise error
+            await session.exec_sql("ROLLBACK TO cowsqlpy_many")
+            await session.exec_sql("RELEASE cowsqlpy_many")
+            await session.finalize(stmt)
+            raise error
         await session.exec_sql("RELEASE cowsqlpy_many")
         await session.finalize(stmt)
         return total

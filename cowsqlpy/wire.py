@@ -13,7 +13,7 @@ import collections
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from . import codec, protocol
@@ -202,8 +202,15 @@ class WireConnection(asyncio.Protocol):
         :raises Error subclass: the FAILURE the engine sent (see errors.py).
         :raises ConnectionLostError: EOF, reset or timeout (the connection is closed).
         """
+        return await self.submit(rtype, *args, timeout=timeout)
+
+    def submit(self, rtype: int, *args: Any, timeout: float | None = None) -> Coroutine[Any, Any, Any]:
+        """Write a request now and return an awaitable of its reply (for pipelining:
+        several submits go out back to back; await them in order)."""
         fmt = args[0] if rtype == protocol.CLUSTER and args else 1
-        waiter = self._send(rtype, args, stream=False, fmt=fmt)
+        return self._reply(self._send(rtype, args, stream=False, fmt=fmt), timeout)
+
+    async def _reply(self, waiter: _Waiter, timeout: float | None) -> Any:
         assert waiter.future is not None
         try:
             if timeout is None:
