@@ -191,17 +191,22 @@ class RaftCluster:
         half-way and make the remaining closes wait for their timeouts)."""
         import threading
 
-        def close(h: Any) -> None:
-            try:
-                h.close()
-            except Exception:  # noqa: BLE001 - teardown must reach every node
-                pass
-        ts = [threading.Thread(target=close, args=(h,))
-              for h in list(self._spare_handles.values()) + self.handles]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
+        handles = [h for h in list(self._spare_handles.values()) + self.handles if not h.closed]
+
+        def run_all(fn: Callable[[Any], Any]) -> None:
+            def safe(h: Any) -> None:
+                try:
+                    fn(h)
+                except Exception:  # noqa: BLE001 - teardown must reach every node
+                    pass
+            ts = [threading.Thread(target=safe, args=(h,)) for h in handles]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(60)
+        # revoke sessions while the quorum is still up, then stop the members
+        run_all(lambda h: h._session.close())
+        run_all(lambda h: h.close())
         self.handles = []
         self._spare_handles = {}
 
