@@ -43,6 +43,7 @@ from .client import Client, Session, SyncClient, find_leader
 from .errors import ClusterMismatchError, Error, NodeIdentityError, NoLeaderError
 from .node import (
     BOOTSTRAP_ID,
+    DialFunc,
     Node,
     SnapshotParams,
     _check_address,
@@ -284,6 +285,8 @@ class App:
         election timeout (x15) from it. None keeps the engine default (3 s elections).
     :param policy: retry policy of the connections `open()` returns and of the
         App's own requests.
+    :param dial: how the engine dials its Raft peers (see `Node`); e.g. a
+        `cowsqlpy.testing.FaultProxy`.
 
     :raises NodeIdentityError: restart with another address, a data dir made by
         something else, or (`ClusterMismatchError`) by a node of another cluster.
@@ -304,6 +307,7 @@ class App:
         snapshot_params: SnapshotParams | tuple[int, int] | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         policy: RetryPolicy = DEFAULT_POLICY,
+        dial: DialFunc | None = None,
     ) -> None:
         if isinstance(voters, bool) or not isinstance(voters, int) or voters < 1 or voters % 2 == 0:
             raise ValueError(f"voters must be a positive odd number, got {voters!r}")
@@ -355,6 +359,7 @@ class App:
                     network_latency=network_latency,
                     failure_domain=failure_domain,
                     snapshot_params=snapshot_params,
+                    dial=dial,
                 )
                 self._node.start()
             except BaseException:

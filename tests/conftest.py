@@ -4,6 +4,9 @@ import os
 
 import pytest
 
+# The cowsqlpy.testing fixtures (cluster_factory, cluster3, ...) and the node-log dump on failure.
+pytest_plugins = ["cowsqlpy.pytest_plugin"]
+
 # CI sets COWSQLPY_REQUIRE_CYTHON=1 so a broken native build cannot pass silently.
 
 

@@ -1,0 +1,729 @@
+"""A test harness for code that uses cowsqlpy: real clusters in temp dirs, faults on demand.
+
+    from cowsqlpy.testing import Cluster
+
+    with Cluster(3) as cluster:                       # in-process App nodes
+        conn = cluster.connect("app", autocommit=True)
+        ...
+    with Cluster(3, processes=True) as cluster:       # one `python -m cowsqlpy node` each
+        cluster.kill(cluster.leader_index())          # SIGKILL
+        cluster.restart(...)
+
+Every node gets its own temp dir and an OS-chosen port; node logs are kept per
+node (``cluster.logs()``) and, with the pytest plugin (`cowsqlpy.pytest_plugin`),
+attached to the report of a failing test.
+
+Faults: ``kill(i)`` (SIGKILL a process; in-process: stop the engine without
+hand-over, see below), ``stop(i)`` (graceful: hand-over then stop),
+``restart(i)``, ``pause(i)``/``resume(i)`` (SIGSTOP/SIGCONT, processes only),
+and `FaultProxy`, a TCP proxy that can drop, delay, refuse or cut connections,
+usable as a client address or as a node's ``dial`` (``Cluster(...,
+fault_proxies=True)`` puts one under every in-process node's Raft links).
+
+In-process ``kill(i)`` is the closest honest equivalent of SIGKILL an embedded
+node allows: the engine is stopped with no hand-over and no demotion, but its
+stop still closes sockets cleanly (peers see EOF at once, not a silent peer)
+and it flushes nothing extra. Use ``processes=True`` when a test depends on a
+crash being abrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import SyncClient
+from .protocol import STANDBY, VOTER, NodeInfo
+from .retry import RetryPolicy
+
+__all__ = ["Cluster", "FaultProxy", "HarnessError", "wait_for", "live_clusters"]
+
+READY_PREFIX = "cowsqlpy-node ready"
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Clusters that are running now (the pytest plugin dumps their logs on failure).
+_LIVE: weakref.WeakSet[Cluster] = weakref.WeakSet()
+
+
+def live_clusters() -> list[Cluster]:
+    return list(_LIVE)
+
+
+class HarnessError(RuntimeError):
+    """A harness call that cannot work as asked (e.g. pause() of an in-process node),
+    or a cluster that did not come up; the message carries the nodes' log tails."""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition", interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns a truthy value (returned) or `timeout` passes.
+
+    Exceptions from cowsqlpy or the OS count as "not yet".
+    :raises TimeoutError: with `what` in the message.
+    """
+    from .errors import Error
+
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (Error, OSError) as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+        time.sleep(interval)
+
+
+# -- FaultProxy ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Faults:
+    drop: bool = False  # swallow bytes, keep the connection open (a silent partition)
+    delay: float = 0.0  # seconds added before forwarding each chunk
+    refuse: bool = False  # close new connections at once
+
+
+class _Link:
+    def __init__(self, proxy: FaultProxy, a: socket.socket, b: socket.socket, target: str) -> None:
+        self.proxy, self.a, self.b, self.target = proxy, a, b, target
+        self.closed = False
+        self._lock = threading.Lock()
+        for src, dst in ((a, b), (b, a)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True, name=f"faultproxy-{target}").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                faults = self.proxy._faults_for(self.target)
+                if faults.drop:
+                    continue
+                if faults.delay:
+                    time.sleep(faults.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        for s in (self.a, self.b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+        self.proxy._forget(self)
+
+
+class FaultProxy:
+    """A TCP proxy that injects network faults.
+
+    Two uses, one fault model:
+
+    * ``FaultProxy(target)`` listens on an OS-chosen port of 127.0.0.1 and
+      forwards every connection to `target`; give ``proxy.address`` to a client.
+    * ``FaultProxy()`` is a dial function: pass it as ``Node(..., dial=proxy)``
+      or ``App(..., dial=proxy)`` and the engine's Raft connections run through it.
+
+    Faults apply to all links, or with ``address=`` to links towards one target:
+    `drop()` swallows bytes in both directions while connections stay open (a
+    silent partition), `delay()` adds latency per chunk, `refuse()` rejects new
+    connections, `cut()` closes the live ones (peers see EOF/reset); `heal()`
+    clears everything.
+    """
+
+    def __init__(self, target: str | None = None, *, host: str = "127.0.0.1", connect_timeout: float = 5.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._default = _Faults()
+        self._per_target: dict[str, _Faults] = {}
+        self._links: set[_Link] = set()
+        self._closed = False
+        self.accepted = 0
+        self.address: str | None = None
+        self._listener: socket.socket | None = None
+        if target is not None:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, 0))
+            listener.listen(128)
+            self._listener = listener
+            self.address = f"{host}:{listener.getsockname()[1]}"
+            threading.Thread(target=self._accept_loop, daemon=True, name=f"faultproxy-accept-{target}").start()
+
+    # -- faults --
+
+    def _faults_for(self, target: str) -> _Faults:
+        with self._lock:
+            return self._per_target.get(target, self._default)
+
+    def _update(self, address: str | None, **change: Any) -> None:
+        with self._lock:
+            if address is None:
+                for f in [self._default, *self._per_target.values()]:
+                    for k, v in change.items():
+                        setattr(f, k, v)
+            else:
+                f = self._per_target.setdefault(address, _Faults(**vars(self._default)))
+                for k, v in change.items():
+                    setattr(f, k, v)
+
+    def drop(self, on: bool = True, *, address: str | None = None) -> None:
+        self._update(address, drop=on)
+
+    def delay(self, seconds: float, *, address: str | None = None) -> None:
+        self._update(address, delay=float(seconds))
+
+    def refuse(self, on: bool = True, *, address: str | None = None) -> None:
+        self._update(address, refuse=on)
+
+    def cut(self, *, address: str | None = None) -> int:
+        """Close live connections (towards `address`, or all); returns how many."""
+        with self._lock:
+            links = [link for link in self._links if address is None or link.target == address]
+        for link in links:
+            link.close()
+        return len(links)
+
+    def heal(self) -> None:
+        with self._lock:
+            self._default = _Faults()
+            self._per_target.clear()
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._links)
+
+    # -- plumbing --
+
+    def _forget(self, link: _Link) -> None:
+        with self._lock:
+            self._links.discard(link)
+
+    def _open_upstream(self, target: str) -> socket.socket:
+        if self._closed:
+            raise ConnectionRefusedError(f"fault proxy closed (towards {target})")
+        if self._faults_for(target).refuse:
+            raise ConnectionRefusedError(f"fault proxy refuses connections to {target}")
+        host, port = target.rsplit(":", 1)
+        return socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout)
+
+    def _link(self, near: socket.socket, upstream: socket.socket, target: str) -> None:
+        upstream.settimeout(None)
+        near.settimeout(None)
+        link = _Link(self, near, upstream, target)
+        with self._lock:
+            self._links.add(link)
+
+    def __call__(self, address: str) -> socket.socket:
+        """Dial `address` through the proxy (a Node `dial` function)."""
+        upstream = self._open_upstream(address)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._link(theirs, upstream, address)
+        return mine
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None and self.target is not None
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            try:
+                upstream = self._open_upstream(self.target)
+            except OSError:
+                client.close()
+                continue
+            self._link(client, upstream, self.target)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        self.cut()
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FaultProxy {self.address or 'dial'} -> {self.target or '*'} links={self.connections}>"
+
+
+# -- Cluster ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Member:
+    index: int
+    dir: str
+    log_path: str
+    address: str | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    app: Any = None  # cowsqlpy.App (in-process)
+    node: Any = None  # cowsqlpy.node.Node (in-process, app=False)
+    node_id: int | None = None
+    handler: logging.Handler | None = None
+    proxy: FaultProxy | None = None
+    paused: bool = False
+    log_offset: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Cluster:
+    """N real nodes in temp dirs on OS-chosen ports, formed into one cluster.
+
+    :param n: number of nodes.
+    :param processes: run each node as ``python -m cowsqlpy node`` (SIGKILL,
+        SIGSTOP work for real) instead of in this process.
+    :param app: in-process only: False gives bare `Node`s formed by hand
+        (node 0 bootstraps, the others are added as voters; no roles loop).
+    :param network_latency: seconds; elections take ~15x this. The default
+        suits loopback on a loaded 2-core machine.
+    :param roles_adjustment_frequency, voters, standbys: passed to every App.
+    :param fault_proxies: in-process only: each node dials its peers through its
+        own `FaultProxy` (``cluster.proxies[i]``, `isolate()`, `heal()`).
+    :param base_dir: where node dirs go (default: a fresh temp dir, removed on close).
+    :param ready_timeout: seconds to wait for the cluster to form.
+    :raises HarnessError: the cluster did not form (the message has the logs).
+    """
+
+    def __init__(
+        self,
+        n: int = 3,
+        *,
+        processes: bool = False,
+        app: bool = True,
+        network_latency: float = 0.025,
+        roles_adjustment_frequency: float = 1.0,
+        voters: int = 3,
+        standbys: int = 3,
+        fault_proxies: bool = False,
+        base_dir: str | os.PathLike[str] | None = None,
+        ready_timeout: float = 30.0,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        if n < 1:
+            raise ValueError("a cluster needs at least one node")
+        if processes and (not app or fault_proxies):
+            raise HarnessError("processes=True runs Apps and cannot take in-process fault proxies")
+        self.n = n
+        self.processes = processes
+        self.use_app = app
+        self.network_latency = network_latency
+        self.roles_adjustment_frequency = roles_adjustment_frequency
+        self.voters = voters
+        self.standbys = standbys
+        self.ready_timeout = ready_timeout
+        self.extra_args = list(extra_args or [])
+        self._own_dir = base_dir is None
+        self.base_dir = tempfile.mkdtemp(prefix="cowsqlpy-cluster-") if base_dir is None else os.fspath(base_dir)
+        os.makedirs(self.base_dir, exist_ok=True)
+        self.members = [
+            _Member(i, os.path.join(self.base_dir, f"node{i}"), os.path.join(self.base_dir, f"node{i}.log"))
+            for i in range(n)
+        ]
+        if fault_proxies:
+            for m in self.members:
+                m.proxy = FaultProxy()
+        self._closed = False
+        self._connections: list[Any] = []
+        _LIVE.add(self)
+        try:
+            self._form()
+        except BaseException as exc:
+            logs = self.format_logs()
+            self.close()
+            if isinstance(exc, Exception):
+                raise HarnessError(f"cluster of {n} did not form: {exc}\n{logs}") from exc
+            raise
+
+    # -- forming --
+
+    def _form(self) -> None:
+        first = self.members[0]
+        self._start(first, join=None)
+        self._wait_ready(first)
+        for m in self.members[1:]:
+            self._start(m, join=[first.address] if first.address else None)
+        for m in self.members[1:]:
+            self._wait_ready(m)
+        if not self.use_app:
+            self._add_bare_voters()
+        self.wait_roles()
+
+    def expected_roles(self, online: int | None = None) -> tuple[int, int]:
+        """(voters, stand-bys) the roles loop converges to with `online` nodes."""
+        k = self.n if online is None else online
+        if not self.use_app:
+            return k, 0
+        if k < 3:
+            return 1, 0
+        voters = min(self.voters, k)
+        return voters, min(self.standbys, k - voters)
+
+    def wait_roles(self, voters: int | None = None, standbys: int | None = None, timeout: float | None = None) -> list[NodeInfo]:
+        """Wait until the cluster reports exactly `voters` voters and `standbys` stand-bys
+        (default: what `expected_roles()` says for all nodes)."""
+        want = self.expected_roles()
+        voters = want[0] if voters is None else voters
+        standbys = want[1] if standbys is None else standbys
+
+        def check() -> list[NodeInfo] | None:
+            nodes = self.cluster_nodes()
+            got_v = sum(1 for x in nodes if x.role == VOTER)
+            got_s = sum(1 for x in nodes if x.role == STANDBY)
+            return nodes if (got_v, got_s) == (voters, standbys) else None
+
+        result: list[NodeInfo] = wait_for(check, timeout or self.ready_timeout, f"{voters} voters and {standbys} stand-bys")
+        return result
+
+    def _add_bare_voters(self) -> None:
+        with self.client() as c:
+            for m in self.members[1:]:
+                c.add(m.node_id, m.address, VOTER)  # type: ignore[arg-type]
+
+    def _app_options(self) -> dict[str, Any]:
+        return dict(
+            voters=self.voters,
+            standbys=self.standbys,
+            roles_adjustment_frequency=self.roles_adjustment_frequency,
+            network_latency=self.network_latency,
+        )
+
+    def _start(self, m: _Member, join: list[str] | None) -> None:
+        os.makedirs(m.dir, exist_ok=True)
+        address = m.address or "127.0.0.1:0"
+        if self.processes:
+            cmd = [sys.executable, "-m", "cowsqlpy", "node", "--address", address, "--dir", m.dir,
+                   "--network-latency", str(self.network_latency),
+                   "--voters", str(self.voters), "--standbys", str(self.standbys),
+                   "--roles-adjustment-frequency", str(self.roles_adjustment_frequency),
+                   *self.extra_args]
+            if join:
+                cmd += ["--join", ",".join(join)]
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            with open(m.log_path, "ab") as log:
+                log.write(f"--- harness: starting node{m.index}: {' '.join(cmd)}\n".encode())
+                log.flush()
+                m.log_offset = log.tell()
+                m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=env, start_new_session=True)
+            m.paused = False
+            return
+        logger = logging.getLogger(f"cowsqlpy.testing.{os.path.basename(self.base_dir)}.node{m.index}")
+        if m.handler is None:
+            m.handler = logging.FileHandler(m.log_path)
+            m.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(m.handler)
+            logger.setLevel(logging.DEBUG)
+        if self.use_app:
+            from .app import App
+
+            m.app = App(m.dir, address, cluster=join, logger=logger, dial=m.proxy, **self._app_options())
+            m.address = m.app.address
+            m.node_id = m.app.id
+        else:
+            from .node import Node
+
+            m.node_id = m.index + 1  # id 1 bootstraps
+            m.node = Node(m.node_id, address, m.dir, network_latency=self.network_latency, dial=m.proxy)
+            m.node.start()
+            m.address = m.node.address
+            logger.info("node%d (id %d) started at %s", m.index, m.node_id, m.address)
+
+    def _wait_ready(self, m: _Member, timeout: float | None = None) -> None:
+        timeout = timeout or self.ready_timeout
+        if not self.processes:
+            if m.app is not None:
+                m.app.ready(timeout)
+            return
+        assert m.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(m.log_path, "rb") as f:
+                f.seek(m.log_offset)
+                for raw in f.read().decode(errors="replace").splitlines():
+                    if raw.startswith(READY_PREFIX):
+                        fields = dict(kv.split("=", 1) for kv in raw[len(READY_PREFIX):].split())
+                        m.address = fields["address"]
+                        m.node_id = int(fields["id"], 16)
+                        return
+            if m.proc.poll() is not None:
+                raise HarnessError(f"node{m.index} exited with {m.proc.returncode} before it was ready\n{self.format_logs([m.index])}")
+            if time.monotonic() > deadline:
+                raise HarnessError(f"node{m.index} not ready after {timeout}s\n{self.format_logs([m.index])}")
+            time.sleep(0.02)
+
+    # -- queries --
+
+    @property
+    def addresses(self) -> list[str]:
+        return [m.address for m in self.members if m.address]
+
+    @property
+    def apps(self) -> list[Any]:
+        return [m.app for m in self.members]
+
+    @property
+    def nodes(self) -> list[Any]:
+        return [m.node for m in self.members]
+
+    @property
+    def proxies(self) -> list[FaultProxy | None]:
+        return [m.proxy for m in self.members]
+
+    def pid(self, i: int) -> int | None:
+        proc = self.members[i].proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def running(self, i: int) -> bool:
+        m = self.members[i]
+        if m.proc is not None:
+            return m.proc.poll() is None
+        if m.app is not None:
+            return bool(m.app.node.running)
+        return m.node is not None and m.node.running
+
+    def index_of(self, address: str) -> int | None:
+        return next((m.index for m in self.members if m.address == address), None)
+
+    def client(self, *, deadline: float = 5.0) -> SyncClient:
+        """A blocking admin client over every node's address (close it after use)."""
+        return SyncClient(list(self.addresses), policy=RetryPolicy(deadline=deadline, attempt_timeout=2.0, connect_timeout=1.0))
+
+    def connect(self, database: str, **options: Any) -> Any:
+        """A DB-API connection to `database` over all nodes; closed with the cluster."""
+        from .dbapi import connect
+
+        conn = connect(list(self.addresses), database=database, **options)
+        self._connections.append(conn)
+        return conn
+
+    def cluster_nodes(self) -> list[NodeInfo]:
+        with self.client() as c:
+            return c.cluster()
+
+    def leader_index(self, timeout: float = 5.0) -> int | None:
+        """Index of the node that leads now, or None if none does within `timeout`."""
+        with self.client(deadline=timeout) as c:
+            leader = c.leader()
+        return None if leader is None else self.index_of(leader.address)
+
+    def wait_leader(self, timeout: float = 15.0, exclude: int | None = None) -> int:
+        """Wait for a leader (other than `exclude`) and return its index."""
+        def check() -> int | None:
+            i = self.leader_index(timeout=1.0)
+            return None if i is None or i == exclude else i + 1  # +1: index 0 must be truthy
+
+        result: int = wait_for(check, timeout, "a leader") - 1
+        return result
+
+    # -- faults --
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i's process; in-process: stop its engine with no hand-over."""
+        m = self.members[i]
+        if m.proc is not None:
+            if m.proc.poll() is None:
+                if m.paused:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(m.proc.pid, signal.SIGCONT)
+                m.proc.kill()
+                m.proc.wait(10)
+            m.paused = False
+        elif m.app is not None:
+            m.app.close(handover=False)
+        elif m.node is not None:
+            m.node.close()
+
+    def stop(self, i: int, timeout: float = 60.0) -> int | None:
+        """Graceful stop: SIGTERM (the runner hands over, then exits); in-process: App.close().
+        Returns the process's exit code (None in-process)."""
+        m = self.members[i]
+        if m.proc is not None:
+            if m.proc.poll() is None:
+                m.proc.terminate()
+                try:
+                    return m.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    m.proc.kill()
+                    m.proc.wait(10)
+                    raise HarnessError(f"node{i} did not stop within {timeout}s of SIGTERM\n{self.format_logs([i])}") from None
+            return m.proc.returncode
+        if m.app is not None:
+            m.app.close()
+        elif m.node is not None:
+            m.node.close()
+        return None
+
+    def start(self, i: int, *, wait: bool = True) -> None:
+        """Start a stopped or killed node again on its data dir and address."""
+        m = self.members[i]
+        if self.running(i):
+            raise HarnessError(f"node{i} is running")
+        self._start(m, join=None)
+        if wait:
+            self._wait_ready(m)
+
+    def restart(self, i: int, *, graceful: bool = True, wait: bool = True) -> None:
+        """Stop (or kill, if not `graceful`) node i if it runs, then start it again."""
+        if self.running(i):
+            self.stop(i) if graceful else self.kill(i)
+        self.start(i, wait=wait)
+
+    def restart_all(self, *, graceful: bool = True) -> None:
+        """Stop every node, then start them all at once and wait until all are ready."""
+        for i in range(self.n):
+            if self.running(i):
+                self.stop(i) if graceful else self.kill(i)
+        for i in range(self.n):
+            self.start(i, wait=False)
+        for m in self.members:
+            self._wait_ready(m)
+
+    def pause(self, i: int) -> None:
+        """SIGSTOP node i's process (processes=True only)."""
+        m = self._process(i, "pause")
+        os.kill(m.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        m.paused = True
+
+    def resume(self, i: int) -> None:
+        """SIGCONT node i's process (processes=True only)."""
+        m = self._process(i, "resume")
+        os.kill(m.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        m.paused = False
+
+    def _process(self, i: int, what: str) -> _Member:
+        m = self.members[i]
+        if m.proc is None:
+            raise HarnessError(
+                f"{what}() needs Cluster(processes=True): an in-process node shares this "
+                "interpreter, and SIGSTOP would stop the test itself"
+            )
+        if m.proc.poll() is not None:
+            raise HarnessError(f"node{i} is not running")
+        return m
+
+    def isolate(self, i: int) -> None:
+        """Cut node i off from its Raft peers (fault_proxies=True): its links and theirs
+        to it drop every byte; clients still reach it."""
+        target = self.members[i]
+        if target.proxy is None:
+            raise HarnessError("isolate() needs Cluster(fault_proxies=True)")
+        target.proxy.drop()
+        for m in self.members:
+            if m is not target and m.proxy is not None:
+                m.proxy.drop(address=target.address)
+
+    def heal(self) -> None:
+        for m in self.members:
+            if m.proxy is not None:
+                m.proxy.heal()
+
+    # -- logs --
+
+    def logs(self) -> dict[int, str]:
+        out = {}
+        for m in self.members:
+            if m.handler is not None:
+                m.handler.flush()
+            try:
+                with open(m.log_path, "rb") as f:
+                    out[m.index] = f.read().decode(errors="replace")
+            except FileNotFoundError:
+                out[m.index] = ""
+        return out
+
+    def format_logs(self, indexes: list[int] | None = None, tail: int = 80) -> str:
+        """The last `tail` lines of each node's log, headed by the node's name and address."""
+        parts = []
+        for i, text in self.logs().items():
+            if indexes is not None and i not in indexes:
+                continue
+            lines = text.splitlines()[-tail:]
+            m = self.members[i]
+            parts.append(f"===== node{i} {m.address or '?'} ({m.log_path}) =====\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    # -- lifecycle --
+
+    def close(self) -> None:
+        """Stop every node (no hand-over: fast), close proxies, remove the temp dir. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in self._connections:
+            with contextlib.suppress(Exception):
+                conn.close()
+        for m in self.members:
+            if m.proc is not None and m.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    if m.paused:
+                        os.kill(m.proc.pid, signal.SIGCONT)
+                    m.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    m.proc.wait(10)
+            if m.app is not None:
+                with contextlib.suppress(Exception):
+                    m.app.close(handover=False)
+            if m.node is not None:
+                with contextlib.suppress(Exception):
+                    m.node.close()
+            if m.proxy is not None:
+                m.proxy.close()
+            if m.handler is not None:
+                logging.getLogger(f"cowsqlpy.testing.{os.path.basename(self.base_dir)}.node{m.index}").removeHandler(m.handler)
+                m.handler.close()
+        _LIVE.discard(self)
+        if self._own_dir and not os.environ.get("COWSQLPY_KEEP_CLUSTER_DIRS"):
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        kind = "processes" if self.processes else "in-process"
+        return f"<Cluster {self.n} {kind} {self.addresses}>"
+
+
+@contextlib.contextmanager
+def cluster(n: int = 3, **options: Any) -> Iterator[Cluster]:
+    """``with cluster(3) as c:`` (the same as ``with Cluster(3) as c:``)."""
+    c = Cluster(n, **options)
+    try:
+        yield c
+    finally:
+        c.close()
