@@ -100,6 +100,13 @@ class NotLeaderError(OperationalError):
     retry = "reconnect"
 
 
+class RaftNotLeaderError(NotLeaderError):
+    """Code 7 from a write: libdqlite 1.11.1 passes raft_apply()'s own RAFT_NOTLEADER (7)
+    through as the FAILURE code (it collides with SQLITE_NOMEM), e.g. while leadership is
+    being transferred. The frames were aborted, so nothing was applied (a real NOMEM
+    applies nothing either): reconnect and retry."""
+
+
 class OutcomeUnknownError(OperationalError):
     """A write may or may not have been committed; it is never retried blindly."""
 
@@ -192,6 +199,7 @@ for _code, _cls in {
 
 for _code, _cls in {
     0: ProgrammingError,  # "empty statement"
+    7: RaftNotLeaderError,  # raw RAFT_NOTLEADER from raft_apply (leader.c), == SQLITE_NOMEM
     10250: NotLeaderError,  # SQLITE_IOERR_NOT_LEADER
     8202: NotLeaderError,  # legacy NOT_LEADER
     10506: LeadershipLostError,  # SQLITE_IOERR_LEADERSHIP_LOST
@@ -227,6 +235,7 @@ __all__ = [
     "ConnectionLostError",
     "NoLeaderError",
     "NotLeaderError",
+    "RaftNotLeaderError",
     "OutcomeUnknownError",
     "LeadershipLostError",
     "NoDatabaseError",
