@@ -43,7 +43,7 @@ def encode(cmd: Sequence[Any]) -> bytes:
 
 
 def decode(data: bytes) -> list[Any]:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)  # type: ignore[no-any-return]
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
 def _err(code: str, message: str, compact_revision: int = 0) -> Result:

@@ -83,7 +83,7 @@ class EtcdCluster:
         names = [f"m{i}" for i in range(self.members)]
         peer_urls = [f"http://127.0.0.1:{ports[2 * i + 1]}" for i in range(self.members)]
         self.client_urls = [f"http://127.0.0.1:{ports[2 * i]}" for i in range(self.members)]
-        initial = ",".join(f"{n}={p}" for n, p in zip(names, peer_urls))
+        initial = ",".join(f"{n}={p}" for n, p in zip(names, peer_urls, strict=False))
         for i, name in enumerate(names):
             d = self.base / f"etcd-{name}"
             d.mkdir(parents=True, exist_ok=True)
@@ -174,14 +174,14 @@ class RaftCluster:
         for i in range(self.n, self.n + self.spares):
             h = self._spare_handles.get(i)
             if h is None or h.closed:
-                h = self._spare_handles[i] = kvstore.open(self.url(i))
+                h = self._spare_handles[i] = _raft(kvstore.open(self.url(i)))
                 h.wait_ready(timeout)
                 return h
         raise RuntimeError("no free spare raft slot")
 
     def start(self, timeout: float = 30.0) -> RaftCluster:
         import kvstore
-        self.handles = [kvstore.open(self.url(i)) for i in range(self.n)]
+        self.handles = [_raft(kvstore.open(self.url(i))) for i in range(self.n)]
         for h in self.handles:
             h.wait_ready(timeout)
         return self
@@ -215,3 +215,9 @@ class RaftCluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _raft(kv: Any) -> Any:
+    from .backends.raft import RaftKV
+    assert isinstance(kv, RaftKV)
+    return kv

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .errors import InvalidArgument, InvalidKey, InvalidTxn, InvalidType, ValueTooLarge
 
@@ -26,8 +26,8 @@ MAX_TXN_OPS = 128
 #: Most key+value bytes written by one transaction (both branches counted).
 MAX_TXN_BYTES = 4 * 1024 * 1024
 
-KeyLike = Union[bytes, bytearray, memoryview, str]
-ValueLike = Union[bytes, bytearray, memoryview, str]
+KeyLike = bytes | bytearray | memoryview | str
+ValueLike = bytes | bytearray | memoryview | str
 
 #: Range end meaning "to the end of the key space".
 RANGE_ALL = b"\x00"
@@ -336,7 +336,7 @@ def Delete(key: KeyLike, *, prev_kv: bool = False) -> DeleteRange:
     return DeleteRange(to_key(key), b"", bool(prev_kv))
 
 
-Op = Union[Put, Range, DeleteRange]
+Op = Put | Range | DeleteRange
 
 
 def op_from_list(v: Sequence[Any]) -> Op:
@@ -409,7 +409,7 @@ class RangeResult:
     def __len__(self) -> int:
         return len(self.kvs)
 
-    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+    def __getitem__(self, i: Any) -> Any:
         return self.kvs[i]
 
     def __iter__(self) -> Iterator[KeyValue]:
@@ -470,7 +470,7 @@ class Lease:
         self._kv.revoke(self.id)
 
     def remaining(self) -> LeaseInfo:
-        return self._kv.ttl(self.id)  # type: ignore[no-any-return]
+        return self._kv.ttl(self.id)
 
     def __repr__(self) -> str:
         return f"Lease(id={self.id:#x}, ttl={self.ttl})"

@@ -53,4 +53,4 @@ def open_url(url: str) -> KV:
                 f"the {scheme!r} backend ({modname}) is not available in this build") from e
         raise BackendUnavailable(
             f"the {scheme!r} backend ({modname}) needs the missing module {e.name!r}") from e
-    return mod.open_url(url)  # type: ignore[no-any-return]
+    return mod.open_url(url)

@@ -374,7 +374,7 @@ async def _make_core(endpoints: list[str], timeout: float) -> EtcdCore:
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
-        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+        return uvloop.new_event_loop()
     except ImportError:
         return asyncio.new_event_loop()
 

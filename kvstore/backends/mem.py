@@ -108,7 +108,7 @@ class MemKV(KV):
         self._apply(["revoke", lease])
 
     def _keepalive(self, lease: int) -> int:
-        return self._apply(["keepalive", lease])[1]  # type: ignore[index, no-any-return]
+        return self._apply(["keepalive", lease])[1]  # type: ignore[index]
 
     def _lease_info(self, lease: int) -> LeaseInfo:
         return self._r.lease_info(lease)

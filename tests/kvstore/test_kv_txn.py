@@ -115,7 +115,7 @@ def test_create_and_sequence(env):
     with pytest.raises(kvstore.KeyExists):
         kv.create(env.k("node"), b"v")
     keys = [kv.create(env.k("q/item-"), str(i), sequence=True) for i in range(3)]
-    assert keys == [env.k("q/item-%010d" % i) for i in range(3)]
+    assert keys == [env.k(f"q/item-{i:010d}") for i in range(3)]
     assert kv.get(keys[2]) == b"2"
     assert env.other.create(env.k("q/item-"), sequence=True) == env.k("q/item-0000000003")
 

@@ -42,7 +42,7 @@ def test_watch_prefix_ordered_no_gaps_resumable(env):
     start = kv.revision() + 1
     with kv.watch_prefix(env.k("p/")) as w:
         for i in range(20):
-            env.other.put(env.k("p/%02d" % (i % 5)), str(i))
+            env.other.put(env.k(f"p/{i % 5:02d}"), str(i))
         env.other.put(env.k("other"), b"ignored")
         env.other.delete_prefix(env.k("p/"))
         events = [w.get(timeout=30) for _ in range(25)]
