@@ -97,8 +97,8 @@ class RolesPlanner:
 
     Keeps `voters` voters and `standbys` stand-bys among online nodes; the
     leader is never demoted. Candidates are ordered by failure domains not yet
-    covered by the role's current holders, then by weight, then by id (so the
-    choice is deterministic).
+    covered by the role's current holders, then stand-bys before spares, then
+    by weight, then by id (so the choice is deterministic).
     """
 
     def __init__(self, voters: int, standbys: int, state: Sequence[NodeState]) -> None:
@@ -114,7 +114,11 @@ class RolesPlanner:
 
     def _sorted(self, candidates: list[NodeState], holders: list[NodeState]) -> list[NodeInfo]:
         domains = {h.failure_domain for h in holders if h.online}
-        ordered = sorted(candidates, key=lambda s: (s.failure_domain in domains, s.weight or 0, s.info.id))
+        rank = {STANDBY: 0, SPARE: 1}  # a stand-by is caught up already: it goes first
+        ordered = sorted(
+            candidates,
+            key=lambda s: (s.failure_domain in domains, rank.get(s.info.role, 2), s.weight or 0, s.info.id),
+        )
         return [s.info for s in ordered]
 
     def assume(self, node_id: int) -> int | None:
@@ -564,12 +568,29 @@ class App:
             self._store.set(servers)
             if not self._ready_event.is_set():
                 await self._maybe_promote_ourselves(session, servers)
+                await self._check_in_contact(session)
                 self._ready_event.set()
                 self.log.info("node %#x ready", self._id)
                 return
             await self._maybe_adjust_roles(session)
         finally:
             session.close()
+
+    async def _check_in_contact(self, session: Session) -> None:
+        """A voter is ready only once its own engine has heard from the leader: a
+        restarted node is unreachable for the leader until its Raft client reconnects
+        (about a second), and a rolling restart must not take the next node down before."""
+        servers: list[NodeInfo] = await session.call(protocol.CLUSTER, 1)
+        me = next((s for s in servers if s.id == self._id), None)
+        if me is None or me.role != VOTER:
+            return
+        local = await Session.connect(self._address, self.policy)
+        try:
+            _, leader_address = await local.call(protocol.LEADER)
+        finally:
+            local.close()
+        if not leader_address:
+            raise NoLeaderError("this node has not heard from the leader yet")
 
     async def _join(self, session: Session) -> None:
         servers: list[NodeInfo] = await session.call(protocol.CLUSTER, 1)
