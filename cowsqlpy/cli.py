@@ -44,7 +44,8 @@ HELP = """\
                          the node at ADDRESS has them, to the current directory
 .help                    this text
 .exit / .quit            leave the shell
-Any other input is SQL, ended by ';' (a single line without ';' also runs)."""
+Any other input is SQL, ended by ';'; interactively a line without ';' runs as it
+is, unless it is unfinished (open parenthesis, quote, trigger body)."""
 
 
 # -- Shell ----------------------------------------------------------------------------
@@ -85,6 +86,36 @@ def split_statements(text: str) -> tuple[list[str], str]:
             start = pos + 1
         pos = text.find(";", pos + 1)
     return statements, text[start:]
+
+
+def _finished(text: str) -> bool:
+    """True if `text` plus a ';' would be a complete statement: quotes, comments,
+    parentheses and trigger bodies are all closed."""
+    if not sqlite3.complete_statement(text + ";"):
+        return False
+    depth, i, n = 0, 0, len(text)
+    closers = {"'": "'", '"': '"', "`": "`", "[": "]"}
+    while i < n:
+        ch = text[i]
+        if ch in closers:
+            end = text.find(closers[ch], i + 1)
+            if end == -1:
+                return False
+            i = end + 1
+            continue
+        if text.startswith("--", i):
+            nl = text.find("\n", i)
+            i = n if nl == -1 else nl + 1
+            continue
+        if text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end == -1:
+                return False
+            i = end + 2
+            continue
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        i += 1
+    return depth <= 0
 
 
 class Shell:
@@ -289,9 +320,12 @@ def _repl(shell: Shell) -> None:
                 continue
             pending += line + "\n"
             statements, pending = split_statements(pending)
-            if not statements and pending.strip() and ";" not in pending:
-                # dqlite's shell runs a line without ';' as it is
-                statements, pending = [pending.strip()], ""
+            if not pending.strip():
+                pending = ""
+            elif _finished(pending):
+                # As dqlite's shell: a line without ';' runs as it is, unless it is
+                # unfinished (open parenthesis, quote, trigger body): then read on.
+                statements, pending = [*statements, pending.strip()], ""
             for sql in statements:
                 shell.sql(sql)
     finally:
