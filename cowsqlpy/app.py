@@ -114,7 +114,7 @@ class RolesPlanner:
 
     def _sorted(self, candidates: list[NodeState], holders: list[NodeState]) -> list[NodeInfo]:
         domains = {h.failure_domain for h in holders if h.online}
-        rank = {STANDBY: 0, SPARE: 1}  # a stand-by is caught up already: it goes first
+        rank: dict[int | None, int] = {STANDBY: 0, SPARE: 1}  # a stand-by is caught up already: it goes first
         ordered = sorted(
             candidates,
             key=lambda s: (s.failure_domain in domains, rank.get(s.info.role, 2), s.weight or 0, s.info.id),
