@@ -1,0 +1,245 @@
+"""Failover time: SIGKILL of the leader's process until a write succeeds through another node.
+
+Two 3-process clusters in the same run:
+
+* cowsqlpy: ``python -m cowsqlpy node`` processes (App), written to through the
+  DB-API driver (leader-following, prompt retry policy);
+* dqlite-demo (Debian go-dqlite 1.11.5): written to through the HTTP API of a
+  surviving node (PUT /key), as its users would.
+
+Each run: kill -9 the leader's process, then write until a write is acknowledged
+(the time is measured from the kill); restart the killed node and wait until it
+is back in the cluster. Every acknowledged write of the whole run is checked at
+the end: lost acknowledged writes must be 0.
+
+    .venv/bin/python bench/bench_failover.py [--runs 10] [--latency 0.025]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cowsqlpy import RetryPolicy, SyncClient, connect  # noqa: E402
+from cowsqlpy.errors import Error, OutcomeUnknownError  # noqa: E402
+from cowsqlpy.protocol import VOTER  # noqa: E402
+from cowsqlpy.testing import Cluster, wait_for  # noqa: E402
+
+
+@dataclass
+class Result:
+    name: str
+    times: list[float] = field(default_factory=list)
+    acked: int = 0
+    lost: int = 0
+    in_doubt: int = 0
+    failed_attempts: int = 0
+
+
+# -- cowsqlpy -----------------------------------------------------------------------
+
+
+def bench_cowsqlpy(runs: int, latency: float) -> Result:
+    res = Result(f"cowsqlpy App (network_latency={latency}s)")
+    policy = RetryPolicy(max_tries=10_000, backoff=0.01, backoff_cap=0.05, deadline=30.0,
+                         attempt_timeout=2.0, connect_timeout=0.5)
+    with Cluster(3, processes=True, network_latency=latency, roles_adjustment_frequency=5.0) as c:
+        conn = connect(c.addresses, database="bench", autocommit=True, policy=policy)
+        conn.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)")
+        acked: list[int] = []
+        seq = 0
+
+        def write() -> bool:
+            nonlocal seq
+            seq += 1
+            try:
+                conn.execute("INSERT INTO kv (k, v) VALUES (?, ?)", (seq, f"v{seq}"))
+            except OutcomeUnknownError:
+                res.in_doubt += 1
+                return False
+            except Error:
+                res.failed_attempts += 1
+                return False
+            acked.append(seq)
+            return True
+
+        for _ in range(50):
+            write()
+        for run in range(runs):
+            leader = c.wait_leader()
+            t0 = time.monotonic()
+            c.kill(leader)
+            while not write():
+                time.sleep(0.005)
+            res.times.append(time.monotonic() - t0)
+            for _ in range(20):
+                write()
+            c.restart(leader)
+            c.wait_roles(voters=3, standbys=0)
+            print(f"  cowsqlpy run {run + 1}: {res.times[-1]:.3f} s", file=sys.stderr, flush=True)
+        present = {k for (k,) in conn.execute("SELECT k FROM kv").fetchall()}
+        res.acked = len(acked)
+        res.lost = sum(1 for k in acked if k not in present)
+        conn.close()
+    return res
+
+
+# -- dqlite-demo ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DemoNode:
+    def __init__(self, base: Path, index: int, join: list[str]) -> None:
+        self.api = f"127.0.0.1:{_free_port()}"
+        self.db = f"127.0.0.1:{_free_port()}"
+        self.dir = base / f"demo{index}"
+        self.log_path = base / f"demo{index}.log"
+        self.join = join
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = ["dqlite-demo", "--api", self.api, "--db", self.db, "--dir", str(self.dir)]
+        if self.join:
+            cmd += ["--join", ",".join(self.join)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def request(self, method: str, key: str, value: str | None = None, timeout: float = 10.0) -> str:
+        req = urllib.request.Request(f"http://{self.api}/{key}", data=value.encode() if value is not None else None, method=method)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.read().decode().rstrip("\n")
+
+    def up(self) -> bool:
+        try:
+            self.request("GET", "__probe__", timeout=2.0)
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def bench_demo(runs: int) -> Result:
+    res = Result("dqlite-demo (go-dqlite 1.11.5 app, engine default timeouts)")
+    base = Path(tempfile.mkdtemp(prefix="bench-failover-demo-"))
+    nodes: list[DemoNode] = []
+    try:
+        first = DemoNode(base, 0, [])
+        nodes.append(first)
+        first.start()
+        wait_for(first.up, 30, "dqlite-demo 0")
+        for i in (1, 2):
+            nodes.append(DemoNode(base, i, [first.db]))
+            nodes[-1].start()
+        for n in nodes:
+            wait_for(n.up, 30, f"dqlite-demo {n.api}")
+        admin_policy = RetryPolicy(deadline=2.0, attempt_timeout=1.0, connect_timeout=0.5)
+
+        def cluster_roles() -> list[int | None]:
+            with SyncClient([n.db for n in nodes], policy=admin_policy) as c:
+                return sorted(n.role for n in c.cluster())
+
+        wait_for(lambda: cluster_roles() == [VOTER] * 3, 60, "3 dqlite-demo voters")
+
+        def leader_index() -> int | None:
+            with SyncClient([n.db for n in nodes], policy=admin_policy) as c:
+                leader = c.leader()
+            return next((i for i, n in enumerate(nodes) if leader and n.db == leader.address), None)
+
+        acked: list[str] = []
+        seq = 0
+
+        def write(via: DemoNode) -> bool:
+            nonlocal seq
+            seq += 1
+            key = f"k{seq}"
+            try:
+                reply = via.request("PUT", key, f"v{seq}")
+            except (urllib.error.URLError, OSError):
+                res.in_doubt += 1  # no reply: we cannot tell
+                return False
+            if reply != "done":
+                res.failed_attempts += 1
+                return False
+            acked.append(key)
+            return True
+
+        for run in range(runs):
+            li = wait_for(lambda: (lambda i: None if i is None else i + 1)(leader_index()), 60, "a demo leader") - 1
+            via = nodes[(li + 1) % 3]
+            t0 = time.monotonic()
+            nodes[li].kill()
+            while not write(via):
+                time.sleep(0.005)
+            res.times.append(time.monotonic() - t0)
+            for _ in range(20):
+                write(via)
+            nodes[li].start()
+            wait_for(nodes[li].up, 60, "restarted dqlite-demo")
+            wait_for(lambda: cluster_roles() == [VOTER] * 3, 60, "3 dqlite-demo voters")
+            print(f"  dqlite-demo run {run + 1}: {res.times[-1]:.3f} s", file=sys.stderr, flush=True)
+        reader = nodes[0]
+        res.acked = len(acked)
+        res.lost = 0
+        for key in acked:
+            value = reader.request("GET", key)
+            if value != f"v{key[1:]}":
+                res.lost += 1
+    finally:
+        for n in nodes:
+            n.close()
+        shutil.rmtree(base, ignore_errors=True)
+    return res
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--latency", type=float, default=0.025, help="cowsqlpy nodes' network latency (s)")
+    parser.add_argument("--skip-demo", action="store_true")
+    args = parser.parse_args()
+    results = [bench_cowsqlpy(args.runs, args.latency)]
+    if not args.skip_demo:
+        if shutil.which("dqlite-demo") is None:
+            print("dqlite-demo not installed (Debian go-dqlite): skipped", file=sys.stderr)
+        else:
+            results.append(bench_demo(args.runs))
+    print(f"\nFailover after SIGKILL of the leader's process, 3 node processes, {args.runs} runs "
+          f"({os.cpu_count()} CPUs)\n")
+    print("| cluster | median (s) | min (s) | max (s) | acknowledged writes | lost | in doubt (no reply) | failed attempts while no leader |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r.name} | {statistics.median(r.times):.3f} | {min(r.times):.3f} | {max(r.times):.3f} "
+              f"| {r.acked} | {r.lost} | {r.in_doubt} | {r.failed_attempts} |")
+    return 1 if any(r.lost for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
