@@ -11,7 +11,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -19,6 +19,7 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
+_stopping = False
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -55,6 +56,9 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     if threading.current_thread() is _thread:
         coro.close()
         raise RuntimeError("synchronous cowsqlpy call made from inside its own event loop; use the async API")
+    if _stopping:
+        coro.close()
+        raise RuntimeError("cowsqlpy's event loop has shut down (interpreter exit)")
     future = asyncio.run_coroutine_threadsafe(coro, loop)
     try:
         return future.result(timeout)
@@ -66,7 +70,18 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         raise
 
 
+def call_soon(coro_factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """Start a coroutine on the background loop without waiting (finalizers use this)."""
+    with _lock:
+        loop = _loop
+    if loop is None or loop.is_closed() or _stopping:
+        return
+    loop.call_soon_threadsafe(lambda: asyncio.ensure_future(coro_factory()))
+
+
 def _shutdown() -> None:
+    global _stopping
+    _stopping = True
     with _lock:
         loop = _loop
     if loop is not None and not loop.is_closed():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -176,7 +177,7 @@ class Database:
             batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
             async with self.write_lock:
                 try:
-                    await retrying(lambda: self._commit_batch(batch), self.policy, on_reconnect=self._forget_leader, what="group commit")
+                    await retrying(functools.partial(self._commit_batch, batch), self.policy, on_reconnect=self._forget_leader, what="group commit")
                 except BaseException as exc:
                     for w in batch:
                         if not w.future.done():

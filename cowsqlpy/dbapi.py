@@ -21,13 +21,12 @@ docs/dbapi.md; the main ones:
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ._loop import background_loop, run_sync
+from ._loop import call_soon, run_sync
 from .client import as_store
 from .database import SESSION_GONE, Database, ResultStream
 from .errors import (
@@ -115,14 +114,17 @@ def _acquire_database(store: NodeStore, explicit_store: bool, name: str, policy:
         return key, db
 
 
-def _release_database(key: tuple[Any, ...]) -> None:
+def _release_database(key: tuple[Any, ...], *, wait: bool = True) -> None:
     with _registry_lock:
         db, refs = _registry[key]
         if refs > 1:
             _registry[key] = (db, refs - 1)
             return
         del _registry[key]
-    run_sync(db.close())
+    if wait:
+        run_sync(db.close())
+    else:
+        call_soon(db.close)
 
 
 def connect(
@@ -246,11 +248,11 @@ class Connection:
             self.rollback()
 
     def __del__(self) -> None:
+        # Never block in a finalizer: hand the clean-up to the loop.
         if not getattr(self, "_closed", True):
-            try:
-                self.close()
-            except Exception:  # noqa: BLE001 - interpreter shutdown
-                pass
+            self._closed = True
+            call_soon(self._rollback)
+            _release_database(self._key, wait=False)
 
     # -- async internals (run on the background loop) -------------------------------
 
@@ -540,8 +542,7 @@ class Cursor:
         stream = getattr(self, "_stream", None)
         if stream is not None and not stream.finished:
             # Abandoned mid-result: let the loop discard the rest and pool the session.
-            loop = background_loop()
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(stream.aclose()))
+            call_soon(stream.aclose)
 
 
 __all__ = [

@@ -46,7 +46,7 @@ class Statement:
     head: tuple[str, ...]  # the first three bare words, upper case (ROLLBACK TO ...)
     main_verb: str  # the verb after a WITH clause, else `verb`
     returns_rows: bool | None  # None: cannot tell from the text (PRAGMA)
-    returning: bool  # a RETURNING clause outside literals and comments
+    returning: bool  # the RETURNING keyword in any statement, outside literals and comments
     rollback_clause: bool  # OR ROLLBACK / RAISE(ROLLBACK): may end a surrounding transaction
     statements: int  # non-empty statements in the text
     qmarks: int  # '?' placeholders
@@ -88,9 +88,12 @@ def analyze(sql: str) -> Statement:
         if not in_statement:
             in_statement = True
             statements += 1
-        if statements > 1:
-            continue  # only the first statement is classified; the count is enough for the rest
         text = m.group()
+        if statements > 1:
+            # Only the first statement is classified; later ones are checked for RETURNING.
+            if kind == "word" and text.upper() == "RETURNING":
+                returning = True
+            continue
         if kind == "word":
             up = text.upper()
             if not words:
@@ -131,7 +134,7 @@ def analyze(sql: str) -> Statement:
         head=tuple(words[:3]),
         main_verb=main_verb,
         returns_rows=returns_rows,
-        returning=returning and main_verb in WRITE_VERBS,
+        returning=returning,
         rollback_clause=rollback_clause,
         statements=statements,
         qmarks=qmarks,

@@ -10,8 +10,8 @@ import pytest
 
 import cowsqlpy
 from cowsqlpy.node import Node
-from tests.node.conftest import LATENCY, wait_for
 from tests import rawwire
+from tests.node.conftest import LATENCY, wait_for
 
 
 class InProcessCluster:

@@ -1,0 +1,189 @@
+"""Leader changes under load: the client follows the leader and loses no acknowledged write."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+import cowsqlpy
+from cowsqlpy.node import Node
+from tests.client.conftest import InProcessCluster
+from tests.node.conftest import wait_for
+
+
+def test_leader_stopped_during_writes(fresh_cluster: InProcessCluster) -> None:
+    addresses = fresh_cluster.addresses
+    setup = cowsqlpy.connect(addresses, database="failover", autocommit=True)
+    setup.execute("CREATE TABLE w (k TEXT PRIMARY KEY, writer INTEGER)")
+    setup.close()
+
+    acked: list[str] = []
+    unknown: list[str] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    after_stop = threading.Event()
+    acked_after_stop = [0]
+
+    def writer(wid: int) -> None:
+        conn = cowsqlpy.connect(addresses, database="failover", autocommit=True)
+        try:
+            for i in range(100_000):  # bounded; stops when told
+                if stop.is_set():
+                    return
+                key = f"{wid}-{i}"
+                try:
+                    conn.execute("INSERT INTO w VALUES (?, ?)", (key, wid))
+                except cowsqlpy.OutcomeUnknownError:
+                    with lock:
+                        unknown.append(key)
+                    continue
+                except BaseException as exc:
+                    with lock:
+                        failures.append(exc)
+                    return
+                with lock:
+                    acked.append(key)
+                    if after_stop.is_set():
+                        acked_after_stop[0] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(acked) >= 200, what="writes before the failover")
+        leader = fresh_cluster.leader()
+        leader.stop()
+        after_stop.set()
+        wait_for(lambda: acked_after_stop[0] >= 200, timeout=30, what="writes after the failover")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not failures, failures[:3]
+    check = cowsqlpy.connect(addresses, database="failover")
+    present = {k for (k,) in check.execute("SELECT k FROM w")}
+    check.close()
+    missing = [k for k in acked if k not in present]
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:5]}"
+    # Writes in doubt may or may not have landed; they were never acknowledged.
+    assert len(present) >= len(acked)
+
+
+def test_transaction_lost_on_leader_change(fresh_cluster: InProcessCluster) -> None:
+    conn = cowsqlpy.connect(fresh_cluster.addresses, database="txlost")
+    conn.execute("CREATE TABLE t (n INTEGER)")
+    conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction on the leader
+    admin = cowsqlpy.SyncClient(fresh_cluster.addresses)
+    leader = fresh_cluster.leader()
+    admin.transfer(next(n.id for n in fresh_cluster.nodes if n is not leader))
+    with pytest.raises(cowsqlpy.TransactionLostError):
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert not conn.in_transaction
+    # The next transaction runs on the new leader; the lost one left nothing behind.
+    conn.execute("INSERT INTO t VALUES (3)")
+    conn.commit()
+    assert conn.execute("SELECT n FROM t").fetchall() == [(3,)]
+    admin.close()
+    conn.close()
+
+
+def test_not_leader_is_retried_transparently(fresh_cluster: InProcessCluster) -> None:
+    conn = cowsqlpy.connect(fresh_cluster.addresses, database="moves", autocommit=True)
+    conn.execute("CREATE TABLE t (n INTEGER)")
+    admin = cowsqlpy.SyncClient(fresh_cluster.addresses)
+    for i in range(3):
+        leader = fresh_cluster.leader()
+        admin.transfer(next(n.id for n in fresh_cluster.nodes if n is not leader))
+        conn.execute("INSERT INTO t VALUES (?)", (i,))  # pooled sessions point at the old leader
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    admin.close()
+    conn.close()
+
+
+def test_not_leader_error_from_a_follower_session(cluster: InProcessCluster) -> None:
+    from cowsqlpy._loop import run_sync
+    from cowsqlpy.client import Session
+
+    follower = next(n for n in cluster.nodes if n is not cluster.leader())
+
+    async def scenario() -> None:
+        session = await Session.connect(follower.address)
+        try:
+            await session.open("x")
+            with pytest.raises(cowsqlpy.NotLeaderError) as info:
+                await session.exec_sql("CREATE TABLE t (n)")
+            assert info.value.code == 10250
+        finally:
+            session.close()
+
+    run_sync(scenario())
+
+
+class CutReplyProxy:
+    """Forwards one client connection to a node; once armed, the next reply from the node
+    is swallowed and both sockets are closed (the request was applied, the answer lost)."""
+
+    def __init__(self) -> None:
+        self.target = ""
+        self.armed = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            host, port = self.target.rsplit(":", 1)
+            server = socket.create_connection((host, int(port)))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if replies and self.armed.is_set():
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_commit_with_lost_reply_is_outcome_unknown(tmp_path: Path) -> None:
+    proxy = CutReplyProxy()
+    # The node advertises the proxy's address, so clients keep the proxied connection.
+    node = Node(1, proxy.address, tmp_path / "n1", bind_address="127.0.0.1:0", network_latency=0.02)
+    proxy.target = node.bind_address
+    node.start()
+    conn = cowsqlpy.connect([proxy.address], database="indoubt", policy=cowsqlpy.RetryPolicy(deadline=2, connect_timeout=1))
+    try:
+        conn.execute("CREATE TABLE t (n INTEGER)")
+        conn.execute("INSERT INTO t VALUES (42)")
+        proxy.armed.set()
+        with pytest.raises(cowsqlpy.OutcomeUnknownError):
+            conn.commit()
+        assert not conn.in_transaction
+        proxy.armed.clear()
+        # The commit did land: "unknown" was the honest answer, not "failed".
+        assert conn.execute("SELECT n FROM t").fetchall() == [(42,)]
+    finally:
+        conn.close()
+        proxy.close()
+        node.close()
