@@ -340,6 +340,8 @@ class Node:
                 sock.close()
             raise TypeError(f"dial returned {type(sock).__name__}, not a connected stream socket")
         sock.setblocking(True)  # the engine takes over a plain blocking fd
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see cowsqlpy_connect_nodelay
         return sock
 
     # -- lifecycle ------------------------------------------------------------
@@ -395,6 +397,8 @@ class Node:
             _install_dial_callback(ffi)
             self._ffi_self = ffi.new_handle(self)
             check(lib.dqlite_node_set_connect_func(h.ptr, lib.cowsqlpy_dial, self._ffi_self), "dial function")
+        else:
+            check(lib.dqlite_node_set_connect_func(h.ptr, lib.cowsqlpy_connect_nodelay, ffi.NULL), "dial function")
 
     def stop(self) -> None:
         """Stop the engine thread and free it; the data dir stays.
@@ -488,7 +492,8 @@ def reconfigure_membership(data_dir: str | os.PathLike[str], nodes: Sequence[Nod
 
 
 def default_dial(timeout: float = 5.0) -> DialFunc:
-    """A dial function equivalent to the engine's own (TCP or abstract unix socket)."""
+    """A Python dial function like the built-in one (TCP or abstract unix socket); a base
+    for wrappers (TLS, fault injection)."""
 
     def dial(address: str) -> socket.socket:
         if address.startswith("@"):

@@ -1,0 +1,220 @@
+"""cowsqlpy's client against Canonical's Go client (dqlite-benchmark) on the same workloads.
+
+Both sides run a 3-node cluster on loopback and the kvwrite / kvreadwrite workloads of
+go-dqlite's benchmark (32-byte keys, 1 KiB values, `INSERT OR REPLACE INTO model`,
+`SELECT value FROM model WHERE key = ?`) with the same number of workers for the same
+duration. Reported: successful ops/s, failed attempts/s, p50/p99 latency, and the
+cowsqlpy/Go ratio of successful ops/s.
+
+    .venv/bin/python bench/bench_client.py [--duration 10] [--workers 1,8,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cowsqlpy  # noqa: E402
+from cowsqlpy import codec  # noqa: E402
+from cowsqlpy.testing import Cluster  # noqa: E402
+
+KEY_SIZE, VALUE_SIZE = 32, 1024
+SCHEMA = "CREATE TABLE IF NOT EXISTS model (key TEXT, value TEXT, UNIQUE(key))"
+WRITE = "INSERT OR REPLACE INTO model(key, value) VALUES(?, ?)"
+READ = "SELECT value FROM model WHERE key = ?"
+LETTERS = string.ascii_letters
+
+
+def rand_seq(n: int, rng: random.Random) -> str:
+    return "".join(rng.choices(LETTERS, k=n))
+
+
+def rand_value(rng: random.Random) -> str:
+    # As go-dqlite: half one repeated letter, half random letters.
+    return rng.choice(LETTERS) * (VALUE_SIZE // 2) + rand_seq(VALUE_SIZE // 2, rng)
+
+
+@dataclass
+class Tally:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {"exec": [], "query": []})
+    errors: dict[str, int] = field(default_factory=lambda: {"exec": 0, "query": 0})
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: Tally) -> None:
+        for k in self.latencies:
+            self.latencies[k] += other.latencies[k]
+            self.errors[k] += other.errors[k]
+        for k, v in other.error_kinds.items():
+            self.error_kinds[k] = self.error_kinds.get(k, 0) + v
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- Go: dqlite-benchmark ------------------------------------------------------------
+
+
+def run_go(workload: str, workers: int, duration: int) -> Tally:
+    base = Path(tempfile.mkdtemp(prefix="bench-go-"))
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    common = ["--workload", workload, "--workers", str(workers), "--duration", str(duration)]
+    followers = [
+        subprocess.Popen(
+            ["dqlite-benchmark", "--db", a, "--join", addrs[0], "--dir", str(base / f"n{i}")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for i, a in enumerate(addrs[1:], 1)
+    ]
+    try:
+        subprocess.run(
+            ["dqlite-benchmark", "--db", addrs[0], "--driver", "--cluster", ",".join(addrs), "--dir", str(base / "n0"), *common],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=duration + 180, check=True,
+        )
+    finally:
+        for p in followers:
+            p.terminate()
+        for p in followers:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    tally = Tally()
+    for f in (base / "n0" / addrs[0] / "results").iterdir():  # 1.11.5 nests the dir per address
+        kind = f.name.split("-")[1]
+        lines = f.read_text().splitlines()
+        section = None
+        for line in lines:
+            if line.startswith("n_err "):
+                tally.errors[kind] += int(line.split()[1])
+            elif line.startswith("measurements"):
+                section = "m"
+            elif line == "errors":
+                section = "e"
+            elif section == "m" and line.strip():
+                tally.latencies[kind].append(float(line.split()[1]) / 1000)
+            elif section == "e" and line.strip():
+                msg = line.split(" ", 1)[1]
+                tally.error_kinds[msg] = tally.error_kinds.get(msg, 0) + 1
+    shutil.rmtree(base, ignore_errors=True)
+    return tally
+
+
+# -- cowsqlpy ------------------------------------------------------------------------
+
+
+def cowsqlpy_worker(addresses: list[str], workload: str, deadline: float, seed: int, out: Tally) -> None:
+    rng = random.Random(seed)
+    keys: list[str] = []
+    conn = cowsqlpy.connect(addresses, database="bench", autocommit=True)
+    cur = conn.cursor()
+    try:
+        while time.monotonic() < deadline:
+            read = workload == "kvreadwrite" and keys and rng.random() < 0.5
+            kind = "query" if read else "exec"
+            start = time.perf_counter()
+            try:
+                if read:
+                    cur.execute(READ, (rng.choice(keys),))
+                    cur.fetchone()
+                else:
+                    key = rand_seq(KEY_SIZE, rng)
+                    cur.execute(WRITE, (key, rand_value(rng)))
+                    keys.append(key)
+            except cowsqlpy.Error as exc:
+                out.errors[kind] += 1
+                name = type(exc).__name__
+                out.error_kinds[name] = out.error_kinds.get(name, 0) + 1
+                continue
+            out.latencies[kind].append(time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
+def run_cowsqlpy(workload: str, workers: int, duration: int) -> Tally:
+    with Cluster(3, processes=True, network_latency=0.05) as cluster:
+        setup = cowsqlpy.connect(cluster.addresses, database="bench", autocommit=True)
+        setup.execute(SCHEMA)
+        setup.close()
+        deadline = time.monotonic() + duration
+        tallies = [Tally() for _ in range(workers)]
+        threads = [
+            threading.Thread(target=cowsqlpy_worker, args=(cluster.addresses, workload, deadline, i, tallies[i]))
+            for i in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(duration + 60)
+    total = Tally()
+    for t in tallies:
+        total.merge(t)
+    return total
+
+
+# -- report --------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--workers", default="1,8,32")
+    ap.add_argument("--workloads", default="kvwrite,kvreadwrite")
+    args = ap.parse_args()
+    if shutil.which("dqlite-benchmark") is None:
+        sys.exit("dqlite-benchmark not found: apt-get install go-dqlite")
+    print(f"# cowsqlpy client vs go-dqlite (dqlite-benchmark), {args.duration} s per run, "
+          f"{os.cpu_count()} cores, codec={codec.IMPLEMENTATION}\n")
+    print("| workload | workers | op | Go ok/s | Go failed/s | Go p50/p99 ms | cowsqlpy ok/s | cowsqlpy failed/s | cowsqlpy p50/p99 ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    notes = []
+    for workload in args.workloads.split(","):
+        for workers in (int(w) for w in args.workers.split(",")):
+            go = run_go(workload, workers, args.duration)
+            py = run_cowsqlpy(workload, workers, args.duration)
+            for op in ("exec", "query"):
+                if not go.latencies[op] and not py.latencies[op]:
+                    continue
+                g_ok, p_ok = len(go.latencies[op]) / args.duration, len(py.latencies[op]) / args.duration
+                ratio = p_ok / g_ok if g_ok else float("inf")
+                print(
+                    f"| {workload} | {workers} | {'write' if op == 'exec' else 'read'} "
+                    f"| {g_ok:,.0f} | {go.errors[op] / args.duration:,.0f} | {pct(go.latencies[op], .5):.2f} / {pct(go.latencies[op], .99):.2f} "
+                    f"| {p_ok:,.0f} | {py.errors[op] / args.duration:,.0f} | {pct(py.latencies[op], .5):.2f} / {pct(py.latencies[op], .99):.2f} "
+                    f"| {ratio:.2f} |",
+                    flush=True,
+                )
+            for side, tally in (("Go", go), ("cowsqlpy", py)):
+                if tally.error_kinds:
+                    top = sorted(tally.error_kinds.items(), key=lambda kv: -kv[1])[:2]
+                    notes.append(f"{workload}/{workers} {side} errors: " + "; ".join(f"{n}x {m}" for m, n in top))
+    if notes:
+        print()
+        for n in notes:
+            print(f"- {n}")
+
+
+if __name__ == "__main__":
+    main()
