@@ -11,6 +11,7 @@ import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ import kvstore
 from kvstore.testing import EtcdCluster, RaftCluster, etcd_available
 
 #: Backends the contract suite runs against (fixture ``<name>_env`` each).
-BACKENDS = ["mem", "raft", "etcd"]
+BACKENDS = ["mem", "raft", "etcd", "cowsql"]
 
 #: Session TTL used by test handles so lease-expiry tests stay short.
 TEST_SESSION_TTL = 2
@@ -102,6 +103,35 @@ def etcd_env(etcd_cluster: EtcdCluster) -> Iterator[Env]:
     url = f"{etcd_cluster.url}?session_ttl={TEST_SESSION_TTL}"
     kv, other = kvstore.open(url), kvstore.open(url)
     env = Env("etcd", kv, other, lambda: kvstore.open(url), False, url=url)
+    yield env
+    env.close()
+    other.close()
+    kv.close()
+
+
+@pytest.fixture(scope="session")
+def cowsql_cluster() -> Iterator[Any]:
+    """Three real engine nodes in this process (ids 1-3, voters, OS-chosen ports)."""
+    from cowsqlpy.testing import Cluster
+    c = Cluster(3, app=False, network_latency=0.02)
+    yield c
+    c.close()
+
+
+def cowsql_url(cluster: Any, database: str, **options: object) -> str:
+    q = "&".join(f"{k}={v}" for k, v in {"session_ttl": TEST_SESSION_TTL, **options}.items())
+    return f"cowsql://{','.join(cluster.addresses)}/{database}?{q}"
+
+
+@pytest.fixture
+def cowsql_env(cowsql_cluster: Any) -> Iterator[Env]:
+    """A database of the test's own (so revision arithmetic is exact); ``kv`` and
+    ``other`` have separate cores (pools, committers, watch pollers), so the
+    suite exercises cross-handle polling and engine-level write contention."""
+    url = cowsql_url(cowsql_cluster, f"kv-{uuid.uuid4().hex[:12]}")
+    kv = kvstore.open(url)
+    other = kvstore.open(url + "&private=1")
+    env = Env("cowsql", kv, other, lambda: kvstore.open(url + "&private=1"), True, url=url)
     yield env
     env.close()
     other.close()

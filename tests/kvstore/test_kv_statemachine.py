@@ -18,7 +18,7 @@ from hypothesis.stateful import (
 import kvstore
 from kvstore import Delete, Put, Value
 
-EXAMPLES = {"mem": 40, "raft": 8, "etcd": 8}
+EXAMPLES = {"mem": 40, "raft": 8, "etcd": 8, "cowsql": 10}
 NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
 VALUES = st.binary(max_size=4) | st.sampled_from([b"", b"x", b"y"])
 
@@ -31,6 +31,8 @@ def force_expire(env, lease_id: int) -> None:
         kv.store.apply(["expire", [lease_id]])
     elif env.name == "raft":
         kv._submit(["expire", [lease_id]])
+    elif env.name == "cowsql":
+        kv.expire_leases([lease_id])  # the reaper's op, for one lease
     else:
         kv.revoke(lease_id)  # etcd: expiry is a revoke done by the server
 

@@ -1,0 +1,1097 @@
+"""``cowsql://`` backend: a durable, replicated etcd-style store in the SQL engine.
+
+URL: ``cowsql://HOST:PORT[,HOST:PORT...]/DATABASE[?session_ttl=S&timeout=S&private=1]``
+
+The state is a kine-style revision log in SQL tables (see
+:mod:`kvstore.backends.cowsql_schema`) with etcd's full semantics: create/mod
+revision, version and lease per key, reads at past revisions until compacted,
+general txn, leases, compaction, watches from a revision.
+
+How it works (one :class:`CowsqlCore` per process and database, shared by every
+handle that names them, asyncio on cowsqlpy's background loop):
+
+* **Group commit.** Every write (put, delete, txn, lease grant/revoke/keepalive,
+  expiry, compaction) is an *op* queued to one committer. The committer takes all
+  queued ops as a batch, opens one engine write transaction (``BEGIN
+  IMMEDIATE``), reads the meta row and every key/lease the batch names in one
+  query, evaluates the ops *in order in Python* against that state plus the
+  batch's own earlier changes (each op is all-or-nothing: every check happens
+  before it changes anything), then sends the resulting log rows, lease rows and
+  the new meta row (pipelined) and commits. Each op that changes keys gets the
+  next revision, in queue order, so revisions stay strictly increasing and
+  gap-free; an op whose compare fails or that deletes nothing takes none (as
+  etcd). Each op is acknowledged on its own, only after COMMIT returned.
+* **Failures.** Not-leader, lost connection or BUSY before COMMIT: nothing was
+  applied; the batch is re-read and re-evaluated on the (new) leader. Leadership
+  or connection lost *during* COMMIT: the outcome is unknown. Every batch writes a
+  random token into ``kv_batch`` in the same transaction, so the committer asks
+  the new leader (inside a write transaction, after the engine's barrier has
+  applied its log) whether the token exists: if yes the batch committed and the
+  saved results are delivered; if not, it can never commit any more (a Raft
+  entry absent from a leader's log that has applied everything is dead once that
+  leader commits), and the batch is evaluated again. If no answer comes within
+  the retry deadline, every op of the batch fails with :class:`OutcomeUnknown`:
+  never a false ack, never a blind retry.
+* **Reads** are single SQL statements on the leader (one snapshot: the meta row
+  and the rows together), so a range is consistent with the revision it
+  reports. libdqlite 1.11.1 has no read-index: a deposed leader that does not
+  know it yet can serve a stale read (see docs/kvstore.md).
+* **Watches** poll the log: one poller per core reads new revisions in windows
+  (every ``POLL_INTERVAL`` s, at once after a local commit), in ``(rev, sub)``
+  order, whole revisions at a time; a watch from an old revision is backfilled
+  from the log first. A start revision below the compact revision fails with
+  :class:`CompactedError`.
+* **Leases** live in ``kv_lease`` with their expiry on the *leader's* clock
+  (``julianday('now')`` runs on the leader). Every live core runs a reaper op
+  every ``REAP_INTERVAL`` s; the expiry decision happens inside the serialised
+  write transaction, so reapers in several processes cannot double-expire. When
+  the leader changed since the last reaper pass, or no reaper ran for
+  ``LEASE_GAP_MS`` (cluster down, clock jump), every lease is first extended to
+  at least its full TTL (etcd's promotion rule), so a new leader's clock or an
+  outage never expires a lease early.
+* **Compaction** sets ``compact_revision`` at once (reads/watches below it then
+  fail) and removes superseded rows afterwards in windows of
+  ``COMPACT_WINDOW`` revisions, each its own small op between other writers'
+  batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cowsqlpy import protocol
+from cowsqlpy._loop import background_loop, run_sync
+from cowsqlpy.client import Session, as_store
+from cowsqlpy.database import SESSION_GONE, Database
+from cowsqlpy.errors import (
+    BusyError,
+    Error as EngineError,
+    OutcomeUnknownError,
+    TransactionLostError,
+)
+from cowsqlpy.retry import RetryPolicy
+
+from ..api import KV
+from ..errors import (
+    BackendError,
+    ClosedError,
+    CompactedError,
+    FutureRevisionError,
+    InvalidArgument,
+    KVError,
+    LeaseNotFound,
+    OperationTimeout,
+)
+from ..types import (
+    RANGE_ALL,
+    Compare,
+    CompareTarget,
+    DeleteRange,
+    DeleteResult,
+    Event,
+    EventType,
+    KeyValue,
+    LeaseInfo,
+    Op,
+    Put,
+    PutResult,
+    Range,
+    RangeResult,
+    TxnResult,
+    in_range,
+)
+from ..watch import WatchStream
+from . import cowsql_schema as S
+
+log = logging.getLogger("kvstore.cowsql")
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 30.0
+MAX_BATCH = 256                 # ops per group commit
+MAX_BATCH_BYTES = 8 << 20       # payload bytes per group commit
+MAX_PARAMS = 250                # the engine takes at most 255 per statement
+MAX_STMT_BYTES = 1 << 20        # payload per multi-row INSERT
+POLL_INTERVAL = 0.025           # watch poll period (other processes' writes)
+EVENT_WINDOW = 512              # revisions per watch poll query
+REAP_INTERVAL = 0.5             # lease reaper period
+REAP_LIMIT = 64                 # leases expired per reaper op
+LEASE_GAP_MS = 5000             # no reaper pass for this long: extend every lease
+REAPED_AT_EVERY_MS = 1000       # how often a reaper pass records itself
+COMPACT_WINDOW = 1000           # revisions per physical compaction op
+PRUNE_EVERY = 1024              # batches between kv_batch prunes
+
+
+class OutcomeUnknown(BackendError):
+    """Leadership or the connection was lost while the write was being committed
+    and the committer could not find out in time whether it committed. The write
+    may or may not be applied; re-read before retrying. ``code`` is
+    ``"outcome_unknown"``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "outcome_unknown")
+
+
+def _kv_error(exc: EngineError) -> KVError:
+    """The kvstore error for an engine error that survived the retry policy."""
+    if isinstance(exc, OutcomeUnknownError):
+        return OutcomeUnknown(f"cowsql: {exc}")
+    if exc.retry in ("reconnect", "same_leader"):
+        return OperationTimeout(f"cowsql: no usable leader within the retry deadline: {exc}")
+    return BackendError(f"cowsql: {exc}", exc.code)
+
+
+def _range_sql(start: bytes, end: bytes, col: str = "key") -> tuple[str, list[Any]]:
+    if not end:
+        return f"{col} = ?", [start]
+    if end == RANGE_ALL:
+        return f"{col} >= ?", [start]
+    return f"{col} >= ? AND {col} < ?", [start, end]
+
+
+def _live_kv(r: Sequence[Any], off: int = 0) -> KeyValue:
+    """(key, value, create_rev, mod_rev, version, lease) at ``off``."""
+    return KeyValue(bytes(r[off]), bytes(r[off + 1]), r[off + 2], r[off + 3], r[off + 4],
+                    r[off + 5])
+
+
+async def _rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    async for _, rows in session.query_sql(sql, params):
+        out.extend(rows)
+    return out
+
+
+# =============================================================== ops and batches
+@dataclass(eq=False)
+class _Op:
+    kind: str           # txn grant revoke keepalive expire compact chunk
+    args: tuple[Any, ...]
+    size: int = 0
+    future: asyncio.Future[Any] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class _Failed:
+    """An op's own (deterministic) error: it changed nothing."""
+
+    def __init__(self, exc: KVError) -> None:
+        self.exc = exc
+
+
+class _Batch:
+    """One attempt at one group commit: the state read inside the engine
+    transaction plus the batch's own changes, and the SQL they turn into."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self.kvs: dict[bytes, KeyValue | None] = {}      # known state (pre-batch or overlay)
+        self.changed: set[bytes] = set()                 # keys changed by this batch
+        self.leases: dict[int, list[int] | None] = {}    # id -> [ttl, expiry] or None
+        self.lease_ins: dict[int, tuple[int, int]] = {}
+        self.lease_upd: dict[int, int] = {}
+        self.lease_del: set[int] = set()
+        self.log: list[tuple[Any, ...]] = []
+        self.raw: list[tuple[str, list[Any]]] = []
+        self.meta_dirty = False
+        self.promoted = False
+        self.compacted_to = 0
+        self._sub_rev = 0
+        self._sub = 0
+
+    # ---------------------------------------------------------------- loading
+    async def load(self, ops: list[_Op]) -> None:
+        keys: set[bytes] = set()
+        leases: set[int] = set()
+        for op in ops:
+            if op.kind == "txn":
+                compares, success, failure = op.args
+                for c in compares:
+                    if not c.range_end:
+                        keys.add(c.key)
+                for o in (*success, *failure):
+                    if isinstance(o, Put):
+                        keys.add(o.key)
+                        if o.lease:
+                            leases.add(o.lease)
+                    elif not o.end:
+                        keys.add(o.key)
+            elif op.kind in ("revoke", "keepalive"):
+                leases.add(op.args[0])
+            elif op.kind == "expire" and op.args[0] is not None:
+                leases.update(op.args[0])
+        await self._fetch(sorted(keys), sorted(leases), meta=True)
+        now = self.now
+        if (self.epoch != self.s.address or now - self.reaped_at > LEASE_GAP_MS
+                or now < self.reaped_at - REAPED_AT_EVERY_MS):
+            # leader changed, no reaper for a while, or the clock went back: never
+            # expire a lease early on this clock (etcd's lease promotion)
+            self.raw.append(("UPDATE kv_lease SET expiry = MAX(expiry, ? + ttl * 1000)", [now]))
+            for st in self.leases.values():
+                if st is not None:
+                    st[1] = max(st[1], now + st[0] * 1000)
+            self.epoch, self.reaped_at = self.s.address, now
+            self.meta_dirty = self.promoted = True
+
+    async def _fetch(self, keys: list[bytes], leases: list[int], meta: bool = False) -> None:
+        first = meta
+        while first or keys or leases:
+            parts: list[str] = [S.META_SELECT] if first else []
+            params: list[Any] = []
+            kchunk, keys = keys[:MAX_PARAMS], keys[MAX_PARAMS:]
+            room = MAX_PARAMS - len(kchunk)
+            lchunk, leases = leases[:room], leases[room:]
+            if kchunk:
+                parts.append(f"SELECT 1, {S.LIVE_COLUMNS}, 0 FROM kv_live WHERE key IN "
+                             f"({','.join('?' * len(kchunk))})")
+                params += kchunk
+            if lchunk:
+                parts.append("SELECT 2, id, ttl, expiry, 0, 0, 0, 0 FROM kv_lease WHERE id IN "
+                             f"({','.join('?' * len(lchunk))})")
+                params += lchunk
+            first = False
+            for k in kchunk:
+                self.kvs.setdefault(k, None)
+            for lid in lchunk:
+                self.leases.setdefault(lid, None)
+            for r in await _rows(self.s, " UNION ALL ".join(parts), params):
+                if r[0] == 0:
+                    (self.rev, self.compact_rev, self.next_lease, self.now, self.epoch,
+                     self.reaped_at) = r[2:8]
+                elif r[0] == 1:
+                    kv = _live_kv(r, 1)
+                    self.kvs[kv.key] = kv
+                else:
+                    self.leases[r[1]] = [r[2], r[3]]
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        if key not in self.kvs:
+            await self._fetch([key], [])
+        return self.kvs[key]
+
+    async def lease(self, lid: int) -> list[int] | None:
+        if lid not in self.leases:
+            await self._fetch([], [lid])
+        return self.leases[lid]
+
+    def _merge(self, rows: list[tuple[Any, ...]], pred: Any) -> list[KeyValue]:
+        out: dict[bytes, KeyValue] = {}
+        for r in rows:
+            kv = _live_kv(r)
+            if kv.key not in self.changed:
+                self.kvs[kv.key] = kv
+                out[kv.key] = kv
+        for k in self.changed:
+            kv = self.kvs[k]
+            if kv is not None and pred(kv):
+                out[k] = kv
+        return [out[k] for k in sorted(out)]
+
+    async def live_range(self, start: bytes, end: bytes) -> list[KeyValue]:
+        if not end:
+            kv = await self.get(start)
+            return [] if kv is None else [kv]
+        cond, params = _range_sql(start, end)
+        rows = await _rows(self.s, f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE {cond}", params)
+        return self._merge(rows, lambda kv: in_range(kv.key, start, end))
+
+    async def lease_keys(self, lid: int) -> list[KeyValue]:
+        rows = await _rows(self.s, f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE lease = ?", [lid])
+        return self._merge(rows, lambda kv: kv.lease == lid)
+
+    # ---------------------------------------------------------------- changes
+    def _row(self, rev: int, key: bytes, kv: KeyValue | None, prev: KeyValue | None) -> None:
+        if rev != self._sub_rev:
+            self._sub_rev, self._sub = rev, 0
+        prev_rev = prev.mod_revision if prev is not None else 0
+        if kv is None:
+            self.log.append((rev, self._sub, key, b"", 0, 0, 0, 1, prev_rev))
+        else:
+            self.log.append((rev, self._sub, key, kv.value, kv.create_revision, kv.version,
+                             kv.lease, 0, prev_rev))
+        self._sub += 1
+        self.kvs[key] = kv
+        self.changed.add(key)
+
+    def _put(self, key: bytes, value: bytes, lease: int, rev: int, prev: KeyValue | None) -> None:
+        if prev is None:
+            kv = KeyValue(key, value, rev, rev, 1, lease)
+        else:
+            kv = KeyValue(key, value, prev.create_revision, rev, prev.version + 1, lease)
+        self._row(rev, key, kv, prev)
+
+    def _delete(self, prev: KeyValue, rev: int) -> None:
+        self._row(rev, prev.key, None, prev)
+
+    # ---------------------------------------------------------------- ops
+    async def apply(self, op: _Op) -> Any:
+        try:
+            return await getattr(self, "op_" + op.kind)(*op.args)
+        except KVError as e:
+            return _Failed(e)
+
+    async def _compare(self, c: Compare) -> bool:
+        if c.range_end:
+            kvs = await self.live_range(c.key, c.range_end)
+        else:
+            kv = await self.get(c.key)
+            kvs = [] if kv is None else [kv]
+        if not kvs:
+            if c.target == CompareTarget.VALUE:
+                return False
+            kvs = [KeyValue(c.key, b"", 0, 0, 0, 0)]
+        for kv in kvs:
+            a: Any
+            if c.target == CompareTarget.VALUE:
+                a = kv.value
+            else:
+                a = (kv.version, kv.create_revision, kv.mod_revision, 0, kv.lease)[c.target]
+            b = c.value
+            if not (a == b if c.op == "=" else a != b if c.op == "!=" else
+                    a < b if c.op == "<" else a > b):
+                return False
+        return True
+
+    async def op_txn(self, compares: Sequence[Compare], success: Sequence[Op],
+                     failure: Sequence[Op]) -> TxnResult:
+        ok = True
+        for c in compares:
+            if not await self._compare(c):
+                ok = False
+                break
+        ops = success if ok else failure
+        for o in ops:
+            if isinstance(o, Put) and o.lease and await self.lease(o.lease) is None:
+                raise LeaseNotFound(f"lease {o.lease:#x} not found")
+        rev = self.rev + 1
+        responses: list[Any] = []
+        changed = False
+        for o in ops:
+            if isinstance(o, Put):
+                prev = await self.get(o.key)
+                self._put(o.key, o.value, o.lease, rev, prev)
+                changed = True
+                responses.append(PutResult(rev, prev if o.prev_kv else None))
+            elif isinstance(o, DeleteRange):
+                gone = await self.live_range(o.key, o.end)
+                for kv in gone:
+                    self._delete(kv, rev)
+                changed = changed or bool(gone)
+                responses.append(("del", len(gone), tuple(gone) if o.prev_kv else ()))
+            else:
+                kvs = await self.live_range(o.key, o.end)
+                responses.append(("range", o, kvs))
+        if changed:
+            self.rev = rev
+        out: list[Any] = []
+        for r in responses:
+            if isinstance(r, PutResult):
+                out.append(r)
+            elif r[0] == "del":
+                out.append(DeleteResult(r[1], self.rev, r[2]))
+            else:
+                o, kvs = r[1], r[2]
+                count = len(kvs)
+                if o.count_only:
+                    out.append(RangeResult((), count, False, self.rev))
+                    continue
+                more = bool(o.limit) and count > o.limit
+                if more:
+                    kvs = kvs[:o.limit]
+                if o.keys_only:
+                    kvs = [KeyValue(kv.key, b"", kv.create_revision, kv.mod_revision,
+                                    kv.version, kv.lease) for kv in kvs]
+                out.append(RangeResult(tuple(kvs), count, more, self.rev))
+        return TxnResult(ok, tuple(out), self.rev)
+
+    async def op_grant(self, ttl: int) -> tuple[int, int]:
+        lid = self.next_lease
+        self.next_lease += 1
+        self.meta_dirty = True
+        exp = self.now + ttl * 1000
+        self.leases[lid] = [ttl, exp]
+        self.lease_ins[lid] = (ttl, exp)
+        return lid, ttl
+
+    async def _end_lease(self, lid: int) -> None:
+        kvs = await self.lease_keys(lid)
+        if kvs:
+            rev = self.rev + 1
+            for kv in kvs:
+                self._delete(kv, rev)
+            self.rev = rev
+        self.leases[lid] = None
+        self.lease_ins.pop(lid, None)
+        self.lease_upd.pop(lid, None)
+        self.lease_del.add(lid)
+
+    async def op_revoke(self, lid: int) -> None:
+        if await self.lease(lid) is None:
+            raise LeaseNotFound(f"lease {lid:#x} not found")
+        await self._end_lease(lid)
+
+    async def op_keepalive(self, lid: int) -> int:
+        st = await self.lease(lid)
+        if st is None:
+            raise LeaseNotFound(f"lease {lid:#x} not found")
+        st[1] = self.now + st[0] * 1000
+        if lid in self.lease_ins:
+            self.lease_ins[lid] = (st[0], st[1])
+        else:
+            self.lease_upd[lid] = st[1]
+        return st[0]
+
+    async def op_expire(self, ids: list[int] | None) -> None:
+        if ids is None:   # the reaper: expire by the leader's clock
+            if self.promoted:
+                return
+            if self.now - self.reaped_at >= REAPED_AT_EVERY_MS:
+                self.reaped_at = self.now
+                self.meta_dirty = True
+            rows = await _rows(self.s, "SELECT id, ttl, expiry FROM kv_lease WHERE expiry <= ? "
+                               f"ORDER BY expiry LIMIT {REAP_LIMIT}", [self.now])
+            for lid, ttl, exp in rows:
+                self.leases.setdefault(lid, [ttl, exp])
+            ids = [r[0] for r in rows]
+            ids = [i for i in ids if (st := self.leases[i]) is not None and st[1] <= self.now]
+        for lid in ids:
+            if await self.lease(lid) is not None:
+                await self._end_lease(lid)
+
+    async def op_compact(self, revision: int) -> None:
+        if revision <= self.compact_rev:
+            raise CompactedError(f"revision {revision} has already been compacted "
+                                 f"(compacted at {self.compact_rev})", self.compact_rev)
+        if revision > self.rev:
+            raise FutureRevisionError(f"cannot compact future revision {revision} "
+                                      f"(current {self.rev})")
+        self.compact_rev = revision
+        self.compacted_to = revision
+        self.meta_dirty = True
+
+    async def op_chunk(self, lo: int, hi: int, target: int) -> None:
+        self.raw.append((S.COMPACT_CHUNK, [lo, hi, target]))
+
+    # ---------------------------------------------------------------- SQL
+    def statements(self, token: bytes, prune: bool) -> list[tuple[str, list[Any]]]:
+        """The writes of this batch; empty when it changed nothing."""
+        out: list[tuple[str, list[Any]]] = list(self.raw)
+        rows_per = MAX_PARAMS // S.LOG_WIDTH
+        i = 0
+        while i < len(self.log):
+            chunk: list[tuple[Any, ...]] = []
+            size = 0
+            while i < len(self.log) and len(chunk) < rows_per and (not chunk or size < MAX_STMT_BYTES):
+                chunk.append(self.log[i])
+                size += len(self.log[i][2]) + len(self.log[i][3])
+                i += 1
+            out.append((f"INSERT INTO kv_log ({S.LOG_COLUMNS}) VALUES "
+                        + ",".join(["(" + ",".join("?" * S.LOG_WIDTH) + ")"] * len(chunk)),
+                        [v for row in chunk for v in row]))
+        ins = [(lid, ttl, exp) for lid, (ttl, exp) in self.lease_ins.items()
+               if lid not in self.lease_del]
+        for j in range(0, len(ins), MAX_PARAMS // 3):
+            part = ins[j:j + MAX_PARAMS // 3]
+            out.append(("INSERT INTO kv_lease (id, ttl, expiry) VALUES "
+                        + ",".join(["(?,?,?)"] * len(part)), [v for r in part for v in r]))
+        for lid, exp in self.lease_upd.items():
+            out.append(("UPDATE kv_lease SET expiry = ? WHERE id = ?", [exp, lid]))
+        dels = sorted(self.lease_del)
+        for j in range(0, len(dels), MAX_PARAMS):
+            part = dels[j:j + MAX_PARAMS]
+            out.append((f"DELETE FROM kv_lease WHERE id IN ({','.join('?' * len(part))})", part))
+        if not out and not self.meta_dirty:
+            return []
+        out.append(("UPDATE kv_meta SET revision = ?, compact_revision = ?, next_lease = ?, "
+                    "lease_epoch = ?, reaped_at = ? WHERE id = 1",
+                    [self.rev, self.compact_rev, self.next_lease, self.epoch, self.reaped_at]))
+        out.append(("INSERT INTO kv_batch (token, ts) VALUES (?, ?)", [token, self.now]))
+        if prune:
+            out.append(("DELETE FROM kv_batch WHERE ts < ?", [self.now - S.BATCH_TOKEN_KEEP_MS]))
+        return out
+
+
+# =============================================================== the core
+class CowsqlCore:
+    """The async store: committer, reads, watch poller, lease reaper, compactor.
+    All coroutines run on cowsqlpy's background loop (``self.loop``)."""
+
+    def __init__(self, servers: list[str], database: str, timeout: float) -> None:
+        self.servers = servers
+        self.database = database
+        self.policy = RetryPolicy(max_tries=1000, backoff=0.01, backoff_cap=0.25,
+                                  deadline=timeout, busy_timeout=timeout,
+                                  attempt_timeout=min(10.0, timeout))
+        self.db = Database(as_store(servers), database, self.policy, group_commit=False)
+        self.loop = background_loop()
+        self._pending: collections.deque[_Op] = collections.deque()
+        self._committer: asyncio.Task[None] | None = None
+        self._streams: dict[WatchStream, int] = {}
+        self._pos: int | None = None
+        self._wlock: asyncio.Lock | None = None
+        self._wake: asyncio.Event | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._compactor: asyncio.Task[None] | None = None
+        self._compact_target = 0
+        self._closed = False
+        self.batches = 0           # group commits run (tests, benchmark)
+        self.batched_ops = 0
+        self.resolved_unknown = 0  # commits whose unknown outcome was resolved
+
+    async def start(self) -> None:
+        self._wlock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        await self._ensure_schema()
+        self._reaper = asyncio.ensure_future(self._reap_loop())
+
+    # ---------------------------------------------------------------- schema
+    async def _ensure_schema(self) -> None:
+        deadline = time.monotonic() + self.policy.deadline
+        while True:
+            session = await self._begin()
+            try:
+                for stmt in S.SCHEMA:
+                    await session.exec_sql(stmt)
+                (version,), = await _rows(session, "SELECT schema_version FROM kv_meta")
+            except BaseException as exc:
+                await self._abandon(session, exc)
+                if isinstance(exc, EngineError) and exc.retry != "never" \
+                        and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                    continue
+                raise self._map(exc) from exc
+            if version > S.SCHEMA_VERSION:
+                await self.db.rollback(session)
+                raise BackendError(f"cowsql: database {self.database!r} has kvstore schema "
+                                   f"{version}, this code knows {S.SCHEMA_VERSION}")
+            try:
+                await self.db.commit(session)
+                return
+            except EngineError as exc:   # idempotent DDL: any failure may be retried
+                if time.monotonic() >= deadline:
+                    raise _kv_error(exc) from exc
+
+    @staticmethod
+    def _map(exc: BaseException) -> BaseException:
+        return _kv_error(exc) if isinstance(exc, EngineError) else exc
+
+    async def _begin(self) -> Session:
+        try:
+            return await self.db.begin()
+        except EngineError as exc:
+            raise _kv_error(exc) from exc
+
+    async def _abandon(self, session: Session, exc: BaseException) -> None:
+        """End a transaction that did not reach COMMIT (nothing applied)."""
+        if isinstance(exc, SESSION_GONE) or session.closed or not isinstance(exc, EngineError):
+            session.close()   # never pool a session whose transaction state is unknown
+            self.db.lose(session, exc)
+        else:
+            await self.db.rollback(session)
+
+    # ---------------------------------------------------------------- writes
+    def submit(self, kind: str, *args: Any, size: int = 0) -> asyncio.Future[Any]:
+        if self._closed:
+            raise ClosedError("cowsql: the store is closed")
+        op = _Op(kind, args, size)
+        self._pending.append(op)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.ensure_future(self._commit_loop())
+        return op.future
+
+    async def _commit_loop(self) -> None:
+        while self._pending:
+            batch: list[_Op] = []
+            size = 0
+            while self._pending and len(batch) < MAX_BATCH and (not batch or size < MAX_BATCH_BYTES):
+                op = self._pending.popleft()
+                batch.append(op)
+                size += op.size
+            try:
+                await self._run_batch(batch)
+            except BaseException as exc:
+                err = self._map(exc)
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(err)
+                if not isinstance(exc, Exception):
+                    raise
+
+    async def _run_batch(self, batch: list[_Op]) -> None:
+        token = os.urandom(16)
+        deadline = time.monotonic() + self.policy.deadline
+        unknown: tuple[list[Any], _Batch] | None = None   # results of a commit in doubt
+        attempt = 0
+        while True:
+            attempt += 1
+            if attempt > 1:
+                if time.monotonic() >= deadline:
+                    if unknown is not None:
+                        raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no "
+                                             "leader could say within the deadline whether "
+                                             "it committed")
+                    raise OperationTimeout("cowsql: no leader accepted the write within the "
+                                           "retry deadline")
+                await asyncio.sleep(self.policy.delay(min(attempt - 1, 6)))
+            try:
+                session = await self._begin()
+            except OperationTimeout:
+                if unknown is not None:
+                    raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no "
+                                         "leader answered within the deadline") from None
+                raise
+            try:
+                if unknown is not None and await _rows(
+                        session, "SELECT 1 FROM kv_batch WHERE token = ?", [token]):
+                    await self.db.rollback(session)
+                    self.resolved_unknown += 1
+                    self._deliver(batch, *unknown)
+                    return
+                b = _Batch(session)
+                await b.load(batch)
+                results = [await b.apply(op) for op in batch]
+                stmts = b.statements(token, self.batches % PRUNE_EVERY == PRUNE_EVERY - 1)
+                if not stmts:
+                    await self.db.rollback(session)   # read-only: nothing to commit
+                    self._deliver(batch, results, b)
+                    return
+                await self._pipeline(session, stmts)
+            except BaseException as exc:
+                await self._abandon(session, exc)
+                if isinstance(exc, (*SESSION_GONE, BusyError)):
+                    log.debug("batch attempt %d before commit: %r; retrying", attempt, exc)
+                    continue   # nothing was applied: evaluate again on the leader
+                raise
+            try:
+                await self.db.commit(session)
+            except OutcomeUnknownError as exc:
+                log.info("commit outcome unknown (%s); asking the new leader", exc)
+                unknown = (results, b)
+                continue
+            except TransactionLostError:
+                continue       # lost before COMMIT was applied: nothing committed
+            except BaseException as exc:
+                await self._abandon(session, exc)
+                raise
+            self._deliver(batch, results, b)
+            return
+
+    async def _pipeline(self, session: Session, stmts: list[tuple[str, list[Any]]]) -> None:
+        """Send every write back to back, then read every reply (in order)."""
+        replies = [session.conn.submit(protocol.EXEC_SQL, session.db_id, sql, params,
+                                       timeout=self.policy.attempt_timeout)
+                   for sql, params in stmts]
+        error: BaseException | None = None
+        for r in replies:
+            try:
+                await r
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _deliver(self, batch: list[_Op], results: list[Any], b: _Batch) -> None:
+        self.batches += 1
+        self.batched_ops += len(batch)
+        for op, res in zip(batch, results):
+            if op.future.done():
+                continue
+            if isinstance(res, _Failed):
+                op.future.set_exception(res.exc)
+            else:
+                op.future.set_result(res)
+        if b.log and self._wake is not None:
+            self._wake.set()
+        if b.compacted_to:
+            self._schedule_compaction(b.compacted_to)
+
+    # ---------------------------------------------------------------- public async API
+    async def txn(self, compare: Sequence[Compare], success: Sequence[Op],
+                  failure: Sequence[Op]) -> TxnResult:
+        size = sum(len(o.key) + len(o.value) for o in (*success, *failure) if isinstance(o, Put))
+        res: TxnResult = await self.submit("txn", compare, success, failure, size=size)
+        return res
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0, prev_kv: bool = False
+                  ) -> PutResult:
+        r = await self.txn((), (Put(key, value, lease, prev_kv),), ())
+        return r.responses[0]  # type: ignore[return-value]
+
+    async def delete(self, start: bytes, end: bytes = b"", prev_kv: bool = False) -> DeleteResult:
+        r = await self.txn((), (DeleteRange(start, end, prev_kv),), ())
+        return r.responses[0]  # type: ignore[return-value]
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        r = await self.range(key, b"")
+        return r.kvs[0] if r.kvs else None
+
+    async def compact(self, revision: int) -> None:
+        await self.submit("compact", revision)
+
+    async def grant(self, ttl: int) -> tuple[int, int]:
+        res: tuple[int, int] = await self.submit("grant", ttl)
+        return res
+
+    async def revoke(self, lease: int) -> None:
+        await self.submit("revoke", lease)
+
+    async def keepalive(self, lease: int) -> int:
+        res: int = await self.submit("keepalive", lease)
+        return res
+
+    async def expire(self, ids: list[int] | None = None) -> None:
+        """Expire leases now: ``ids`` (revoked if they exist) or, with None, every
+        lease whose deadline passed on the leader's clock (the reaper's pass)."""
+        await self.submit("expire", ids)
+
+    # ---------------------------------------------------------------- reads
+    async def _query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """One read statement on the leader; re-run from scratch (reads are
+        idempotent) when the leader changes part-way through the result."""
+        deadline = time.monotonic() + self.policy.deadline
+        while True:
+            try:
+                stream = await self.db.query(sql, params)
+                out: list[tuple[Any, ...]] = []
+                while (batch := await stream.next_batch()) is not None:
+                    out.extend(batch)
+                return out
+            except EngineError as exc:
+                if exc.retry == "never" or time.monotonic() >= deadline:
+                    raise _kv_error(exc) from exc
+                await asyncio.sleep(0.02)
+
+    async def range(self, start: bytes, end: bytes, limit: int = 0, revision: int = 0,
+                    keys_only: bool = False, count_only: bool = False) -> RangeResult:
+        cond, params = _range_sql(start, end)
+        val = "x''" if keys_only else "value"
+        if revision > 0:
+            sql = (f"{S.META_SELECT} UNION ALL SELECT 1, key, {val}, create_rev, MAX(rev), "
+                   f"version, lease, deleted FROM kv_log WHERE {cond} AND rev <= ? GROUP BY key")
+            params.append(revision)
+        elif count_only:
+            sql = (f"{S.META_SELECT} UNION ALL SELECT 2, NULL, count(*), 0, 0, 0, 0, 0 "
+                   f"FROM kv_live WHERE {cond}")
+        else:
+            lim = f" LIMIT {int(limit)}" if limit else ""
+            sql = (f"{S.META_SELECT} UNION ALL SELECT * FROM (SELECT 1, key, {val}, create_rev, "
+                   f"mod_rev, version, lease, 0 FROM kv_live WHERE {cond} ORDER BY key{lim})")
+            if limit:
+                sql += f" UNION ALL SELECT 2, NULL, count(*), 0, 0, 0, 0, 0 FROM kv_live WHERE {cond}"
+                params = params + params
+        rows = await self._query(sql, params)
+        kvs: list[KeyValue] = []
+        count = -1
+        cur = compact = 0
+        for r in rows:
+            if r[0] == 0:
+                cur, compact = r[2], r[3]
+            elif r[0] == 1:
+                if not r[7]:
+                    kvs.append(_live_kv(r, 1))
+            else:
+                count = r[2]
+        if revision > 0:
+            if revision > cur:
+                raise FutureRevisionError(f"required revision {revision} is a future revision "
+                                          f"(current {cur})")
+            if revision < compact:
+                raise CompactedError(f"required revision {revision} has been compacted "
+                                     f"(compacted at {compact})", compact)
+            kvs.sort(key=lambda kv: kv.key)
+            count = len(kvs)
+            if count_only:
+                kvs = []
+            elif limit:
+                kvs = kvs[:limit]
+        if count < 0:
+            count = len(kvs)
+        return RangeResult(tuple(kvs), count, bool(limit) and count > len(kvs) and not count_only,
+                           cur)
+
+    async def lease_info(self, lease: int) -> LeaseInfo:
+        rows = await self._query(
+            f"SELECT 0, ttl, expiry - {S.NOW_MS} FROM kv_lease WHERE id = ? "
+            "UNION ALL SELECT 1, key, 0 FROM kv_live WHERE lease = ?", [lease, lease])
+        head = [r for r in rows if r[0] == 0]
+        if not head:
+            raise LeaseNotFound(f"lease {lease:#x} not found")
+        ttl, left_ms = head[0][1], head[0][2]
+        keys = sorted(bytes(r[1]) for r in rows if r[0] == 1)
+        return LeaseInfo(lease, max(0, min(ttl, -(-left_ms // 1000))), ttl, tuple(keys))
+
+    # ---------------------------------------------------------------- watches
+    async def _events(self, lo: int, hi: int, start: bytes = b"", end: bytes = b""
+                      ) -> tuple[list[Event], int, int]:
+        """Events with lo <= revision <= hi (in range if ``start``), the compact
+        revision and the current revision, from one snapshot."""
+        rng, params = "", [lo, hi]
+        if start:
+            cond, extra = _range_sql(start, end, "l.key")
+            rng, params = " AND " + cond, params + extra
+        rows = await self._query(S.EVENTS_SELECT.format(range=rng), params)
+        compact = cur = 0
+        events: list[Event] = []
+        for r in rows:
+            if r[0] == -1:
+                compact, cur = r[4], r[5]
+                continue
+            rev, key = r[0], bytes(r[2])
+            prev = None if r[8] is None else KeyValue(key, bytes(r[8]), r[9], r[12], r[10], r[11])
+            if r[7]:
+                events.append(Event(EventType.DELETE, KeyValue(key, b"", 0, rev, 0, 0), prev))
+            else:
+                events.append(Event(EventType.PUT,
+                                    KeyValue(key, bytes(r[3]), r[4], rev, r[5], r[6]), prev))
+        return events, compact, cur
+
+    async def add_watch(self, stream: WatchStream, start_revision: int) -> None:
+        assert self._wlock is not None
+        async with self._wlock:
+            meta = await self._query(S.META_SELECT, ())
+            cur, compact = meta[0][2], meta[0][3]
+            if self._pos is None or self._poller is None or self._poller.done():
+                self._pos = cur
+            first = start_revision or cur + 1
+            if first < compact:
+                stream._fail(CompactedError(f"watch revision {first} has been compacted "
+                                            f"(compacted at {compact})", compact))
+                return
+            if first <= self._pos:
+                events, compact, _ = await self._events(first, self._pos, stream.start, stream.end)
+                if first < compact:   # compacted while we read: the backlog may have gaps
+                    stream._fail(CompactedError(f"watch revision {first} has been compacted "
+                                                f"(compacted at {compact})", compact))
+                    return
+                stream._push(events)
+            self._streams[stream] = first
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.ensure_future(self._poll_loop())
+
+    def remove_watch(self, stream: WatchStream) -> None:
+        self._streams.pop(stream, None)
+
+    async def _poll_loop(self) -> None:
+        assert self._wake is not None and self._wlock is not None
+        failures = 0
+        while self._streams and not self._closed:
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                async with self._wlock:
+                    await self._poll_once()
+                failures = 0
+            except KVError as exc:
+                failures += 1
+                log.warning("watch poll failed (%r); retrying", exc)
+                await asyncio.sleep(min(1.0, 0.05 * failures))
+
+    async def _poll_once(self) -> None:
+        while self._streams and self._pos is not None:
+            lo, hi = self._pos + 1, self._pos + EVENT_WINDOW
+            events, compact, cur = await self._events(lo, hi)
+            if compact > lo:
+                err = CompactedError(f"watch revision {lo} has been compacted (compacted at "
+                                     f"{compact}) before the watchers read it", compact)
+                for s in list(self._streams):
+                    s._fail(err)
+                self._streams.clear()
+                self._pos = cur
+                return
+            if events:
+                for s, first in list(self._streams.items()):
+                    if s.cancelled:
+                        self._streams.pop(s, None)
+                        continue
+                    s._push(events if events[0].revision >= first else
+                            [e for e in events if e.revision >= first])
+            self._pos = max(self._pos, min(cur, hi))
+            if cur <= hi:
+                return
+
+    # ---------------------------------------------------------------- background jobs
+    async def _reap_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(REAP_INTERVAL)
+            try:
+                await self.expire(None)
+            except (KVError, ClosedError) as exc:
+                log.debug("lease reaper pass failed: %r", exc)
+
+    def _schedule_compaction(self, target: int) -> None:
+        self._compact_target = max(self._compact_target, target)
+        if self._compactor is None or self._compactor.done():
+            self._compactor = asyncio.ensure_future(self._compact_loop())
+
+    async def _compact_loop(self) -> None:
+        done = 0
+        try:
+            while done < self._compact_target and not self._closed:
+                target = self._compact_target
+                rows = await self._query("SELECT MIN(rev) FROM kv_log", ())
+                lo = max(done, rows[0][0] or target)
+                while lo < target and not self._closed:
+                    hi = min(target, lo + COMPACT_WINDOW)
+                    await self.submit("chunk", lo, hi, target)
+                    lo = hi
+                done = target
+        except KVError as exc:
+            log.warning("physical compaction stopped (%r); the next compact() resumes it", exc)
+
+    # ---------------------------------------------------------------- lifecycle
+    async def close(self) -> None:
+        self._closed = True
+        for t in (self._reaper, self._poller, self._compactor):
+            if t is not None:
+                t.cancel()
+        if self._committer is not None and not self._committer.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._committer), self.policy.deadline)
+            except (TimeoutError, Exception):  # noqa: BLE001 - best effort on close
+                pass
+        err = ClosedError("cowsql: the KV handle was closed")
+        for s in list(self._streams):
+            s._fail(err)
+            s._finish()
+        self._streams.clear()
+        await self.db.close()
+
+
+# =============================================================== the sync handle
+_cores: dict[tuple[Any, ...], tuple[CowsqlCore, list[int]]] = {}
+_cores_lock = threading.Lock()
+
+
+class CowsqlKV(KV):
+    """A ``cowsql://`` handle. Handles of one process that name the same servers
+    and database share one :class:`CowsqlCore` (one connection pool, one group
+    committer, one watch poller) unless opened with ``private=1``. The async API
+    is ``kv.core`` (coroutines to run on ``kv.loop``)."""
+
+    scheme = "cowsql"
+
+    def __init__(self, servers: list[str], database: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 session_ttl: int | None = None, private: bool = False) -> None:
+        super().__init__(**({} if session_ttl is None else {"session_ttl": session_ttl}))
+        self.servers, self.database, self.timeout = servers, database, timeout
+        key: tuple[Any, ...] = (tuple(sorted(servers)), database, timeout)
+        if private:
+            key += (object(),)
+        self._key = key
+        with _cores_lock:
+            entry = _cores.get(key)
+            if entry is None:
+                core = CowsqlCore(servers, database, timeout)
+                try:
+                    run_sync(core.start(), timeout + 30)
+                except BaseException:
+                    run_sync(core.close())
+                    raise
+                entry = _cores[key] = (core, [0])
+            entry[1][0] += 1
+        self.core: CowsqlCore = entry[0]
+        self.loop = self.core.loop
+        self._local_closed = False
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._local_closed:
+            coro.close()
+            raise ClosedError("cowsql: KV handle is closed")
+        try:
+            return run_sync(coro, self.timeout + 30)
+        except EngineError as exc:
+            raise _kv_error(exc) from exc
+
+    def _put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> PutResult:
+        return self._run(self.core.put(key, value, lease, prev_kv))
+
+    def _range(self, start: bytes, end: bytes, limit: int, revision: int, keys_only: bool,
+               count_only: bool) -> RangeResult:
+        return self._run(self.core.range(start, end, limit, revision, keys_only, count_only))
+
+    def _delete(self, start: bytes, end: bytes, prev_kv: bool) -> DeleteResult:
+        return self._run(self.core.delete(start, end, prev_kv))
+
+    def _txn(self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
+             ) -> TxnResult:
+        return self._run(self.core.txn(compare, success, failure))
+
+    def _compact(self, revision: int) -> None:
+        self._run(self.core.compact(revision))
+
+    def _grant(self, ttl: int) -> tuple[int, int]:
+        return self._run(self.core.grant(ttl))
+
+    def _revoke(self, lease: int) -> None:
+        self._run(self.core.revoke(lease))
+
+    def _keepalive(self, lease: int) -> int:
+        return self._run(self.core.keepalive(lease))
+
+    def _lease_info(self, lease: int) -> LeaseInfo:
+        return self._run(self.core.lease_info(lease))
+
+    def expire_leases(self, ids: list[int] | None = None) -> None:
+        """Run the lease expiry now (tests): revoke ``ids`` if they exist, or with
+        None expire every lease past its deadline on the leader's clock."""
+        self._check()
+        self._run(self.core.expire(None if ids is None else [int(i) for i in ids]))
+
+    def _watch(self, start: bytes, end: bytes, start_revision: int) -> WatchStream:
+        core = self.core
+
+        def cancel(s: WatchStream) -> None:
+            core.loop.call_soon_threadsafe(core.remove_watch, s)
+
+        stream = WatchStream(start, end, cancel)
+        self._run(core.add_watch(stream, start_revision))
+        return stream
+
+    def _close(self) -> None:
+        self._local_closed = True
+        with _cores_lock:
+            entry = _cores.get(self._key)
+            if entry is None:
+                return
+            entry[1][0] -= 1
+            if entry[1][0] > 0:
+                return
+            del _cores[self._key]
+        try:
+            run_sync(entry[0].close(), self.timeout + 30)
+        except Exception:  # noqa: BLE001 - closing; the engine cleans up on its side
+            log.debug("closing the cowsql core failed", exc_info=True)
+
+
+def open_url(url: str) -> CowsqlKV:
+    u = urllib.parse.urlsplit(url)
+    q = dict(urllib.parse.parse_qsl(u.query))
+    unknown = set(q) - {"session_ttl", "timeout", "private"}
+    if unknown:
+        raise InvalidArgument(f"cowsql: unknown options {sorted(unknown)}")
+    servers = [e.strip() for e in u.netloc.split(",") if e.strip()]
+    if not servers:
+        raise InvalidArgument(f"cowsql: no server in {url!r}")
+    for e in servers:
+        host, sep, port = e.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise InvalidArgument(f"cowsql: server {e!r} must be HOST:PORT")
+    database = urllib.parse.unquote(u.path.lstrip("/"))
+    if not database or "/" in database:
+        raise InvalidArgument(f"cowsql: the URL must name one database: cowsql://HOST:PORT/DB, "
+                              f"got {url!r}")
+    return CowsqlKV(servers, database, timeout=float(q.get("timeout", DEFAULT_TIMEOUT)),
+                    session_ttl=int(q["session_ttl"]) if "session_ttl" in q else None,
+                    private=q.get("private", "0").lower() in ("1", "true", "yes"))

@@ -1,0 +1,105 @@
+"""SQL schema and statements of the ``cowsql://`` backend (a kine-style revision log
+with etcd's full per-key metadata).
+
+Tables (all created idempotently in one write transaction, so several processes
+may open the same database at once):
+
+``kv_meta``   one row: store revision, compact revision, next lease id, and the
+              lease-clock bookkeeping (which leader last ran lease expiry, when).
+``kv_log``    the revision log: one row per key change. ``(rev, sub)`` orders the
+              events (``sub`` = position inside the revision); a delete is a
+              tombstone row (``deleted = 1``); ``prev_rev`` is the mod revision of
+              the key's previous live version (for ``prev_kv`` in events).
+              Serves reads at past revisions and watches.
+``kv_live``   the current value of every live key (maintained from ``kv_log`` by
+              a trigger, so each change is sent to the engine once).
+``kv_lease``  leases: granted TTL and expiry on the leader's clock (ms).
+``kv_batch``  one row per committed group-commit batch (random token): lets a
+              writer whose COMMIT outcome is unknown find out, on the new leader,
+              whether its batch committed. Pruned after ``BATCH_TOKEN_KEEP_MS``.
+
+The engine runs each statement on the leader and replicates the resulting WAL
+pages, so ``julianday('now')`` in SQL is evaluated once, on the leader: lease
+deadlines are on the leader's clock.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+#: leader wall clock in ms, evaluated inside the engine
+NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+
+#: batch tokens older than this are pruned (far beyond any retry deadline)
+BATCH_TOKEN_KEEP_MS = 10 * 60 * 1000
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS kv_meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        schema_version INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        compact_revision INTEGER NOT NULL,
+        next_lease INTEGER NOT NULL,
+        lease_epoch TEXT NOT NULL,
+        reaped_at INTEGER NOT NULL)""",
+    f"INSERT OR IGNORE INTO kv_meta VALUES (1, {SCHEMA_VERSION}, 1, 0, 1, '', 0)",
+    """CREATE TABLE IF NOT EXISTS kv_log (
+        rev INTEGER NOT NULL,
+        sub INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        value BLOB NOT NULL,
+        create_rev INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        lease INTEGER NOT NULL,
+        deleted INTEGER NOT NULL,
+        prev_rev INTEGER NOT NULL,
+        PRIMARY KEY (rev, sub))""",
+    "CREATE INDEX IF NOT EXISTS kv_log_key ON kv_log (key, rev)",
+    """CREATE TABLE IF NOT EXISTS kv_live (
+        key BLOB PRIMARY KEY,
+        value BLOB NOT NULL,
+        create_rev INTEGER NOT NULL,
+        mod_rev INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        lease INTEGER NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS kv_live_lease ON kv_live (lease) WHERE lease != 0",
+    """CREATE TRIGGER IF NOT EXISTS kv_log_apply AFTER INSERT ON kv_log BEGIN
+        DELETE FROM kv_live WHERE key = NEW.key AND NEW.deleted;
+        INSERT OR REPLACE INTO kv_live
+            SELECT NEW.key, NEW.value, NEW.create_rev, NEW.rev, NEW.version, NEW.lease
+            WHERE NOT NEW.deleted;
+    END""",
+    """CREATE TABLE IF NOT EXISTS kv_lease (
+        id INTEGER PRIMARY KEY,
+        ttl INTEGER NOT NULL,
+        expiry INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS kv_lease_expiry ON kv_lease (expiry)",
+    """CREATE TABLE IF NOT EXISTS kv_batch (
+        token BLOB PRIMARY KEY,
+        ts INTEGER NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS kv_batch_ts ON kv_batch (ts)",
+]
+
+LOG_COLUMNS = "rev, sub, key, value, create_rev, version, lease, deleted, prev_rev"
+LOG_WIDTH = 9
+
+#: meta row first (kind 0), then the rows asked for; one statement = one snapshot
+META_SELECT = (f"SELECT 0, NULL, revision, compact_revision, next_lease, {NOW_MS}, "
+               "lease_epoch, reaped_at FROM kv_meta")
+LIVE_COLUMNS = "key, value, create_rev, mod_rev, version, lease"
+
+#: compaction of one window of revisions [lo, hi) (hi <= compact revision C):
+#: tombstones older than C, and versions superseded by a change at or before C
+COMPACT_CHUNK = """DELETE FROM kv_log WHERE rev >= ? AND rev < ? AND (deleted OR EXISTS (
+    SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND n.rev > kv_log.rev AND n.rev <= ?))"""
+
+#: events with revision in [lo, hi], with the previous version of each key, plus
+#: the meta row (sorted first) for the compaction / revision check
+EVENTS_SELECT = """SELECT -1, 0, NULL, NULL, compact_revision, revision, 0, 0, NULL, 0, 0, 0, 0
+    FROM kv_meta
+UNION ALL
+SELECT l.rev, l.sub, l.key, l.value, l.create_rev, l.version, l.lease, l.deleted,
+       p.value, p.create_rev, p.version, p.lease, p.rev
+    FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev > 0 AND p.key = l.key AND p.rev = l.prev_rev
+    WHERE l.rev >= ? AND l.rev <= ?{range}
+ORDER BY 1, 2"""
