@@ -51,7 +51,7 @@ from .node import (
     generate_id,
 )
 from .protocol import SPARE, STANDBY, VOTER, NodeInfo
-from .retry import DEFAULT_POLICY, RetryPolicy
+from .retry import DEFAULT_POLICY, RetryPolicy, retrying
 from .store import SqliteNodeStore
 
 T = TypeVar("T")
@@ -671,7 +671,7 @@ class App:
                 return
             for i, node in enumerate(candidates):
                 try:
-                    await session.call(protocol.ASSIGN, node.id, role)
+                    await self._assign(session, node.id, role)
                 except Error as exc:
                     self.log.warning("change %s from %s to %s: %s", node.address, role_name(node.role), role_name(role), exc)
                     if i == len(candidates) - 1:
@@ -680,6 +680,13 @@ class App:
                 self.log.info("changed %s from %s to %s", node.address, role_name(node.role), role_name(role))
                 break
             self._store.set(await session.call(protocol.CLUSTER, 1))
+
+    async def _assign(self, session: Session, node_id: int, role: int) -> None:
+        """ASSIGN, retried while another membership change is in progress (BUSY)."""
+        async def attempt() -> None:
+            await session.call(protocol.ASSIGN, node_id, role)
+
+        await retrying(attempt, RetryPolicy(max_tries=40, deadline=5.0, busy_timeout=5.0), what="assign")
 
     async def _handover(self, timeout: float) -> None:
         async with asyncio.timeout(timeout):
@@ -692,7 +699,7 @@ class App:
                 if role is not None:
                     for i, node in enumerate(candidates):
                         try:
-                            await session.call(protocol.ASSIGN, node.id, role)
+                            await self._assign(session, node.id, role)
                         except Error as exc:
                             self.log.warning("hand-over: promote %s to %s: %s", node.address, role_name(role), exc)
                             if i == len(candidates) - 1:
@@ -718,7 +725,7 @@ class App:
                     session.close()
                     session = await self._leader_session(policy)
                 if role is not None:
-                    await session.call(protocol.ASSIGN, self._id, SPARE)
+                    await self._assign(session, self._id, SPARE)
                     self.log.info("hand-over: demoted ourselves to spare")
             finally:
                 session.close()

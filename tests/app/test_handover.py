@@ -56,8 +56,7 @@ def test_graceful_close_of_the_leader_process_while_clients_write(cluster_factor
     assert not failures, failures
     _check(c, acked)
     # The stand-by took the voting role of the node that left; it left as a spare.
-    nodes = {n.address: n.role for n in c.cluster_nodes()}
-    assert sum(1 for r in nodes.values() if r == VOTER) == 3
+    nodes = {n.address: n.role for n in c.wait_roles(voters=3, standbys=0, timeout=10)}
     assert nodes[c.addresses[leader]] != VOTER
 
 

@@ -45,7 +45,7 @@ def test_apps_join_a_cluster_started_by_dqlite_demo(demo_factory, app_factory) -
     # ours read what was replicated from the demo's.
     with a.client() as c:
         c.transfer(b.id)
-        wait_for(lambda: (lambda l: l is not None and l.address == b.address)(c.leader()), 20, "b leads")
+        wait_for(lambda: (lambda ldr: ldr is not None and ldr.address == b.address)(c.leader()), 20, "b leads")
     demo.put("after-transfer", "3")
     assert _kv(conn)["after-transfer"] == "3"
     conn.close()
@@ -72,7 +72,7 @@ def test_dqlite_demo_joins_a_cowsqlpy_cluster(demo_factory, app_factory) -> None
     demo_id = next(n.id for n in a.client().cluster() if n.address == demo.db)
     with a.client() as c:
         c.transfer(demo_id)
-        wait_for(lambda: (lambda l: l is not None and l.address == demo.db)(c.leader()), 20, "the demo node leads")
+        wait_for(lambda: (lambda ldr: ldr is not None and ldr.address == demo.db)(c.leader()), 20, "the demo node leads")
     assert _kv(conn) == {"from-demo": "x", "from-cowsqlpy": "y"}
     conn.execute("INSERT OR REPLACE INTO model (key, value) VALUES ('via-demo-leader', 'z')")
     assert demo.get("via-demo-leader") == "z"
