@@ -243,9 +243,53 @@ def raft_backend(base: str) -> Backend:
                    "3 pysyncobj members (2 in the bench process, 1 child); N threads via member 0")
 
 
+def cowsql_backend(base: str) -> Backend:
+    st: dict[str, Any] = {}
+
+    def setup() -> None:
+        from cowsqlpy.testing import Cluster
+        c = Cluster(3, app=False, network_latency=0.02, base_dir=os.path.join(base, "cowsql"))
+        st["cluster"] = c
+        url = f"cowsql://{','.join(c.addresses)}/bench"
+        st["a"] = kvstore.open(url)
+        st["b"] = kvstore.open(url + "?private=1")  # its own core: polls like another process
+        for i in range(KEYS):
+            st["a"].put(b"bench/%d" % i, VALUE)
+
+    def teardown() -> None:
+        for k in ("b", "a"):
+            if k in st:
+                st[k].close()
+        if "cluster" in st:
+            st["cluster"].close()
+
+    def run(op: str, conc: int, duration: float, max_ops: int) -> Result:
+        a = st["a"]
+        if op == "watch":
+            return watch_latency(a, st["b"], conc, duration, max_ops, b"bw/")
+        core = a.core
+
+        async def put(w: int, i: int) -> None:
+            await core.put(b"bench/%d" % ((w * 7919 + i) % KEYS), VALUE)
+
+        async def get(w: int, i: int) -> None:
+            await core.get(b"bench/%d" % ((w * 7919 + i) % KEYS))
+
+        async def txn(w: int, i: int) -> None:
+            k = b"bench/%d" % ((w * 7919 + i) % KEYS)
+            await core.txn([ModRevision(k) > 0], [Put(k, VALUE)], [])
+        fn = {"put": put, "get": get, "txn": txn}[op]
+        fut = asyncio.run_coroutine_threadsafe(async_load(fn, conc, duration, max_ops), a.loop)
+        return fut.result(duration + 120)
+
+    return Backend("cowsql", setup, teardown, run,
+                   "3 in-process libdqlite 1.11.1 nodes; the cowsql:// backend's async core "
+                   "(group commit), N asyncio tasks; watch: event seen by a second core")
+
+
 def make_backends(base: str) -> list[Backend]:
     """The reference (etcd) first; add new backends (cowsql) here."""
-    return [etcd_backend(base), raft_backend(base)]
+    return [etcd_backend(base), raft_backend(base), cowsql_backend(base)]
 
 
 # ----------------------------------------------------------------- main

@@ -68,7 +68,6 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cowsqlpy import protocol
 from cowsqlpy._loop import background_loop, run_sync
 from cowsqlpy.client import Session, as_store
 from cowsqlpy.database import SESSION_GONE, Database
@@ -195,6 +194,7 @@ class _Batch:
         self.s = session
         self.kvs: dict[bytes, KeyValue | None] = {}      # known state (pre-batch or overlay)
         self.changed: set[bytes] = set()                 # keys changed by this batch
+        self.bare: set[bytes] = set()                    # loaded without their value
         self.leases: dict[int, list[int] | None] = {}    # id -> [ttl, expiry] or None
         self.lease_ins: dict[int, tuple[int, int]] = {}
         self.lease_upd: dict[int, int] = {}
@@ -210,25 +210,27 @@ class _Batch:
     # ---------------------------------------------------------------- loading
     async def load(self, ops: list[_Op]) -> None:
         keys: set[bytes] = set()
+        valued: set[bytes] = set()    # keys whose value an op reads
         leases: set[int] = set()
         for op in ops:
             if op.kind == "txn":
                 compares, success, failure = op.args
                 for c in compares:
                     if not c.range_end:
-                        keys.add(c.key)
+                        (valued if c.target == CompareTarget.VALUE else keys).add(c.key)
                 for o in (*success, *failure):
                     if isinstance(o, Put):
-                        keys.add(o.key)
+                        (valued if o.prev_kv else keys).add(o.key)
                         if o.lease:
                             leases.add(o.lease)
                     elif not o.end:
-                        keys.add(o.key)
+                        (keys if isinstance(o, DeleteRange) and not o.prev_kv else valued).add(o.key)
             elif op.kind in ("revoke", "keepalive"):
                 leases.add(op.args[0])
             elif op.kind == "expire" and op.args[0] is not None:
                 leases.update(op.args[0])
-        await self._fetch(sorted(keys), sorted(leases), meta=True)
+        await self._fetch(sorted(valued), sorted(leases), meta=True,
+                          bare=sorted(keys - valued))
         now = self.now
         if (self.epoch != self.s.address or now - self.reaped_at > LEASE_GAP_MS
                 or now < self.reaped_at - REAPED_AT_EVERY_MS):
@@ -241,18 +243,30 @@ class _Batch:
             self.epoch, self.reaped_at = self.s.address, now
             self.meta_dirty = self.promoted = True
 
-    async def _fetch(self, keys: list[bytes], leases: list[int], meta: bool = False) -> None:
+    async def _fetch(self, keys: list[bytes], leases: list[int], meta: bool = False,
+                     bare: Sequence[bytes] = ()) -> None:
+        """Load keys (with values), ``bare`` keys (metadata only: their values are
+        fetched later if an op needs them; keeps the reply small) and leases."""
         first = meta
-        while first or keys or leases:
+        bare = list(bare)
+        while first or keys or leases or bare:
             parts: list[str] = [S.META_SELECT] if first else []
             params: list[Any] = []
             kchunk, keys = keys[:MAX_PARAMS], keys[MAX_PARAMS:]
             room = MAX_PARAMS - len(kchunk)
+            bchunk, bare = bare[:room], bare[room:]
+            room -= len(bchunk)
             lchunk, leases = leases[:room], leases[room:]
             if kchunk:
                 parts.append(f"SELECT 1, {S.LIVE_COLUMNS}, 0 FROM kv_live WHERE key IN "
                              f"({','.join('?' * len(kchunk))})")
                 params += kchunk
+            if bchunk:
+                parts.append("SELECT 3, key, NULL, create_rev, mod_rev, version, lease, 0 "
+                             f"FROM kv_live WHERE key IN ({','.join('?' * len(bchunk))})")
+                params += bchunk
+                for k in bchunk:
+                    self.kvs.setdefault(k, None)
             if lchunk:
                 parts.append("SELECT 2, id, ttl, expiry, 0, 0, 0, 0 FROM kv_lease WHERE id IN "
                              f"({','.join('?' * len(lchunk))})")
@@ -269,11 +283,18 @@ class _Batch:
                 elif r[0] == 1:
                     kv = _live_kv(r, 1)
                     self.kvs[kv.key] = kv
+                    self.bare.discard(kv.key)
+                elif r[0] == 3:
+                    key = bytes(r[1])
+                    self.kvs[key] = KeyValue(key, b"", r[3], r[4], r[5], r[6])
+                    self.bare.add(key)
                 else:
                     self.leases[r[1]] = [r[2], r[3]]
 
-    async def get(self, key: bytes) -> KeyValue | None:
-        if key not in self.kvs:
+    async def get(self, key: bytes, value: bool = True) -> KeyValue | None:
+        """The key's current state in this batch; ``value=False``: its value may
+        be left empty (loaded without it)."""
+        if key not in self.kvs or (value and key in self.bare):
             await self._fetch([key], [])
         return self.kvs[key]
 
@@ -288,6 +309,7 @@ class _Batch:
             kv = _live_kv(r)
             if kv.key not in self.changed:
                 self.kvs[kv.key] = kv
+                self.bare.discard(kv.key)
                 out[kv.key] = kv
         for k in self.changed:
             kv = self.kvs[k]
@@ -295,9 +317,9 @@ class _Batch:
                 out[k] = kv
         return [out[k] for k in sorted(out)]
 
-    async def live_range(self, start: bytes, end: bytes) -> list[KeyValue]:
+    async def live_range(self, start: bytes, end: bytes, value: bool = True) -> list[KeyValue]:
         if not end:
-            kv = await self.get(start)
+            kv = await self.get(start, value)
             return [] if kv is None else [kv]
         cond, params = _range_sql(start, end)
         rows = await _rows(self.s, f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE {cond}", params)
@@ -320,6 +342,7 @@ class _Batch:
         self._sub += 1
         self.kvs[key] = kv
         self.changed.add(key)
+        self.bare.discard(key)
 
     def _put(self, key: bytes, value: bytes, lease: int, rev: int, prev: KeyValue | None) -> None:
         if prev is None:
@@ -342,7 +365,7 @@ class _Batch:
         if c.range_end:
             kvs = await self.live_range(c.key, c.range_end)
         else:
-            kv = await self.get(c.key)
+            kv = await self.get(c.key, c.target == CompareTarget.VALUE)
             kvs = [] if kv is None else [kv]
         if not kvs:
             if c.target == CompareTarget.VALUE:
@@ -376,12 +399,12 @@ class _Batch:
         changed = False
         for o in ops:
             if isinstance(o, Put):
-                prev = await self.get(o.key)
+                prev = await self.get(o.key, o.prev_kv)
                 self._put(o.key, o.value, o.lease, rev, prev)
                 changed = True
                 responses.append(PutResult(rev, prev if o.prev_kv else None))
             elif isinstance(o, DeleteRange):
-                gone = await self.live_range(o.key, o.end)
+                gone = await self.live_range(o.key, o.end, o.prev_kv)
                 for kv in gone:
                     self._delete(kv, rev)
                 changed = changed or bool(gone)
@@ -511,9 +534,9 @@ class _Batch:
         if not out and not self.meta_dirty:
             return []
         out.append(("UPDATE kv_meta SET revision = ?, compact_revision = ?, next_lease = ?, "
-                    "lease_epoch = ?, reaped_at = ? WHERE id = 1",
-                    [self.rev, self.compact_rev, self.next_lease, self.epoch, self.reaped_at]))
-        out.append(("INSERT INTO kv_batch (token, ts) VALUES (?, ?)", [token, self.now]))
+                    "lease_epoch = ?, reaped_at = ?, batch_token = ? WHERE id = 1",
+                    [self.rev, self.compact_rev, self.next_lease, self.epoch, self.reaped_at,
+                     token]))
         if prune:
             out.append(("DELETE FROM kv_batch WHERE ts < ?", [self.now - S.BATCH_TOKEN_KEEP_MS]))
         return out
@@ -664,7 +687,7 @@ class CowsqlCore:
                     await self.db.rollback(session)   # read-only: nothing to commit
                     self._deliver(batch, results, b)
                     return
-                await self._pipeline(session, stmts)
+                await self._write(session, stmts)
             except BaseException as exc:
                 await self._abandon(session, exc)
                 if isinstance(exc, (*SESSION_GONE, BusyError)):
@@ -685,19 +708,14 @@ class CowsqlCore:
             self._deliver(batch, results, b)
             return
 
-    async def _pipeline(self, session: Session, stmts: list[tuple[str, list[Any]]]) -> None:
-        """Send every write back to back, then read every reply (in order)."""
-        replies = [session.conn.submit(protocol.EXEC_SQL, session.db_id, sql, params,
-                                       timeout=self.policy.attempt_timeout)
-                   for sql, params in stmts]
-        error: BaseException | None = None
-        for r in replies:
-            try:
-                await r
-            except BaseException as exc:
-                error = error or exc
-        if error is not None:
-            raise error
+    @staticmethod
+    async def _write(session: Session, stmts: list[tuple[str, list[Any]]]) -> None:
+        """Run the batch's writes one after the other. Not pipelined on purpose:
+        libdqlite 1.11.1 leaves Nagle on for client sockets, so a second reply
+        queued behind an unacknowledged first one waits for our delayed ACK
+        (~40 ms). Sequential requests piggyback the ACK and never stall."""
+        for sql, params in stmts:
+            await session.exec_sql(sql, params)
 
     def _deliver(self, batch: list[_Op], results: list[Any], b: _Batch) -> None:
         self.batches += 1

@@ -14,7 +14,8 @@ may open the same database at once):
 ``kv_live``   the current value of every live key (maintained from ``kv_log`` by
               a trigger, so each change is sent to the engine once).
 ``kv_lease``  leases: granted TTL and expiry on the leader's clock (ms).
-``kv_batch``  one row per committed group-commit batch (random token): lets a
+``kv_batch``  one row per committed group-commit batch (random token, inserted by
+              a trigger on the meta update that every writing batch makes): lets a
               writer whose COMMIT outcome is unknown find out, on the new leader,
               whether its batch committed. Pruned after ``BATCH_TOKEN_KEEP_MS``.
 
@@ -41,8 +42,9 @@ SCHEMA = [
         compact_revision INTEGER NOT NULL,
         next_lease INTEGER NOT NULL,
         lease_epoch TEXT NOT NULL,
-        reaped_at INTEGER NOT NULL)""",
-    f"INSERT OR IGNORE INTO kv_meta VALUES (1, {SCHEMA_VERSION}, 1, 0, 1, '', 0)",
+        reaped_at INTEGER NOT NULL,
+        batch_token BLOB)""",
+    f"INSERT OR IGNORE INTO kv_meta VALUES (1, {SCHEMA_VERSION}, 1, 0, 1, '', 0, NULL)",
     """CREATE TABLE IF NOT EXISTS kv_log (
         rev INTEGER NOT NULL,
         sub INTEGER NOT NULL,
@@ -78,6 +80,11 @@ SCHEMA = [
         token BLOB PRIMARY KEY,
         ts INTEGER NOT NULL) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS kv_batch_ts ON kv_batch (ts)",
+    # every batch's meta update carries its token: one statement, one round trip
+    f"""CREATE TRIGGER IF NOT EXISTS kv_meta_token AFTER UPDATE OF batch_token ON kv_meta
+        WHEN NEW.batch_token IS NOT NULL BEGIN
+        INSERT INTO kv_batch (token, ts) VALUES (NEW.batch_token, {NOW_MS});
+    END""",
 ]
 
 LOG_COLUMNS = "rev, sub, key, value, create_rev, version, lease, deleted, prev_rev"
