@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cowsqlpy  # noqa: E402
 from cowsqlpy import codec  # noqa: E402
-from cowsqlpy.testing import Cluster  # noqa: E402
 
 KEY_SIZE, VALUE_SIZE = 32, 1024
 SCHEMA = "CREATE TABLE IF NOT EXISTS model (key TEXT, value TEXT, UNIQUE(key))"
@@ -147,20 +146,49 @@ def cowsqlpy_worker(addresses: list[str], workload: str, deadline: float, seed: 
 
 
 def run_cowsqlpy(workload: str, workers: int, duration: int) -> Tally:
-    with Cluster(3, processes=True, network_latency=0.05) as cluster:
-        setup = cowsqlpy.connect(cluster.addresses, database="bench", autocommit=True)
+    """The same shape as dqlite-benchmark's run: the driver process embeds the first
+    node (it bootstraps, so it leads), two more nodes run as their own processes."""
+    base = Path(tempfile.mkdtemp(prefix="bench-py-"))
+    app = cowsqlpy.App(base / "n0", "127.0.0.1:0", roles_adjustment_frequency=0.5)
+    followers = []
+    try:
+        app.ready(30)
+        for i in (1, 2):
+            followers.append(subprocess.Popen(
+                [sys.executable, "-m", "cowsqlpy", "node", "--address", f"127.0.0.1:{free_port()}",
+                 "--dir", str(base / f"n{i}"), "--join", app.address, "--roles-adjustment-frequency", "0.5"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        admin = app.client()
+        deadline = time.monotonic() + 60
+        while sum(n.role == cowsqlpy.VOTER for n in admin.cluster()) < 3:
+            if time.monotonic() > deadline:
+                raise RuntimeError("cluster did not reach 3 voters")
+            time.sleep(0.2)
+        addresses = [n.address for n in admin.cluster()]
+        setup = cowsqlpy.connect(addresses, database="bench", autocommit=True)
         setup.execute(SCHEMA)
         setup.close()
-        deadline = time.monotonic() + duration
+        stop_at = time.monotonic() + duration
         tallies = [Tally() for _ in range(workers)]
         threads = [
-            threading.Thread(target=cowsqlpy_worker, args=(cluster.addresses, workload, deadline, i, tallies[i]))
+            threading.Thread(target=cowsqlpy_worker, args=(addresses, workload, stop_at, i, tallies[i]))
             for i in range(workers)
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join(duration + 60)
+    finally:
+        for p in followers:
+            p.terminate()
+        for p in followers:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        app.close(handover=False)
+        shutil.rmtree(base, ignore_errors=True)
     total = Tally()
     for t in tallies:
         total.merge(t)

@@ -85,6 +85,16 @@ class Session:
         """Run SQL that returns no rows; (last_insert_id, rows_affected)."""
         return await self.call(protocol.EXEC_SQL, self.db_id, sql, params)  # type: ignore[no-any-return]
 
+    def submit_exec_sql(self, sql: str, params: Sequence[Any] = ()) -> Coroutine[Any, Any, tuple[int, int]]:
+        """Write an EXEC_SQL now and return the awaitable of its RESULT (pipelining).
+
+        A request that cannot be sent (closed connection) fails when awaited.
+        """
+        try:
+            return self.conn.submit(protocol.EXEC_SQL, self.db_id, sql, params, timeout=self.policy.attempt_timeout)
+        except Error as exc:
+            return _raise(exc)
+
     def query_sql(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[tuple[list[str], list[tuple[Any, ...]]]]:
         """Stream (columns, rows) batches of the first statement's result."""
         return self.conn.query(protocol.QUERY_SQL, self.db_id, sql, params, timeout=self.policy.attempt_timeout)
@@ -115,6 +125,10 @@ class Session:
     def close(self) -> None:
         self._statements.clear()
         self.conn.close()
+
+
+async def _raise(exc: BaseException) -> Any:
+    raise exc
 
 
 # -- Leader discovery --------------------------------------------------------------

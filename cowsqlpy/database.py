@@ -206,36 +206,41 @@ class Database:
                 todo = [w for w in todo if not w.future.done()]
 
     async def _run_batch(self, todo: list[_Write]) -> None:
+        """Run `todo` as one transaction: BEGIN, then every statement pipelined, then COMMIT.
+
+        Each statement's reply is its own truth. A statement error normally undoes
+        only that statement, but some (a conflict clause or trigger that says
+        ROLLBACK, SQLITE_FULL) end the whole transaction, and the statements after
+        it then run, and commit, on their own. A savepoint probe tells the cases
+        apart; where the replies cannot say what happened, the caller gets
+        `OutcomeUnknownError`, never a false acknowledgement.
+        """
         session = await self.acquire()
-        results: dict[_Write, tuple[int, int]] = {}
-        failed: dict[_Write, Error] = {}
         try:
-            await session.exec_sql(BEGIN)
-            await session.exec_sql("SAVEPOINT cowsqlpy_batch")
-            for w in todo:
-                try:
-                    results[w] = await session.exec_sql(w.sql, w.params)
-                except (*SESSION_GONE, BusyError):
-                    raise
-                except Error as exc:
-                    failed[w] = exc
-                    # Statement errors normally undo only the statement; OR ROLLBACK
-                    # and RAISE(ROLLBACK) end the transaction. Find out which.
-                    try:
-                        await session.exec_sql("RELEASE cowsqlpy_batch")
-                    except (*SESSION_GONE, BusyError):
-                        raise
-                    except Error:
-                        w.future.set_exception(exc)  # its own effect is gone with the transaction
-                        self.release(session)
-                        raise _Rerun() from None
-                    await session.exec_sql("SAVEPOINT cowsqlpy_batch")
+            await session.exec_sql(f"{BEGIN}; SAVEPOINT cowsqlpy_batch")
         except (*SESSION_GONE, BusyError) as exc:
-            # Nothing was committed: the transaction dies with the session or is rolled back.
             await self._abandon(session, exc)
             if isinstance(exc, LeadershipLostError):
-                raise ConnectionLostError(f"leadership lost before commit: {exc.message}") from exc
+                raise ConnectionLostError(f"leadership lost before the batch ran: {exc.message}") from exc
             raise
+        outcomes = await _gather_outcomes([session.submit_exec_sql(w.sql, w.params) for w in todo])
+        failures = [i for i, o in enumerate(outcomes) if isinstance(o, Error) and not isinstance(o, SESSION_GONE)]
+        gone = next((o for o in outcomes if isinstance(o, SESSION_GONE)), None)
+        if gone is None and failures:
+            try:
+                await session.exec_sql("RELEASE cowsqlpy_batch")
+            except SESSION_GONE as exc:
+                gone = exc
+            except Error:  # no such savepoint: a failure ended the transaction
+                self.release(session)
+                self._settle_after_rollback(todo, outcomes, failures)
+                raise _Rerun() from None
+        if gone is not None:
+            self.release(session, gone)
+            if not failures:  # the transaction died with the session: nothing committed
+                raise ConnectionLostError(f"session lost before commit: {gone.message}") from gone
+            self._settle_after_rollback(todo, outcomes, failures, unknown_tail=True)
+            raise _Rerun()
         try:
             await session.exec_sql("COMMIT")
         except (LeadershipLostError, ConnectionLostError) as exc:
@@ -250,10 +255,35 @@ class Database:
         self.release(session)
         self.batches += 1
         self.batched_statements += len(todo)
-        for w, r in results.items():
-            w.future.set_result(r)
-        for w, e in failed.items():
-            w.future.set_exception(e)
+        for w, outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                w.future.set_exception(outcome)
+            else:
+                w.future.set_result(outcome)
+
+    @staticmethod
+    def _settle_after_rollback(
+        todo: list[_Write], outcomes: list[Any], failures: list[int], *, unknown_tail: bool = False
+    ) -> None:
+        """Settle what the replies prove after the batch transaction was rolled back.
+
+        Statements before the first failure were inside it: undone, left to run
+        again. Failed statements get their errors. Between the first and the last
+        failure nobody knows where the rollback struck: outcome unknown. After the
+        last failure the transaction was surely gone, so a success there committed
+        on its own (unless the session died too: `unknown_tail`).
+        """
+        first, last = failures[0], failures[-1]
+        for i in range(first, len(todo)):
+            w, outcome = todo[i], outcomes[i]
+            if isinstance(outcome, Error) and not isinstance(outcome, SESSION_GONE):
+                w.future.set_exception(outcome)
+            elif i < last or unknown_tail or isinstance(outcome, BaseException):
+                w.future.set_exception(
+                    OutcomeUnknownError("a statement batched with this one rolled the transaction back")
+                )
+            else:
+                w.future.set_result(outcome)
 
     async def _abandon(self, session: Session, exc: BaseException) -> None:
         if not isinstance(exc, SESSION_GONE) and not session.closed:
@@ -378,6 +408,21 @@ class Database:
         await session.exec_sql("RELEASE cowsqlpy_many")
         await session.finalize(stmt)
         return total
+
+
+async def _gather_outcomes(replies: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Await pipelined replies in order; an Error becomes the outcome instead of raising."""
+    outcomes: list[Any] = []
+    try:
+        for reply in replies:
+            try:
+                outcomes.append(await reply)
+            except Error as exc:
+                outcomes.append(exc)
+    finally:
+        for reply in replies[len(outcomes) + 1 :]:
+            reply.close()  # cancelled part-way: never leave a coroutine un-awaited
+    return outcomes
 
 
 class ResultStream:

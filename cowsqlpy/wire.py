@@ -47,6 +47,7 @@ REPLY: dict[int, int] = {
 # A query stream stops reading the socket once this many frames wait unconsumed.
 _STREAM_HIGH_WATER = 8
 _PART = protocol.PART.to_bytes(8, "little")
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 class _Waiter:
     """The reply (or stream of ROWS replies) owed to one request."""
@@ -72,6 +73,7 @@ class WireConnection(asyncio.Protocol):
     def __init__(self, address: str) -> None:
         self.address = address
         self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None
         self._reader = codec.FrameReader()
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._closed_exc: BaseException | None = None
@@ -108,6 +110,7 @@ class WireConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
 
     # -- I/O callbacks ----------------------------------------------------------
 
@@ -118,6 +121,11 @@ class WireConnection(asyncio.Protocol):
                 self._dispatch(frame)
         except Error as exc:
             self._fail(exc)
+            return
+        if self._waiters and self._sock is not None:
+            # The engine leaves Nagle on for its replies: while more replies are owed,
+            # ACK at once so the next one is not held back by our delayed ACK (~40 ms).
+            self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionLostError(f"connection to {self.address} lost" + (f": {exc}" if exc else "")))
