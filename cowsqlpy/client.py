@@ -83,7 +83,8 @@ class Session:
 
     async def exec_sql(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, int]:
         """Run SQL that returns no rows; (last_insert_id, rows_affected)."""
-        return await self.call(protocol.EXEC_SQL, self.db_id, sql, params)  # type: ignore[no-any-return]
+        result: tuple[int, int] = await self.call(protocol.EXEC_SQL, self.db_id, sql, params)
+        return result
 
     def submit_exec_sql(self, sql: str, params: Sequence[Any] = ()) -> Coroutine[Any, Any, tuple[int, int]]:
         """Write an EXEC_SQL now and return the awaitable of its RESULT (pipelining).

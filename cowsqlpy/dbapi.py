@@ -285,7 +285,7 @@ class Connection:
         session, self._tx = self._tx, None
         await self._db.rollback(session)
 
-    def _lose_tx(self, exc: Error) -> TransactionLostError:
+    def _lose_tx(self, exc: BaseException) -> TransactionLostError:
         session, self._tx = self._tx, None
         self._active = None
         self._db.lose(session, exc)
@@ -311,7 +311,8 @@ class Connection:
 
     async def _tx_exec(self, sql: str, values: Sequence[Any]) -> tuple[int, int]:
         try:
-            return await self._tx.exec_sql(sql, values)  # type: ignore[no-any-return]
+            result: tuple[int, int] = await self._tx.exec_sql(sql, values)
+            return result
         except SESSION_GONE as exc:
             raise self._lose_tx(exc) from exc
 
@@ -353,7 +354,7 @@ class Connection:
                 return
             raise
 
-    async def _executemany(self, cursor: Cursor, sql: str, seq: list[Sequence[Any]]) -> None:
+    async def _executemany(self, cursor: Cursor, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         await self._settle()
         if not seq:
             cursor._set_result((0, 0))

@@ -12,6 +12,7 @@ a node run in its own process (``python -m cowsqlpy node``).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -60,7 +61,7 @@ def _engine() -> Any:
     with _binding_lock:
         if _binding is None:
             try:
-                from . import _engine as binding  # type: ignore[attr-defined]
+                binding: Any = importlib.import_module("cowsqlpy._engine")
             except ImportError as exc:
                 raise EngineUnavailableError(
                     "the dqlite engine binding is not available "
@@ -141,7 +142,7 @@ def _install_dial_callback(ffi: Any) -> None:
     if _dial_installed:
         return
 
-    @ffi.def_extern()  # type: ignore[misc]
+    @ffi.def_extern()
     def cowsqlpy_dial(arg: Any, address: Any, fd_out: Any) -> int:
         # Runs on a libuv worker thread holding the GIL; it must never raise
         # into C: any failure is a failed connection for the engine.
@@ -226,7 +227,7 @@ class Node:
         self.bind_address = bind_address
         self.network_latency = network_latency
         self.failure_domain = failure_domain
-        self.snapshot_params = snapshot_params  # type: ignore[assignment]
+        self.snapshot_params = snapshot_params
         self.dial = dial
         os.makedirs(self._data_dir, exist_ok=True)
         if not os.access(self._data_dir, os.W_OK | os.X_OK):

@@ -159,11 +159,11 @@ def bind(stmt: Statement, params: object) -> tuple[object, ...]:
         missing = [n for n in stmt.names if n not in params]  # type: ignore[operator]
         if missing:
             raise ProgrammingError(f"no value for named parameter(s): {', '.join(missing)}")
-        return tuple(params[n] for n in stmt.names)  # type: ignore[index]
+        return tuple(params[n] for n in stmt.names)
     if isinstance(params, (str, bytes, bytearray, memoryview)):
         raise ProgrammingError(f"parameters must be a sequence or a mapping, not {type(params).__name__}")
     try:
-        values = tuple(params)  # type: ignore[arg-type]
+        values: tuple[object, ...] = tuple(params)  # type: ignore[arg-type]
     except TypeError:
         raise ProgrammingError(f"parameters must be a sequence or a mapping, not {type(params).__name__}") from None
     if stmt.names and not stmt.qmarks:

@@ -80,7 +80,7 @@ class SqliteNodeStore:
     def get(self) -> list[NodeInfo]:
         with self._lock:
             rows = self._db.execute("SELECT id, address, role FROM servers ORDER BY address").fetchall()
-        return [NodeInfo(int(i) & ((1 << 64) - 1), a, r) for i, a, r in rows]
+        return [NodeInfo(int(i) & ((1 << 64) - 1), str(a), None if r is None else int(r)) for i, a, r in rows]  # type: ignore[arg-type]
 
     def set(self, nodes: Iterable[NodeInfo | tuple[int, str, int | None] | str]) -> None:
         normalised = _normalise(nodes)

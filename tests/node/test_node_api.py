@@ -26,7 +26,7 @@ def test_engine_version_and_ids() -> None:
 
 
 def test_abstract_socket_bind_address_read_back(make_node: Callable[..., Node], tmp_path: Path) -> None:
-    node = Node(1, "@cowsqlpy-test-%d" % os.getpid(), tmp_path / "abs", bind_address="@", network_latency=0.02)
+    node = Node(1, f"@cowsqlpy-test-{os.getpid()}", tmp_path / "abs", bind_address="@", network_latency=0.02)
     try:
         node.start()
         bound = node.bind_address
@@ -164,7 +164,7 @@ def test_address_in_use(make_node: Callable[..., Node]) -> None:
         port = taken.getsockname()[1]
         node = make_node(1)
         node.bind_address = f"127.0.0.1:{port}"
-        with pytest.raises(NodeError) as info:
+        with pytest.raises(NodeError, match="cannot start"):
             node.start()
         assert not node.running
     node.start()  # works once the port is free (same object, same options)
