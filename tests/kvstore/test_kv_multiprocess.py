@@ -4,6 +4,8 @@ vanishing after SIGKILL of their owner, cross-process watchers.
 raft: this test process is one member and every child is another member
 (a raft:// handle is a member), so the cluster keeps its quorum while
 children come and go. etcd: children are plain clients of the test server.
+cowsql: children are clients of the 3 engine nodes running in this process,
+all on one fresh database (so they also race to create its schema).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class World:
         return c
 
 
-@pytest.fixture(params=["raft", "etcd"])
+@pytest.fixture(params=["raft", "etcd", "cowsql"])
 def make_world(request, tmp_path) -> Iterator[Callable[[int], World]]:
     """``make_world(children)``: for raft, a cluster of this process plus
     ``children`` member slots."""
@@ -93,6 +95,12 @@ def make_world(request, tmp_path) -> Iterator[Callable[[int], World]]:
             cluster = request.getfixturevalue("etcd_cluster")
             url = f"{cluster.url}?session_ttl={SESSION_TTL}"
             w = World("etcd", kvstore.open(url), [url] * children)
+        elif request.param == "cowsql":
+            # the engine nodes run in this process; every child is a client of them
+            cluster = request.getfixturevalue("cowsql_cluster")
+            url = (f"cowsql://{','.join(cluster.addresses)}/mp-{uuid.uuid4().hex[:10]}"
+                   f"?session_ttl={SESSION_TTL}")
+            w = World("cowsql", kvstore.open(url), [url] * children)
         else:
             rc = RaftCluster(tmp_path, children + 1, options=f"session_ttl={SESSION_TTL}")
             w = World("raft", kvstore.open(rc.url(0)),

@@ -1,0 +1,262 @@
+"""cowsql:// specifics: group commit (coalescing, per-op atomicity, gap-free
+revisions), commit-outcome resolution, concurrent schema creation, physical
+compaction, restart of the whole engine cluster, leader failover under a put
+workload."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import kvstore
+from cowsqlpy.errors import OutcomeUnknownError
+from cowsqlpy.testing import Cluster
+from kvstore import CompactedError, Put, Version
+from kvstore.backends.cowsql import CowsqlKV
+from kvstore.testing import wait_until
+
+
+
+def cowsql_url(cluster: Any, database: str, **options: object) -> str:
+    q = "&".join(f"{k}={v}" for k, v in {"session_ttl": 2, **options}.items())
+    return f"cowsql://{','.join(cluster.addresses)}/{database}?{q}"
+
+
+def _db() -> str:
+    return f"kvc-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def kv(cowsql_cluster: Any) -> Iterator[CowsqlKV]:
+    h = kvstore.open(cowsql_url(cowsql_cluster, _db(), private=1))
+    yield h  # type: ignore[misc]
+    h.close()
+
+
+def _gather(kv: CowsqlKV, coros: list[Any]) -> list[Any]:
+    async def run() -> list[Any]:
+        return await asyncio.gather(*coros, return_exceptions=True)
+    return asyncio.run_coroutine_threadsafe(run(), kv.loop).result(120)
+
+
+def test_group_commit_coalesces_with_gap_free_revisions(kv):
+    base = kv.revision()
+    b0 = kv.core.batches
+    res = _gather(kv, [kv.core.put(b"g/%d" % i, b"%d" % i) for i in range(64)])
+    revs = sorted(r.revision for r in res)
+    assert revs == list(range(base + 1, base + 65))  # one revision each, no gap
+    assert kv.core.batches - b0 < 64                  # and they shared commits
+    for i in range(64):
+        assert kv.get_kv(b"g/%d" % i).version == 1
+
+
+def test_failed_ops_inside_a_batch_take_no_revision_and_touch_nothing(kv):
+    base = kv.revision()
+    ops = []
+    for i in range(20):  # 20 racing create-if-absent on one key: exactly one wins
+        ops.append(kv.core.txn([Version(b"race") == 0], [Put(b"race", b"%d" % i)], []))
+    ops.append(kv.core.put(b"bad", b"x", lease=0x5eed))  # unknown lease: fails alone
+    ops += [kv.core.put(b"ok/%d" % i, b"y") for i in range(5)]
+    ops.append(kv.core.delete(b"absent"))  # deletes nothing: no revision
+    res = _gather(kv, ops)
+    wins = [r for r in res[:20] if r.succeeded]
+    assert len(wins) == 1
+    assert isinstance(res[20], kvstore.LeaseNotFound)
+    assert res[-1].deleted == 0
+    assert kv.get(b"bad") is None
+    assert kv.revision() == base + 1 + 5
+    assert sorted([wins[0].revision] + [r.revision for r in res[21:26]]) == \
+        list(range(base + 1, base + 7))
+    assert kv.get_kv(b"race").version == 1
+
+
+def test_reads_inside_a_batch_see_earlier_ops_of_the_batch(kv):
+    kv.put(b"c", b"0")
+    n = 30
+    res = _gather(kv, [kv.core.txn([kvstore.Value(b"c") == b"%d" % i],
+                                   [Put(b"c", b"%d" % (i + 1))], []) for i in range(n)])
+    # queued in order, evaluated in order against the batch's own changes
+    assert all(r.succeeded for r in res)
+    assert kv.get(b"c") == b"%d" % n
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_commit_outcome_unknown_is_resolved_exactly_once(kv, monkeypatch, committed):
+    """COMMIT fails with 'outcome unknown' (leadership lost mid-commit), once,
+    after really committing or after rolling back: the committer asks the
+    leader for the batch token and the op is applied exactly once."""
+    core = kv.core
+    kv.put(b"once", b"0")
+    real_commit = core.db.commit
+    fired = []
+
+    async def flaky_commit(session: Any) -> None:
+        if not fired:
+            fired.append(1)
+            if committed:
+                await real_commit(session)
+            else:
+                await core.db.rollback(session)
+            raise OutcomeUnknownError("injected: leadership lost during COMMIT")
+        await real_commit(session)
+    monkeypatch.setattr(core.db, "commit", flaky_commit)
+    base = kv.revision()
+    r = kv.put(b"once", b"1")
+    assert fired
+    assert r.revision == base + 1 and kv.revision() == base + 1
+    assert kv.get_kv(b"once").version == 2
+    assert core.resolved_unknown == (1 if committed else 0)
+
+
+def test_commit_outcome_unresolvable_is_reported_not_acked(kv, monkeypatch):
+    core = kv.core
+    real_commit = core.db.commit
+
+    async def always_unknown(session: Any) -> None:
+        await core.db.rollback(session)
+        raise OutcomeUnknownError("injected")
+    monkeypatch.setattr(core.db, "commit", always_unknown)
+    monkeypatch.setattr(core, "policy", dataclasses.replace(core.policy, deadline=1.0))
+    with pytest.raises(kvstore.backends.cowsql.OutcomeUnknown):
+        kv.put(b"never", b"1")
+    monkeypatch.setattr(core.db, "commit", real_commit)
+    assert kv.get(b"never") is None
+
+
+def test_concurrent_schema_creation(cowsql_cluster):
+    url = cowsql_url(cowsql_cluster, _db(), private=1)
+    handles: list[Any] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            handles.append(kvstore.open(url))
+        except BaseException as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+    ts = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    try:
+        assert not errors, errors
+        revs = [h.put(b"k", b"%d" % i).revision for i, h in enumerate(handles)]
+        assert revs == list(range(2, 6))
+    finally:
+        for h in handles:
+            h.close()
+
+
+def _log_rows(kv: CowsqlKV) -> int:
+    rows = asyncio.run_coroutine_threadsafe(
+        kv.core._query("SELECT count(*) FROM kv_log", ()), kv.loop).result(30)
+    return int(rows[0][0])
+
+
+def test_physical_compaction_in_chunks(kv, monkeypatch):
+    monkeypatch.setattr(kvstore.backends.cowsql, "COMPACT_WINDOW", 7)
+    for i in range(40):
+        kv.put(b"hot", b"%d" % i)
+    kv.put(b"gone", b"x")
+    kv.delete(b"gone")
+    keep = kv.put(b"cold", b"c").revision
+    mid = kv.put(b"hot", b"last").revision
+    before = _log_rows(kv)
+    with kv.watch_key(b"hot", start_revision=mid) as w:
+        kv.compact(mid)
+        ev = w.get(timeout=10)
+    assert ev.revision == mid and ev.value == b"last"
+    b0 = kv.core.batches
+    wait_until(lambda: _log_rows(kv) == 2, timeout=30, what="physical compaction")  # hot@mid, cold
+    assert before == 44 and kv.core.batches - b0 > 1    # several small chunks
+    assert kv.get(b"cold", revision=mid) == b"c" and kv.get_kv(b"cold").mod_revision == keep
+    assert kv.get(b"hot", revision=mid) == b"last"
+    assert kv.get(b"gone", revision=mid) is None
+    with pytest.raises(CompactedError):
+        kv.get(b"hot", revision=mid - 1)
+    with pytest.raises(CompactedError):
+        with kv.watch_key(b"hot", start_revision=mid - 1) as w2:
+            w2.get(timeout=10)
+
+
+def test_restart_of_the_engine_cluster_keeps_all_data(tmp_path):
+    c = Cluster(3, app=False, network_latency=0.02, base_dir=tmp_path)
+    try:
+        url = f"cowsql://{','.join(c.addresses)}/restart"
+        kv = kvstore.open(url)
+        revs = [kv.put(f"k{i}", f"v{i}").revision for i in range(50)]
+        kv.put("big", b"x" * 200_000)
+        kv.delete("k0")
+        lease = kv.grant(300)
+        kv.put("leased", b"l", lease=lease)
+        kv.compact(revs[5])
+        digest = (kv.revision(), kv.get_prefix("").items())
+        kv.close()
+        c.restart_all()
+        kv = kvstore.open(url)
+        try:
+            assert (kv.revision(), kv.get_prefix("").items()) == digest
+            assert kv.get("k0", revision=revs[10]) == b"v0"
+            with pytest.raises(CompactedError):
+                kv.get("k1", revision=revs[4])
+            assert kv.ttl(lease).granted_ttl == 300 and kv.get_kv("leased").lease == lease.id
+            assert len(kv.get("big")) == 200_000
+            assert kv.put("after", b"1").revision == digest[0] + 1
+        finally:
+            kv.close()
+    finally:
+        c.close()
+
+
+def test_failover_keeps_every_acknowledged_put(tmp_path):
+    c = Cluster(3, app=False, network_latency=0.02, base_dir=tmp_path)
+    try:
+        url = f"cowsql://{','.join(c.addresses)}/failover"
+        kv = kvstore.open(url)
+        acked: dict[bytes, bytes] = {}
+        unknown: list[bytes] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def writer(w: int) -> None:
+            i = 0
+            while not stop.is_set() or i < 30:
+                key, val = b"f/%d/%d" % (w, i), b"%d" % i
+                try:
+                    kv.put(key, val)
+                    with lock:
+                        acked[key] = val
+                except kvstore.backends.cowsql.OutcomeUnknown:
+                    unknown.append(key)
+                except BaseException as e:  # noqa: BLE001 - asserted below
+                    errors.append(e)
+                    return
+                i += 1
+        ts = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in ts:
+            t.start()
+        wait_until(lambda: len(acked) >= 100, timeout=60, what="puts before the failover")
+        leader = c.wait_leader()
+        c.kill(leader)
+        n_at_kill = len(acked)
+        wait_until(lambda: len(acked) >= n_at_kill + 100, timeout=60,
+                   what="puts on the new leader")
+        stop.set()
+        for t in ts:
+            t.join(60)
+        assert not errors, errors
+        got = dict(kv.get_prefix(b"f/").items())
+        missing = {k for k in acked if got.get(k) != acked[k]}
+        assert not missing, sorted(missing)[:5]
+        # revisions stayed gap-free: one per applied put, nothing else wrote
+        assert kv.revision() == 1 + len(got)
+        kv.close()
+    finally:
+        c.close()
