@@ -1,0 +1,113 @@
+"""``python -m demo --api 127.0.0.1:8001 --db 127.0.0.1:9001 [--join 127.0.0.1:9001] [--dir DIR]``
+
+Runs one node of the HTTP key/value demo cluster until SIGTERM/SIGINT, then
+hands its role and leadership over and exits 0 (a second signal skips the rest
+of the hand-over and exits 1). Exit code 2: bad arguments, a port in use, or a
+data dir that belongs to another node or cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+
+#: First line on stdout once the node serves HTTP (demo.local and the tests wait for it).
+READY_PREFIX = "demo: serving"
+
+
+def default_dir(db: str) -> str:
+    return os.path.join(tempfile.gettempdir(), "cowsqlpy-demo", db.replace(":", "_"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m demo",
+                                description="One node of the cowsqlpy HTTP key/value demo cluster")
+    p.add_argument("--api", required=True, metavar="HOST:PORT", help="HTTP API address")
+    p.add_argument("--db", required=True, metavar="HOST:PORT",
+                   help="engine (Raft and client protocol) address")
+    p.add_argument("--join", default="", metavar="ADDR[,ADDR...]",
+                   help="--db addresses of nodes of an existing cluster (first start only)")
+    p.add_argument("--dir", default=None,
+                   help="data directory (default: $TMPDIR/cowsqlpy-demo/<db address>)")
+    p.add_argument("--network-latency", type=float, default=0.025, metavar="SECONDS",
+                   help="one-way latency the engine derives its Raft timeouts from "
+                        "(heartbeat 1.5x, election 15x; default 0.025: ~0.4 s elections)")
+    p.add_argument("--roles-adjustment-frequency", type=float, default=5.0, metavar="SECONDS")
+    p.add_argument("--request-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long a request waits for a leader before answering 503")
+    p.add_argument("--handover-timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument("--log-level", default=os.environ.get("COWSQLPY_LOG_LEVEL", "WARNING"))
+    args = p.parse_args(argv)
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s.%(msecs)03d %(process)d %(name)s %(levelname)s "
+                               "%(message)s", datefmt="%H:%M:%S")
+    log = logging.getLogger("demo")
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    from cowsqlpy.errors import Error, NodeIdentityError
+
+    from .server import DemoNode
+
+    data_dir = args.dir or default_dir(args.db)
+    node = DemoNode(args.api, args.db, data_dir,
+                    join=[a.strip() for a in args.join.split(",") if a.strip()],
+                    network_latency=args.network_latency,
+                    roles_adjustment_frequency=args.roles_adjustment_frequency,
+                    request_timeout=args.request_timeout)
+    try:
+        node.start_app()
+    except (Error, ValueError, OSError) as exc:
+        print(f"demo: {exc}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        while not stop.is_set():
+            try:
+                node.app.ready(timeout=0.2)
+                break
+            except TimeoutError:
+                continue
+        if not stop.is_set():
+            node.start_http()
+            print(f"{READY_PREFIX} http://{args.api} (node {node.app.id:#x}, db {args.db}, "
+                  f"dir {os.path.abspath(data_dir)})", flush=True)
+            stop.wait()
+    except NodeIdentityError as exc:
+        print(f"demo: {exc}", file=sys.stderr, flush=True)
+        node.app.close(handover=False)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - report, then stop cleanly below
+        print(f"demo: start-up failed: {exc!r}", file=sys.stderr, flush=True)
+        node.app.close(handover=False)
+        return 1
+    log.info("signal: stopping HTTP, handing over")
+    second = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: second.set())
+    closer = threading.Thread(target=node.stop, kwargs={"handover_timeout": args.handover_timeout},
+                              daemon=True)
+    closer.start()
+    while closer.is_alive() and not second.is_set():
+        closer.join(0.1)
+    if second.is_set() and closer.is_alive():
+        log.warning("second signal: stopping without finishing the hand-over")
+        node.app.node.close()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

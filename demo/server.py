@@ -1,0 +1,152 @@
+"""One demo node: an embedded :class:`cowsqlpy.App`, the kvstore ``cowsql`` core
+on the App's node store, and the HTTP server, all on cowsqlpy's background loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import socket
+from typing import Any
+
+from aiohttp import web
+
+from cowsqlpy._loop import background_loop, run_sync
+from kvstore.backends.cowsql import CowsqlCore
+from kvstore.errors import KVError, LeaseNotFound
+
+from . import DATABASE
+from .api import REGISTRY, REGISTRY_TTL, Api, NodeIdentity
+
+log = logging.getLogger("demo")
+
+
+def split_address(address: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port). :raises ValueError: malformed."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_port_free(address: str, what: str) -> None:
+    """:raises OSError: the port cannot be bound, with a message that says which and why."""
+    host, port = split_address(address, what)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            why = "is already in use (another demo node, or dqlite-demo, still running?)" \
+                if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc.strerror}"
+            raise OSError(exc.errno, f"{what} {address} {why}") from None
+
+
+class DemoNode:
+    """A running demo node. ``start()`` returns once the HTTP API serves."""
+
+    def __init__(self, api: str, db: str, data_dir: str, *, join: list[str] | None = None,
+                 network_latency: float | None = None, roles_adjustment_frequency: float = 5.0,
+                 request_timeout: float = 5.0) -> None:
+        self.api_address, self.db_address = api, db
+        self.data_dir = data_dir
+        self.join = join or []
+        self.network_latency = network_latency
+        self.roles_adjustment_frequency = roles_adjustment_frequency
+        self.request_timeout = request_timeout
+        self.app: Any = None
+        self.core: CowsqlCore | None = None
+        self.api: Api | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._web: web.Server | None = None
+        self._lease = 0
+        self._keepalive: asyncio.Task[None] | None = None
+
+    def start_app(self) -> None:
+        from cowsqlpy import App
+
+        split_address(self.api_address, "--api")
+        split_address(self.db_address, "--db")
+        check_port_free(self.api_address, "--api")
+        fresh = not os.path.exists(os.path.join(self.data_dir, "cowsqlpy-app.sqlite"))
+        if fresh:
+            check_port_free(self.db_address, "--db")
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.app = App(self.data_dir, self.db_address, cluster=self.join or None,
+                       roles_adjustment_frequency=self.roles_adjustment_frequency,
+                       network_latency=self.network_latency)
+
+    def start_http(self) -> None:
+        run_sync(self._start_http(), self.request_timeout + 60)
+
+    async def _start_http(self) -> None:
+        assert self.app is not None
+        core = CowsqlCore(self.app.store, DATABASE, self.request_timeout)  # type: ignore[arg-type]
+        await core.start()
+        self.core = core
+        me = NodeIdentity(self.app.id, self.db_address, self.api_address)
+        await self._register(me)
+        self._keepalive = asyncio.ensure_future(self._keepalive_loop(me))
+        self.api = Api(core, self.app, me)
+        host, port = split_address(self.api_address, "--api")
+        self._web = web.Server(self.api.handle, access_log=None, keepalive_timeout=75)
+        self._server = await background_loop().create_server(
+            self._web, host, port, reuse_address=True, backlog=1024)
+
+    # The API address of every node is kept in the store under a lease, so any node's
+    # /_cluster can name and probe every other node's API.
+    async def _register(self, me: NodeIdentity) -> None:
+        assert self.core is not None
+        self._lease, _ = await self.core.grant(REGISTRY_TTL)
+        value = json.dumps({"id": f"{me.id:#x}", "db": me.db, "api": me.api,
+                            "pid": os.getpid()}).encode()
+        await self.core.put(REGISTRY + me.db.encode(), value, self._lease, False)
+
+    async def _keepalive_loop(self, me: NodeIdentity) -> None:
+        assert self.core is not None
+        while True:
+            await asyncio.sleep(REGISTRY_TTL / 4)
+            try:
+                await self.core.keepalive(self._lease)
+            except LeaseNotFound:
+                try:
+                    await self._register(me)
+                except KVError as exc:
+                    log.debug("registry: re-register failed: %r", exc)
+            except KVError as exc:
+                log.debug("registry: keepalive failed: %r", exc)
+
+    def stop(self, handover_timeout: float = 60.0) -> None:
+        """Stop serving HTTP (in-flight requests finish, watches end), release the
+        registry entry, then hand the node's role and leadership over and stop."""
+        try:
+            run_sync(self._stop_http(), 30)
+        except Exception:  # noqa: BLE001 - stopping anyway
+            log.warning("stopping the HTTP server failed", exc_info=True)
+        if self.app is not None:
+            self.app.close(timeout=handover_timeout)
+
+    async def _stop_http(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self.api is not None:
+            self.api.stop_watches()
+        if self._web is not None:
+            await self._web.shutdown(5.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        if self.api is not None:
+            await self.api.close()
+        if self.core is not None:
+            if self._lease:
+                try:
+                    await asyncio.wait_for(self.core.revoke(self._lease), 2.0)
+                except (KVError, TimeoutError):
+                    pass
+            await self.core.close()
