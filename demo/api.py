@@ -198,7 +198,7 @@ def _query(request: BaseRequest, allowed: set[str]) -> dict[str, str]:
         if name not in allowed:
             raise _bad(f"unknown parameter {name!r} for {request.method} "
                        f"(allowed: {', '.join(sorted(allowed)) or 'none'})", "bad_parameter")
-        if name in out:
+        if name in out or len(q.getall(name)) > 1:
             raise _bad(f"parameter {name!r} given twice", "bad_parameter")
         out[name] = q[name]
     return out
@@ -691,9 +691,18 @@ class Api:
             return []
         lo = max(1, revision - 4 * n)
         stream = AsyncWatchStream(MIN_USER_KEY, RANGE_ALL, self.core)
+        events: list[Event] = []
+        deadline = time.monotonic() + 0.3
         try:
             await self.core.add_watch(stream, lo)
-            events = await stream.batch(0, 10 * n) or []
+            # The backfill reaches the core's poll position; newer events follow
+            # from the poller within one poll interval.
+            while not events or events[-1].revision < revision:
+                left = deadline - time.monotonic()
+                more = await stream.batch(max(0.0, left), 10 * n) if left > 0 else None
+                if not more:
+                    break
+                events.extend(more)
         except KVError:
             return []
         finally:

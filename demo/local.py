@@ -1,0 +1,183 @@
+"""Start a local 3-node demo cluster (``make demo`` runs this).
+
+    python -m demo.local [--nodes 3] [--api-port 8001] [--db-port 9001] [--dir ./demo-data]
+                         [--host 127.0.0.1] [--fresh]
+
+Node i (1-based) serves HTTP on ``api-port + i - 1`` and the engine on
+``db-port + i - 1``, with its data in ``DIR/node<i>``. Waits until every node
+answers ``/_health``, prints the commands to try, then runs until Ctrl-C (or
+SIGTERM), which stops the nodes one by one with hand-over. Data survive a
+restart (``--fresh`` wipes them first). Exit code 2 when a port is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .__main__ import READY_PREFIX
+from .server import check_port_free
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Proc:
+    def __init__(self, index: int, api: str, db: str, data_dir: Path, join: str | None) -> None:
+        self.index, self.api, self.db, self.dir, self.join = index, api, db, data_dir, join
+        self.log = data_dir.parent / f"node{index}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "demo", "--api", self.api, "--db", self.db,
+               "--dir", str(self.dir)]
+        if self.join:
+            cmd += ["--join", self.join]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        with open(self.log, "ab") as log:
+            # own process group: the terminal's Ctrl-C reaches only us, we stop the nodes
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env,
+                                         start_new_session=True)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.api}/_health", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def served(self) -> bool:
+        return self.log.exists() and READY_PREFIX.encode() in self.log.read_bytes()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m demo.local",
+                                description="Run a local demo cluster until Ctrl-C")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--api-port", type=int, default=8001)
+    p.add_argument("--db-port", type=int, default=9001)
+    p.add_argument("--dir", default="demo-data", help="data directory (default ./demo-data)")
+    p.add_argument("--fresh", action="store_true", help="delete the data directory first")
+    p.add_argument("--timeout", type=float, default=60.0, help="start-up timeout (seconds)")
+    args = p.parse_args(argv)
+
+    base = Path(args.dir).resolve()
+    if args.fresh:
+        shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True, exist_ok=True)
+    first_db = f"{args.host}:{args.db_port}"
+    procs = [Proc(i + 1, f"{args.host}:{args.api_port + i}", f"{args.host}:{args.db_port + i}",
+                  base / f"node{i + 1}", None if i == 0 else first_db)
+             for i in range(args.nodes)]
+    for pr in procs:
+        for addr, what in ((pr.api, "HTTP API port"), (pr.db, "engine port")):
+            try:
+                check_port_free(addr, what)
+            except OSError as exc:
+                print(f"demo.local: {exc}.\n  Stop whatever listens there (`ss -ltnp | grep "
+                      f"{addr.rpartition(':')[2]}`) or choose other ports: --api-port N "
+                      f"--db-port M.", file=sys.stderr)
+                return 2
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, f: stop.set())
+
+    def shutdown() -> None:
+        print("\nstopping the nodes (each hands over before it exits)...", flush=True)
+        for pr in reversed(procs):
+            if pr.alive():
+                assert pr.proc is not None
+                pr.proc.send_signal(signal.SIGTERM)
+                try:
+                    code = pr.proc.wait(60)
+                    print(f"  node {pr.index} ({pr.api}) stopped, exit code {code}", flush=True)
+                except subprocess.TimeoutExpired:
+                    pr.proc.kill()
+                    print(f"  node {pr.index} did not stop in 60 s: killed", flush=True)
+
+    print(f"starting {args.nodes} demo nodes (data and logs in {base})...", flush=True)
+    try:
+        procs[0].start()
+        deadline = time.monotonic() + args.timeout
+        started = 1
+        while not stop.is_set():
+            for pr in procs:
+                if pr.proc is not None and not pr.alive():
+                    print(f"demo.local: node {pr.index} exited with code {pr.proc.returncode}; "
+                          f"its log ({pr.log}):\n{_tail(pr.log)}", file=sys.stderr)
+                    shutdown()
+                    return 1
+            if started < len(procs) and procs[0].served():
+                for pr in procs[1:]:
+                    pr.start()
+                started = len(procs)
+            if started == len(procs) and all(pr.healthy() for pr in procs):
+                break
+            if time.monotonic() > deadline:
+                print(f"demo.local: the cluster did not come up within {args.timeout:g} s; "
+                      f"logs in {base}", file=sys.stderr)
+                shutdown()
+                return 1
+            stop.wait(0.2)
+        if stop.is_set():
+            shutdown()
+            return 0
+        a = [pr.api for pr in procs]
+        print(f"""
+The cluster is up: {len(procs)} nodes, each serves the whole API.
+
+  status page      http://{a[0]}/   (any node; refreshes itself)
+  write on node 1  curl -X PUT -d my-value http://{a[0]}/my-key
+  read on node 2   curl http://{a[1 % len(a)]}/my-key
+  list a prefix    curl 'http://{a[0]}/?prefix=my-'
+  compare-and-set  curl -i -X PUT -d new -H 'If-Match: "<ETag of my-key>"' http://{a[0]}/my-key
+                   curl -i -X PUT -d newer 'http://{a[0]}/my-key?prev=new'
+  watch a key      curl 'http://{a[1 % len(a)]}/my-key?watch=1'      (waits for the next change)
+  temporary key    curl -X PUT -d here 'http://{a[0]}/session?ttl=10'
+  cluster / health curl http://{a[0]}/_cluster ; curl http://{a[0]}/_health
+
+Kill a node (here node 1, pid {procs[0].proc.pid if procs[0].proc else '?'}) and the others keep serving:
+  kill -9 {procs[0].proc.pid if procs[0].proc else '<pid>'}
+  curl http://{a[1 % len(a)]}/my-key ; curl -X PUT -d still-here http://{a[2 % len(a)]}/other-key
+
+Press Ctrl-C to stop all {len(procs)} nodes (each hands its role and leadership over).
+Logs: {base}/node<N>.log
+""", flush=True)
+        while not stop.wait(1.0):
+            for pr in procs:
+                if pr.proc is not None and pr.proc.poll() is not None and not getattr(
+                        pr, "reported", False):
+                    pr.reported = True  # type: ignore[attr-defined]
+                    print(f"node {pr.index} ({pr.api}) exited with code {pr.proc.returncode}; "
+                          f"the others keep serving", flush=True)
+        shutdown()
+        return 0
+    except BaseException:
+        shutdown()
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""A cluster of ``python -m demo`` processes on OS-chosen ports, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cowsqlpy.testing import wait_for
+from kvstore.testing import free_ports
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def request(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None
+            = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request: (status, headers, body); HTTP error statuses are returned,
+    not raised. :raises OSError: no answer (connection refused, reset, timeout)."""
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+    except urllib.error.URLError as e:
+        raise OSError(f"{method} {url}: {e.reason}") from e
+
+
+class DemoProcess:
+    def __init__(self, index: int, base: Path, api: str, db: str, join: str | None,
+                 options: list[str]) -> None:
+        self.index, self.api, self.db, self.join = index, api, db, join
+        self.dir = base / f"node{index}"
+        self.log = base / f"node{index}.log"
+        self.options = options
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.api}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "demo", "--api", self.api, "--db", self.db,
+               "--dir", str(self.dir), *self.options]
+        if self.join:
+            cmd += ["--join", self.join]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        try:
+            return request("GET", self.url + "/_health", timeout=2.0)[0] == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, and reap."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM (hand-over); the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.running:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class DemoCluster:
+    """``n`` demo node processes in ``base`` (one dir and log file per node)."""
+
+    def __init__(self, base: Path, n: int = 3, *, network_latency: float = 0.025,
+                 request_timeout: float = 5.0, extra: list[str] | None = None) -> None:
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(2 * n)
+        options = ["--network-latency", str(network_latency), "--request-timeout",
+                   str(request_timeout), "--log-level", "INFO", *(extra or [])]
+        first_db = f"127.0.0.1:{ports[n]}"
+        self.nodes = [DemoProcess(i, self.base, f"127.0.0.1:{ports[i]}",
+                                  f"127.0.0.1:{ports[n + i]}", None if i == 0 else first_db,
+                                  options) for i in range(n)]
+
+    def start(self, timeout: float = 60.0) -> DemoCluster:
+        self.nodes[0].start()
+        wait_for(self.nodes[0].healthy, timeout, "demo node 0 serving")
+        for node in self.nodes[1:]:
+            node.start()
+        for node in self.nodes:
+            wait_for(node.healthy, timeout, f"demo node {node.index} serving")
+        wait_for(lambda: self.voters() == len(self.nodes) if len(self.nodes) <= 3 else True,
+                 timeout, "every node a voter")
+        return self
+
+    def cluster(self, via: int | None = None) -> dict[str, Any] | None:
+        for node in ([self.nodes[via]] if via is not None else self.nodes):
+            if not node.running:
+                continue
+            try:
+                status, _, body = request("GET", node.url + "/_cluster", timeout=5.0)
+            except OSError:
+                continue
+            if status == 200:
+                data: dict[str, Any] = json.loads(body)
+                return data
+        return None
+
+    def voters(self) -> int:
+        c = self.cluster()
+        return 0 if c is None else sum(1 for n in c["nodes"] if n["role"] == "voter")
+
+    def leader_index(self) -> int | None:
+        c = self.cluster()
+        if c is None or c["leader"] is None:
+            return None
+        return next((i for i, n in enumerate(self.nodes) if n.db == c["leader"]), None)
+
+    def wait_leader(self, timeout: float = 30.0, exclude: int | None = None) -> int:
+        def check() -> int | None:
+            i = self.leader_index()
+            return None if i is None or i == exclude else i + 1
+        return int(wait_for(check, timeout, "a demo leader")) - 1
+
+    def logs(self, tail: int = 60) -> str:
+        out = []
+        for node in self.nodes:
+            try:
+                lines = node.log.read_text(errors="replace").splitlines()[-tail:]
+            except OSError:
+                lines = []
+            out.append(f"--- demo node {node.index} ({node.api}, db {node.db}) ---\n"
+                       + "\n".join(lines))
+        return "\n".join(out)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> DemoCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
