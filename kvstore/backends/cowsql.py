@@ -37,7 +37,8 @@ handle that names them, asyncio on cowsqlpy's background loop):
   reports. libdqlite 1.11.1 has no read-index: a deposed leader that does not
   know it yet can serve a stale read (see docs/kvstore.md).
 * **Watches** poll the log: one poller per core reads new revisions in windows
-  (every ``POLL_INTERVAL`` s, at once after a local commit), in ``(rev, sub)``
+  (every ``POLL_INTERVAL`` s when idle, ``POLL_BUSY`` s while events flow, at once after a
+  local commit), in ``(rev, sub)``
   order, whole revisions at a time; a watch from an old revision is backfilled
   from the log first. A start revision below the compact revision fails with
   :class:`CompactedError`.
@@ -119,7 +120,9 @@ MAX_BATCH = 256                 # ops per group commit
 MAX_BATCH_BYTES = 8 << 20       # payload bytes per group commit
 MAX_PARAMS = 250                # the engine takes at most 255 per statement
 MAX_STMT_BYTES = 1 << 20        # payload per multi-row INSERT
-POLL_INTERVAL = 0.025           # watch poll period (other processes' writes)
+POLL_INTERVAL = 0.025           # watch poll period when idle (other processes' writes)
+POLL_BUSY = 0.005               # ... and while events keep arriving
+POLL_BUSY_FOR = 1.0             # seconds after the last event
 EVENT_WINDOW = 512              # revisions per watch poll query
 REAP_INTERVAL = 0.5             # lease reaper period
 REAP_LIMIT = 64                 # leases expired per reaper op
@@ -674,7 +677,7 @@ class CowsqlCore:
                 raise
             try:
                 if unknown is not None and await _rows(
-                        session, "SELECT 1 FROM kv_batch WHERE token = ?", [token]):
+                        session, "SELECT 1 FROM kv_batch WHERE token = ? LIMIT 1", [token]):
                     await self.db.rollback(session)
                     self.resolved_unknown += 1
                     self._deliver(batch, *unknown)
@@ -901,22 +904,27 @@ class CowsqlCore:
     async def _poll_loop(self) -> None:
         assert self._wake is not None and self._wlock is not None
         failures = 0
+        last_event = 0.0
         while self._streams and not self._closed:
+            busy = time.monotonic() - last_event < POLL_BUSY_FOR
             try:
-                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+                await asyncio.wait_for(self._wake.wait(), POLL_BUSY if busy else POLL_INTERVAL)
             except TimeoutError:
                 pass
             self._wake.clear()
             try:
                 async with self._wlock:
-                    await self._poll_once()
+                    if await self._poll_once():
+                        last_event = time.monotonic()
                 failures = 0
             except KVError as exc:
                 failures += 1
                 log.warning("watch poll failed (%r); retrying", exc)
                 await asyncio.sleep(min(1.0, 0.05 * failures))
 
-    async def _poll_once(self) -> None:
+    async def _poll_once(self) -> bool:
+        """Deliver every new revision; whether there were events."""
+        seen = False
         while self._streams and self._pos is not None:
             lo, hi = self._pos + 1, self._pos + EVENT_WINDOW
             events, compact, cur = await self._events(lo, hi)
@@ -927,8 +935,9 @@ class CowsqlCore:
                     s._fail(err)
                 self._streams.clear()
                 self._pos = cur
-                return
+                return seen
             if events:
+                seen = True
                 for s, first in list(self._streams.items()):
                     if s.cancelled:
                         self._streams.pop(s, None)
@@ -937,7 +946,8 @@ class CowsqlCore:
                             [e for e in events if e.revision >= first])
             self._pos = max(self._pos, min(cur, hi))
             if cur <= hi:
-                return
+                return seen
+        return seen
 
     # ---------------------------------------------------------------- background jobs
     async def _reap_loop(self) -> None:
