@@ -1,0 +1,311 @@
+"""HTTP benchmark: this demo vs Canonical's dqlite-demo, with wrk, in one run.
+
+Two 3-node clusters on loopback (started one after the other, never both at
+once): ``python -m demo`` processes and ``dqlite-demo`` (Debian go-dqlite).
+1,000 keys of 128 bytes are loaded first; then wrk drives the leader node's
+HTTP API with GET and PUT (random keys of the 1,000, Lua script) at 1, 8 and 32
+connections. Reported: successful requests/s (wrk's total minus non-2xx, and
+minus dqlite-demo's "200 Error: ..." answers, counted by the Lua script),
+errors, p50/p99 latency, and demo/dqlite-demo ratios. Then failover: SIGKILL
+of the leader's process, time until a PUT through another node succeeds, and
+every acknowledged PUT checked afterwards.
+
+    .venv/bin/python bench/bench_demo.py [--duration 5] [--failover-runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cowsqlpy import SyncClient  # noqa: E402
+from cowsqlpy.retry import RetryPolicy  # noqa: E402
+from cowsqlpy.testing import wait_for  # noqa: E402
+from demo.testing import DemoCluster, request  # noqa: E402
+from kvstore.testing import free_ports  # noqa: E402
+
+KEYS = 1000
+# dqlite-demo answers a failed PUT with "200 Error: ..."; count those as errors (only for
+# PUT: a Lua response() hook makes wrk hand every body to Lua, which costs GET throughput)
+RESPONSE = """response = function(status, headers, rbody)
+  if status == 200 and rbody and string.sub(rbody, 1, 6) == "Error:" then bad = bad + 1 end
+end"""
+VALUE = b"v" * 128
+CONNS = (1, 8, 32)
+
+LUA = r"""
+local method = "%(method)s"
+local body = string.rep("v", 128)
+local bad = 0
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args)
+  math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+end
+request = function()
+  local path = "/k" .. math.random(0, %(keys)d - 1)
+  if method == "PUT" then return wrk.format("PUT", path, nil, body) end
+  return wrk.format("GET", path)
+end
+%(response)s
+function done(summary, latency, requests)
+  local b = 0
+  for _, t in ipairs(threads) do b = b + (t:get("bad") or 0) end
+  io.write(string.format("JSON {\"p50\": %%f, \"p99\": %%f, \"bad200\": %%d}\n",
+    latency:percentile(50) / 1000.0, latency:percentile(99) / 1000.0, b))
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    rps: float          # successful requests/s
+    errors: int         # non-2xx + "200 Error:" + socket errors
+    p50: float          # ms
+    p99: float          # ms
+    total: int
+
+
+def run_wrk(url: str, method: str, conns: int, duration: float, workdir: Path) -> WrkResult:
+    script = workdir / f"{method.lower()}.lua"
+    script.write_text(LUA % {"method": method, "keys": KEYS,
+                             "response": RESPONSE if method == "PUT" else ""})
+    proc = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d",
+                           f"{int(duration)}s", "--timeout", "10s", "-s", str(script), url],
+                          capture_output=True, text=True, timeout=duration + 60)
+    out = proc.stdout
+    if " requests in " not in out:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {out} {proc.stderr}")
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    secs = float(re.search(r"requests in ([\d.]+)(m?s)", out).group(1))  # type: ignore[union-attr]
+    if re.search(r"requests in [\d.]+ms", out):
+        secs /= 1000
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    sock = sum(int(x) for x in m.groups()) if (m := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)) else 0
+    # per-thread "bad" counters are not shared with done(); count them in the thread VMs
+    j = json.loads(out.split("JSON ", 1)[1].splitlines()[0])
+    errors = non2xx + sock + int(j["bad200"])
+    return WrkResult((total - non2xx - int(j["bad200"])) / secs, errors, j["p50"], j["p99"],
+                     total)
+
+
+# ------------------------------------------------------------------ dqlite-demo
+class DqliteDemo:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        ports = free_ports(6)
+        self.apis = [f"127.0.0.1:{p}" for p in ports[:3]]
+        self.dbs = [f"127.0.0.1:{p}" for p in ports[3:]]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * 3
+
+    def start(self, i: int) -> None:
+        cmd = ["dqlite-demo", "--api", self.apis[i], "--db", self.dbs[i],
+               "--dir", str(self.base / f"dq{i}")]
+        if i:
+            cmd += ["--join", self.dbs[0]]
+        with open(self.base / f"dq{i}.log", "ab") as log:
+            self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+
+    def up(self, i: int) -> bool:
+        try:
+            return request("GET", f"http://{self.apis[i]}/probe", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def admin(self) -> SyncClient:
+        return SyncClient(self.dbs, policy=RetryPolicy(deadline=2.0, attempt_timeout=1.0,
+                                                       connect_timeout=0.5))
+
+    def leader_index(self) -> int | None:
+        try:
+            with self.admin() as c:
+                leader = c.leader()
+        except Exception:  # noqa: BLE001 - no leader yet
+            return None
+        return None if leader is None else self.dbs.index(leader.address)
+
+    def voters(self) -> int:
+        try:
+            with self.admin() as c:
+                return sum(1 for n in c.cluster() if n.role == 0)
+        except Exception:  # noqa: BLE001
+            return 0
+
+    def __enter__(self) -> DqliteDemo:
+        self.start(0)
+        wait_for(lambda: self.up(0), 30, "dqlite-demo 0")
+        for i in (1, 2):
+            self.start(i)
+        for i in range(3):
+            wait_for(lambda i=i: self.up(i), 30, f"dqlite-demo {i}")
+        wait_for(lambda: self.voters() == 3, 60, "3 dqlite-demo voters")
+        return self
+
+    def kill(self, i: int) -> None:
+        p = self.procs[i]
+        assert p is not None
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+# ------------------------------------------------------------------ the runs
+@dataclass
+class Failover:
+    times: list[float] = field(default_factory=list)
+    acked: int = 0
+    lost: int = 0
+
+
+def _ok(name: str, status: int, body: bytes) -> bool:
+    return 200 <= status < 300 and not body.startswith(b"Error")
+
+
+def failover_run(apis: list[str], leader: int, kill: Any, res: Failover, tag: str) -> None:
+    """Writers on the two survivors; SIGKILL the leader; time to the first acknowledged
+    PUT after the kill; then every acknowledged PUT is read back."""
+    survivors = [apis[i] for i in range(3) if i != leader]
+    acked: list[str] = []
+    stop = threading.Event()
+    first_after: list[float] = []
+    t_kill: list[float] = []
+
+    def writer(w: int) -> None:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            key = f"fo-{tag}-{w}-{seq}"
+            sent = time.monotonic()
+            try:
+                status, _, body = request("PUT", f"http://{survivors[w % 2]}/{key}",
+                                          key.encode(), timeout=15)
+            except OSError:
+                time.sleep(0.005)
+                continue
+            if _ok(key, status, body):
+                acked.append(key)
+                if t_kill and sent >= t_kill[0] and not first_after:
+                    first_after.append(time.monotonic())
+            else:
+                time.sleep(0.005)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) >= 20, 30, "writes before the kill")
+    # measure from the kill to the first PUT *sent after the kill* that succeeds
+    t_kill.append(time.monotonic())
+    kill(leader)
+    acked_at_kill = len(acked)
+    wait_for(lambda: first_after and len(acked) > acked_at_kill + 20, 60, "writes after the kill")
+    stop.set()
+    for t in threads:
+        t.join(30)
+    # a PUT in flight at the kill may have been acknowledged just after it: the
+    # failover time is when a request sent after the kill first succeeded
+    res.times.append(first_after[0] - t_kill[0])
+    res.acked += len(acked)
+    for key in acked:
+        status, _, body = request("GET", f"http://{survivors[0]}/{key}", timeout=15)
+        if status != 200 or body != key.encode():
+            res.lost += 1
+
+
+def load_keys(api: str) -> None:
+    for i in range(KEYS):
+        status, _, body = request("PUT", f"http://{api}/k{i}", VALUE)
+        assert _ok("load", status, body), (status, body[:100])
+
+
+def bench_cluster(name: str, apis: list[str], leader: int, duration: float, workdir: Path
+                  ) -> dict[tuple[str, int], WrkResult]:
+    load_keys(apis[leader])
+    out: dict[tuple[str, int], WrkResult] = {}
+    for method in ("GET", "PUT"):
+        for c in CONNS:
+            r = run_wrk(f"http://{apis[leader]}", method, c, duration, workdir)
+            out[method, c] = r
+            print(f"  {name:12s} {method} c={c:2d}: {r.rps:8.0f} ok/s  errors {r.errors:6d}  "
+                  f"p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms", file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--failover-runs", type=int, default=3)
+    ap.add_argument("--network-latency", type=float, default=0.025)
+    args = ap.parse_args()
+    for tool in ("wrk", "dqlite-demo"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (Debian packages wrk, go-dqlite)", file=sys.stderr)
+            return 2
+    base = Path(tempfile.mkdtemp(prefix="bench-demo-"))
+    results: dict[str, dict[tuple[str, int], WrkResult]] = {}
+    fo: dict[str, Failover] = {"demo": Failover(), "dqlite-demo": Failover()}
+    try:
+        for run in range(args.failover_runs):
+            c = DemoCluster(base / f"demo{run}", 3, network_latency=args.network_latency)
+            with c:
+                leader = c.wait_leader()
+                apis = [n.api for n in c.nodes]
+                if run == 0:
+                    results["demo"] = bench_cluster("demo", apis, leader, args.duration, base)
+                failover_run(apis, leader, lambda i, c=c: c.nodes[i].kill(), fo["demo"],
+                             f"d{run}")
+            print(f"  demo failover run {run + 1}: {fo['demo'].times[-1]:.3f} s",
+                  file=sys.stderr, flush=True)
+        for run in range(args.failover_runs):
+            with DqliteDemo(base / f"dq{run}") as d:
+                leader = wait_for(lambda: (lambda i: None if i is None else i + 1)(
+                    d.leader_index()), 30, "dqlite-demo leader") - 1
+                if run == 0:
+                    results["dqlite-demo"] = bench_cluster("dqlite-demo", d.apis, leader,
+                                                           args.duration, base)
+                failover_run(d.apis, leader, d.kill, fo["dqlite-demo"], f"q{run}")
+            print(f"  dqlite-demo failover run {run + 1}: {fo['dqlite-demo'].times[-1]:.3f} s",
+                  file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    print("\n| op | conns | demo ok/s | demo errors | demo p50 ms | demo p99 ms | dqlite-demo "
+          "ok/s | dqlite-demo errors | dqlite-demo p50 ms | dqlite-demo p99 ms | ratio (ok/s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for method in ("GET", "PUT"):
+        for c in CONNS:
+            a, b = results["demo"][method, c], results["dqlite-demo"][method, c]
+            print(f"| {method} | {c} | {a.rps:,.0f} | {a.errors} | {a.p50:.2f} | {a.p99:.2f} | "
+                  f"{b.rps:,.0f} | {b.errors} | {b.p50:.2f} | {b.p99:.2f} | "
+                  f"{a.rps / b.rps if b.rps else float('inf'):.2f} |")
+    print("\n| cluster | failover median s | min s | max s | runs | acknowledged PUTs | lost |")
+    print("|---|---|---|---|---|---|---|")
+    for name, f in fo.items():
+        print(f"| {name} | {statistics.median(f.times):.3f} | {min(f.times):.3f} | "
+              f"{max(f.times):.3f} | {len(f.times)} | {f.acked} | {f.lost} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
