@@ -25,6 +25,7 @@ import asyncio
 import collections
 import functools
 import logging
+import random
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,21 @@ SESSION_GONE = (NotLeaderError, ConnectionLostError, NoDatabaseError, Leadership
 
 BEGIN = "BEGIN IMMEDIATE"  # takes the engine's write lock up front: BUSY comes at BEGIN, where a retry is safe
 
+# Every transaction the driver commits writes a marker row in the same transaction,
+# so a commit whose reply was lost with the leader can be resolved (see _resolve).
+MARKERS = "cowsqlpy_commit_markers"
+MARKERS_SCHEMA = f"CREATE TABLE IF NOT EXISTS {MARKERS} (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)"
+MARKER_TTL = 3600  # seconds a marker is kept; resolution happens within the retry deadline
+COMMIT_WITH_MARKER = (
+    f"INSERT INTO {MARKERS} (id, at) VALUES (?, strftime('%s', 'now')); "
+    f"DELETE FROM {MARKERS} WHERE at < strftime('%s', 'now') - {MARKER_TTL}; "
+    "COMMIT"
+)
+
+
+def new_marker() -> int:
+    return random.getrandbits(63)
+
 
 @dataclass(eq=False)
 class _Write:
@@ -79,6 +95,7 @@ class Database:
         self._idle: list[Session] = []
         self._pending: collections.deque[_Write] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
+        self._markers_ready = False
         self.batches = 0  # group commits run (for tests and benchmarks)
         self.batched_statements = 0
 
@@ -187,17 +204,6 @@ class Database:
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
         todo = [w for w in batch if not w.future.done()]
-        if not todo:
-            return
-        if len(todo) == 1:
-            w = todo[0]
-            try:
-                w.future.set_result(await self._exec_once(w.sql, w.params))
-            except Error as exc:
-                if exc.retry != "never":
-                    raise
-                w.future.set_exception(exc)
-            return
         while todo:
             try:
                 await self._run_batch(todo)
@@ -206,53 +212,69 @@ class Database:
                 todo = [w for w in todo if not w.future.done()]
 
     async def _run_batch(self, todo: list[_Write]) -> None:
-        """Run `todo` as one transaction: BEGIN, then every statement pipelined, then COMMIT.
+        """Run `todo` as one transaction: BEGIN, then every statement and the commit pipelined.
 
         Each statement's reply is its own truth. A statement error normally undoes
         only that statement, but some (a conflict clause or trigger that says
         ROLLBACK, SQLITE_FULL) end the whole transaction, and the statements after
-        it then run, and commit, on their own. A savepoint probe tells the cases
-        apart; where the replies cannot say what happened, the caller gets
+        it then run, and commit, on their own; a ROLLBACK probe tells the cases
+        apart. A commit whose reply is lost is resolved through its marker row
+        (`_resolve`). Where the replies cannot say what happened, the caller gets
         `OutcomeUnknownError`, never a false acknowledgement.
         """
         session = await self.acquire()
         try:
-            await session.exec_sql(f"{BEGIN}; SAVEPOINT cowsqlpy_batch")
+            await self._ensure_markers(session)
+            await session.exec_sql(BEGIN)
         except (*SESSION_GONE, BusyError) as exc:
             await self._abandon(session, exc)
             if isinstance(exc, LeadershipLostError):
                 raise ConnectionLostError(f"leadership lost before the batch ran: {exc.message}") from exc
             raise
-        outcomes = await _gather_outcomes([session.submit_exec_sql(w.sql, w.params) for w in todo])
+        marker = new_marker()
+        replies = [session.submit_exec_sql(w.sql, w.params) for w in todo]
+        replies.append(session.submit_exec_sql(COMMIT_WITH_MARKER, (marker,)))
+        *outcomes, tail = await _gather_outcomes(replies)
         failures = [i for i, o in enumerate(outcomes) if isinstance(o, Error) and not isinstance(o, SESSION_GONE)]
         gone = next((o for o in outcomes if isinstance(o, SESSION_GONE)), None)
-        if gone is None and failures:
-            try:
-                await session.exec_sql("RELEASE cowsqlpy_batch")
-            except SESSION_GONE as exc:
-                gone = exc
-            except Error:  # no such savepoint: a failure ended the transaction
-                self.release(session)
-                self._settle_after_rollback(todo, outcomes, failures)
-                raise _Rerun() from None
         if gone is not None:
+            # The transaction died with the session before its COMMIT ran.
             self.release(session, gone)
-            if not failures:  # the transaction died with the session: nothing committed
+            if not failures:
                 raise ConnectionLostError(f"session lost before commit: {gone.message}") from gone
             self._settle_after_rollback(todo, outcomes, failures, unknown_tail=True)
             raise _Rerun()
-        try:
-            await session.exec_sql("COMMIT")
-        except (LeadershipLostError, ConnectionLostError) as exc:
-            self.release(session, exc)
-            unknown = OutcomeUnknownError(f"commit outcome unknown: {exc.message}")
-            for w in todo:
-                w.future.set_exception(unknown)
+        if isinstance(tail, SESSION_GONE):
+            # Lost reply or leadership change around the COMMIT: ask the marker.
+            self.release(session, tail)
+            if failures:  # the marker cannot vouch for a transaction that may have ended early
+                self._settle_after_rollback(todo, outcomes, failures, unknown_tail=True)
+                raise _Rerun()
+            if not await self._resolve(marker):
+                raise ConnectionLostError(f"commit lost with the leader, did not apply: {tail.message}") from tail
+        elif isinstance(tail, Error):
+            # Either a failure ended the transaction (COMMIT then finds none) or the
+            # COMMIT itself failed (e.g. a deferred constraint). ROLLBACK tells which.
+            try:
+                await session.exec_sql("ROLLBACK")
+            except SESSION_GONE as exc:
+                self.release(session, exc)
+                raise ConnectionLostError(f"session lost after a failed commit: {exc.message}") from exc
+            except Error:  # no transaction: a statement ended it
+                self.release(session)
+                if not failures:
+                    raise OutcomeUnknownError(f"the batch transaction ended unexpectedly: {tail.message}") from tail
+                self._settle_after_rollback(todo, outcomes, failures)
+                raise _Rerun() from None
+            self.release(session)
+            if len(todo) == 1:
+                todo[0].future.set_exception(tail)
+                return
+            for w in todo:  # find the culprit by running each on its own
+                await self._run_batch([w])
             return
-        except Error as exc:
-            await self._abandon(session, exc)
-            raise
-        self.release(session)
+        else:
+            self.release(session)
         self.batches += 1
         self.batched_statements += len(todo)
         for w, outcome in zip(todo, outcomes, strict=True):
@@ -260,6 +282,43 @@ class Database:
                 w.future.set_exception(outcome)
             else:
                 w.future.set_result(outcome)
+
+    async def _ensure_markers(self, session: Session) -> None:
+        if not self._markers_ready:
+            await session.exec_sql(MARKERS_SCHEMA)
+            self._markers_ready = True
+
+    async def _resolve(self, marker: int) -> bool:
+        """Did the transaction carrying `marker` commit? Asked after its COMMIT reply was lost.
+
+        A tombstone for the marker is written on the current leader with INSERT OR
+        IGNORE (idempotent, so it is retried until acknowledged). Committing it
+        commits, or rules out for good, whatever the old leader left in flight:
+        no later leader can lack an entry of a newer term. Then the row says
+        which one won.
+
+        :raises OutcomeUnknownError: no leader answered within the retry policy.
+        """
+
+        async def attempt() -> bool:
+            session = await self.acquire()
+            try:
+                try:
+                    await session.exec_sql(f"INSERT OR IGNORE INTO {MARKERS} (id, at) VALUES (?, -1)", (marker,))
+                except OutcomeUnknownError as exc:  # the tombstone itself is in doubt: write it again
+                    raise ConnectionLostError(exc.message) from exc
+                stream = ResultStream(session.query_sql(f"SELECT at FROM {MARKERS} WHERE id = ?", (marker,)), session, self)
+                rows = await stream.next_batch() or []
+                await stream.aclose()
+            except BaseException as exc:
+                self.release(session, exc)
+                raise
+            return bool(rows) and rows[0][0] != -1
+
+        try:
+            return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="commit resolution")
+        except Error as exc:
+            raise OutcomeUnknownError(f"commit outcome unknown, no leader to ask: {exc.message}") from exc
 
     @staticmethod
     def _settle_after_rollback(
@@ -330,6 +389,7 @@ class Database:
             async def attempt() -> Session:
                 session = await self.acquire()
                 try:
+                    await self._ensure_markers(session)  # DDL must not join the transaction
                     await session.exec_sql(sql)
                 except BaseException as exc:
                     self.release(session, exc)
@@ -342,17 +402,24 @@ class Database:
             raise
 
     async def commit(self, session: Session) -> None:
-        """COMMIT and release; the lock is released whatever happens."""
+        """COMMIT and release; the lock is released whatever happens, except when the
+        COMMIT itself fails and leaves the transaction open (a deferred constraint).
+
+        :raises TransactionLostError: the transaction did not commit (now certain).
+        :raises OutcomeUnknownError: the reply was lost and no leader could tell.
+        """
+        marker = new_marker()
         try:
-            await session.exec_sql("COMMIT")
-        except (LeadershipLostError, ConnectionLostError) as exc:
-            self.release(session, exc)
-            self.write_lock.release()
-            raise OutcomeUnknownError(f"commit outcome unknown: {exc.message}") from exc
+            await session.exec_sql(COMMIT_WITH_MARKER, (marker,))
         except SESSION_GONE as exc:
             self.release(session, exc)
-            self.write_lock.release()
-            raise TransactionLostError(f"transaction lost before commit: {exc.message}") from exc
+            try:
+                committed = await self._resolve(marker)
+            finally:
+                self.write_lock.release()
+            if not committed:
+                raise TransactionLostError(f"the leader changed before the commit applied: {exc.message}") from exc
+            return
         except BaseException:
             raise  # e.g. a deferred constraint: the transaction stays open for rollback
         self.release(session)

@@ -52,7 +52,7 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 class _Waiter:
     """The reply (or stream of ROWS replies) owed to one request."""
 
-    __slots__ = ("rtype", "expect", "future", "frames", "wakeup", "done", "format", "discard")
+    __slots__ = ("rtype", "expect", "future", "frames", "wakeup", "format", "discard")
 
     def __init__(self, rtype: int, loop: asyncio.AbstractEventLoop, stream: bool, fmt: int) -> None:
         self.rtype = rtype
@@ -63,7 +63,6 @@ class _Waiter:
             collections.deque() if stream else None
         )
         self.wakeup: asyncio.Event | None = asyncio.Event() if stream else None
-        self.done = False
         self.discard = False  # the consumer left early: drop the rest of the stream
 
 
@@ -151,7 +150,6 @@ class WireConnection(asyncio.Protocol):
             assert waiter.wakeup is not None
             waiter.wakeup.set()
         if last:
-            waiter.done = True
             self._waiters.popleft()
         elif len(waiter.frames) >= _STREAM_HIGH_WATER and not self._paused and self._transport:
             self._paused = True

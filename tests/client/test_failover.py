@@ -126,10 +126,12 @@ def test_not_leader_error_from_a_follower_session(cluster: InProcessCluster) -> 
 
 
 class CutReplyProxy:
-    """Forwards one client connection to a node; once armed, the next reply from the node
-    is swallowed and both sockets are closed (the request was applied, the answer lost)."""
+    """Forwards client connections to a node; once armed, the next reply from the node
+    is swallowed and both sockets are closed (the request was applied, the answer lost).
+    A one-shot proxy disarms after one cut; otherwise every later connection is cut too."""
 
-    def __init__(self) -> None:
+    def __init__(self, one_shot: bool) -> None:
+        self.one_shot = one_shot
         self.target = ""
         self.armed = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -151,6 +153,8 @@ class CutReplyProxy:
         try:
             while data := src.recv(65536):
                 if replies and self.armed.is_set():
+                    if self.one_shot:
+                        self.armed.clear()
                     break
                 dst.sendall(data)
         except OSError:
@@ -166,22 +170,29 @@ class CutReplyProxy:
         self.listener.close()
 
 
-def test_commit_with_lost_reply_is_outcome_unknown(tmp_path: Path) -> None:
-    proxy = CutReplyProxy()
+@pytest.mark.parametrize("one_shot", [True, False], ids=["leader-reachable-again", "no-one-to-ask"])
+def test_commit_with_lost_reply(tmp_path: Path, one_shot: bool) -> None:
+    """The COMMIT is applied but its reply is lost. The driver asks the leader through
+    the transaction's marker row: committed, so commit() succeeds. When nobody can be
+    asked, the honest answer is OutcomeUnknownError, never "failed"."""
+    proxy = CutReplyProxy(one_shot)
     # The node advertises the proxy's address, so clients keep the proxied connection.
     node = Node(1, proxy.address, tmp_path / "n1", bind_address="127.0.0.1:0", network_latency=0.02)
     proxy.target = node.bind_address
     node.start()
-    conn = cowsqlpy.connect([proxy.address], database="indoubt", policy=cowsqlpy.RetryPolicy(deadline=2, connect_timeout=1))
+    policy = cowsqlpy.RetryPolicy(deadline=2, connect_timeout=1, attempt_timeout=1)
+    conn = cowsqlpy.connect([proxy.address], database="indoubt", policy=policy)
     try:
         conn.execute("CREATE TABLE t (n INTEGER)")
         conn.execute("INSERT INTO t VALUES (42)")
         proxy.armed.set()
-        with pytest.raises(cowsqlpy.OutcomeUnknownError):
+        if one_shot:
             conn.commit()
+        else:
+            with pytest.raises(cowsqlpy.OutcomeUnknownError):
+                conn.commit()
+            proxy.armed.clear()
         assert not conn.in_transaction
-        proxy.armed.clear()
-        # The commit did land: "unknown" was the honest answer, not "failed".
         assert conn.execute("SELECT n FROM t").fetchall() == [(42,)]
     finally:
         conn.close()
