@@ -25,7 +25,7 @@ import asyncio
 import collections
 import functools
 import logging
-import random
+import secrets
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +68,8 @@ COMMIT_WITH_MARKER = (
 
 
 def new_marker() -> int:
-    return random.getrandbits(63)
+    # Not the `random` module: applications (and hypothesis) seed it, and ids must not repeat.
+    return secrets.randbits(63)
 
 
 @dataclass(eq=False)

@@ -387,7 +387,7 @@ class Node:
 
         # The engine asserts on start without a listener: always bind.
         bind = self._bind_address or self._address
-        check(lib.dqlite_node_set_bind_address(h.ptr, bind.encode()), "bind address")
+        check(lib.dqlite_node_set_bind_address(h.ptr, bind.encode()), f"bind address {bind} (in use?)")
         if self._network_latency is not None:
             check(lib.dqlite_node_set_network_latency(h.ptr, int(self._network_latency * 1e9)), "network latency")
         if self._failure_domain is not None:

@@ -74,9 +74,11 @@ from cowsqlpy.client import Session, as_store
 from cowsqlpy.database import SESSION_GONE, Database
 from cowsqlpy.errors import (
     BusyError,
-    Error as EngineError,
     OutcomeUnknownError,
     TransactionLostError,
+)
+from cowsqlpy.errors import (
+    Error as EngineError,
 )
 from cowsqlpy.retry import RetryPolicy
 
@@ -104,7 +106,6 @@ from ..types import (
     Op,
     Put,
     PutResult,
-    Range,
     RangeResult,
     TxnResult,
     in_range,
@@ -209,6 +210,9 @@ class _Batch:
         self.compacted_to = 0
         self._sub_rev = 0
         self._sub = 0
+        # The meta row, read inside the transaction (see _fetch).
+        self.rev = self.compact_rev = self.next_lease = self.now = self.reaped_at = 0
+        self.epoch: str | None = None
 
     # ---------------------------------------------------------------- loading
     async def load(self, ops: list[_Op]) -> None:
@@ -315,9 +319,9 @@ class _Batch:
                 self.bare.discard(kv.key)
                 out[kv.key] = kv
         for k in self.changed:
-            kv = self.kvs[k]
-            if kv is not None and pred(kv):
-                out[k] = kv
+            cur = self.kvs[k]
+            if cur is not None and pred(cur):
+                out[k] = cur
         return [out[k] for k in sorted(out)]
 
     async def live_range(self, start: bytes, end: bytes, value: bool = True) -> list[KeyValue]:
@@ -532,8 +536,8 @@ class _Batch:
             out.append(("UPDATE kv_lease SET expiry = ? WHERE id = ?", [exp, lid]))
         dels = sorted(self.lease_del)
         for j in range(0, len(dels), MAX_PARAMS):
-            part = dels[j:j + MAX_PARAMS]
-            out.append((f"DELETE FROM kv_lease WHERE id IN ({','.join('?' * len(part))})", part))
+            ids = dels[j:j + MAX_PARAMS]
+            out.append((f"DELETE FROM kv_lease WHERE id IN ({','.join('?' * len(ids))})", ids))
         if not out and not self.meta_dirty:
             return []
         out.append(("UPDATE kv_meta SET revision = ?, compact_revision = ?, next_lease = ?, "
@@ -713,17 +717,23 @@ class CowsqlCore:
 
     @staticmethod
     async def _write(session: Session, stmts: list[tuple[str, list[Any]]]) -> None:
-        """Run the batch's writes one after the other. Not pipelined on purpose:
-        libdqlite 1.11.1 leaves Nagle on for client sockets, so a second reply
-        queued behind an unacknowledged first one waits for our delayed ACK
-        (~40 ms). Sequential requests piggyback the ACK and never stall."""
-        for sql, params in stmts:
-            await session.exec_sql(sql, params)
+        """Run the batch's writes pipelined (the client acknowledges replies at once
+        while more are owed, so the engine's Nagle does not stall them); the first
+        error is raised once every reply has been read."""
+        replies = [session.submit_exec_sql(sql, params) for sql, params in stmts]
+        first: BaseException | None = None
+        for reply in replies:
+            try:
+                await reply
+            except EngineError as exc:
+                first = first or exc
+        if first is not None:
+            raise first
 
     def _deliver(self, batch: list[_Op], results: list[Any], b: _Batch) -> None:
         self.batches += 1
         self.batched_ops += len(batch)
-        for op, res in zip(batch, results):
+        for op, res in zip(batch, results, strict=True):
             if op.future.done():
                 continue
             if isinstance(res, _Failed):

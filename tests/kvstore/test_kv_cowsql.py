@@ -22,7 +22,6 @@ from kvstore.backends.cowsql import CowsqlKV
 from kvstore.testing import wait_until
 
 
-
 def cowsql_url(cluster: Any, database: str, **options: object) -> str:
     q = "&".join(f"{k}={v}" for k, v in {"session_ttl": 2, **options}.items())
     return f"cowsql://{','.join(cluster.addresses)}/{database}?{q}"

@@ -4,6 +4,8 @@ puts, deletes, ranges, tas, txn, reads at past revisions, compaction, leases
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -18,6 +20,7 @@ from hypothesis.stateful import (
 import kvstore
 from kvstore import Delete, Put, Value
 
+_MACHINE_IDS = itertools.count()
 EXAMPLES = {"mem": 40, "raft": 8, "etcd": 8, "cowsql": 10}
 NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
 VALUES = st.binary(max_size=4) | st.sampled_from([b"", b"x", b"y"])
@@ -43,7 +46,8 @@ def make_machine(env):
 
         def __init__(self) -> None:
             super().__init__()
-            self.ns = env.ns + b"%d/" % id(self)
+            # A fresh namespace per example (id() is reused once an instance is freed).
+            self.ns = env.ns + b"%d/" % next(_MACHINE_IDS)
             self.model: dict[bytes, bytes] = {}
             self.lease_of: dict[bytes, int] = {}
             self.live_leases: set[int] = set()
