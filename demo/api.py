@@ -531,7 +531,7 @@ class Api:
             res = await self.core.delete(key)
         if not res.deleted:    # type: ignore[union-attr]
             raise HTTPFailure(404, "key_not_found", f"key {key.decode()!r} not found")
-        return _json({"key": key.decode(), "revision": res.revision, "deleted": 1})  # type: ignore[union-attr]
+        return _json({"key": key.decode(), "revision": res.revision, "deleted": 1})
 
     # ------------------------------------------------------------- ranges
     async def _list(self, request: BaseRequest) -> web.StreamResponse:

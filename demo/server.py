@@ -67,7 +67,7 @@ class DemoNode:
         self._keepalive: asyncio.Task[None] | None = None
 
     def start_app(self) -> None:
-        from cowsqlpy import App
+        from cowsqlpy.app import App
 
         split_address(self.api_address, "--api")
         split_address(self.db_address, "--db")
@@ -85,7 +85,7 @@ class DemoNode:
 
     async def _start_http(self) -> None:
         assert self.app is not None
-        core = CowsqlCore(self.app.store, DATABASE, self.request_timeout)  # type: ignore[arg-type]
+        core = CowsqlCore(self.app.store, DATABASE, self.request_timeout)
         await core.start()
         self.core = core
         me = NodeIdentity(self.app.id, self.db_address, self.api_address)
