@@ -14,6 +14,7 @@ from typing import TypeVar
 from .errors import BusyError, Error
 
 log = logging.getLogger("cowsqlpy.retry")
+_jitter = random.Random()  # our own: never disturb (or depend on) an application's seeded `random`
 T = TypeVar("T")
 
 
@@ -30,7 +31,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Back-off before try `attempt` + 1 (attempt counts from 1), with jitter."""
         base = min(self.backoff_cap, self.backoff * (2 ** (attempt - 1)))
-        return base * (0.5 + random.random() / 2)
+        return base * (0.5 + _jitter.random() / 2)
 
 
 DEFAULT_POLICY = RetryPolicy()

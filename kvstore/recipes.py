@@ -46,6 +46,8 @@ log = logging.getLogger("kvstore.recipes")
 LOCK_PREFIX = b"__kvstore/lock/"
 SEQ_PREFIX = b"__kvstore/seq/"
 
+_jitter = random.Random()  # our own, so an application's seeded `random` is left alone
+
 
 class LeaseKeeper(threading.Thread):
     """Keeps one lease alive (a keepalive every ttl/3) until stopped or lost."""
@@ -309,4 +311,4 @@ def update(kv: KV, key: bytes, fn: Callable[[bytes | None], Any], max_retries: i
 
 def _backoff(attempt: int) -> None:
     if attempt:
-        time.sleep(random.uniform(0, min(0.05, 0.001 * (2 ** min(attempt, 6)))))
+        time.sleep(_jitter.uniform(0, min(0.05, 0.001 * (2 ** min(attempt, 6)))))
