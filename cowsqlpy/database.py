@@ -55,21 +55,25 @@ SESSION_GONE = (NotLeaderError, ConnectionLostError, NoDatabaseError, Leadership
 
 BEGIN = "BEGIN IMMEDIATE"  # takes the engine's write lock up front: BUSY comes at BEGIN, where a retry is safe
 
-# Every transaction the driver commits writes a marker row in the same transaction,
-# so a commit whose reply was lost with the leader can be resolved (see _resolve).
+# Every transaction the driver commits also writes this client's marker row (its
+# commit counter) in the same transaction, so a commit whose reply was lost with
+# the leader can be resolved (see _resolve). One small row per client: no scan,
+# one page per commit.
 MARKERS = "cowsqlpy_commit_markers"
-MARKERS_SCHEMA = f"CREATE TABLE IF NOT EXISTS {MARKERS} (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)"
-MARKER_TTL = 3600  # seconds a marker is kept; resolution happens within the retry deadline
-COMMIT_WITH_MARKER = (
-    f"INSERT INTO {MARKERS} (id, at) VALUES (?, strftime('%s', 'now')); "
-    f"DELETE FROM {MARKERS} WHERE at < strftime('%s', 'now') - {MARKER_TTL}; "
-    "COMMIT"
+MARKERS_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {MARKERS} "
+    "(client INTEGER PRIMARY KEY, seq INTEGER NOT NULL, probe INTEGER NOT NULL DEFAULT 0, at INTEGER NOT NULL); "
+    f"DELETE FROM {MARKERS} WHERE at < strftime('%s', 'now') - 86400"  # clients gone for a day
 )
-
-
-def new_marker() -> int:
-    # Not the `random` module: applications (and hypothesis) seed it, and ids must not repeat.
-    return secrets.randbits(63)
+COMMIT_WITH_MARKER = (
+    f"INSERT OR REPLACE INTO {MARKERS} (client, seq, at) VALUES (?, ?, strftime('%s', 'now')); COMMIT"
+)
+# Resolution: a write that always changes a page (so it is a raft entry of the
+# current term), whether or not the client's row exists yet.
+MARKER_PROBE = (
+    f"INSERT INTO {MARKERS} (client, seq, at) VALUES (?, 0, strftime('%s', 'now')) "
+    "ON CONFLICT (client) DO UPDATE SET probe = probe + 1"
+)
 
 
 @dataclass(eq=False)
@@ -97,6 +101,8 @@ class Database:
         self._pending: collections.deque[_Write] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
         self._markers_ready = False
+        self._client_id = secrets.randbits(63)  # our marker row (secrets: `random` may be seeded)
+        self._commits = 0  # the marker's sequence number
         self.batches = 0  # group commits run (for tests and benchmarks)
         self.batched_statements = 0
 
@@ -232,9 +238,9 @@ class Database:
             if isinstance(exc, LeadershipLostError):
                 raise ConnectionLostError(f"leadership lost before the batch ran: {exc.message}") from exc
             raise
-        marker = new_marker()
+        marker = self._next_marker()
         replies = [session.submit_exec_sql(w.sql, w.params) for w in todo]
-        replies.append(session.submit_exec_sql(COMMIT_WITH_MARKER, (marker,)))
+        replies.append(session.submit_exec_sql(COMMIT_WITH_MARKER, (self._client_id, marker)))
         *outcomes, tail = await _gather_outcomes(replies)
         failures = [i for i, o in enumerate(outcomes) if isinstance(o, Error) and not isinstance(o, SESSION_GONE)]
         gone = next((o for o in outcomes if isinstance(o, SESSION_GONE)), None)
@@ -289,14 +295,18 @@ class Database:
             await session.exec_sql(MARKERS_SCHEMA)
             self._markers_ready = True
 
+    def _next_marker(self) -> int:
+        self._commits += 1
+        return self._commits
+
     async def _resolve(self, marker: int) -> bool:
         """Did the transaction carrying `marker` commit? Asked after its COMMIT reply was lost.
 
-        A tombstone for the marker is written on the current leader with INSERT OR
-        IGNORE (idempotent, so it is retried until acknowledged). Committing it
-        commits, or rules out for good, whatever the old leader left in flight:
-        no later leader can lack an entry of a newer term. Then the row says
-        which one won.
+        A probe write to our marker row is committed on the current leader
+        (idempotent, so retried until acknowledged). Committing it commits, or
+        rules out for good, whatever the old leader left in flight: no later
+        leader can lack an entry of a newer term. Then the row's sequence number
+        says whether our transaction made it.
 
         :raises OutcomeUnknownError: no leader answered within the retry policy.
         """
@@ -305,16 +315,17 @@ class Database:
             session = await self.acquire()
             try:
                 try:
-                    await session.exec_sql(f"INSERT OR IGNORE INTO {MARKERS} (id, at) VALUES (?, -1)", (marker,))
-                except OutcomeUnknownError as exc:  # the tombstone itself is in doubt: write it again
+                    await session.exec_sql(MARKER_PROBE, (self._client_id,))
+                except OutcomeUnknownError as exc:  # the probe itself is in doubt: write it again
                     raise ConnectionLostError(exc.message) from exc
-                stream = ResultStream(session.query_sql(f"SELECT at FROM {MARKERS} WHERE id = ?", (marker,)), session, self)
-                rows = await stream.next_batch() or []
-                await stream.aclose()
+                rows: list[tuple[Any, ...]] = []
+                async for _, batch in session.query_sql(f"SELECT seq FROM {MARKERS} WHERE client = ?", (self._client_id,)):
+                    rows.extend(batch)
             except BaseException as exc:
                 self.release(session, exc)
                 raise
-            return bool(rows) and rows[0][0] != -1
+            self.release(session)
+            return bool(rows) and rows[0][0] >= marker
 
         try:
             return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="commit resolution")
@@ -409,9 +420,9 @@ class Database:
         :raises TransactionLostError: the transaction did not commit (now certain).
         :raises OutcomeUnknownError: the reply was lost and no leader could tell.
         """
-        marker = new_marker()
+        marker = self._next_marker()
         try:
-            await session.exec_sql(COMMIT_WITH_MARKER, (marker,))
+            await session.exec_sql(COMMIT_WITH_MARKER, (self._client_id, marker))
         except SESSION_GONE as exc:
             self.release(session, exc)
             try:
