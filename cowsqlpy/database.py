@@ -26,6 +26,7 @@ import collections
 import functools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,7 +85,25 @@ class _Write:
 
 
 class _Rerun(Exception):
-    """A statement error rolled the whole batch transaction back: run the rest again."""
+    """Some writes of a batch are still pending: run them again (after a back-off if `busy`)."""
+
+    def __init__(self, busy: bool = False) -> None:
+        super().__init__()
+        self.busy = busy
+
+
+def _statement_error(outcome: object) -> bool:
+    return isinstance(outcome, Error) and not isinstance(outcome, SESSION_GONE)
+
+
+def _deliver(w: _Write, outcome: object) -> None:
+    """Settle a write from its reply in a transaction that committed."""
+    if isinstance(outcome, SESSION_GONE):
+        w.future.set_exception(OutcomeUnknownError("the reply to this statement was lost; its transaction committed"))
+    elif isinstance(outcome, BaseException):
+        w.future.set_exception(outcome)
+    else:
+        w.future.set_result(outcome)  # type: ignore[arg-type]  # a RESULT: (last_insert_id, rows_affected)
 
 
 class Database:
@@ -211,84 +230,113 @@ class Database:
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
         todo = [w for w in batch if not w.future.done()]
+        busy_since = time.monotonic()
+        attempt = 0
         while todo:
             try:
                 await self._run_batch(todo)
                 return
-            except _Rerun:
+            except _Rerun as rerun:
                 todo = [w for w in todo if not w.future.done()]
+                if rerun.busy:  # another process holds the write lock: back off, up to busy_timeout
+                    attempt += 1
+                    if time.monotonic() - busy_since > self.policy.busy_timeout:
+                        raise BusyError("database is locked (busy timeout reached)", 5) from None
+                    await asyncio.sleep(self.policy.delay(attempt))
 
     async def _run_batch(self, todo: list[_Write]) -> None:
-        """Run `todo` as one transaction: BEGIN, then every statement and the commit pipelined.
+        """Run `todo` as one transaction, pipelined: BEGIN, every statement, then the
+        commit with this client's marker, all sent at once, then the replies read.
 
-        Each statement's reply is its own truth. A statement error normally undoes
-        only that statement, but some (a conflict clause or trigger that says
-        ROLLBACK, SQLITE_FULL) end the whole transaction, and the statements after
-        it then run, and commit, on their own; a ROLLBACK probe tells the cases
-        apart. A commit whose reply is lost is resolved through its marker row
-        (`_resolve`). Where the replies cannot say what happened, the caller gets
+        A deferred BEGIN cannot fail on a lock, so every statement runs inside the
+        transaction unless the node cannot serve the session at all. Each reply is
+        that statement's truth. A statement error normally undoes only that
+        statement; a few (ON CONFLICT ROLLBACK, RAISE(ROLLBACK), SQLITE_FULL) end the
+        whole transaction, after which the next statements run and commit on their
+        own; a ROLLBACK probe tells the cases apart. When replies are lost with the
+        session or the leader, the marker says whether the commit happened
+        (`_resolve`). Where nothing can say what happened, the caller gets
         `OutcomeUnknownError`, never a false acknowledgement.
         """
         session = await self.acquire()
         try:
             await self._ensure_markers(session)
-            await session.exec_sql(BEGIN)
-        except (*SESSION_GONE, BusyError) as exc:
-            await self._abandon(session, exc)
-            if isinstance(exc, LeadershipLostError):
-                raise ConnectionLostError(f"leadership lost before the batch ran: {exc.message}") from exc
+        except BaseException as exc:
+            self.release(session, exc)
             raise
         marker = self._next_marker()
-        replies = [session.submit_exec_sql(w.sql, w.params) for w in todo]
+        replies = [session.submit_exec_sql("BEGIN")]
+        replies += [session.submit_exec_sql(w.sql, w.params) for w in todo]
         replies.append(session.submit_exec_sql(COMMIT_WITH_MARKER, (self._client_id, marker)))
-        *outcomes, tail = await _gather_outcomes(replies)
-        failures = [i for i, o in enumerate(outcomes) if isinstance(o, Error) and not isinstance(o, SESSION_GONE)]
-        gone = next((o for o in outcomes if isinstance(o, SESSION_GONE)), None)
+        begin, *outcomes, tail = await _gather_outcomes(replies)
+
+        if isinstance(begin, Error) and not isinstance(begin, ConnectionLostError):
+            # The node refused the session (not leader); whatever ran after BEGIN ran on its own.
+            self.release(session, begin)
+            for w, outcome in zip(todo, outcomes, strict=True):
+                if not isinstance(outcome, Error):
+                    w.future.set_result(outcome)
+                elif outcome.retry == "never":
+                    w.future.set_exception(outcome)
+            raise begin if begin.retry != "never" else ConnectionLostError(begin.message)
+
+        failures = [i for i, o in enumerate(outcomes) if _statement_error(o)]
+        gone = next((o for o in (begin, *outcomes, tail) if isinstance(o, SESSION_GONE)), None)
         if gone is not None:
-            # The transaction died with the session before its COMMIT ran.
             self.release(session, gone)
-            if not failures:
-                raise ConnectionLostError(f"session lost before commit: {gone.message}") from gone
+            if await self._resolve(marker):  # the commit ran: every statement ran inside it
+                for w, outcome in zip(todo, outcomes, strict=True):
+                    _deliver(w, outcome)
+                self._count(todo)
+                return
+            if not failures:  # the transaction died with the session: nothing applied
+                raise ConnectionLostError(f"batch lost before its commit: {gone.message}") from gone
             self._settle_after_rollback(todo, outcomes, failures, unknown_tail=True)
             raise _Rerun()
-        if isinstance(tail, SESSION_GONE):
-            # Lost reply or leadership change around the COMMIT: ask the marker.
-            self.release(session, tail)
-            if failures:  # the marker cannot vouch for a transaction that may have ended early
-                self._settle_after_rollback(todo, outcomes, failures, unknown_tail=True)
-                raise _Rerun()
-            if not await self._resolve(marker):
-                raise ConnectionLostError(f"commit lost with the leader, did not apply: {tail.message}") from tail
-        elif isinstance(tail, Error):
-            # Either a failure ended the transaction (COMMIT then finds none) or the
-            # COMMIT itself failed (e.g. a deferred constraint). ROLLBACK tells which.
+
+        if isinstance(tail, Error):
+            # A statement ended the transaction (COMMIT then finds none), or the commit
+            # itself failed (BUSY: no statement wrote; a deferred constraint). ROLLBACK tells which.
             try:
                 await session.exec_sql("ROLLBACK")
             except SESSION_GONE as exc:
                 self.release(session, exc)
                 raise ConnectionLostError(f"session lost after a failed commit: {exc.message}") from exc
-            except Error:  # no transaction: a statement ended it
+            except Error:  # no transaction left: a statement ended it
                 self.release(session)
                 if not failures:
                     raise OutcomeUnknownError(f"the batch transaction ended unexpectedly: {tail.message}") from tail
                 self._settle_after_rollback(todo, outcomes, failures)
                 raise _Rerun() from None
             self.release(session)
+            for i in failures:  # their errors stand: nothing of theirs was applied
+                if not isinstance(outcomes[i], BusyError):
+                    todo[i].future.set_exception(outcomes[i])
+            if isinstance(tail, BusyError):
+                raise _Rerun(busy=True)
             if len(todo) == 1:
-                todo[0].future.set_exception(tail)
+                if not todo[0].future.done():
+                    todo[0].future.set_exception(tail)
                 return
             for w in todo:  # find the culprit by running each on its own
-                await self._run_batch([w])
+                if not w.future.done():
+                    await self._run_batch([w])
             return
-        else:
-            self.release(session)
+
+        self.release(session)
+        self._count(todo)
+        busy = False
+        for w, outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, BusyError):
+                busy = True  # it wrote nothing; the others committed without it
+            else:
+                _deliver(w, outcome)
+        if busy:
+            raise _Rerun(busy=True)
+
+    def _count(self, todo: list[_Write]) -> None:
         self.batches += 1
         self.batched_statements += len(todo)
-        for w, outcome in zip(todo, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                w.future.set_exception(outcome)
-            else:
-                w.future.set_result(outcome)
 
     async def _ensure_markers(self, session: Session) -> None:
         if not self._markers_ready:
