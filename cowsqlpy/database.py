@@ -122,6 +122,7 @@ class Database:
         self._markers_ready = False
         self._client_id = secrets.randbits(63)  # our marker row (secrets: `random` may be seeded)
         self._commits = 0  # the marker's sequence number
+        self.resolutions = 0  # lost commit replies resolved through the marker (tests, metrics)
         self.batches = 0  # group commits run (for tests and benchmarks)
         self.batched_statements = 0
 
@@ -375,6 +376,7 @@ class Database:
             self.release(session)
             return bool(rows) and rows[0][0] >= marker
 
+        self.resolutions += 1
         try:
             return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="commit resolution")
         except Error as exc:

@@ -23,15 +23,12 @@ handle that names them, asyncio on cowsqlpy's background loop):
   etcd). Each op is acknowledged on its own, only after COMMIT returned.
 * **Failures.** Not-leader, lost connection or BUSY before COMMIT: nothing was
   applied; the batch is re-read and re-evaluated on the (new) leader. Leadership
-  or connection lost *during* COMMIT: the outcome is unknown. Every batch writes a
-  random token into ``kv_batch`` in the same transaction, so the committer asks
-  the new leader (inside a write transaction, after the engine's barrier has
-  applied its log) whether the token exists: if yes the batch committed and the
-  saved results are delivered; if not, it can never commit any more (a Raft
-  entry absent from a leader's log that has applied everything is dead once that
-  leader commits), and the batch is evaluated again. If no answer comes within
-  the retry deadline, every op of the batch fails with :class:`OutcomeUnknown`:
-  never a false ack, never a blind retry.
+  or connection lost *during* COMMIT: the driver's commit marker resolves it on
+  the new leader (`cowsqlpy.database.Database.commit`): committed, and the saved
+  results are delivered; or certainly not committed (TransactionLostError), and
+  the batch is evaluated again. If no leader can say within the retry deadline,
+  every op of the batch fails with :class:`OutcomeUnknown`: never a false ack,
+  never a blind retry.
 * **Reads** are single SQL statements on the leader (one snapshot: the meta row
   and the rows together), so a range is consistent with the revision it
   reports. libdqlite 1.11.1 has no read-index: a deposed leader that does not
@@ -61,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import threading
 import time
 import urllib.parse
@@ -130,7 +126,6 @@ REAP_LIMIT = 64                 # leases expired per reaper op
 LEASE_GAP_MS = 5000             # no reaper pass for this long: extend every lease
 REAPED_AT_EVERY_MS = 1000       # how often a reaper pass records itself
 COMPACT_WINDOW = 1000           # revisions per physical compaction op
-PRUNE_EVERY = 1024              # batches between kv_batch prunes
 
 
 class OutcomeUnknown(BackendError):
@@ -511,7 +506,7 @@ class _Batch:
         self.raw.append((S.COMPACT_CHUNK, [lo, hi, target]))
 
     # ---------------------------------------------------------------- SQL
-    def statements(self, token: bytes, prune: bool) -> list[tuple[str, list[Any]]]:
+    def statements(self) -> list[tuple[str, list[Any]]]:
         """The writes of this batch; empty when it changed nothing."""
         out: list[tuple[str, list[Any]]] = list(self.raw)
         rows_per = MAX_PARAMS // S.LOG_WIDTH
@@ -541,11 +536,8 @@ class _Batch:
         if not out and not self.meta_dirty:
             return []
         out.append(("UPDATE kv_meta SET revision = ?, compact_revision = ?, next_lease = ?, "
-                    "lease_epoch = ?, reaped_at = ?, batch_token = ? WHERE id = 1",
-                    [self.rev, self.compact_rev, self.next_lease, self.epoch, self.reaped_at,
-                     token]))
-        if prune:
-            out.append(("DELETE FROM kv_batch WHERE ts < ?", [self.now - S.BATCH_TOKEN_KEEP_MS]))
+                    "lease_epoch = ?, reaped_at = ? WHERE id = 1",
+                    [self.rev, self.compact_rev, self.next_lease, self.epoch, self.reaped_at]))
         return out
 
 
@@ -575,7 +567,6 @@ class CowsqlCore:
         self._closed = False
         self.batches = 0           # group commits run (tests, benchmark)
         self.batched_ops = 0
-        self.resolved_unknown = 0  # commits whose unknown outcome was resolved
 
     async def start(self) -> None:
         self._wlock = asyncio.Lock()
@@ -657,39 +648,21 @@ class CowsqlCore:
                     raise
 
     async def _run_batch(self, batch: list[_Op]) -> None:
-        token = os.urandom(16)
         deadline = time.monotonic() + self.policy.deadline
-        unknown: tuple[list[Any], _Batch] | None = None   # results of a commit in doubt
         attempt = 0
         while True:
             attempt += 1
             if attempt > 1:
                 if time.monotonic() >= deadline:
-                    if unknown is not None:
-                        raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no "
-                                             "leader could say within the deadline whether "
-                                             "it committed")
                     raise OperationTimeout("cowsql: no leader accepted the write within the "
                                            "retry deadline")
                 await asyncio.sleep(self.policy.delay(min(attempt - 1, 6)))
+            session = await self._begin()
             try:
-                session = await self._begin()
-            except OperationTimeout:
-                if unknown is not None:
-                    raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no "
-                                         "leader answered within the deadline") from None
-                raise
-            try:
-                if unknown is not None and await _rows(
-                        session, "SELECT 1 FROM kv_batch WHERE token = ? LIMIT 1", [token]):
-                    await self.db.rollback(session)
-                    self.resolved_unknown += 1
-                    self._deliver(batch, *unknown)
-                    return
                 b = _Batch(session)
                 await b.load(batch)
                 results = [await b.apply(op) for op in batch]
-                stmts = b.statements(token, self.batches % PRUNE_EVERY == PRUNE_EVERY - 1)
+                stmts = b.statements()
                 if not stmts:
                     await self.db.rollback(session)   # read-only: nothing to commit
                     self._deliver(batch, results, b)
@@ -702,11 +675,10 @@ class CowsqlCore:
                     continue   # nothing was applied: evaluate again on the leader
                 raise
             try:
-                await self.db.commit(session)
+                await self.db.commit(session)  # resolves a lost reply through its marker
             except OutcomeUnknownError as exc:
-                log.info("commit outcome unknown (%s); asking the new leader", exc)
-                unknown = (results, b)
-                continue
+                raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader "
+                                     f"could say within the deadline whether it committed ({exc})") from exc
             except TransactionLostError:
                 continue       # lost before COMMIT was applied: nothing committed
             except BaseException as exc:

@@ -14,10 +14,9 @@ may open the same database at once):
 ``kv_live``   the current value of every live key (maintained from ``kv_log`` by
               a trigger, so each change is sent to the engine once).
 ``kv_lease``  leases: granted TTL and expiry on the leader's clock (ms).
-``kv_batch``  one row per committed group-commit batch (random token, inserted by
-              a trigger on the meta update that every writing batch makes): lets a
-              writer whose COMMIT outcome is unknown find out, on the new leader,
-              whether its batch committed. Pruned after ``BATCH_TOKEN_KEEP_MS``.
+(A commit whose reply is lost is resolved by the driver's commit marker, see
+``cowsqlpy.database``. Databases made by the first version also hold a
+``kv_batch`` table and trigger for the same purpose; they are no longer written.)
 
 Every table is ``WITHOUT ROWID`` with as few indexes as the reads need: a commit
 replicates whole 4 KiB pages, so pages touched per batch is what a write costs.
@@ -34,8 +33,6 @@ SCHEMA_VERSION = 1
 #: leader wall clock in ms, evaluated inside the engine
 NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
 
-#: batch tokens older than this are pruned (far beyond any retry deadline)
-BATCH_TOKEN_KEEP_MS = 10 * 60 * 1000
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS kv_meta (
@@ -79,17 +76,6 @@ SCHEMA = [
         ttl INTEGER NOT NULL,
         expiry INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS kv_lease_expiry ON kv_lease (expiry)",
-    # keyed by time: each batch appends at the right edge (one page), pruning is a
-    # range delete; the lookup by token (only after a commit in doubt) is a scan
-    """CREATE TABLE IF NOT EXISTS kv_batch (
-        ts INTEGER NOT NULL,
-        token BLOB NOT NULL,
-        PRIMARY KEY (ts, token)) WITHOUT ROWID""",
-    # every batch's meta update carries its token: one statement, one round trip
-    f"""CREATE TRIGGER IF NOT EXISTS kv_meta_token AFTER UPDATE OF batch_token ON kv_meta
-        WHEN NEW.batch_token IS NOT NULL BEGIN
-        INSERT INTO kv_batch (ts, token) VALUES ({NOW_MS}, NEW.batch_token);
-    END""",
 ]
 
 LOG_COLUMNS = "rev, sub, key, value, create_rev, version, lease, deleted, prev_rev"

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 import kvstore
-from cowsqlpy.errors import OutcomeUnknownError
+from cowsqlpy.client import Session
+from cowsqlpy.database import COMMIT_WITH_MARKER, MARKER_PROBE
+from cowsqlpy.errors import ConnectionLostError, LeadershipLostError
 from cowsqlpy.testing import Cluster
 from kvstore import CompactedError, Put, Version
 from kvstore.backends.cowsql import CowsqlKV
@@ -86,45 +88,50 @@ def test_reads_inside_a_batch_see_earlier_ops_of_the_batch(kv):
 
 
 @pytest.mark.parametrize("committed", [True, False])
-def test_commit_outcome_unknown_is_resolved_exactly_once(kv, monkeypatch, committed):
-    """COMMIT fails with 'outcome unknown' (leadership lost mid-commit), once,
-    after really committing or after rolling back: the committer asks the
-    leader for the batch token and the op is applied exactly once."""
+def test_lost_commit_reply_is_resolved_exactly_once(kv, monkeypatch, committed):
+    """The COMMIT's reply is lost with the leader (10506), once, after the commit
+    really happened or after a rollback: the driver resolves it through its
+    commit marker and the op is applied exactly once."""
     core = kv.core
     kv.put(b"once", b"0")
-    real_commit = core.db.commit
+    real_exec_sql = Session.exec_sql
     fired = []
 
-    async def flaky_commit(session: Any) -> None:
-        if not fired:
+    async def lossy_exec_sql(self: Session, sql: str, params: Any = ()) -> Any:
+        if sql == COMMIT_WITH_MARKER and not fired:
             fired.append(1)
-            if committed:
-                await real_commit(session)
-            else:
-                await core.db.rollback(session)
-            raise OutcomeUnknownError("injected: leadership lost during COMMIT")
-        await real_commit(session)
-    monkeypatch.setattr(core.db, "commit", flaky_commit)
+            await real_exec_sql(self, sql if committed else "ROLLBACK", params if committed else ())
+            raise LeadershipLostError("injected: leadership lost during COMMIT", 10506)
+        return await real_exec_sql(self, sql, params)
+
+    monkeypatch.setattr(Session, "exec_sql", lossy_exec_sql)
     base = kv.revision()
+    resolutions = core.db.resolutions
     r = kv.put(b"once", b"1")
     assert fired
     assert r.revision == base + 1 and kv.revision() == base + 1
     assert kv.get_kv(b"once").version == 2
-    assert core.resolved_unknown == (1 if committed else 0)
+    assert core.db.resolutions == resolutions + 1
 
 
 def test_commit_outcome_unresolvable_is_reported_not_acked(kv, monkeypatch):
+    """The reply is lost and no leader can be asked within the deadline: OutcomeUnknown."""
     core = kv.core
-    real_commit = core.db.commit
+    real_exec_sql = Session.exec_sql
 
-    async def always_unknown(session: Any) -> None:
-        await core.db.rollback(session)
-        raise OutcomeUnknownError("injected")
-    monkeypatch.setattr(core.db, "commit", always_unknown)
-    monkeypatch.setattr(core, "policy", dataclasses.replace(core.policy, deadline=1.0))
+    async def unreachable(self: Session, sql: str, params: Any = ()) -> Any:
+        if sql == COMMIT_WITH_MARKER:
+            await real_exec_sql(self, "ROLLBACK")
+            raise LeadershipLostError("injected", 10506)
+        if sql == MARKER_PROBE:
+            raise ConnectionLostError("injected: no leader reachable")
+        return await real_exec_sql(self, sql, params)
+
+    monkeypatch.setattr(Session, "exec_sql", unreachable)
+    monkeypatch.setattr(core.db, "policy", dataclasses.replace(core.db.policy, deadline=1.0))
     with pytest.raises(kvstore.backends.cowsql.OutcomeUnknown):
         kv.put(b"never", b"1")
-    monkeypatch.setattr(core.db, "commit", real_commit)
+    monkeypatch.undo()
     assert kv.get(b"never") is None
 
 
