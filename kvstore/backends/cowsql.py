@@ -78,7 +78,6 @@ from cowsqlpy.errors import (
 )
 from cowsqlpy.retry import RetryPolicy
 
-from ..api import KV
 from ..errors import (
     BackendError,
     ClosedError,
@@ -108,6 +107,7 @@ from ..types import (
 )
 from ..watch import WatchStream
 from . import cowsql_schema as S
+from ._core import CoreBackedKV
 
 log = logging.getLogger("kvstore.cowsql")
 T = TypeVar("T")
@@ -984,7 +984,7 @@ _cores: dict[tuple[Any, ...], tuple[CowsqlCore, list[int]]] = {}
 _cores_lock = threading.Lock()
 
 
-class CowsqlKV(KV):
+class CowsqlKV(CoreBackedKV):
     """A ``cowsql://`` handle. Handles of one process that name the same servers
     and database share one :class:`CowsqlCore` (one connection pool, one group
     committer, one watch poller) unless opened with ``private=1``. The async API
@@ -1023,35 +1023,6 @@ class CowsqlKV(KV):
             return run_sync(coro, self.timeout + 30)
         except EngineError as exc:
             raise _kv_error(exc) from exc
-
-    def _put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> PutResult:
-        return self._run(self.core.put(key, value, lease, prev_kv))
-
-    def _range(self, start: bytes, end: bytes, limit: int, revision: int, keys_only: bool,
-               count_only: bool) -> RangeResult:
-        return self._run(self.core.range(start, end, limit, revision, keys_only, count_only))
-
-    def _delete(self, start: bytes, end: bytes, prev_kv: bool) -> DeleteResult:
-        return self._run(self.core.delete(start, end, prev_kv))
-
-    def _txn(self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
-             ) -> TxnResult:
-        return self._run(self.core.txn(compare, success, failure))
-
-    def _compact(self, revision: int) -> None:
-        self._run(self.core.compact(revision))
-
-    def _grant(self, ttl: int) -> tuple[int, int]:
-        return self._run(self.core.grant(ttl))
-
-    def _revoke(self, lease: int) -> None:
-        self._run(self.core.revoke(lease))
-
-    def _keepalive(self, lease: int) -> int:
-        return self._run(self.core.keepalive(lease))
-
-    def _lease_info(self, lease: int) -> LeaseInfo:
-        return self._run(self.core.lease_info(lease))
 
     def expire_leases(self, ids: list[int] | None = None) -> None:
         """Run the lease expiry now (tests): revoke ``ids`` if they exist, or with

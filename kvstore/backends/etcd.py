@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
-from ..api import KV
 from ..errors import (
     BackendError,
     ClosedError,
@@ -57,6 +56,7 @@ from ..types import (
     TxnResult,
 )
 from ..watch import WatchStream
+from ._core import CoreBackedKV
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
@@ -274,7 +274,7 @@ class EtcdCore:
         await self.channel.close()
 
 
-class EtcdKV(KV):
+class EtcdKV(CoreBackedKV):
     scheme = "etcd"
 
     def __init__(self, endpoints: list[str], *, timeout: float = DEFAULT_TIMEOUT,
@@ -299,35 +299,6 @@ class EtcdKV(KV):
         except concurrent.futures.TimeoutError:
             fut.cancel()
             raise OperationTimeout("etcd: no answer in time") from None
-
-    def _put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> PutResult:
-        return self._run(self.core.put(key, value, lease, prev_kv))
-
-    def _range(self, start: bytes, end: bytes, limit: int, revision: int, keys_only: bool,
-               count_only: bool) -> RangeResult:
-        return self._run(self.core.range(start, end, limit, revision, keys_only, count_only))
-
-    def _delete(self, start: bytes, end: bytes, prev_kv: bool) -> DeleteResult:
-        return self._run(self.core.delete(start, end, prev_kv))
-
-    def _txn(self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
-             ) -> TxnResult:
-        return self._run(self.core.txn(compare, success, failure))
-
-    def _compact(self, revision: int) -> None:
-        self._run(self.core.compact(revision))
-
-    def _grant(self, ttl: int) -> tuple[int, int]:
-        return self._run(self.core.grant(ttl))
-
-    def _revoke(self, lease: int) -> None:
-        self._run(self.core.revoke(lease))
-
-    def _keepalive(self, lease: int) -> int:
-        return self._run(self.core.keepalive(lease))
-
-    def _lease_info(self, lease: int) -> LeaseInfo:
-        return self._run(self.core.lease_info(lease))
 
     def _watch(self, start: bytes, end: bytes, start_revision: int) -> WatchStream:
         stream = WatchStream(start, end, self._cancel_watch)
