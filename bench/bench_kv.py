@@ -151,6 +151,28 @@ def watch_latency(writer: kvstore.KV, watcher: kvstore.KV, conc: int, duration: 
 
 
 # ----------------------------------------------------------------- backends
+def run_on_core(st: dict[str, Any], op: str, conc: int, duration: float, max_ops: int) -> Result:
+    """One cell for a backend with an async core (etcd, cowsql): N asyncio tasks on its loop."""
+    a = st["a"]
+    if op == "watch":
+        return watch_latency(a, st["b"], conc, duration, max_ops, b"bw/")
+    core = a.core
+
+    async def put(w: int, i: int) -> None:
+        await core.put(b"bench/%d" % ((w * 7919 + i) % KEYS), VALUE)
+
+    async def get(w: int, i: int) -> None:
+        await core.get(b"bench/%d" % ((w * 7919 + i) % KEYS))
+
+    async def txn(w: int, i: int) -> None:
+        k = b"bench/%d" % ((w * 7919 + i) % KEYS)
+        await core.txn([ModRevision(k) > 0], [Put(k, VALUE)], [])
+
+    fn = {"put": put, "get": get, "txn": txn}[op]
+    fut = asyncio.run_coroutine_threadsafe(async_load(fn, conc, duration, max_ops), a.loop)
+    return fut.result(duration + 120)
+
+
 def etcd_backend(base: str) -> Backend:
     st: dict[str, Any] = {}
 
@@ -170,23 +192,7 @@ def etcd_backend(base: str) -> Backend:
             st["cluster"].stop()
 
     def run(op: str, conc: int, duration: float, max_ops: int) -> Result:
-        a = st["a"]
-        if op == "watch":
-            return watch_latency(a, st["b"], conc, duration, max_ops, b"bw/")
-        core = a.core
-
-        async def put(w: int, i: int) -> None:
-            await core.put(b"bench/%d" % ((w * 7919 + i) % KEYS), VALUE)
-
-        async def get(w: int, i: int) -> None:
-            await core.get(b"bench/%d" % ((w * 7919 + i) % KEYS))
-
-        async def txn(w: int, i: int) -> None:
-            k = b"bench/%d" % ((w * 7919 + i) % KEYS)
-            await core.txn([ModRevision(k) > 0], [Put(k, VALUE)], [])
-        fn = {"put": put, "get": get, "txn": txn}[op]
-        fut = asyncio.run_coroutine_threadsafe(async_load(fn, conc, duration, max_ops), a.loop)
-        return fut.result(duration + 120)
+        return run_on_core(st, op, conc, duration, max_ops)
 
     return Backend("etcd", setup, teardown, run,
                    "3 etcd 3.4 members; our etcd:// backend's async gRPC core, N asyncio tasks")
@@ -264,23 +270,7 @@ def cowsql_backend(base: str) -> Backend:
             st["cluster"].close()
 
     def run(op: str, conc: int, duration: float, max_ops: int) -> Result:
-        a = st["a"]
-        if op == "watch":
-            return watch_latency(a, st["b"], conc, duration, max_ops, b"bw/")
-        core = a.core
-
-        async def put(w: int, i: int) -> None:
-            await core.put(b"bench/%d" % ((w * 7919 + i) % KEYS), VALUE)
-
-        async def get(w: int, i: int) -> None:
-            await core.get(b"bench/%d" % ((w * 7919 + i) % KEYS))
-
-        async def txn(w: int, i: int) -> None:
-            k = b"bench/%d" % ((w * 7919 + i) % KEYS)
-            await core.txn([ModRevision(k) > 0], [Put(k, VALUE)], [])
-        fn = {"put": put, "get": get, "txn": txn}[op]
-        fut = asyncio.run_coroutine_threadsafe(async_load(fn, conc, duration, max_ops), a.loop)
-        return fut.result(duration + 120)
+        return run_on_core(st, op, conc, duration, max_ops)
 
     return Backend("cowsql", setup, teardown, run,
                    "3 in-process libdqlite 1.11.1 nodes; the cowsql:// backend's async core "
