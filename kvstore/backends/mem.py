@@ -12,22 +12,11 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from collections.abc import Sequence
 
 from .. import mvcc
-from ..api import KV
 from ..errors import InvalidArgument
-from ..replica import Replica, delete_result, put_result, raise_if_error, txn_result
-from ..types import (
-    Compare,
-    DeleteResult,
-    LeaseInfo,
-    Op,
-    PutResult,
-    RangeResult,
-    TxnResult,
-)
-from ..watch import WatchStream
+from ..replica import Replica, raise_if_error
+from ._core import ReplicaKV
 
 REAP_PERIOD = 0.1
 
@@ -62,7 +51,7 @@ _named: dict[str, MemStore] = {}
 _named_lock = threading.Lock()
 
 
-class MemKV(KV):
+class MemKV(ReplicaKV):
     scheme = "mem"
 
     def __init__(self, name: str | None = None, *, session_ttl: int | None = None) -> None:
@@ -76,49 +65,14 @@ class MemKV(KV):
                 store = MemStore()
             store.refs += 1
         self.store = store
-        self._r = store.replica
+        self.replica = store.replica
 
     def _apply(self, cmd: list[object]) -> object:
         return raise_if_error(self.store.apply(cmd))
 
-    def _put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> PutResult:
-        return put_result(self._apply(["put", key, value, lease, prev_kv]))
-
-    def _range(self, start: bytes, end: bytes, limit: int, revision: int, keys_only: bool,
-               count_only: bool) -> RangeResult:
-        return self._r.range(start, end, limit, revision, keys_only, count_only)
-
-    def _delete(self, start: bytes, end: bytes, prev_kv: bool) -> DeleteResult:
-        return delete_result(self._apply(["del", start, end, prev_kv]))
-
-    def _txn(self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
-             ) -> TxnResult:
-        return txn_result(self._apply(["txn", [c.to_list() for c in compare],
-                                       [o.to_list() for o in success],
-                                       [o.to_list() for o in failure]]))
-
-    def _compact(self, revision: int) -> None:
-        self._apply(["compact", revision])
-
-    def _grant(self, ttl: int) -> tuple[int, int]:
-        r = self._apply(["grant", 0, ttl])
-        return r[1], r[2]  # type: ignore[index]
-
-    def _revoke(self, lease: int) -> None:
-        self._apply(["revoke", lease])
-
-    def _keepalive(self, lease: int) -> int:
-        return self._apply(["keepalive", lease])[1]  # type: ignore[index]
-
-    def _lease_info(self, lease: int) -> LeaseInfo:
-        return self._r.lease_info(lease)
-
-    def _watch(self, start: bytes, end: bytes, start_revision: int) -> WatchStream:
-        return self._r.watch(start, end, start_revision)
-
     def revision(self) -> int:
         self._check()
-        return self._r.revision
+        return self.replica.revision
 
     def _close(self) -> None:
         with _named_lock:

@@ -39,13 +39,11 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 from .. import mvcc
-from ..api import KV
 from ..errors import (
     BackendError,
     ClosedError,
@@ -54,17 +52,8 @@ from ..errors import (
     KVError,
     OperationTimeout,
 )
-from ..replica import Replica, delete_result, put_result, raise_if_error, txn_result
-from ..types import (
-    Compare,
-    DeleteResult,
-    LeaseInfo,
-    Op,
-    PutResult,
-    RangeResult,
-    TxnResult,
-)
-from ..watch import WatchStream
+from ..replica import Replica, raise_if_error
+from ._core import ReplicaKV
 
 log = logging.getLogger("kvstore.raft")
 
@@ -165,7 +154,7 @@ class RaftConfig:
                 "must use the same) or bind to 127.0.0.1.")
 
 
-class RaftKV(KV):
+class RaftKV(ReplicaKV):
     scheme = "raft"
 
     def __init__(self, cfg: RaftConfig) -> None:
@@ -292,44 +281,8 @@ class RaftKV(KV):
                 self._expiring = {k: v for k, v in self._expiring.items() if v >= now}
 
     # ------------------------------------------------------------ primitives
-    def _put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> PutResult:
-        return put_result(self._apply(["put", key, value, lease, prev_kv]))
-
-    def _range(self, start: bytes, end: bytes, limit: int, revision: int, keys_only: bool,
-               count_only: bool) -> RangeResult:
+    def _sync(self) -> None:
         self._barrier()
-        return self.replica.range(start, end, limit, revision, keys_only, count_only)
-
-    def _delete(self, start: bytes, end: bytes, prev_kv: bool) -> DeleteResult:
-        return delete_result(self._apply(["del", start, end, prev_kv]))
-
-    def _txn(self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]
-             ) -> TxnResult:
-        return txn_result(self._apply(["txn", [c.to_list() for c in compare],
-                                       [o.to_list() for o in success],
-                                       [o.to_list() for o in failure]]))
-
-    def _compact(self, revision: int) -> None:
-        self._apply(["compact", revision])
-
-    def _grant(self, ttl: int) -> tuple[int, int]:
-        r = self._apply(["grant", 0, ttl])
-        return r[1], r[2]
-
-    def _revoke(self, lease: int) -> None:
-        self._apply(["revoke", lease])
-
-    def _keepalive(self, lease: int) -> int:
-        return int(self._apply(["keepalive", lease])[1])
-
-    def _lease_info(self, lease: int) -> LeaseInfo:
-        self._barrier()
-        return self.replica.lease_info(lease)
-
-    def _watch(self, start: bytes, end: bytes, start_revision: int) -> WatchStream:
-        if start_revision == 0:
-            self._barrier()
-        return self.replica.watch(start, end, start_revision)
 
     def revision(self) -> int:
         self._check()
