@@ -181,7 +181,8 @@ class Database:
             try:
                 await stream.start()
             except BaseException as exc:
-                self.release(session, exc)
+                if not stream.finished:  # a stream that ended has given its session back
+                    self.release(session, exc)
                 raise
             return stream
 
