@@ -1,11 +1,11 @@
-# `make demo` sets up and starts a local 3-node cluster; `make test` sets up and runs the tests.
+# Shortcuts for the README's two commands (which do not need make).
 .PHONY: setup test demo lint bench clean
 
 setup:
 	./scripts/setup.sh
 
 test: setup
-	COWSQLPY_REQUIRE_CYTHON=1 .venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q
 
 demo: setup
 	.venv/bin/python -m demo.local

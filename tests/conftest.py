@@ -4,10 +4,12 @@ import os
 
 import pytest
 
+# The suite never runs on a silent fallback: without the Cython codec it fails, unless
+# the pure-Python twin is asked for explicitly (COWSQLPY_PUREPYTHON=1).
+os.environ.setdefault("COWSQLPY_REQUIRE_CYTHON", "1")
+
 # The cowsqlpy.testing fixtures (cluster_factory, cluster3, ...) and the node-log dump on failure.
 pytest_plugins = ["cowsqlpy.pytest_plugin"]
-
-# CI sets COWSQLPY_REQUIRE_CYTHON=1 so a broken native build cannot pass silently.
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
