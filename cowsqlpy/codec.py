@@ -2,8 +2,8 @@
 
 * ``COWSQLPY_PUREPYTHON=1`` forces the pure-Python twin (`cowsqlpy._codec_py`).
 * Otherwise the Cython module (`cowsqlpy._ccodec`) is used. If it cannot be imported the
-  twin is used and a warning names the cause, unless ``COWSQLPY_REQUIRE_CYTHON=1`` (set by
-  CI), which turns the failure into ImportError.
+  twin is used and a warning names the cause, unless ``COWSQLPY_REQUIRE_CYTHON=1`` (the test
+  suite sets it by default), which turns the failure into ImportError.
 
 `IMPLEMENTATION` says which one loaded: ``"cython"`` or ``"python"``.
 
