@@ -118,3 +118,38 @@ def test_threads_through_the_dbapi_share_transactions(cluster: InProcessCluster,
     assert len(rows) == 8 * 40
     assert all(rows[k] == rowid for k, rowid in acked)  # each lastrowid is its own statement's
     setup.close()
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["applied", "rolled-back"])
+def test_lost_commit_reply_is_resolved_exactly_once(
+    cluster: InProcessCluster, dbname: str, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """The batch's COMMIT reply is lost with the leader (10506) after the commit really
+    happened, or after it was rolled back: the marker decides, every write is
+    acknowledged once and applied once (a second apply would break the primary key)."""
+    from cowsqlpy.client import Session
+    from cowsqlpy.database import COMMIT_WITH_MARKER
+    from cowsqlpy.errors import LeadershipLostError
+
+    db = _db(cluster, dbname)
+    run_sync(db.execute("CREATE TABLE g (k TEXT PRIMARY KEY)", (), coalesce=False))
+    real_submit = Session.submit_exec_sql
+    fired: list[int] = []
+
+    def lossy_submit(self: Session, sql: str, params: object = ()) -> object:
+        if sql == COMMIT_WITH_MARKER and not fired:
+            fired.append(1)
+            reply = real_submit(self, sql if committed else "ROLLBACK", params if committed else ())
+
+            async def lost() -> object:
+                await reply
+                raise LeadershipLostError("injected: reply lost with the leader", 10506)
+
+            return lost()
+        return real_submit(self, sql, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Session, "submit_exec_sql", lossy_submit)
+    results = run_sync(_batch(db, [("INSERT INTO g VALUES (?)", (f"k{i}",)) for i in range(5)]))
+    assert fired and db.resolutions == 1
+    assert all(isinstance(r, tuple) and r[1] == 1 for r in results), results
+    assert _rows(cluster, dbname, "SELECT count(*) FROM g") == [(5,)]
