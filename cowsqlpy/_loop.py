@@ -70,6 +70,11 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         raise
 
 
+def shutting_down() -> bool:
+    """True once the interpreter is exiting and the background loop has been stopped."""
+    return _stopping
+
+
 def call_soon(coro_factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
     """Start a coroutine on the background loop without waiting (finalizers use this)."""
     with _lock:

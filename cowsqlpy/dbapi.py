@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from ._loop import call_soon, run_sync
+from ._loop import call_soon, run_sync, shutting_down
 from .client import as_store
 from .database import SESSION_GONE, Database, ResultStream
 from .errors import (
@@ -219,10 +219,12 @@ class Connection:
         """Roll back an open transaction and release everything. Idempotent."""
         if self._closed:
             return
+        self._closed = True
+        if shutting_down():  # the loop is gone; the server rolls back when our sockets close
+            return
         try:
             run_sync(self._rollback())
         finally:
-            self._closed = True
             _release_database(self._key)
 
     def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = ()) -> Cursor:
