@@ -14,8 +14,13 @@ lint:
 	.venv/bin/ruff check cowsqlpy kvstore demo tests bench
 	.venv/bin/mypy
 
+# The recorded benchmarks (docs/benchmarks.md), one after the other: ~25 minutes.
 bench: setup
-	.venv/bin/python bench/run_all.py
+	.venv/bin/python bench/bench_codec.py
+	.venv/bin/python bench/bench_client.py --duration 8
+	.venv/bin/python bench/bench_failover.py --runs 10
+	.venv/bin/python bench/bench_kv.py --duration 3
+	.venv/bin/python bench/bench_demo.py --duration 5 --failover-runs 5
 
 clean:
 	rm -rf build .venv cowsqlpy/*.so cowsqlpy/_engine.c native/_ccodec.c
