@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from .errors import EngineUnavailableError, NodeError, NodeStateError
+from .protocol import SPARE, STANDBY, VOTER, NodeInfo
 from .versions import EngineFeatures, features_for
 
 log = logging.getLogger("cowsqlpy.node")
@@ -30,7 +31,6 @@ log = logging.getLogger("cowsqlpy.node")
 BOOTSTRAP_ID = 0x2DC171858C3155BE
 """The id with which a node on an empty data dir bootstraps a new cluster."""
 
-VOTER, STANDBY, SPARE = 0, 1, 2
 
 _U64_MAX = (1 << 64) - 1
 _TCP_ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
@@ -41,12 +41,6 @@ DialFunc = Callable[[str], socket.socket]
 class SnapshotParams(NamedTuple):
     threshold: int  # raft log entries between snapshots
     trailing: int  # entries kept after a snapshot
-
-
-class NodeInfo(NamedTuple):
-    id: int
-    address: str
-    role: int = VOTER
 
 
 # -- Loading the binding ---------------------------------------------------------

@@ -13,7 +13,6 @@ restart (``--fresh`` wipes them first). Exit code 2 when a port is taken.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess
@@ -26,8 +25,7 @@ from pathlib import Path
 
 from .__main__ import READY_PREFIX
 from .server import check_port_free
-
-ROOT = Path(__file__).resolve().parents[1]
+from .testing import node_command
 
 
 class Proc:
@@ -37,12 +35,7 @@ class Proc:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "demo", "--api", self.api, "--db", self.db,
-               "--dir", str(self.dir)]
-        if self.join:
-            cmd += ["--join", self.join]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        cmd, env = node_command(self.api, self.db, self.dir, self.join)
         with open(self.log, "ab") as log:
             # own process group: the terminal's Ctrl-C reaches only us, we stop the nodes
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

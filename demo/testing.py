@@ -18,6 +18,17 @@ from kvstore.testing import free_ports
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def node_command(api: str, db: str, data_dir: str | Path, join: str | None = None,
+                 options: tuple[str, ...] | list[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one `python -m demo` node process."""
+    cmd = [sys.executable, "-m", "demo", "--api", api, "--db", db, "--dir", str(data_dir), *options]
+    if join:
+        cmd += ["--join", join]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    return cmd, env
+
+
 def request(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None
             = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request: (status, headers, body); HTTP error statuses are returned,
@@ -46,12 +57,7 @@ class DemoProcess:
         return f"http://{self.api}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "demo", "--api", self.api, "--db", self.db,
-               "--dir", str(self.dir), *self.options]
-        if self.join:
-            cmd += ["--join", self.join]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+        cmd, env = node_command(self.api, self.db, self.dir, self.join, self.options)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, cwd=ROOT)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -8,23 +7,11 @@ import pytest
 
 from cowsqlpy import protocol
 from cowsqlpy.node import Node
+from cowsqlpy.testing import wait_for
 from tests import rawwire
 
 # Short timeouts so elections take well under a second on loopback.
 LATENCY = 0.02
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except OSError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def form_cluster(nodes: list[Node]) -> None:
