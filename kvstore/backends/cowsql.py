@@ -503,7 +503,7 @@ class _Batch:
         self.meta_dirty = True
 
     async def op_chunk(self, lo: int, hi: int, target: int) -> None:
-        self.raw.append((S.COMPACT_CHUNK, [lo, hi, target]))
+        self.raw += [(sql, [lo, hi, target]) for sql in S.COMPACT_CHUNK]
 
     # ---------------------------------------------------------------- SQL
     def statements(self) -> list[tuple[str, list[Any]]]:
@@ -778,9 +778,10 @@ class CowsqlCore:
         cond, params = _range_sql(start, end)
         val = "x''" if keys_only else "value"
         if revision > 0:
-            sql = (f"{S.META_SELECT} UNION ALL SELECT 1, key, {val}, create_rev, MAX(rev), "
-                   f"version, lease, deleted FROM kv_log WHERE {cond} AND rev <= ? GROUP BY key")
-            params.append(revision)
+            ncond, _ = _range_sql(start, end, "n.key")
+            sql = f"{S.META_SELECT} UNION ALL " + S.AT_REVISION_SELECT.format(
+                val=val, pval="x''" if keys_only else "p.value", cond=cond, ncond=ncond)
+            params = [*params, revision, revision, revision, *params]
         elif count_only:
             sql = (f"{S.META_SELECT} UNION ALL SELECT 2, NULL, count(*), 0, 0, 0, 0, 0 "
                    f"FROM kv_live WHERE {cond}")
@@ -952,8 +953,8 @@ class CowsqlCore:
                 target = self._compact_target
                 rows = await self._query("SELECT MIN(rev) FROM kv_log", ())
                 lo = max(done, rows[0][0] or target)
-                while lo < target and not self._closed:
-                    hi = min(target, lo + COMPACT_WINDOW)
+                while lo <= target and not self._closed:   # windows of successors, up to C
+                    hi = min(target + 1, lo + COMPACT_WINDOW)
                     await self.submit("chunk", lo, hi, target)
                     lo = hi
                 done = target

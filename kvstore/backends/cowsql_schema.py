@@ -9,8 +9,12 @@ may open the same database at once):
 ``kv_log``    the revision log: one row per key change. ``(rev, sub)`` orders the
               events (``sub`` = position inside the revision); a delete is a
               tombstone row (``deleted = 1``); ``prev_rev`` is the mod revision of
-              the key's previous live version (for ``prev_kv`` in events).
-              Serves reads at past revisions and watches.
+              the key's previous live version (for ``prev_kv`` in events, reads
+              at past revisions and compaction). Serves reads at past revisions
+              and watches. No index by key: each batch would dirty one more
+              random page per key (the most expensive part of a write; see
+              ``AT_REVISION_SELECT`` and ``COMPACT_CHUNK`` for how the log is
+              read without one).
 ``kv_live``   the current value of every live key (maintained from ``kv_log`` by
               a trigger, so each change is sent to the engine once).
 ``kv_lease``  leases: granted TTL and expiry on the leader's clock (ms).
@@ -56,7 +60,7 @@ SCHEMA = [
         deleted INTEGER NOT NULL,
         prev_rev INTEGER NOT NULL,
         PRIMARY KEY (rev, sub)) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS kv_log_key ON kv_log (key, rev)",
+    "DROP INDEX IF EXISTS kv_log_key",  # made by earlier versions; only slowed writes
     """CREATE TABLE IF NOT EXISTS kv_live (
         key BLOB PRIMARY KEY,
         value BLOB NOT NULL,
@@ -86,10 +90,29 @@ META_SELECT = (f"SELECT 0, NULL, revision, compact_revision, next_lease, {NOW_MS
                "lease_epoch, reaped_at FROM kv_meta")
 LIVE_COLUMNS = "key, value, create_rev, mod_rev, version, lease"
 
-#: compaction of one window of revisions [lo, hi) (hi <= compact revision C):
-#: tombstones older than C, and versions superseded by a change at or before C
-COMPACT_CHUNK = """DELETE FROM kv_log WHERE rev >= ? AND rev < ? AND (deleted OR EXISTS (
-    SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND n.rev > kv_log.rev AND n.rev <= ?))"""
+#: compaction at C, one window [lo, hi) of *successor* revisions (hi <= C + 1):
+#: a version is superseded at or before C exactly when the key's next change n
+#: (the row whose ``prev_rev`` points at it) has n.rev <= C, so each window
+#: deletes the versions its rows supersede, then its tombstones older than C
+#: (in that order: the tombstones are successors too). Windows from the oldest
+#: row up to C find every superseded version. Params: lo, hi, C.
+COMPACT_CHUNK = (
+    """DELETE FROM kv_log WHERE (rev, key) IN (SELECT prev_rev, key FROM kv_log
+        WHERE rev >= ?1 AND rev < ?2 AND rev <= ?3 AND prev_rev > 0)""",
+    "DELETE FROM kv_log WHERE rev >= ?1 AND rev < ?2 AND rev < ?3 AND deleted",
+)
+
+#: the keys in range as they were at revision R: live keys not changed since R,
+#: plus, for each key changed after R, the version its first later change
+#: replaced (that change's ``prev_rev`` is <= R; later changes point above R, or
+#: at 0 after a delete). Costs one scan of the log after R.
+#: Params: cond..., R, R, R, ncond... (``{ncond}`` is ``{cond}`` on ``n.key``).
+AT_REVISION_SELECT = """SELECT 1, key, {val}, create_rev, mod_rev, version, lease, 0
+    FROM kv_live WHERE {cond} AND mod_rev <= ?
+UNION ALL
+SELECT 1, p.key, {pval}, p.create_rev, p.rev, p.version, p.lease, 0
+    FROM kv_log n JOIN kv_log p ON p.rev = n.prev_rev AND p.key = n.key
+    WHERE n.rev > ? AND n.prev_rev > 0 AND n.prev_rev <= ? AND {ncond}"""
 
 #: events with revision in [lo, hi], with the previous version of each key, plus
 #: the meta row (sorted first) for the compaction / revision check

@@ -13,13 +13,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import kvstore
 from cowsqlpy.client import Session
 from cowsqlpy.database import COMMIT_WITH_MARKER, MARKER_PROBE
 from cowsqlpy.errors import ConnectionLostError, LeadershipLostError
 from cowsqlpy.testing import Cluster
-from kvstore import CompactedError, Put, Version
+from kvstore import CompactedError, DeleteRange, Put, Version
 from kvstore.backends.cowsql import CowsqlKV
 from kvstore.testing import wait_until
 
@@ -159,10 +161,13 @@ def test_concurrent_schema_creation(cowsql_cluster):
             h.close()
 
 
+def _query(kv: kvstore.KV, sql: str) -> list[tuple[Any, ...]]:
+    assert isinstance(kv, CowsqlKV)
+    return asyncio.run_coroutine_threadsafe(kv.core._query(sql, ()), kv.loop).result(30)
+
+
 def _log_rows(kv: CowsqlKV) -> int:
-    rows = asyncio.run_coroutine_threadsafe(
-        kv.core._query("SELECT count(*) FROM kv_log", ()), kv.loop).result(30)
-    return int(rows[0][0])
+    return int(_query(kv, "SELECT count(*) FROM kv_log")[0][0])
 
 
 def test_physical_compaction_in_chunks(kv, monkeypatch):
@@ -190,6 +195,83 @@ def test_physical_compaction_in_chunks(kv, monkeypatch):
         with kv.watch_key(b"hot", start_revision=mid - 1) as w2:
             w2.get(timeout=10)
 
+
+
+# --- history without a key index: reads at past revisions and compaction ------
+_history_ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.sampled_from([b"a", b"ab", b"b", b"c"]), st.binary(max_size=3)),
+    st.tuples(st.just("del"), st.sampled_from([b"a", b"ab", b"b", b"c"])),
+    st.tuples(st.just("del_prefix"), st.sampled_from([b"a", b"b"])),
+    st.tuples(st.just("multi"), st.lists(st.sampled_from([b"a", b"ab", b"b", b"c"]),
+                                         min_size=1, max_size=4, unique=True)),
+    st.tuples(st.just("mixed"), st.sampled_from([b"a", b"c"])),
+), min_size=1, max_size=25)
+
+
+def _apply_history(kv: kvstore.KV, ops: list[Any]) -> None:
+    for op in ops:
+        if op[0] == "put":
+            kv.put(op[1], op[2])
+        elif op[0] == "del":
+            kv.delete(op[1])
+        elif op[0] == "del_prefix":
+            kv.delete_prefix(op[1])
+        elif op[0] == "multi":   # several versions in one revision (sub 0, 1, ...)
+            kv.txn(success=[Put(k, b"m" + k) for k in op[1]])
+        else:   # tombstones and new versions in one revision, in both orders
+            wipe = DeleteRange(b"b", b"c") if op[1] == b"a" else DeleteRange(b"a", b"b")
+            kv.txn(success=[wipe, Put(op[1], b"w")] if op[1] == b"a" else [Put(op[1], b"w"), wipe])
+
+
+def _kept_after_compaction(rows: list[tuple[int, int, bytes, int]], c: int) -> set[tuple[int, int]]:
+    """etcd's rule: per key, every version after ``c`` and the newest at or before
+    it unless that one is a tombstone older than ``c``."""
+    kept: set[tuple[int, int]] = set()
+    newest: dict[bytes, tuple[int, int, int]] = {}
+    for rev, sub, key, deleted in sorted(rows):
+        if rev > c:
+            kept.add((rev, sub))
+        else:
+            newest[key] = (rev, sub, deleted)
+    kept.update((rev, sub) for rev, sub, deleted in newest.values() if not (deleted and rev < c))
+    return kept
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=_history_ops, data=st.data())
+def test_history_and_compaction_match_the_model(cowsql_cluster, ops, data):
+    """Reads at every past revision (full metadata) equal the mem backend's after
+    the same ops, before and after a compaction, and physical compaction keeps
+    exactly the rows etcd's rule keeps."""
+    model = kvstore.open(f"mem:hist-{uuid.uuid4().hex}")
+    kv = kvstore.open(cowsql_url(cowsql_cluster, _db(), private=1))
+    try:
+        _apply_history(model, ops)
+        _apply_history(kv, ops)
+        cur = kv.revision()
+        assert cur == model.revision()
+
+        def same_history(since: int) -> None:
+            for rev in range(since, cur + 1):
+                assert kv.get_range(b"\x00", revision=rev).kvs == model.get_range(b"\x00", revision=rev).kvs, rev
+            assert kv.get_range(b"a", b"b", revision=since, keys_only=True).kvs == \
+                model.get_range(b"a", b"b", revision=since, keys_only=True).kvs
+
+        same_history(1)
+        if cur > 1:
+            c = data.draw(st.integers(2, cur), label="compact")
+            rows = [tuple(r) for r in _query(kv, "SELECT rev, sub, key, deleted FROM kv_log")]
+            kv.compact(c)
+            model.compact(c)
+            expected = _kept_after_compaction(
+                [(r[0], r[1], bytes(r[2]), r[3]) for r in rows], c)
+            wait_until(lambda: {(r[0], r[1]) for r in _query(kv, "SELECT rev, sub FROM kv_log")}
+                       == expected, timeout=30, what="physical compaction")
+            same_history(c)
+    finally:
+        kv.close()
+        model.close()
 
 def test_restart_of_the_engine_cluster_keeps_all_data(tmp_path):
     c = Cluster(3, app=False, network_latency=0.02, base_dir=tmp_path)
