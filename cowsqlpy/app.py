@@ -258,9 +258,7 @@ async def _cluster_id(session: Session, *, create: bool) -> str | None:
         )
         await session.exec_sql("INSERT OR IGNORE INTO cluster (k, uuid) VALUES (1, ?)", [str(uuid.uuid4())])
     try:
-        rows: list[tuple[Any, ...]] = []
-        async for _, batch in session.query_sql("SELECT uuid FROM cluster WHERE k = 1"):
-            rows.extend(batch)
+        rows = await session.query_all("SELECT uuid FROM cluster WHERE k = 1")
     except Error as exc:
         if exc.code == 1:  # no such table: nobody created it yet
             return None

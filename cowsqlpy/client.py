@@ -100,6 +100,13 @@ class Session:
         """Stream (columns, rows) batches of the first statement's result."""
         return self.conn.query(protocol.QUERY_SQL, self.db_id, sql, params, timeout=self.policy.attempt_timeout)
 
+    async def query_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of the first statement's result."""
+        out: list[tuple[Any, ...]] = []
+        async for _, rows in self.query_sql(sql, params):
+            out.extend(rows)
+        return out
+
     async def prepare(self, sql: str) -> PreparedStatement:
         _, stmt_id, nparams = await self.call(protocol.PREPARE, self.db_id, sql)
         self._statements.add(stmt_id)

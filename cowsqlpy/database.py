@@ -66,9 +66,8 @@ MARKERS_SCHEMA = (
     "(client INTEGER PRIMARY KEY, seq INTEGER NOT NULL, probe INTEGER NOT NULL DEFAULT 0, at INTEGER NOT NULL); "
     f"DELETE FROM {MARKERS} WHERE at < strftime('%s', 'now') - 86400"  # clients gone for a day
 )
-COMMIT_WITH_MARKER = (
-    f"INSERT OR REPLACE INTO {MARKERS} (client, seq, at) VALUES (?, ?, strftime('%s', 'now')); COMMIT"
-)
+MARKER_WRITE = f"INSERT OR REPLACE INTO {MARKERS} (client, seq, at) VALUES (?, ?, strftime('%s', 'now'))"
+COMMIT_WITH_MARKER = f"{MARKER_WRITE}; COMMIT"
 # Resolution: a write that always changes a page (so it is a raft entry of the
 # current term), whether or not the client's row exists yet.
 MARKER_PROBE = (
@@ -368,9 +367,7 @@ class Database:
                     await session.exec_sql(MARKER_PROBE, (self._client_id,))
                 except OutcomeUnknownError as exc:  # the probe itself is in doubt: write it again
                     raise ConnectionLostError(exc.message) from exc
-                rows: list[tuple[Any, ...]] = []
-                async for _, batch in session.query_sql(f"SELECT seq FROM {MARKERS} WHERE client = ?", (self._client_id,)):
-                    rows.extend(batch)
+                rows = await session.query_all(f"SELECT seq FROM {MARKERS} WHERE client = ?", (self._client_id,))
             except BaseException as exc:
                 self.release(session, exc)
                 raise
@@ -446,34 +443,60 @@ class Database:
 
     async def begin(self, sql: str = BEGIN) -> Session:
         """Take the write lock and open a transaction on a leader session."""
+        session, _ = await self._begin(sql, None)
+        return session
+
+    async def begin_reading(self, query: str, params: Sequence[Any] = ()) -> tuple[Session, list[tuple[Any, ...]]]:
+        """`begin` with `query` sent right behind BEGIN IMMEDIATE (one round trip):
+        its rows are read inside the new transaction."""
+        return await self._begin(BEGIN, (query, params))
+
+    async def _begin(self, sql: str, read: tuple[str, Sequence[Any]] | None) -> tuple[Session, list[tuple[Any, ...]]]:
         await self.write_lock.acquire()
         try:
 
-            async def attempt() -> Session:
+            async def attempt() -> tuple[Session, list[tuple[Any, ...]]]:
                 session = await self.acquire()
                 try:
                     await self._ensure_markers(session)  # DDL must not join the transaction
-                    await session.exec_sql(sql)
+                    if read is None:
+                        await session.exec_sql(sql)
+                        return session, []
+                    begun = session.submit_exec_sql(sql)
+                    reading = asyncio.ensure_future(session.query_all(*read))  # sent before BEGIN's reply
+                    try:
+                        await begun
+                    except BaseException:
+                        await asyncio.wait([reading])  # the BEGIN error is the one that counts
+                        if not reading.cancelled():
+                            reading.exception()
+                        raise
+                    return session, await reading
                 except BaseException as exc:
                     self.release(session, exc)
                     raise
-                return session
 
             return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="begin")
         except BaseException:
             self.write_lock.release()
             raise
 
-    async def commit(self, session: Session) -> None:
+    async def commit(self, session: Session, before: Sequence[str] = ()) -> None:
         """COMMIT and release; the lock is released whatever happens, except when the
         COMMIT itself fails and leaves the transaction open (a deferred constraint).
+
+        `before`: statements (SQL with literal values: see `sqltext.literal`) sent
+        in the same request, just before COMMIT. The engine runs them in order
+        and stops at the first error, so a failed one never lets the rest, or the
+        COMMIT, run: the transaction cannot commit part of them.
 
         :raises TransactionLostError: the transaction did not commit (now certain).
         :raises OutcomeUnknownError: the reply was lost and no leader could tell.
         """
         marker = self._next_marker()
+        sql = "; ".join([MARKER_WRITE, *before, "COMMIT"]) if before else COMMIT_WITH_MARKER
         try:
-            await session.exec_sql(COMMIT_WITH_MARKER, (self._client_id, marker))
+            await session.exec_sql(sql, (self._client_id, marker))
         except SESSION_GONE as exc:
             self.release(session, exc)
             try:

@@ -175,3 +175,20 @@ def bind(stmt: Statement, params: object) -> tuple[object, ...]:
     if not stmt.numbered and len(values) != stmt.qmarks:
         raise ProgrammingError(f"statement uses {stmt.qmarks} parameter(s), {len(values)} given")
     return values
+
+
+def literal(value: int | str | bytes | None) -> str:
+    """`value` as an SQL literal, for SQL text that cannot take parameters: the
+    1.11.1 engine binds an EXEC_SQL's parameters to its first statement only.
+    Integers (and bools), text (quotes doubled), blobs (X'hex') and NULL."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):  # bool included
+        return str(int(value))
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ProgrammingError("text literal with a NUL character (the engine reads SQL text up to the first NUL)")
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "X'" + bytes(value).hex() + "'"
+    raise ProgrammingError(f"no SQL literal for {type(value).__name__}")

@@ -13,11 +13,12 @@ handle that names them, asyncio on cowsqlpy's background loop):
 * **Group commit.** Every write (put, delete, txn, lease grant/revoke/keepalive,
   expiry, compaction) is an *op* queued to one committer. The committer takes all
   queued ops as a batch, opens one engine write transaction (``BEGIN
-  IMMEDIATE``), reads the meta row and every key/lease the batch names in one
-  query, evaluates the ops *in order in Python* against that state plus the
-  batch's own earlier changes (each op is all-or-nothing: every check happens
-  before it changes anything), then sends the resulting log rows, lease rows and
-  the new meta row (pipelined) and commits. Each op that changes keys gets the
+  IMMEDIATE``) and reads the meta row and every key/lease the batch names in the
+  same round trip, evaluates the ops *in order in Python* against that state
+  plus the batch's own earlier changes (each op is all-or-nothing: every check
+  happens before it changes anything), then sends the resulting log rows, lease
+  rows, the new meta row and COMMIT as one request (the engine stops it at the
+  first failing statement, so a batch never commits in part). Each op that changes keys gets the
   next revision, in queue order, so revisions stay strictly increasing and
   gap-free; an op whose compare fails or that deletes nothing takes none (as
   etcd). Each op is acknowledged on its own, only after COMMIT returned.
@@ -77,6 +78,7 @@ from cowsqlpy.errors import (
     Error as EngineError,
 )
 from cowsqlpy.retry import RetryPolicy
+from cowsqlpy.sqltext import literal
 
 from ..errors import (
     BackendError,
@@ -117,6 +119,7 @@ MAX_BATCH = 256                 # ops per group commit
 MAX_BATCH_BYTES = 8 << 20       # payload bytes per group commit
 MAX_PARAMS = 250                # the engine takes at most 255 per statement
 MAX_STMT_BYTES = 1 << 20        # payload per multi-row INSERT
+LOG_ROWS_PER_INSERT = 256       # rows per multi-row INSERT
 POLL_INTERVAL = 0.025           # watch poll period when idle (other processes' writes)
 POLL_BUSY = 0.005               # ... and while events keep arriving
 POLL_BUSY_FOR = 1.0             # seconds after the last event
@@ -161,13 +164,6 @@ def _live_kv(r: Sequence[Any], off: int = 0) -> KeyValue:
                     r[off + 5])
 
 
-async def _rows(session: Session, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    out: list[tuple[Any, ...]] = []
-    async for _, rows in session.query_sql(sql, params):
-        out.extend(rows)
-    return out
-
-
 # =============================================================== ops and batches
 @dataclass(eq=False)
 class _Op:
@@ -185,12 +181,16 @@ class _Failed:
         self.exc = exc
 
 
+Query = tuple[str, list[Any]]
+
+
 class _Batch:
     """One attempt at one group commit: the state read inside the engine
     transaction plus the batch's own changes, and the SQL they turn into."""
 
-    def __init__(self, session: Session) -> None:
-        self.s = session
+    s: Session   # the transaction's session (set once BEGIN went out)
+
+    def __init__(self) -> None:
         self.kvs: dict[bytes, KeyValue | None] = {}      # known state (pre-batch or overlay)
         self.changed: set[bytes] = set()                 # keys changed by this batch
         self.bare: set[bytes] = set()                    # loaded without their value
@@ -199,7 +199,7 @@ class _Batch:
         self.lease_upd: dict[int, int] = {}
         self.lease_del: set[int] = set()
         self.log: list[tuple[Any, ...]] = []
-        self.raw: list[tuple[str, list[Any]]] = []
+        self.raw: list[str] = []
         self.meta_dirty = False
         self.promoted = False
         self.compacted_to = 0
@@ -210,7 +210,9 @@ class _Batch:
         self.epoch: str | None = None
 
     # ---------------------------------------------------------------- loading
-    async def load(self, ops: list[_Op]) -> None:
+    def plan(self, ops: list[_Op]) -> list[Query]:
+        """The reads of the state the batch names: the meta row and every key and
+        lease its ops name (the first query goes out together with BEGIN)."""
         keys: set[bytes] = set()
         valued: set[bytes] = set()    # keys whose value an op reads
         leases: set[int] = set()
@@ -231,24 +233,37 @@ class _Batch:
                 leases.add(op.args[0])
             elif op.kind == "expire" and op.args[0] is not None:
                 leases.update(op.args[0])
-        await self._fetch(sorted(valued), sorted(leases), meta=True,
-                          bare=sorted(keys - valued))
+        return self._fetch_sql(sorted(valued), sorted(leases), meta=True,
+                               bare=sorted(keys - valued))
+
+    async def load(self, first: list[tuple[Any, ...]], rest: list[Query]) -> None:
+        """Take in the planned reads: the first one's rows, then the rest."""
+        self._absorb(first)
+        for sql, params in rest:
+            self._absorb(await self.s.query_all(sql, params))
         now = self.now
         if (self.epoch != self.s.address or now - self.reaped_at > LEASE_GAP_MS
                 or now < self.reaped_at - REAPED_AT_EVERY_MS):
             # leader changed, no reaper for a while, or the clock went back: never
             # expire a lease early on this clock (etcd's lease promotion)
-            self.raw.append(("UPDATE kv_lease SET expiry = MAX(expiry, ? + ttl * 1000)", [now]))
+            self.raw.append(f"UPDATE kv_lease SET expiry = MAX(expiry, {int(now)} + ttl * 1000)")
             for st in self.leases.values():
                 if st is not None:
                     st[1] = max(st[1], now + st[0] * 1000)
             self.epoch, self.reaped_at = self.s.address, now
             self.meta_dirty = self.promoted = True
 
-    async def _fetch(self, keys: list[bytes], leases: list[int], meta: bool = False,
-                     bare: Sequence[bytes] = ()) -> None:
-        """Load keys (with values), ``bare`` keys (metadata only: their values are
-        fetched later if an op needs them; keeps the reply small) and leases."""
+    async def _fetch(self, keys: list[bytes], leases: list[int]) -> None:
+        for sql, params in self._fetch_sql(keys, leases):
+            self._absorb(await self.s.query_all(sql, params))
+
+    def _fetch_sql(self, keys: list[bytes], leases: list[int], meta: bool = False,
+                   bare: Sequence[bytes] = ()) -> list[Query]:
+        """Queries that load keys (with values), ``bare`` keys (metadata only: their
+        values are fetched later if an op needs them; keeps the reply small) and
+        leases; each names at most MAX_PARAMS. Marks them all as loaded: a key or
+        lease the rows do not mention is absent."""
+        out: list[Query] = []
         first = meta
         bare = list(bare)
         while first or keys or leases or bare:
@@ -278,20 +293,24 @@ class _Batch:
                 self.kvs.setdefault(k, None)
             for lid in lchunk:
                 self.leases.setdefault(lid, None)
-            for r in await _rows(self.s, " UNION ALL ".join(parts), params):
-                if r[0] == 0:
-                    (self.rev, self.compact_rev, self.next_lease, self.now, self.epoch,
-                     self.reaped_at) = r[2:8]
-                elif r[0] == 1:
-                    kv = _live_kv(r, 1)
-                    self.kvs[kv.key] = kv
-                    self.bare.discard(kv.key)
-                elif r[0] == 3:
-                    key = bytes(r[1])
-                    self.kvs[key] = KeyValue(key, b"", r[3], r[4], r[5], r[6])
-                    self.bare.add(key)
-                else:
-                    self.leases[r[1]] = [r[2], r[3]]
+            out.append((" UNION ALL ".join(parts), params))
+        return out
+
+    def _absorb(self, rows: list[tuple[Any, ...]]) -> None:
+        for r in rows:
+            if r[0] == 0:
+                (self.rev, self.compact_rev, self.next_lease, self.now, self.epoch,
+                 self.reaped_at) = r[2:8]
+            elif r[0] == 1:
+                kv = _live_kv(r, 1)
+                self.kvs[kv.key] = kv
+                self.bare.discard(kv.key)
+            elif r[0] == 3:
+                key = bytes(r[1])
+                self.kvs[key] = KeyValue(key, b"", r[3], r[4], r[5], r[6])
+                self.bare.add(key)
+            else:
+                self.leases[r[1]] = [r[2], r[3]]
 
     async def get(self, key: bytes, value: bool = True) -> KeyValue | None:
         """The key's current state in this batch; ``value=False``: its value may
@@ -324,11 +343,11 @@ class _Batch:
             kv = await self.get(start, value)
             return [] if kv is None else [kv]
         cond, params = _range_sql(start, end)
-        rows = await _rows(self.s, f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE {cond}", params)
+        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE {cond}", params)
         return self._merge(rows, lambda kv: in_range(kv.key, start, end))
 
     async def lease_keys(self, lid: int) -> list[KeyValue]:
-        rows = await _rows(self.s, f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE lease = ?", [lid])
+        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE lease = ?", [lid])
         return self._merge(rows, lambda kv: kv.lease == lid)
 
     # ---------------------------------------------------------------- changes
@@ -481,7 +500,7 @@ class _Batch:
             if self.now - self.reaped_at >= REAPED_AT_EVERY_MS:
                 self.reaped_at = self.now
                 self.meta_dirty = True
-            rows = await _rows(self.s, "SELECT id, ttl, expiry FROM kv_lease WHERE expiry <= ? "
+            rows = await self.s.query_all("SELECT id, ttl, expiry FROM kv_lease WHERE expiry <= ? "
                                f"ORDER BY expiry LIMIT {REAP_LIMIT}", [self.now])
             for lid, ttl, exp in rows:
                 self.leases.setdefault(lid, [ttl, exp])
@@ -503,41 +522,39 @@ class _Batch:
         self.meta_dirty = True
 
     async def op_chunk(self, lo: int, hi: int, target: int) -> None:
-        self.raw += [(sql, [lo, hi, target]) for sql in S.COMPACT_CHUNK]
+        self.raw += [sql.format(lo=int(lo), hi=int(hi), c=int(target)) for sql in S.COMPACT_CHUNK]
 
     # ---------------------------------------------------------------- SQL
-    def statements(self) -> list[tuple[str, list[Any]]]:
-        """The writes of this batch; empty when it changed nothing."""
-        out: list[tuple[str, list[Any]]] = list(self.raw)
-        rows_per = MAX_PARAMS // S.LOG_WIDTH
+    def statements(self) -> list[str]:
+        """The writes of this batch, as SQL with literal values (they go out in
+        one request with the COMMIT, which takes no parameters past its first
+        statement); empty when the batch changed nothing."""
+        out = list(self.raw)
         i = 0
         while i < len(self.log):
-            chunk: list[tuple[Any, ...]] = []
+            rows: list[str] = []
             size = 0
-            while i < len(self.log) and len(chunk) < rows_per and (not chunk or size < MAX_STMT_BYTES):
-                chunk.append(self.log[i])
-                size += len(self.log[i][2]) + len(self.log[i][3])
+            while i < len(self.log) and len(rows) < LOG_ROWS_PER_INSERT and size < MAX_STMT_BYTES:
+                row = self.log[i]
+                rows.append("(" + ",".join(map(literal, row)) + ")")
+                size += len(row[2]) + len(row[3])
                 i += 1
-            out.append((f"INSERT INTO kv_log ({S.LOG_COLUMNS}) VALUES "
-                        + ",".join(["(" + ",".join("?" * S.LOG_WIDTH) + ")"] * len(chunk)),
-                        [v for row in chunk for v in row]))
-        ins = [(lid, ttl, exp) for lid, (ttl, exp) in self.lease_ins.items()
+            out.append(f"INSERT INTO kv_log ({S.LOG_COLUMNS}) VALUES " + ",".join(rows))
+        ins = [f"({lid},{ttl},{exp})" for lid, (ttl, exp) in self.lease_ins.items()
                if lid not in self.lease_del]
-        for j in range(0, len(ins), MAX_PARAMS // 3):
-            part = ins[j:j + MAX_PARAMS // 3]
-            out.append(("INSERT INTO kv_lease (id, ttl, expiry) VALUES "
-                        + ",".join(["(?,?,?)"] * len(part)), [v for r in part for v in r]))
+        for j in range(0, len(ins), LOG_ROWS_PER_INSERT):
+            out.append("INSERT INTO kv_lease (id, ttl, expiry) VALUES "
+                       + ",".join(ins[j:j + LOG_ROWS_PER_INSERT]))
         for lid, exp in self.lease_upd.items():
-            out.append(("UPDATE kv_lease SET expiry = ? WHERE id = ?", [exp, lid]))
-        dels = sorted(self.lease_del)
-        for j in range(0, len(dels), MAX_PARAMS):
-            ids = dels[j:j + MAX_PARAMS]
-            out.append((f"DELETE FROM kv_lease WHERE id IN ({','.join('?' * len(ids))})", ids))
+            out.append(f"UPDATE kv_lease SET expiry = {int(exp)} WHERE id = {int(lid)}")
+        if self.lease_del:
+            ids = ",".join(str(int(lid)) for lid in sorted(self.lease_del))
+            out.append(f"DELETE FROM kv_lease WHERE id IN ({ids})")
         if not out and not self.meta_dirty:
             return []
-        out.append(("UPDATE kv_meta SET revision = ?, compact_revision = ?, next_lease = ?, "
-                    "lease_epoch = ?, reaped_at = ? WHERE id = 1",
-                    [self.rev, self.compact_rev, self.next_lease, self.epoch, self.reaped_at]))
+        out.append(f"UPDATE kv_meta SET revision = {int(self.rev)}, "
+                   f"compact_revision = {int(self.compact_rev)}, next_lease = {int(self.next_lease)}, "
+                   f"lease_epoch = {literal(self.epoch)}, reaped_at = {int(self.reaped_at)} WHERE id = 1")
         return out
 
 
@@ -578,11 +595,11 @@ class CowsqlCore:
     async def _ensure_schema(self) -> None:
         deadline = time.monotonic() + self.policy.deadline
         while True:
-            session = await self._begin()
+            session, _ = await self._begin()
             try:
                 for stmt in S.SCHEMA:
                     await session.exec_sql(stmt)
-                (version,), = await _rows(session, "SELECT schema_version FROM kv_meta")
+                (version,), = await session.query_all("SELECT schema_version FROM kv_meta")
             except BaseException as exc:
                 await self._abandon(session, exc)
                 if isinstance(exc, EngineError) and exc.retry != "never" \
@@ -605,9 +622,12 @@ class CowsqlCore:
     def _map(exc: BaseException) -> BaseException:
         return _kv_error(exc) if isinstance(exc, EngineError) else exc
 
-    async def _begin(self) -> Session:
+    async def _begin(self, read: Query | None = None) -> tuple[Session, list[tuple[Any, ...]]]:
+        """BEGIN IMMEDIATE on the leader, with ``read``'s rows read inside it."""
         try:
-            return await self.db.begin()
+            if read is None:
+                return await self.db.begin(), []
+            return await self.db.begin_reading(*read)
         except EngineError as exc:
             raise _kv_error(exc) from exc
 
@@ -657,17 +677,18 @@ class CowsqlCore:
                     raise OperationTimeout("cowsql: no leader accepted the write within the "
                                            "retry deadline")
                 await asyncio.sleep(self.policy.delay(min(attempt - 1, 6)))
-            session = await self._begin()
+            b = _Batch()
+            first, *rest = b.plan(batch)
+            session, rows = await self._begin(first)   # BEGIN and the state read: one round trip
             try:
-                b = _Batch(session)
-                await b.load(batch)
+                b.s = session
+                await b.load(rows, rest)
                 results = [await b.apply(op) for op in batch]
                 stmts = b.statements()
                 if not stmts:
                     await self.db.rollback(session)   # read-only: nothing to commit
                     self._deliver(batch, results, b)
                     return
-                await self._write(session, stmts)
             except BaseException as exc:
                 await self._abandon(session, exc)
                 if isinstance(exc, (*SESSION_GONE, BusyError)):
@@ -675,7 +696,10 @@ class CowsqlCore:
                     continue   # nothing was applied: evaluate again on the leader
                 raise
             try:
-                await self.db.commit(session)  # resolves a lost reply through its marker
+                # the writes and COMMIT in one request: a failing write stops it, so
+                # no part of the batch can commit alone; a lost reply is resolved
+                # through the driver's commit marker
+                await self.db.commit(session, stmts)
             except OutcomeUnknownError as exc:
                 raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader "
                                      f"could say within the deadline whether it committed ({exc})") from exc
@@ -686,21 +710,6 @@ class CowsqlCore:
                 raise
             self._deliver(batch, results, b)
             return
-
-    @staticmethod
-    async def _write(session: Session, stmts: list[tuple[str, list[Any]]]) -> None:
-        """Run the batch's writes pipelined (the client acknowledges replies at once
-        while more are owed, so the engine's Nagle does not stall them); the first
-        error is raised once every reply has been read."""
-        replies = [session.submit_exec_sql(sql, params) for sql, params in stmts]
-        first: BaseException | None = None
-        for reply in replies:
-            try:
-                await reply
-            except EngineError as exc:
-                first = first or exc
-        if first is not None:
-            raise first
 
     def _deliver(self, batch: list[_Op], results: list[Any], b: _Batch) -> None:
         self.batches += 1

@@ -95,11 +95,11 @@ LIVE_COLUMNS = "key, value, create_rev, mod_rev, version, lease"
 #: (the row whose ``prev_rev`` points at it) has n.rev <= C, so each window
 #: deletes the versions its rows supersede, then its tombstones older than C
 #: (in that order: the tombstones are successors too). Windows from the oldest
-#: row up to C find every superseded version. Params: lo, hi, C.
+#: row up to C find every superseded version. (Formatted with integers.)
 COMPACT_CHUNK = (
     """DELETE FROM kv_log WHERE (rev, key) IN (SELECT prev_rev, key FROM kv_log
-        WHERE rev >= ?1 AND rev < ?2 AND rev <= ?3 AND prev_rev > 0)""",
-    "DELETE FROM kv_log WHERE rev >= ?1 AND rev < ?2 AND rev < ?3 AND deleted",
+        WHERE rev >= {lo} AND rev < {hi} AND rev <= {c} AND prev_rev > 0)""",
+    "DELETE FROM kv_log WHERE rev >= {lo} AND rev < {hi} AND rev < {c} AND deleted",
 )
 
 #: the keys in range as they were at revision R: live keys not changed since R,

@@ -1,0 +1,106 @@
+"""Database transactions as the kvstore's committer uses them: BEGIN with a read in
+the same round trip, and writes sent in one request with COMMIT (never committed in
+part), with SQL literals where the engine binds no parameters."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cowsqlpy
+from cowsqlpy._loop import run_sync
+from cowsqlpy.database import MARKERS, Database
+from cowsqlpy.errors import ProgrammingError
+from cowsqlpy.retry import DEFAULT_POLICY
+from cowsqlpy.sqltext import literal
+from cowsqlpy.store import MemoryNodeStore
+from tests.client.conftest import InProcessCluster
+
+
+def _db(cluster: InProcessCluster, name: str) -> Database:
+    async def make() -> Database:
+        return Database(MemoryNodeStore(cluster.addresses), name, DEFAULT_POLICY, group_commit=False)
+
+    return run_sync(make())
+
+
+def _fetch(cluster: InProcessCluster, name: str, sql: str) -> list[tuple[object, ...]]:
+    conn = cowsqlpy.connect(cluster.addresses, database=name)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.binary(max_size=64),
+                       st.text(max_size=32).filter(lambda s: "\x00" not in s)))
+def test_literal_reads_back_as_the_value(cluster: InProcessCluster, value: object) -> None:
+    conn = cowsqlpy.connect(cluster.addresses, database="literals")
+    try:
+        assert conn.execute(f"SELECT {literal(value)}").fetchone()[0] == value  # type: ignore[arg-type]
+    finally:
+        conn.close()
+
+
+def test_literal_refuses_what_it_cannot_write() -> None:
+    with pytest.raises(ProgrammingError, match="NUL"):
+        literal("a\x00b")
+    with pytest.raises(ProgrammingError, match="float"):
+        literal(1.5)  # type: ignore[arg-type]
+    assert literal(True) == "1" and literal("it's") == "'it''s'" and literal(b"\x00\xff") == "X'00ff'"
+
+
+def test_begin_reading_reads_inside_the_transaction(cluster: InProcessCluster, dbname: str) -> None:
+    db = _db(cluster, dbname)
+
+    async def scenario() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+        session = await db.begin()
+        await session.exec_sql("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        await session.exec_sql("INSERT INTO t VALUES (1, 'a')")
+        await db.commit(session)
+        session, rows = await db.begin_reading("SELECT k, v FROM t WHERE k = ?", (1,))
+        await session.exec_sql("UPDATE t SET v = 'b' WHERE k = 1")
+        await db.commit(session)
+        session, after = await db.begin_reading("SELECT k, v FROM t")
+        await db.rollback(session)
+        await db.close()
+        return rows, after
+
+    rows, after = run_sync(scenario())
+    assert rows == [(1, "a")] and after == [(1, "b")]
+
+
+@pytest.mark.parametrize("failing", [
+    "INSERT INTO t VALUES (1)",              # a constraint error: the transaction stays open
+    "INSERT OR ROLLBACK INTO t VALUES (1)",  # ends the transaction: the rest must not run alone
+])
+def test_commit_with_writes_never_commits_part_of_them(cluster: InProcessCluster, dbname: str, failing: str) -> None:
+    """A write that fails inside the commit request stops it: neither the writes
+    before it, nor those after it, nor the commit marker are committed."""
+    db = _db(cluster, dbname)
+
+    async def failed_commit() -> None:
+        session = await db.begin()
+        await session.exec_sql("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        await session.exec_sql("CREATE TABLE u (k INTEGER PRIMARY KEY)")
+        await session.exec_sql("INSERT INTO t VALUES (1)")
+        await db.commit(session)  # marker 1
+        session = await db.begin()
+        with pytest.raises(cowsqlpy.IntegrityError):  # marker 2
+            await db.commit(session, ["INSERT INTO u VALUES (10)", failing, "INSERT INTO u VALUES (11)"])
+        await db.rollback(session)
+
+    async def next_commit() -> None:
+        session = await db.begin()
+        await db.commit(session, ["INSERT INTO u VALUES (12)", "INSERT INTO u VALUES (13)"])  # marker 3
+        await db.close()
+
+    run_sync(failed_commit())
+    assert _fetch(cluster, dbname, "SELECT count(*) FROM u") == [(0,)]
+    assert _fetch(cluster, dbname, f"SELECT seq FROM {MARKERS}") == [(1,)]
+    run_sync(next_commit())
+    assert _fetch(cluster, dbname, "SELECT k FROM u ORDER BY k") == [(12,), (13,)]
+    assert _fetch(cluster, dbname, "SELECT k FROM t") == [(1,)]
+    assert _fetch(cluster, dbname, f"SELECT seq FROM {MARKERS}") == [(3,)]
