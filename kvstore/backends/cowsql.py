@@ -117,6 +117,8 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
 MAX_BATCH = 256                 # ops per group commit
 MAX_BATCH_BYTES = 8 << 20       # payload bytes per group commit
+GATHER_WAIT = 0.001             # longest wait for a batch to fill up to the recent batch size
+GATHER_MEMORY = 4               # ... the largest of this many recent batches
 MAX_PARAMS = 250                # the engine takes at most 255 per statement
 MAX_STMT_BYTES = 1 << 20        # payload per multi-row INSERT
 LOG_ROWS_PER_INSERT = 256       # rows per multi-row INSERT
@@ -573,6 +575,9 @@ class CowsqlCore:
         self.loop = background_loop()
         self._pending: collections.deque[_Op] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
+        self._recent: collections.deque[int] = collections.deque(maxlen=GATHER_MEMORY)
+        self._expect = 1          # ops a batch should gather (the recent batch size)
+        self._filled: asyncio.Event | None = None
         self._streams: dict[WatchStream, int] = {}
         self._pos: int | None = None
         self._wlock: asyncio.Lock | None = None
@@ -588,6 +593,7 @@ class CowsqlCore:
     async def start(self) -> None:
         self._wlock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._filled = asyncio.Event()
         await self._ensure_schema()
         self._reaper = asyncio.ensure_future(self._reap_loop())
 
@@ -645,18 +651,38 @@ class CowsqlCore:
             raise ClosedError("cowsql: the store is closed")
         op = _Op(kind, args, size)
         self._pending.append(op)
+        if len(self._pending) >= self._expect and self._filled is not None:
+            self._filled.set()
         if self._committer is None or self._committer.done():
             self._committer = asyncio.ensure_future(self._commit_loop())
         return op.future
 
+    async def _gather(self) -> None:
+        """Clients whose ops a batch acknowledged send their next ones a moment
+        later (an HTTP round trip): starting the next batch with the first of
+        them would split every wave of ops in two, halving the batch size.
+        Wait, at most GATHER_WAIT, until as many ops are queued as the recent
+        batches held. A lone client never waits (its batches hold one op)."""
+        if len(self._pending) >= self._expect or self._filled is None:
+            return
+        self._filled.clear()
+        try:
+            async with asyncio.timeout(GATHER_WAIT):
+                await self._filled.wait()
+        except TimeoutError:
+            pass
+
     async def _commit_loop(self) -> None:
         while self._pending:
+            await self._gather()
             batch: list[_Op] = []
             size = 0
             while self._pending and len(batch) < MAX_BATCH and (not batch or size < MAX_BATCH_BYTES):
                 op = self._pending.popleft()
                 batch.append(op)
                 size += op.size
+            self._recent.append(len(batch))
+            self._expect = max(self._recent)
             try:
                 await self._run_batch(batch)
             except BaseException as exc:

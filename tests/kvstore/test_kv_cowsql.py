@@ -59,6 +59,26 @@ def test_group_commit_coalesces_with_gap_free_revisions(kv):
         assert kv.get_kv(b"g/%d" % i).version == 1
 
 
+def test_group_commit_keeps_waves_of_ops_together(kv, monkeypatch):
+    """Clients that send their next op a moment after the last one was acknowledged
+    (as HTTP clients do) come back one by one; the committer waits for the wave
+    instead of committing its first op alone, so each wave is one batch."""
+    monkeypatch.setattr(kvstore.backends.cowsql, "GATHER_WAIT", 0.5)  # the mechanism, not the timing
+    core, clients, rounds = kv.core, 8, 12
+
+    async def client(i: int) -> None:
+        for r in range(rounds):
+            await core.put(b"wave/%d" % i, b"%d" % r)
+            for _ in range(i + 1):   # a round trip: clients come back at different times
+                await asyncio.sleep(0)
+
+    b0, o0 = core.batches, core.batched_ops
+    assert _gather(kv, [client(i) for i in range(clients)]) == [None] * clients
+    waves = core.batches - b0
+    assert core.batched_ops - o0 >= clients * rounds
+    assert waves <= rounds + 2, f"{waves} batches for {rounds} waves"  # + lease reaper passes
+
+
 def test_failed_ops_inside_a_batch_take_no_revision_and_touch_nothing(kv):
     base = kv.revision()
     ops = []
