@@ -12,6 +12,7 @@ the same coroutines on the background loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple
@@ -32,6 +33,9 @@ from .wire import WireConnection
 
 log = logging.getLogger("cowsqlpy.client")
 
+#: statements a session keeps prepared for `cached_statement` (and texts it remembers)
+STATEMENT_CACHE_SIZE = 64
+
 
 class NodeMetadata(NamedTuple):
     failure_domain: int
@@ -49,6 +53,13 @@ class Session:
     Statement ids are tracked here: an id is finalized at most once and
     forgotten at once, because the engine reuses freed slots and finalizing a
     stale id crashes 1.11.1.
+
+    `cached_statement` keeps the queries a session runs again and again
+    prepared: running one by id skips the engine's SQL compile, about 40 % of a
+    point read's round trip. Only for SQL with fixed result columns: after a
+    schema change (even by another connection) 1.11.1 answers a prepared
+    statement's next run with the columns it had before (``SELECT *`` then
+    silently drops a new column), and only re-prepares it while running it.
     """
 
     def __init__(self, conn: WireConnection, policy: RetryPolicy = DEFAULT_POLICY) -> None:
@@ -57,6 +68,8 @@ class Session:
         self.database: str | None = None
         self.db_id = 0
         self._statements: set[int] = set()
+        self._cache: collections.OrderedDict[str, PreparedStatement] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     @classmethod
     async def connect(cls, address: str, policy: RetryPolicy = DEFAULT_POLICY) -> Session:
@@ -100,10 +113,12 @@ class Session:
         """Stream (columns, rows) batches of the first statement's result."""
         return self.conn.query(protocol.QUERY_SQL, self.db_id, sql, params, timeout=self.policy.attempt_timeout)
 
-    async def query_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Every row of the first statement's result."""
+    async def query_all(self, sql: str, params: Sequence[Any] = (), *, prepared: bool = False) -> list[tuple[Any, ...]]:
+        """Every row of the first statement's result; `prepared`: through
+        `cached_statement` (only for SQL whose columns a schema change cannot alter)."""
+        stmt = await self.cached_statement(sql) if prepared else None
         out: list[tuple[Any, ...]] = []
-        async for _, rows in self.query_sql(sql, params):
+        async for _, rows in self.query_sql(sql, params) if stmt is None else self.query(stmt, params):
             out.extend(rows)
         return out
 
@@ -121,6 +136,27 @@ class Session:
         self._check_statement(stmt)
         return self.conn.query(protocol.QUERY, self.db_id, stmt.id, params, timeout=self.policy.attempt_timeout)
 
+    async def cached_statement(self, sql: str) -> PreparedStatement | None:
+        """The prepared statement for a query text this session ran before; None
+        the first time a text is seen (run it with `query_sql`), so text used
+        once costs no PREPARE. Least recently used statements beyond
+        STATEMENT_CACHE_SIZE are finalized."""
+        stmt = self._cache.get(sql)
+        if stmt is not None:
+            self._cache.move_to_end(sql)
+            return stmt
+        if sql not in self._seen:
+            self._seen[sql] = None
+            if len(self._seen) > STATEMENT_CACHE_SIZE:
+                self._seen.popitem(last=False)
+            return None
+        if len(self._cache) >= STATEMENT_CACHE_SIZE:
+            _, old = self._cache.popitem(last=False)
+            await self.finalize(old)
+        stmt = await self.prepare(sql)
+        self._cache[sql] = stmt
+        return stmt
+
     async def finalize(self, stmt: PreparedStatement) -> None:
         self._check_statement(stmt)
         self._statements.discard(stmt.id)  # forget first: never sent twice, even on error
@@ -132,6 +168,7 @@ class Session:
 
     def close(self) -> None:
         self._statements.clear()
+        self._cache.clear()
         self.conn.close()
 
 

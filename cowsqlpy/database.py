@@ -171,12 +171,18 @@ class Database:
 
     # -- reads ------------------------------------------------------------------
 
-    async def query(self, sql: str, params: Sequence[Any]) -> ResultStream:
+    async def query(self, sql: str, params: Sequence[Any], *, prepared: bool = False) -> ResultStream:
         """Start a query outside any transaction; retried until its first batch arrives."""
 
         async def attempt() -> ResultStream:
             session = await self.acquire()
-            stream = ResultStream(session.query_sql(sql, params), session, self)
+            try:
+                stmt = await session.cached_statement(sql) if prepared else None
+            except BaseException as exc:
+                self.release(session, exc)
+                raise
+            rows = session.query_sql(sql, params) if stmt is None else session.query(stmt, params)
+            stream = ResultStream(rows, session, self)
             try:
                 await stream.start()
             except BaseException as exc:
@@ -446,12 +452,16 @@ class Database:
         session, _ = await self._begin(sql, None)
         return session
 
-    async def begin_reading(self, query: str, params: Sequence[Any] = ()) -> tuple[Session, list[tuple[Any, ...]]]:
+    async def begin_reading(
+        self, query: str, params: Sequence[Any] = (), *, prepared: bool = False
+    ) -> tuple[Session, list[tuple[Any, ...]]]:
         """`begin` with `query` sent right behind BEGIN IMMEDIATE (one round trip):
-        its rows are read inside the new transaction."""
-        return await self._begin(BEGIN, (query, params))
+        its rows are read inside the new transaction. `prepared`: see `Session.query_all`."""
+        return await self._begin(BEGIN, (query, params), prepared)
 
-    async def _begin(self, sql: str, read: tuple[str, Sequence[Any]] | None) -> tuple[Session, list[tuple[Any, ...]]]:
+    async def _begin(
+        self, sql: str, read: tuple[str, Sequence[Any]] | None, prepared: bool = False
+    ) -> tuple[Session, list[tuple[Any, ...]]]:
         await self.write_lock.acquire()
         try:
 
@@ -463,7 +473,7 @@ class Database:
                         await session.exec_sql(sql)
                         return session, []
                     begun = session.submit_exec_sql(sql)
-                    reading = asyncio.ensure_future(session.query_all(*read))  # sent before BEGIN's reply
+                    reading = asyncio.ensure_future(session.query_all(*read, prepared=prepared))  # sent before BEGIN's reply
                     try:
                         await begun
                     except BaseException:

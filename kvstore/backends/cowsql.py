@@ -242,7 +242,7 @@ class _Batch:
         """Take in the planned reads: the first one's rows, then the rest."""
         self._absorb(first)
         for sql, params in rest:
-            self._absorb(await self.s.query_all(sql, params))
+            self._absorb(await self.s.query_all(sql, params, prepared=True))
         now = self.now
         if (self.epoch != self.s.address or now - self.reaped_at > LEASE_GAP_MS
                 or now < self.reaped_at - REAPED_AT_EVERY_MS):
@@ -257,7 +257,7 @@ class _Batch:
 
     async def _fetch(self, keys: list[bytes], leases: list[int]) -> None:
         for sql, params in self._fetch_sql(keys, leases):
-            self._absorb(await self.s.query_all(sql, params))
+            self._absorb(await self.s.query_all(sql, params, prepared=True))
 
     def _fetch_sql(self, keys: list[bytes], leases: list[int], meta: bool = False,
                    bare: Sequence[bytes] = ()) -> list[Query]:
@@ -345,11 +345,13 @@ class _Batch:
             kv = await self.get(start, value)
             return [] if kv is None else [kv]
         cond, params = _range_sql(start, end)
-        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE {cond}", params)
+        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE {cond}", params,
+                                      prepared=True)
         return self._merge(rows, lambda kv: in_range(kv.key, start, end))
 
     async def lease_keys(self, lid: int) -> list[KeyValue]:
-        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE lease = ?", [lid])
+        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE lease = ?", [lid],
+                                      prepared=True)
         return self._merge(rows, lambda kv: kv.lease == lid)
 
     # ---------------------------------------------------------------- changes
@@ -503,7 +505,8 @@ class _Batch:
                 self.reaped_at = self.now
                 self.meta_dirty = True
             rows = await self.s.query_all("SELECT id, ttl, expiry FROM kv_lease WHERE expiry <= ? "
-                               f"ORDER BY expiry LIMIT {REAP_LIMIT}", [self.now])
+                                          f"ORDER BY expiry LIMIT {REAP_LIMIT}", [self.now],
+                                          prepared=True)
             for lid, ttl, exp in rows:
                 self.leases.setdefault(lid, [ttl, exp])
             ids = [r[0] for r in rows]
@@ -633,7 +636,7 @@ class CowsqlCore:
         try:
             if read is None:
                 return await self.db.begin(), []
-            return await self.db.begin_reading(*read)
+            return await self.db.begin_reading(*read, prepared=True)
         except EngineError as exc:
             raise _kv_error(exc) from exc
 
@@ -798,7 +801,7 @@ class CowsqlCore:
         deadline = time.monotonic() + self.policy.deadline
         while True:
             try:
-                stream = await self.db.query(sql, params)
+                stream = await self.db.query(sql, params, prepared=True)
                 out: list[tuple[Any, ...]] = []
                 while (batch := await stream.next_batch()) is not None:
                     out.extend(batch)
@@ -821,12 +824,12 @@ class CowsqlCore:
             sql = (f"{S.META_SELECT} UNION ALL SELECT 2, NULL, count(*), 0, 0, 0, 0, 0 "
                    f"FROM kv_live WHERE {cond}")
         else:
-            lim = f" LIMIT {int(limit)}" if limit else ""
+            lim = " LIMIT ?" if limit else ""   # a parameter: one statement text to prepare
             sql = (f"{S.META_SELECT} UNION ALL SELECT * FROM (SELECT 1, key, {val}, create_rev, "
                    f"mod_rev, version, lease, 0 FROM kv_live WHERE {cond} ORDER BY key{lim})")
             if limit:
                 sql += f" UNION ALL SELECT 2, NULL, count(*), 0, 0, 0, 0, 0 FROM kv_live WHERE {cond}"
-                params = params + params
+                params = [*params, int(limit), *params]
         rows = await self._query(sql, params)
         kvs: list[KeyValue] = []
         count = -1

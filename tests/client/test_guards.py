@@ -15,7 +15,7 @@ import pytest
 import cowsqlpy
 from cowsqlpy import protocol
 from cowsqlpy._loop import run_sync
-from cowsqlpy.client import Session
+from cowsqlpy.client import STATEMENT_CACHE_SIZE, Session
 
 ChildNode = tuple[str, "subprocess.Popen[str]"]
 
@@ -83,6 +83,32 @@ def test_statement_is_never_finalized_twice(child_node: ChildNode) -> None:
                 async for _ in session.query(first):
                     pass
             await session.finalize(second)
+        finally:
+            session.close()
+
+    run_sync(scenario())
+    assert_still_serving(address, proc)
+
+
+def test_statement_cache_finalizes_what_it_evicts_once(child_node: ChildNode) -> None:
+    """Repeated query texts are prepared and kept per session; beyond the cache size
+    the least recently used are finalized (once each: ids are then reused by the
+    engine), interleaved with statements the caller prepared and finalized itself."""
+    address, proc = child_node
+
+    async def scenario() -> None:
+        session = await Session.connect(address)
+        try:
+            await session.open("guard")
+            mine = await session.prepare("SELECT 'mine'")
+            for i in range(3 * STATEMENT_CACHE_SIZE):
+                for _ in range(3):
+                    assert await session.query_all(f"SELECT {i}") == [(i,)]
+                if i % 50 == 0:
+                    await session.finalize(mine)
+                    mine = await session.prepare("SELECT 'mine'")
+            assert len(session._statements) <= STATEMENT_CACHE_SIZE + 1
+            assert await session.query_all("SELECT 1 + 1") == [(2,)]
         finally:
             session.close()
 
