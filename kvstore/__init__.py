@@ -39,6 +39,7 @@ from .errors import (
     UnsupportedScheme,
     ValueTooLarge,
     VersionMismatch,
+    WatchOverflow,
 )
 from .recipes import Lock, TempKey, WatchHandle
 from .types import (
@@ -96,4 +97,5 @@ __all__ = [
     "UnsupportedScheme", "BackendUnavailable", "ConfigurationError", "RevisionError",
     "CompactedError", "FutureRevisionError", "LeaseNotFound", "KeyExists", "VersionMismatch",
     "LockTimeout", "OperationTimeout", "RetriesExhausted", "ClosedError", "BackendError",
+    "WatchOverflow",
 ]

@@ -68,6 +68,18 @@ class CompactedError(RevisionError):
         self.compact_revision = compact_revision
 
 
+class WatchOverflow(KVError):
+    """A watch stream's reader fell behind: more events were waiting than the
+    stream buffers (:data:`kvstore.watch.MAX_BUFFERED_EVENTS` events or
+    :data:`kvstore.watch.MAX_BUFFERED_BYTES`). The events before the overflow
+    were delivered, whole revisions; resume with a new watch from the stream's
+    ``next_revision`` (history permitting)."""
+
+    def __init__(self, message: str, next_revision: int) -> None:
+        super().__init__(message)
+        self.next_revision = next_revision
+
+
 class FutureRevisionError(RevisionError):
     """The requested revision is newer than the store's current revision."""
 

@@ -14,8 +14,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .errors import ClosedError, KVError
+from .errors import ClosedError, KVError, WatchOverflow
 from .types import Event, in_range
+
+#: events, and bytes of keys and values, a stream holds for a reader that is
+#: behind; beyond either the stream fails with WatchOverflow (memory stays bounded)
+MAX_BUFFERED_EVENTS = 100_000
+MAX_BUFFERED_BYTES = 64 << 20
+
+
+def _size(e: Event) -> int:
+    return len(e.kv.key) + len(e.kv.value) + (len(e.prev_kv.value) if e.prev_kv else 0)
 
 
 class WatchStream:
@@ -36,18 +45,33 @@ class WatchStream:
         self._cond = threading.Condition()
         self._closed = False
         self._error: BaseException | None = None
+        self._bytes = 0
         #: Revision of the next event this stream can deliver (resume point).
         self.next_revision = 0
 
     # backend side
     def _push(self, events: list[Event]) -> None:
         with self._cond:
-            if self._closed:
+            if self._closed or self._error is not None:
                 return
             for e in events:
-                if in_range(e.kv.key, self.start, self.end):
-                    self._q.append(e)
+                if not in_range(e.kv.key, self.start, self.end):
+                    continue
+                if len(self._q) >= MAX_BUFFERED_EVENTS or self._bytes + _size(e) > MAX_BUFFERED_BYTES:
+                    self._overflow(e.revision)
+                    break
+                self._q.append(e)
+                self._bytes += _size(e)
             self._cond.notify_all()
+
+    def _overflow(self, revision: int) -> None:
+        """Drop the part of ``revision`` already queued (revisions stay whole) and
+        fail the stream after the events before it."""
+        while self._q and self._q[-1].revision == revision:
+            self._bytes -= _size(self._q.pop())
+        self._error = WatchOverflow(
+            f"watch reader fell behind: over {MAX_BUFFERED_EVENTS} events or "
+            f"{MAX_BUFFERED_BYTES >> 20} MiB waiting; resume from revision {revision}", revision)
 
     def _fail(self, exc: BaseException) -> None:
         with self._cond:
@@ -73,6 +97,7 @@ class WatchStream:
             while True:
                 if self._q:
                     e = self._q.popleft()
+                    self._bytes -= _size(e)
                     self.next_revision = e.revision + 1 if not self._q or \
                         self._q[0].revision != e.revision else e.revision
                     return e

@@ -100,3 +100,31 @@ def test_watch_callback_stops_on_false_and_on_delete(env):
     assert dels == [(k, None, EventType.DELETE, None)]
     with pytest.raises(kvstore.InvalidArgument):
         env.kv.watch_callback(k, 7, lambda *a: True)
+
+
+@pytest.mark.parametrize("limit", ["events", "bytes"])
+def test_a_reader_that_falls_behind_gets_an_overflow_and_resumes(env, monkeypatch, limit):
+    """A stream buffers a bounded number of events and bytes: past either, the
+    reader gets the whole revisions before the overflow, then WatchOverflow
+    naming the revision to resume from, and a new watch from there misses nothing."""
+    p = env.k("of/")
+    if limit == "events":
+        monkeypatch.setattr(kvstore.watch, "MAX_BUFFERED_EVENTS", 5)
+    else:   # room for five of these events (key + value bytes)
+        monkeypatch.setattr(kvstore.watch, "MAX_BUFFERED_BYTES", 5 * (len(p) + 2 + 1))
+    revs = []
+    with env.kv.watch_prefix(p, start_revision=env.kv.revision() + 1) as w:
+        for r in range(3):   # three revisions of three events each, nobody reading
+            revs.append(env.other.txn(success=[kvstore.Put(p + b"%d%d" % (r, i), b"x")
+                                               for i in range(3)]).revision)
+        wait_until(lambda: w._error is not None, timeout=30, what="the overflow")
+        got = [w.get(timeout=5) for _ in range(3)]
+        assert [e.revision for e in got] == [revs[0]] * 3
+        with pytest.raises(kvstore.WatchOverflow) as info:
+            w.get(timeout=5)
+    assert info.value.next_revision == revs[1] == w.next_revision
+    monkeypatch.undo()   # the backlog of the resumed watch is 6 events
+    with env.kv.watch_prefix(p, start_revision=w.next_revision) as again:
+        rest = [again.get(timeout=30) for _ in range(6)]
+    assert [e.revision for e in rest] == [revs[1]] * 3 + [revs[2]] * 3
+    assert [e.key for e in rest] == [p + b"%d%d" % (r, i) for r in (1, 2) for i in range(3)]
