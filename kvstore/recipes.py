@@ -25,6 +25,7 @@ from .errors import (
     LeaseNotFound,
     LockTimeout,
     RetriesExhausted,
+    WatchOverflow,
 )
 from .types import (
     CreateRevision,
@@ -234,12 +235,31 @@ class WatchHandle:
         self.callback, self.userdata = callback, userdata
         self._stream = kv.watch_key(key)
         self._thread = threading.Thread(target=self._run, name="kvstore-watch-cb", daemon=True)
+        self._cancelled = False
         self.done = threading.Event()
 
     def start(self) -> None:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            while not self._follow():
+                # a slow callback let the stream overflow: carry on from where it stopped
+                resume = self._stream.next_revision
+                self._stream.cancel()
+                if self._cancelled:
+                    break
+                self._stream = self.kv.watch_key(self.key, start_revision=resume)
+                if self._cancelled:   # cancel() ran while the old stream was replaced
+                    self._stream.cancel()
+        except KVError:
+            log.warning("watch on %r ended with an error", self.key, exc_info=True)
+        finally:
+            self._stream.cancel()
+            self.done.set()
+
+    def _follow(self) -> bool:
+        """Run callbacks for the stream's events; False if it overflowed."""
         try:
             for ev in self._stream:
                 if self.op is None or ev.type is self.op:
@@ -249,16 +269,15 @@ class WatchHandle:
                         log.exception("watch callback for %r raised; stopping it", self.key)
                         keep = False
                     if keep is False:
-                        break
+                        return True
                 if ev.type is EventType.DELETE:
-                    break
-        except KVError:
-            log.warning("watch on %r ended with an error", self.key, exc_info=True)
-        finally:
-            self._stream.cancel()
-            self.done.set()
+                    return True
+        except WatchOverflow:
+            return False
+        return True
 
     def cancel(self) -> None:
+        self._cancelled = True
         self._stream.cancel()
         if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join(timeout=5.0)

@@ -128,3 +128,26 @@ def test_a_reader_that_falls_behind_gets_an_overflow_and_resumes(env, monkeypatc
         rest = [again.get(timeout=30) for _ in range(6)]
     assert [e.revision for e in rest] == [revs[1]] * 3 + [revs[2]] * 3
     assert [e.key for e in rest] == [p + b"%d%d" % (r, i) for r in (1, 2) for i in range(3)]
+
+
+def test_a_slow_callback_misses_nothing_when_its_stream_overflows(env, monkeypatch):
+    monkeypatch.setattr(kvstore.watch, "MAX_BUFFERED_EVENTS", 3)
+    k = env.k("slowcb")
+    gate, seen = threading.Event(), []
+
+    def callback(key, value, op, userdata):
+        gate.wait(30)
+        seen.append(value)
+        return True
+
+    h = env.kv.watch_callback(k, EventType.PUT, callback)   # its stream is registered now
+    try:
+        env.other.put(k, b"first")   # the callback holds this one until the gate opens
+        values = [b"v%d" % i for i in range(10)]
+        for v in values:
+            env.other.put(k, v)
+        gate.set()
+        wait_until(lambda: seen[-1:] == [values[-1]], timeout=30, what="every change")
+        assert [v for v in seen if v != b"first"] == values
+    finally:
+        env.kv.cancel(h)
