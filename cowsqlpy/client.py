@@ -68,6 +68,7 @@ class Session:
         self.database: str | None = None
         self.db_id = 0
         self._statements: set[int] = set()
+        self.idle_since = 0.0  # when a pool last took it back (time.monotonic)
         self._cache: collections.OrderedDict[str, PreparedStatement] = collections.OrderedDict()
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 

@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import protocol
 from .client import LeaderTracker, Session
 from .errors import (
     BusyError,
@@ -48,6 +49,11 @@ from .store import NodeStore
 log = logging.getLogger("cowsqlpy.database")
 
 MAX_IDLE_SESSIONS = 32
+# A pooled session idle longer than this is asked who leads before it is reused:
+# its node may have been frozen (SIGSTOP, a stalled VM) or deposed meanwhile, and a
+# request to a frozen node would wait the whole attempt timeout.
+IDLE_CHECK_AFTER = 1.0
+IDLE_CHECK_TIMEOUT = 1.0
 MAX_BATCH = 512  # statements per group commit
 PIPELINE_WINDOW = 256  # EXEC requests in flight during executemany
 
@@ -131,8 +137,13 @@ class Database:
         """A session to the leader with this database open (retried across leader changes)."""
         while self._idle:
             session = self._idle.pop()
-            if not session.closed:
-                return session
+            if session.closed:
+                continue
+            if time.monotonic() - session.idle_since > IDLE_CHECK_AFTER and not await self._still_leader(session):
+                session.close()
+                self._drop_idle()  # its siblings point at the same node
+                break
+            return session
 
         async def attempt() -> Session:
             session = Session(await self.tracker.connect(), self.policy)
@@ -153,9 +164,20 @@ class Database:
                 self._drop_idle()
             return
         if len(self._idle) < MAX_IDLE_SESSIONS:
+            session.idle_since = time.monotonic()
             self._idle.append(session)
         else:
             session.close()
+
+    @staticmethod
+    async def _still_leader(session: Session) -> bool:
+        """Does the session's node answer, quickly, that it leads?"""
+        try:
+            async with asyncio.timeout(IDLE_CHECK_TIMEOUT):
+                _, leader = await session.call(protocol.LEADER)
+        except (Error, TimeoutError):
+            return False
+        return bool(leader == session.address)
 
     async def _forget_leader(self) -> None:
         self._drop_idle()

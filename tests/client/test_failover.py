@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,44 @@ def test_commit_with_lost_reply(tmp_path: Path, one_shot: bool) -> None:
         conn.close()
         proxy.close()
         node.close()
+
+
+def test_a_frozen_leader_does_not_stall_the_next_request(tmp_path: Path) -> None:
+    """SIGSTOP of the leader while the pool holds idle sessions to it: the next
+    statement asks the pooled session's node who leads (a short check on
+    sessions idle for over a second), drops it, and runs on the new leader
+    instead of waiting out the attempt timeout (a minute here)."""
+    from cowsqlpy.database import IDLE_CHECK_AFTER
+    from cowsqlpy.retry import RetryPolicy
+    from cowsqlpy.testing import Cluster
+
+    with Cluster(3, processes=True, base_dir=tmp_path) as cluster:
+        policy = RetryPolicy(attempt_timeout=60.0, deadline=120.0)
+        conn = cowsqlpy.connect(cluster.addresses, database="frozen", autocommit=True, policy=policy)
+        try:
+            conn.execute("CREATE TABLE t (n INTEGER)")
+            conn.execute("INSERT INTO t VALUES (1)")
+            old = cluster.leader_index()
+            assert old is not None
+            cluster.pause(old)
+            new = cluster.wait_leader(timeout=30, exclude=old)
+            time.sleep(IDLE_CHECK_AFTER * 1.5)   # the pooled sessions are now "idle"
+            done = threading.Event()
+            errors: list[BaseException] = []
+
+            def write() -> None:
+                try:
+                    conn.execute("INSERT INTO t VALUES (2)")
+                except BaseException as exc:  # noqa: BLE001 - asserted below
+                    errors.append(exc)
+                done.set()
+
+            threading.Thread(target=write, daemon=True).start()
+            # far below the 60 s a request to the frozen node would wait
+            assert done.wait(30), "the statement waited on the frozen leader"
+            assert not errors, errors
+            assert cluster.leader_index() == new
+            cluster.resume(old)
+            assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,)]
+        finally:
+            conn.close()
