@@ -503,9 +503,13 @@ class Database:
                         if not reading.cancelled():
                             reading.exception()
                         raise
-                    return session, await reading
                 except BaseException as exc:
                     self.release(session, exc)
+                    raise
+                try:
+                    return session, await reading
+                except BaseException as exc:  # the transaction is open: roll it back first
+                    await self._abandon(session, exc)
                     raise
 
             return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="begin")

@@ -5,6 +5,8 @@ run as prepared statements."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -143,3 +145,22 @@ def test_prepared_statements_lag_a_schema_change_so_user_queries_are_not_cached(
     seen, stale = run_sync(scenario())
     assert seen == [[(1,)]] * 3 + [[(1, "x")]]
     assert stale == [(1,)]  # the engine's lag (if this fails, 1.x fixed it: see Session)
+
+
+def test_begin_reading_whose_query_fails_leaves_no_transaction_behind(cluster: InProcessCluster, dbname: str) -> None:
+    """BEGIN went through but the query failed: the transaction is rolled back
+    and the write lock freed before the session goes back to the pool."""
+    db = _db(cluster, dbname)
+
+    async def scenario() -> list[tuple[object, ...]]:
+        with pytest.raises(cowsqlpy.OperationalError, match="no such table"):
+            await db.begin_reading("SELECT * FROM missing")
+        session = await asyncio.wait_for(db.begin(), 30)  # the lock is free, the session clean
+        await session.exec_sql("CREATE TABLE t (n INTEGER)")
+        await session.exec_sql("INSERT INTO t VALUES (7)")
+        await db.commit(session)
+        rows = await _all(db, "SELECT n FROM t")
+        await db.close()
+        return rows
+
+    assert run_sync(scenario()) == [(7,)]
