@@ -18,10 +18,12 @@ handle that names them, asyncio on cowsqlpy's background loop):
   plus the batch's own earlier changes (each op is all-or-nothing: every check
   happens before it changes anything), then sends the resulting log rows, lease
   rows, the new meta row and COMMIT as one request (the engine stops it at the
-  first failing statement, so a batch never commits in part). Each op that changes keys gets the
-  next revision, in queue order, so revisions stay strictly increasing and
-  gap-free; an op whose compare fails or that deletes nothing takes none (as
-  etcd). Each op is acknowledged on its own, only after COMMIT returned.
+  first failing statement, so a batch never commits in part). Each op that
+  changes keys gets the next revision, in queue order, so revisions stay
+  strictly increasing and gap-free; an op whose compare fails or that deletes
+  nothing takes none (as etcd). Each op is acknowledged on its own, only after
+  COMMIT returned. The committer waits up to GATHER_WAIT for a wave of returning
+  clients (see ``_gather``); reads the backend repeats run as prepared statements.
 * **Failures.** Not-leader, lost connection or BUSY before COMMIT: nothing was
   applied; the batch is re-read and re-evaluated on the (new) leader. Leadership
   or connection lost *during* COMMIT: the driver's commit marker resolves it on
@@ -121,7 +123,7 @@ GATHER_WAIT = 0.001             # longest wait for a batch to fill up to the rec
 GATHER_MEMORY = 4               # ... the largest of this many recent batches
 MAX_PARAMS = 250                # the engine takes at most 255 per statement
 MAX_STMT_BYTES = 1 << 20        # payload per multi-row INSERT
-LOG_ROWS_PER_INSERT = 256       # rows per multi-row INSERT
+ROWS_PER_INSERT = 256       # rows per multi-row INSERT
 POLL_INTERVAL = 0.025           # watch poll period when idle (other processes' writes)
 POLL_BUSY = 0.005               # ... and while events keep arriving
 POLL_BUSY_FOR = 1.0             # seconds after the last event
@@ -539,7 +541,7 @@ class _Batch:
         while i < len(self.log):
             rows: list[str] = []
             size = 0
-            while i < len(self.log) and len(rows) < LOG_ROWS_PER_INSERT and size < MAX_STMT_BYTES:
+            while i < len(self.log) and len(rows) < ROWS_PER_INSERT and size < MAX_STMT_BYTES:
                 row = self.log[i]
                 rows.append("(" + ",".join(map(literal, row)) + ")")
                 size += len(row[2]) + len(row[3])
@@ -547,9 +549,9 @@ class _Batch:
             out.append(f"INSERT INTO kv_log ({S.LOG_COLUMNS}) VALUES " + ",".join(rows))
         ins = [f"({lid},{ttl},{exp})" for lid, (ttl, exp) in self.lease_ins.items()
                if lid not in self.lease_del]
-        for j in range(0, len(ins), LOG_ROWS_PER_INSERT):
+        for j in range(0, len(ins), ROWS_PER_INSERT):
             out.append("INSERT INTO kv_lease (id, ttl, expiry) VALUES "
-                       + ",".join(ins[j:j + LOG_ROWS_PER_INSERT]))
+                       + ",".join(ins[j:j + ROWS_PER_INSERT]))
         for lid, exp in self.lease_upd.items():
             out.append(f"UPDATE kv_lease SET expiry = {int(exp)} WHERE id = {int(lid)}")
         if self.lease_del:

@@ -83,7 +83,6 @@ SCHEMA = [
 ]
 
 LOG_COLUMNS = "rev, sub, key, value, create_rev, version, lease, deleted, prev_rev"
-LOG_WIDTH = 9
 
 #: meta row first (kind 0), then the rows asked for; one statement = one snapshot
 META_SELECT = (f"SELECT 0, NULL, revision, compact_revision, next_lease, {NOW_MS}, "
