@@ -86,8 +86,10 @@ def open(url: str) -> KV:  # noqa: A001 - the package's entry point, like io.ope
     return _open_url(url)
 
 
+from .aio import AsyncKV, AsyncWatchStream, open_async  # noqa: E402 - needs `open` above
+
 __all__ = [
-    "open", "register", "BACKENDS", "KV", "DEFAULT_SESSION_TTL",
+    "open", "open_async", "AsyncKV", "AsyncWatchStream", "register", "BACKENDS", "KV", "DEFAULT_SESSION_TTL",
     "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "MAX_TXN_OPS", "MAX_TXN_BYTES",
     "KeyValue", "Event", "EventType", "Lease", "LeaseInfo", "RangeResult", "PutResult",
     "DeleteResult", "TxnResult", "Compare", "CompareTarget", "Value", "Version",

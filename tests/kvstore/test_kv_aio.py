@@ -1,0 +1,108 @@
+"""Contract: the async form of the API (kvstore.aio) on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import kvstore
+from kvstore import AsyncKV, EventType, Put, Value
+
+
+def test_async_calls_give_the_blocking_results(env):
+    kv = AsyncKV(env.kv)
+    k = env.k("a")
+
+    async def scenario() -> None:
+        r = await kv.put(k, b"1")
+        assert await kv.get(k) == b"1" == env.other.get(k)
+        assert (await kv.get_kv(k)).mod_revision == r.revision
+        assert await kv.get(k, revision=r.revision) == b"1"
+        t = await kv.txn([Value(k) == b"1"], [Put(k, b"2")], [])
+        assert t.succeeded and env.other.get(k) == b"2"
+        assert not await kv.tas(k, b"1", b"3")
+        seq = await kv.create(env.k("s-"), b"x", sequence=True)
+        assert seq.startswith(env.k("s-")) and env.other.get(seq) == b"x"
+        assert [x.key for x in (await kv.get_prefix(env.ns)).kvs] == sorted([k, seq])
+        lease = await kv.grant(30)
+        assert (await kv.ttl(lease)).granted_ttl == 30
+        await kv.revoke(lease)
+        with pytest.raises(kvstore.LeaseNotFound):
+            await kv.keepalive(lease)
+        assert await kv.delete(k) and await kv.get(k) is None
+        assert await kv.revision() == env.other.revision()
+
+    asyncio.run(scenario())
+
+
+def test_async_watch_waits_without_blocking_the_loop(env):
+    kv, other = AsyncKV(env.kv), AsyncKV(env.other)
+    p = env.k("w/")
+
+    async def scenario() -> tuple[list[tuple[EventType, bytes]], int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async def writer() -> None:
+            await asyncio.sleep(0.2)
+            for i in range(3):
+                await other.put(p + b"%d" % i, b"v")
+            await other.delete(p + b"0")
+
+        seen: list[tuple[EventType, bytes]] = []
+        tick_task = asyncio.ensure_future(ticker())
+        async with kv.watch_prefix(p) as events:
+            write_task = asyncio.ensure_future(writer())
+            async for ev in events:
+                seen.append((ev.type, ev.key))
+                if len(seen) == 4:
+                    break
+            await write_task
+        ticked = ticks
+        tick_task.cancel()
+        return seen, ticked
+
+    seen, ticks = asyncio.run(scenario())
+    assert seen == [(EventType.PUT, p + b"0"), (EventType.PUT, p + b"1"), (EventType.PUT, p + b"2"),
+                    (EventType.DELETE, p + b"0")]
+    assert ticks > 0   # the loop ran other tasks while the watch waited
+
+
+def test_async_lock_excludes_across_handles(env):
+    handles = [AsyncKV(env.kv), AsyncKV(env.fresh())]
+    name = env.k("lock")
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    async def worker(i: int) -> None:
+        for _ in range(3):
+            async with handles[i % 2].lock(name, timeout=60):
+                if inside:
+                    overlaps.append(i)
+                inside.append(i)
+                await asyncio.sleep(0.01)   # other tasks run while the lock is held
+                inside.remove(i)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(worker(i) for i in range(4)))
+
+    asyncio.run(scenario())
+    assert overlaps == [] and inside == []
+
+
+def test_open_async_and_close(env):
+    async def scenario() -> bool:
+        # a raft:// URL names a member, and env.url's member is open already: use a spare
+        kv = AsyncKV(env.fresh()) if env.name == "raft" else await kvstore.open_async(env.url)
+        async with kv:
+            await kv.put(env.k("o"), b"1")
+            assert env.other.get(env.k("o")) == b"1"
+        return kv.closed
+
+    assert asyncio.run(scenario())
