@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 import cowsqlpy
+from cowsqlpy._loop import run_sync
+from cowsqlpy.database import Database
 from cowsqlpy.node import Node
+from cowsqlpy.retry import DEFAULT_POLICY
+from cowsqlpy.store import MemoryNodeStore
 from tests import rawwire
 from tests.node.conftest import LATENCY, wait_for
 
@@ -45,6 +49,22 @@ class InProcessCluster:
     def close(self) -> None:
         for n in self.nodes:
             n.close()
+
+    def database(self, name: str, *, group_commit: bool = True) -> Database:
+        """The async core of database `name` (made on the background loop)."""
+
+        async def make() -> Database:
+            return Database(MemoryNodeStore(self.addresses), name, DEFAULT_POLICY, group_commit=group_commit)
+
+        return run_sync(make())
+
+    def rows(self, name: str, sql: str) -> list[tuple[object, ...]]:
+        """`sql`'s rows through a DB-API connection of its own."""
+        conn = cowsqlpy.connect(self.addresses, database=name)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ import pytest
 import cowsqlpy
 from cowsqlpy._loop import run_sync
 from cowsqlpy.database import Database
-from cowsqlpy.retry import DEFAULT_POLICY
-from cowsqlpy.store import MemoryNodeStore
 from tests.client.conftest import InProcessCluster
 
 
@@ -24,32 +22,17 @@ async def _batch(db: Database, statements: list[tuple[str, tuple[object, ...]]])
     return list(results)
 
 
-def _db(cluster: InProcessCluster, name: str) -> Database:
-    async def make() -> Database:
-        return Database(MemoryNodeStore(cluster.addresses), name, DEFAULT_POLICY)
-
-    return run_sync(make())
-
-
-def _rows(cluster: InProcessCluster, name: str, sql: str) -> list[tuple[object, ...]]:
-    conn = cowsqlpy.connect(cluster.addresses, database=name)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
 def test_one_batch_many_acknowledgements(cluster: InProcessCluster, dbname: str) -> None:
-    db = _db(cluster, dbname)
+    db = cluster.database(dbname)
     run_sync(db.execute("CREATE TABLE g (k TEXT PRIMARY KEY)", (), coalesce=False))
     results = run_sync(_batch(db, [("INSERT INTO g VALUES (?)", (f"k{i}",)) for i in range(50)]))
     assert db.batches == 1 and db.batched_statements == 50
     assert all(r == (i + 1, 1) for i, r in enumerate(results)), results[:5]  # (lastrowid, rowcount) each
-    assert _rows(cluster, dbname, "SELECT count(*) FROM g") == [(50,)]
+    assert cluster.rows(dbname, "SELECT count(*) FROM g") == [(50,)]
 
 
 def test_a_failing_statement_fails_alone(cluster: InProcessCluster, dbname: str) -> None:
-    db = _db(cluster, dbname)
+    db = cluster.database(dbname)
     run_sync(db.execute("CREATE TABLE g (k TEXT PRIMARY KEY)", (), coalesce=False))
     run_sync(db.execute("INSERT INTO g VALUES ('taken')", (), coalesce=False))
     keys = ["a", "b", "taken", "c", "taken", "d"]
@@ -59,20 +42,20 @@ def test_a_failing_statement_fails_alone(cluster: InProcessCluster, dbname: str)
             assert isinstance(r, cowsqlpy.IntegrityError), r
         else:
             assert r == (r[0], 1), r  # type: ignore[index]
-    assert sorted(k for (k,) in _rows(cluster, dbname, "SELECT k FROM g")) == ["a", "b", "c", "d", "taken"]
+    assert sorted(k for (k,) in cluster.rows(dbname, "SELECT k FROM g")) == ["a", "b", "c", "d", "taken"]
 
 
 @pytest.mark.parametrize("conflict_at", [0, 3, 7])
 def test_statement_that_rolls_back_the_transaction(cluster: InProcessCluster, dbname: str, conflict_at: int) -> None:
     """ON CONFLICT ROLLBACK ends the batch's transaction: the client must find out,
     run the undone statements again, and never acknowledge a write that is not there."""
-    db = _db(cluster, dbname)
+    db = cluster.database(dbname)
     run_sync(db.execute("CREATE TABLE g (k TEXT UNIQUE ON CONFLICT ROLLBACK)", (), coalesce=False))
     run_sync(db.execute("INSERT INTO g VALUES ('taken')", (), coalesce=False))
     keys = [f"k{i}" for i in range(8)]
     keys[conflict_at] = "taken"
     results = run_sync(_batch(db, [("INSERT INTO g VALUES (?)", (k,)) for k in keys]))
-    present = {k for (k,) in _rows(cluster, dbname, "SELECT k FROM g")}
+    present = {k for (k,) in cluster.rows(dbname, "SELECT k FROM g")}
     for k, r in zip(keys, results, strict=True):
         if k == "taken":
             assert isinstance(r, cowsqlpy.IntegrityError), r
@@ -131,7 +114,7 @@ def test_lost_commit_reply_is_resolved_exactly_once(
     from cowsqlpy.database import COMMIT_WITH_MARKER
     from cowsqlpy.errors import LeadershipLostError
 
-    db = _db(cluster, dbname)
+    db = cluster.database(dbname)
     run_sync(db.execute("CREATE TABLE g (k TEXT PRIMARY KEY)", (), coalesce=False))
     real_submit = Session.submit_exec_sql
     fired: list[int] = []
@@ -152,4 +135,4 @@ def test_lost_commit_reply_is_resolved_exactly_once(
     results = run_sync(_batch(db, [("INSERT INTO g VALUES (?)", (f"k{i}",)) for i in range(5)]))
     assert fired and db.resolutions == 1
     assert all(isinstance(r, tuple) and r[1] == 1 for r in results), results
-    assert _rows(cluster, dbname, "SELECT count(*) FROM g") == [(5,)]
+    assert cluster.rows(dbname, "SELECT count(*) FROM g") == [(5,)]

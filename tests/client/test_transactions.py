@@ -15,25 +15,8 @@ import cowsqlpy
 from cowsqlpy._loop import run_sync
 from cowsqlpy.database import MARKERS, Database
 from cowsqlpy.errors import ProgrammingError
-from cowsqlpy.retry import DEFAULT_POLICY
 from cowsqlpy.sqltext import literal
-from cowsqlpy.store import MemoryNodeStore
 from tests.client.conftest import InProcessCluster
-
-
-def _db(cluster: InProcessCluster, name: str) -> Database:
-    async def make() -> Database:
-        return Database(MemoryNodeStore(cluster.addresses), name, DEFAULT_POLICY, group_commit=False)
-
-    return run_sync(make())
-
-
-def _fetch(cluster: InProcessCluster, name: str, sql: str) -> list[tuple[object, ...]]:
-    conn = cowsqlpy.connect(cluster.addresses, database=name)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -56,7 +39,7 @@ def test_literal_refuses_what_it_cannot_write() -> None:
 
 
 def test_begin_reading_reads_inside_the_transaction(cluster: InProcessCluster, dbname: str) -> None:
-    db = _db(cluster, dbname)
+    db = cluster.database(dbname, group_commit=False)
 
     async def scenario() -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
         session = await db.begin()
@@ -82,7 +65,7 @@ def test_begin_reading_reads_inside_the_transaction(cluster: InProcessCluster, d
 def test_commit_with_writes_never_commits_part_of_them(cluster: InProcessCluster, dbname: str, failing: str) -> None:
     """A write that fails inside the commit request stops it: neither the writes
     before it, nor those after it, nor the commit marker are committed."""
-    db = _db(cluster, dbname)
+    db = cluster.database(dbname, group_commit=False)
 
     async def failed_commit() -> None:
         session = await db.begin()
@@ -101,12 +84,12 @@ def test_commit_with_writes_never_commits_part_of_them(cluster: InProcessCluster
         await db.close()
 
     run_sync(failed_commit())
-    assert _fetch(cluster, dbname, "SELECT count(*) FROM u") == [(0,)]
-    assert _fetch(cluster, dbname, f"SELECT seq FROM {MARKERS}") == [(1,)]
+    assert cluster.rows(dbname, "SELECT count(*) FROM u") == [(0,)]
+    assert cluster.rows(dbname, f"SELECT seq FROM {MARKERS}") == [(1,)]
     run_sync(next_commit())
-    assert _fetch(cluster, dbname, "SELECT k FROM u ORDER BY k") == [(12,), (13,)]
-    assert _fetch(cluster, dbname, "SELECT k FROM t") == [(1,)]
-    assert _fetch(cluster, dbname, f"SELECT seq FROM {MARKERS}") == [(3,)]
+    assert cluster.rows(dbname, "SELECT k FROM u ORDER BY k") == [(12,), (13,)]
+    assert cluster.rows(dbname, "SELECT k FROM t") == [(1,)]
+    assert cluster.rows(dbname, f"SELECT seq FROM {MARKERS}") == [(3,)]
 
 
 async def _all(db: Database, sql: str) -> list[tuple[object, ...]]:
@@ -122,7 +105,7 @@ def test_prepared_statements_lag_a_schema_change_so_user_queries_are_not_cached(
     its old columns (it re-prepares while running): a cached ``SELECT *`` would
     silently drop a new column. So `Database.query` prepares only when asked
     (the kvstore's fixed-column queries), and user SQL sees the new column."""
-    db = _db(cluster, dbname)
+    db = cluster.database(dbname, group_commit=False)
 
     async def scenario() -> tuple[list[list[tuple[object, ...]]], list[tuple[object, ...]]]:
         session = await db.begin()
@@ -150,7 +133,7 @@ def test_prepared_statements_lag_a_schema_change_so_user_queries_are_not_cached(
 def test_begin_reading_whose_query_fails_leaves_no_transaction_behind(cluster: InProcessCluster, dbname: str) -> None:
     """BEGIN went through but the query failed: the transaction is rolled back
     and the write lock freed before the session goes back to the pool."""
-    db = _db(cluster, dbname)
+    db = cluster.database(dbname, group_commit=False)
 
     async def scenario() -> list[tuple[object, ...]]:
         with pytest.raises(cowsqlpy.OperationalError, match="no such table"):
