@@ -17,13 +17,12 @@ import base64
 import json
 import logging
 import os
-import signal
 import sqlite3
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ._runner import StopSignals
 from .client import SyncClient
 from .errors import Error
 from .protocol import SPARE, STANDBY, VOTER, NodeInfo
@@ -383,15 +382,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     )
     log = logging.getLogger("cowsqlpy.node-runner")
 
-    stop = threading.Event()
-    signals: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        signals.append(signum)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = StopSignals()
 
     from .app import App
     from .errors import NodeIdentityError
@@ -408,35 +399,20 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         print(f"cowsqlpy-node: {exc}", file=sys.stderr, flush=True)
         return 2
     try:
-        while not stop.is_set():
-            try:
-                app.ready(timeout=0.2)
-                break
-            except TimeoutError:
-                continue
-        if not stop.is_set():
+        if stop.wait_ready(app):
             print(f"{READY_PREFIX} id={app.id:#x} address={app.address} dir={os.path.abspath(args.dir)}",
                   flush=True)
-            stop.wait()
+            stop.stopped.wait()
     except NodeIdentityError as exc:
         print(f"cowsqlpy-node: {exc}", file=sys.stderr, flush=True)
         app.close(handover=False)
         return 2
-    log.info("signal %s: handing over and stopping", signals[0] if signals else "?")
+    log.info("signal %s: handing over and stopping", stop.received[0] if stop.received else "?")
     # A second signal during the hand-over skips the rest of it.
-    second = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda s, f: second.set())
-    closer = threading.Thread(target=app.close, kwargs={"timeout": args.handover_timeout}, daemon=True)
-    closer.start()
-    while closer.is_alive() and not second.is_set():
-        closer.join(0.1)
-    if second.is_set() and closer.is_alive():
-        log.warning("second signal: stopping without finishing the hand-over")
-        app.node.close()
-        return 1
-    log.info("stopped")
-    return 0
+    code = stop.close(lambda: app.close(timeout=args.handover_timeout), app.node.close, log)
+    if code == 0:
+        log.info("stopped")
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

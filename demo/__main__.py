@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import tempfile
-import threading
 from collections.abc import Sequence
 
 #: First line on stdout once the node serves HTTP (demo.local and the tests wait for it).
@@ -50,15 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "%(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("demo")
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-
+    from cowsqlpy._runner import StopSignals
     from cowsqlpy.errors import Error, NodeIdentityError
+
+    stop = StopSignals()
 
     from .server import DemoNode
 
@@ -74,17 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo: {exc}", file=sys.stderr, flush=True)
         return 2
     try:
-        while not stop.is_set():
-            try:
-                node.app.ready(timeout=0.2)
-                break
-            except TimeoutError:
-                continue
-        if not stop.is_set():
+        if stop.wait_ready(node.app):
             node.start_http()
             print(f"{READY_PREFIX} http://{args.api} (node {node.app.id:#x}, db {args.db}, "
                   f"dir {os.path.abspath(data_dir)})", flush=True)
-            stop.wait()
+            stop.stopped.wait()
     except NodeIdentityError as exc:
         print(f"demo: {exc}", file=sys.stderr, flush=True)
         node.app.close(handover=False)
@@ -94,19 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node.app.close(handover=False)
         return 1
     log.info("signal: stopping HTTP, handing over")
-    second = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda s, f: second.set())
-    closer = threading.Thread(target=node.stop, kwargs={"handover_timeout": args.handover_timeout},
-                              daemon=True)
-    closer.start()
-    while closer.is_alive() and not second.is_set():
-        closer.join(0.1)
-    if second.is_set() and closer.is_alive():
-        log.warning("second signal: stopping without finishing the hand-over")
-        node.app.node.close()
-        return 1
-    return 0
+    return stop.close(lambda: node.stop(handover_timeout=args.handover_timeout), node.app.node.close, log)
 
 
 if __name__ == "__main__":
