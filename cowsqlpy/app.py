@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import protocol
-from ._loop import background_loop, run_sync
+from ._loop import background_loop, run_sync, wait_event
 from .client import Client, Session, SyncClient, find_leader
 from .errors import ClusterMismatchError, Error, NodeIdentityError, NoLeaderError
 from .node import (
@@ -517,11 +517,7 @@ class App:
 
     async def _sleep(self, seconds: float) -> None:
         assert self._wake is not None
-        try:
-            async with asyncio.timeout(seconds):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+        await wait_event(self._wake, seconds)
 
     async def _run(self) -> None:
         assert self._ready_event is not None

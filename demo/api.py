@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.web_request import BaseRequest
 
+from cowsqlpy._loop import wait_event
 from kvstore.backends.cowsql import CowsqlCore, OutcomeUnknown
 from kvstore.errors import (
     ClosedError,
@@ -339,9 +340,7 @@ class AsyncWatchStream(WatchStream):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return []
-            try:
-                await asyncio.wait_for(self._ready.wait(), left)
-            except TimeoutError:
+            if not await wait_event(self._ready, left):
                 return []
 
 

@@ -68,7 +68,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cowsqlpy._loop import background_loop, run_sync
+from cowsqlpy._loop import background_loop, run_sync, wait_event
 from cowsqlpy.client import Session, as_store
 from cowsqlpy.database import SESSION_GONE, Database
 from cowsqlpy.errors import (
@@ -671,11 +671,7 @@ class CowsqlCore:
         if len(self._pending) >= self._expect or self._filled is None:
             return
         self._filled.clear()
-        try:
-            async with asyncio.timeout(GATHER_WAIT):
-                await self._filled.wait()
-        except TimeoutError:
-            pass
+        await wait_event(self._filled, GATHER_WAIT)
 
     async def _commit_loop(self) -> None:
         while self._pending:
@@ -930,10 +926,7 @@ class CowsqlCore:
         last_event = 0.0
         while self._streams and not self._closed:
             busy = time.monotonic() - last_event < POLL_BUSY_FOR
-            try:
-                await asyncio.wait_for(self._wake.wait(), POLL_BUSY if busy else POLL_INTERVAL)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, POLL_BUSY if busy else POLL_INTERVAL)
             self._wake.clear()
             try:
                 async with self._wlock:
