@@ -33,20 +33,27 @@ ValueLike = bytes | bytearray | memoryview | str
 RANGE_ALL = b"\x00"
 
 
+def _as_bytes(x: object, what: str) -> bytes:
+    """bytes as they are, ``str`` UTF-8 encoded, other bytes-likes copied.
+
+    :raises InvalidType: anything else.
+    """
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, str):
+        return x.encode("utf-8")
+    if isinstance(x, (bytearray, memoryview)):
+        return bytes(x)
+    raise InvalidType(f"{what} must be bytes or str, not {type(x).__name__}")
+
+
 def to_key(key: object, what: str = "key") -> bytes:
     """Validate and encode a key; ``str`` is UTF-8 encoded.
 
     :raises InvalidType: not bytes-like or str.
     :raises InvalidKey: empty or longer than :data:`MAX_KEY_BYTES`.
     """
-    if isinstance(key, bytes):
-        b = key
-    elif isinstance(key, str):
-        b = key.encode("utf-8")
-    elif isinstance(key, (bytearray, memoryview)):
-        b = bytes(key)
-    else:
-        raise InvalidType(f"{what} must be bytes or str, not {type(key).__name__}")
+    b = _as_bytes(key, what)
     if not b:
         raise InvalidKey(f"{what} must not be empty")
     if len(b) > MAX_KEY_BYTES:
@@ -60,14 +67,7 @@ def to_value(value: object) -> bytes:
     :raises InvalidType: not bytes-like or str.
     :raises ValueTooLarge: longer than :data:`MAX_VALUE_BYTES`.
     """
-    if isinstance(value, bytes):
-        b = value
-    elif isinstance(value, str):
-        b = value.encode("utf-8")
-    elif isinstance(value, (bytearray, memoryview)):
-        b = bytes(value)
-    else:
-        raise InvalidType(f"value must be bytes or str, not {type(value).__name__}")
+    b = _as_bytes(value, "value")
     if len(b) > MAX_VALUE_BYTES:
         raise ValueTooLarge(f"value is {len(b)} bytes, the limit is {MAX_VALUE_BYTES}")
     return b

@@ -298,6 +298,7 @@ def test_history_and_compaction_match_the_model(cowsql_cluster, ops, data):
         kv.close()
         model.close()
 
+
 def test_restart_of_the_engine_cluster_keeps_all_data(tmp_path):
     c = Cluster(3, app=False, network_latency=0.02, base_dir=tmp_path)
     try:
