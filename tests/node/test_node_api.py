@@ -12,9 +12,17 @@ from pathlib import Path
 
 import pytest
 
+import cowsqlpy
 from cowsqlpy import protocol
 from cowsqlpy.errors import NodeError, NodeStateError
-from cowsqlpy.node import Node, SnapshotParams, default_dial, engine_version, generate_id
+from cowsqlpy.node import (
+    DEFAULT_CHECKPOINT_THRESHOLD,
+    Node,
+    SnapshotParams,
+    default_dial,
+    engine_version,
+    generate_id,
+)
 from tests import rawwire
 from tests.node.conftest import form_cluster, wait_for
 
@@ -60,6 +68,7 @@ def test_options_are_applied_and_frozen_while_running(make_node: Callable[..., N
         ("network_latency", 0.1),
         ("failure_domain", 1),
         ("snapshot_params", (1, 2)),
+        ("checkpoint_threshold", 50),
         ("dial", default_dial()),
     ]:
         with pytest.raises(NodeStateError, match=name):
@@ -69,6 +78,36 @@ def test_options_are_applied_and_frozen_while_running(make_node: Callable[..., N
     node.start()
     wait_for(lambda: rawwire.leader(node.address)[0] == 1)
     assert rawwire.must(node.address, protocol.DESCRIBE, 0) == (9, 0)
+
+
+def _wal_frames(node: Node, database: str, commits: int) -> int:
+    """Frames in the node's WAL after ``commits`` one-row commits (from a DUMP)."""
+    conn = cowsqlpy.connect([node.address], database=database, autocommit=True)
+    try:
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+        for i in range(commits):
+            conn.execute("INSERT OR REPLACE INTO t VALUES (?, randomblob(100))", (i % 10,))
+    finally:
+        conn.close()
+    admin = cowsqlpy.SyncClient([node.address])
+    try:
+        wal = admin.dump(database)[database + "-wal"]
+    finally:
+        admin.close()
+    return (len(wal) - 32) // (24 + 4096) if wal else 0
+
+
+def test_checkpoint_threshold_keeps_the_wal_short(make_node: Callable[..., Node]) -> None:
+    short = make_node(1, "short", checkpoint_threshold=16)
+    default = make_node(1, "default", checkpoint_threshold=None)
+    assert Node(1, "127.0.0.1:1", short.data_dir).checkpoint_threshold == DEFAULT_CHECKPOINT_THRESHOLD
+    for node in (short, default):
+        node.start()
+        wait_for(lambda n=node: rawwire.leader(n.address)[0] == 1)
+    assert short.checkpoint_threshold_applied and not default.checkpoint_threshold_applied
+    # each commit adds one or two frames: 16 (+ one commit's) at most vs all of them
+    assert 0 < _wal_frames(short, "short", 60) <= 18
+    assert _wal_frames(default, "default", 60) >= 60
 
 
 def test_dial_is_used_for_raft_and_failures_are_survived(make_node: Callable[..., Node]) -> None:
@@ -179,6 +218,8 @@ def test_address_in_use(make_node: Callable[..., Node]) -> None:
         ("failure_domain", -1, ValueError),
         ("snapshot_params", (0, 10), ValueError),
         ("snapshot_params", (100, 10), ValueError),
+        ("checkpoint_threshold", 0, ValueError),
+        ("checkpoint_threshold", 2.5, ValueError),
         ("dial", 42, TypeError),
         ("bind_address", "nonsense", ValueError),
     ],
