@@ -279,7 +279,7 @@ class _Batch:
             room -= len(bchunk)
             lchunk, leases = leases[:room], leases[room:]
             if kchunk:
-                parts.append(f"SELECT 1, {S.LIVE_COLUMNS}, 0 FROM kv_live WHERE key IN "
+                parts.append(f"SELECT 1, {S.LIVE_COLUMNS}, 0 FROM kv_current WHERE key IN "
                              f"({','.join('?' * len(kchunk))})")
                 params += kchunk
             if bchunk:
@@ -347,12 +347,14 @@ class _Batch:
             kv = await self.get(start, value)
             return [] if kv is None else [kv]
         cond, params = _range_sql(start, end)
-        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE {cond}", params,
+        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_current WHERE {cond}", params,
                                       prepared=True)
         return self._merge(rows, lambda kv: in_range(kv.key, start, end))
 
     async def lease_keys(self, lid: int) -> list[KeyValue]:
-        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_live WHERE lease = ?", [lid],
+        # "lease != 0" lets the partial index kv_live_lease serve the query
+        rows = await self.s.query_all(f"SELECT {S.LIVE_COLUMNS} FROM kv_current WHERE lease = ? "
+                                      "AND lease != 0", [lid],
                                       prepared=True)
         return self._merge(rows, lambda kv: kv.lease == lid)
 
@@ -611,6 +613,15 @@ class CowsqlCore:
                 for stmt in S.SCHEMA:
                     await session.exec_sql(stmt)
                 (version,), = await session.query_all("SELECT schema_version FROM kv_meta")
+                while version in S.MIGRATIONS:
+                    log.info("cowsql: database %r: kvstore schema %d -> %d", self.database,
+                             version, version + 1)
+                    for stmt in S.MIGRATIONS[version]:
+                        await session.exec_sql(stmt)
+                    version += 1
+                if version == S.SCHEMA_VERSION:
+                    for stmt in S.VIEWS:
+                        await session.exec_sql(stmt)
             except BaseException as exc:
                 await self._abandon(session, exc)
                 if isinstance(exc, EngineError) and exc.retry != "never" \
@@ -812,11 +823,11 @@ class CowsqlCore:
     async def range(self, start: bytes, end: bytes, limit: int = 0, revision: int = 0,
                     keys_only: bool = False, count_only: bool = False) -> RangeResult:
         cond, params = _range_sql(start, end)
-        val = "x''" if keys_only else "value"
+        val, live = ("x''", "kv_live") if keys_only else ("value", "kv_current")
         if revision > 0:
             ncond, _ = _range_sql(start, end, "n.key")
             sql = f"{S.META_SELECT} UNION ALL " + S.AT_REVISION_SELECT.format(
-                val=val, pval="x''" if keys_only else "p.value", cond=cond, ncond=ncond)
+                val=val, pval="x''" if keys_only else "p.value", cond=cond, ncond=ncond, live=live)
             params = [*params, revision, revision, revision, *params]
         elif count_only:
             sql = (f"{S.META_SELECT} UNION ALL SELECT 2, NULL, count(*), 0, 0, 0, 0, 0 "
@@ -824,7 +835,7 @@ class CowsqlCore:
         else:
             lim = " LIMIT ?" if limit else ""   # a parameter: one statement text to prepare
             sql = (f"{S.META_SELECT} UNION ALL SELECT * FROM (SELECT 1, key, {val}, create_rev, "
-                   f"mod_rev, version, lease, 0 FROM kv_live WHERE {cond} ORDER BY key{lim})")
+                   f"mod_rev, version, lease, 0 FROM {live} WHERE {cond} ORDER BY key{lim})")
             if limit:
                 sql += f" UNION ALL SELECT 2, NULL, count(*), 0, 0, 0, 0, 0 FROM kv_live WHERE {cond}"
                 params = [*params, int(limit), *params]
@@ -861,7 +872,7 @@ class CowsqlCore:
     async def lease_info(self, lease: int) -> LeaseInfo:
         rows = await self._query(
             f"SELECT 0, ttl, expiry - {S.NOW_MS} FROM kv_lease WHERE id = ? "
-            "UNION ALL SELECT 1, key, 0 FROM kv_live WHERE lease = ?", [lease, lease])
+            "UNION ALL SELECT 1, key, 0 FROM kv_live WHERE lease = ? AND lease != 0", [lease, lease])
         head = [r for r in rows if r[0] == 0]
         if not head:
             raise LeaseNotFound(f"lease {lease:#x} not found")

@@ -15,8 +15,14 @@ may open the same database at once):
               random page per key (the most expensive part of a write; see
               ``AT_REVISION_SELECT`` and ``COMPACT_CHUNK`` for how the log is
               read without one).
-``kv_live``   the current value of every live key (maintained from ``kv_log`` by
-              a trigger, so each change is sent to the engine once).
+``kv_live``   the current version of every live key: its metadata and where its
+              value is in the log (``mod_rev, mod_sub``); maintained from
+              ``kv_log`` by a trigger, so each change is sent to the engine once.
+              Values are stored once, in the log (schema 1 copied them here
+              too): rows stay small, so a batch of random keys dirties fewer
+              ``kv_live`` pages (a batch of 32 puts over 1,000 keys commits in
+              3.0 ms instead of 5.2), and a large value is written once.
+``kv_current`` view: ``kv_live`` joined with each key's value from the log.
 ``kv_lease``  leases: granted TTL and expiry on the leader's clock (ms).
 (A commit whose reply is lost is resolved by the driver's commit marker, see
 ``cowsqlpy.database``. Databases made by the first version also hold a
@@ -32,12 +38,27 @@ deadlines are on the leader's clock.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: leader wall clock in ms, evaluated inside the engine
 NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
 
+LIVE_TABLE = """CREATE TABLE {name} (
+        key BLOB PRIMARY KEY,
+        create_rev INTEGER NOT NULL,
+        mod_rev INTEGER NOT NULL,
+        mod_sub INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        lease INTEGER NOT NULL) WITHOUT ROWID"""
+LIVE_LEASE_INDEX = "CREATE INDEX IF NOT EXISTS kv_live_lease ON kv_live (lease) WHERE lease != 0"
+APPLY_TRIGGER = """CREATE TRIGGER IF NOT EXISTS kv_log_apply AFTER INSERT ON kv_log BEGIN
+        DELETE FROM kv_live WHERE key = NEW.key AND NEW.deleted;
+        INSERT OR REPLACE INTO kv_live
+            SELECT NEW.key, NEW.create_rev, NEW.rev, NEW.sub, NEW.version, NEW.lease
+            WHERE NOT NEW.deleted;
+    END"""
 
+#: run in one write transaction; then the version is read: MIGRATIONS / refusal
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS kv_meta (
         id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -61,25 +82,41 @@ SCHEMA = [
         prev_rev INTEGER NOT NULL,
         PRIMARY KEY (rev, sub)) WITHOUT ROWID""",
     "DROP INDEX IF EXISTS kv_log_key",  # made by earlier versions; only slowed writes
-    """CREATE TABLE IF NOT EXISTS kv_live (
-        key BLOB PRIMARY KEY,
-        value BLOB NOT NULL,
-        create_rev INTEGER NOT NULL,
-        mod_rev INTEGER NOT NULL,
-        version INTEGER NOT NULL,
-        lease INTEGER NOT NULL) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS kv_live_lease ON kv_live (lease) WHERE lease != 0",
-    """CREATE TRIGGER IF NOT EXISTS kv_log_apply AFTER INSERT ON kv_log BEGIN
-        DELETE FROM kv_live WHERE key = NEW.key AND NEW.deleted;
-        INSERT OR REPLACE INTO kv_live
-            SELECT NEW.key, NEW.value, NEW.create_rev, NEW.rev, NEW.version, NEW.lease
-            WHERE NOT NEW.deleted;
-    END""",
+    LIVE_TABLE.format(name="IF NOT EXISTS kv_live"),
+    LIVE_LEASE_INDEX,
+    APPLY_TRIGGER,
     """CREATE TABLE IF NOT EXISTS kv_lease (
         id INTEGER PRIMARY KEY,
         ttl INTEGER NOT NULL,
         expiry INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS kv_lease_expiry ON kv_lease (expiry)",
+]
+
+#: from schema version N to N + 1, in the same transaction as SCHEMA
+MIGRATIONS: dict[int, list[str]] = {
+    # 1 -> 2: kv_live without the value, pointing at the log row that holds it
+    # (the live version's row is never compacted; within one revision a key's
+    # last row is its version)
+    1: [
+        LIVE_TABLE.format(name="kv_live_v2"),
+        """INSERT INTO kv_live_v2 SELECT l.key, l.create_rev, l.mod_rev,
+            (SELECT max(g.sub) FROM kv_log g WHERE g.rev = l.mod_rev AND g.key = l.key),
+            l.version, l.lease FROM kv_live l""",
+        "DROP TRIGGER kv_log_apply",
+        "DROP TABLE kv_live",
+        "ALTER TABLE kv_live_v2 RENAME TO kv_live",
+        LIVE_LEASE_INDEX,
+        APPLY_TRIGGER,
+        "UPDATE kv_meta SET schema_version = 2",
+    ],
+}
+
+#: after SCHEMA and MIGRATIONS (a view is checked against the tables it names)
+VIEWS = [
+    """CREATE VIEW IF NOT EXISTS kv_current AS
+        SELECT l.key AS key, g.value AS value, l.create_rev AS create_rev,
+               l.mod_rev AS mod_rev, l.version AS version, l.lease AS lease
+        FROM kv_live l JOIN kv_log g ON g.rev = l.mod_rev AND g.sub = l.mod_sub""",
 ]
 
 LOG_COLUMNS = "rev, sub, key, value, create_rev, version, lease, deleted, prev_rev"
@@ -105,9 +142,10 @@ COMPACT_CHUNK = (
 #: plus, for each key changed after R, the version its first later change
 #: replaced (that change's ``prev_rev`` is <= R; later changes point above R, or
 #: at 0 after a delete). Costs one scan of the log after R.
-#: Params: cond..., R, R, R, ncond... (``{ncond}`` is ``{cond}`` on ``n.key``).
+#: Params: cond..., R, R, R, ncond... (``{ncond}`` is ``{cond}`` on ``n.key``; ``{live}``
+#: is kv_current, or kv_live when no value is read).
 AT_REVISION_SELECT = """SELECT 1, key, {val}, create_rev, mod_rev, version, lease, 0
-    FROM kv_live WHERE {cond} AND mod_rev <= ?
+    FROM {live} WHERE {cond} AND mod_rev <= ?
 UNION ALL
 SELECT 1, p.key, {pval}, p.create_rev, p.rev, p.version, p.lease, 0
     FROM kv_log n JOIN kv_log p ON p.rev = n.prev_rev AND p.key = n.key

@@ -16,12 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import cowsqlpy
 import kvstore
 from cowsqlpy.client import Session
 from cowsqlpy.database import MARKER_PROBE, MARKER_WRITE
 from cowsqlpy.errors import ConnectionLostError, LeadershipLostError
 from cowsqlpy.testing import Cluster
 from kvstore import CompactedError, DeleteRange, Put, Version
+from kvstore.backends import cowsql_schema as S
 from kvstore.backends.cowsql import CowsqlKV
 from kvstore.testing import wait_until
 
@@ -184,6 +186,60 @@ def test_concurrent_schema_creation(cowsql_cluster):
     finally:
         for h in handles:
             h.close()
+
+
+#: what schema 1 made (kv_meta and kv_log are unchanged in 2): kv_live held the value
+SCHEMA_1 = [
+    S.SCHEMA[0],
+    "INSERT INTO kv_meta VALUES (1, 1, 7, 0, 1, '', 0, NULL)",
+    S.SCHEMA[2],
+    """CREATE TABLE kv_live (key BLOB PRIMARY KEY, value BLOB NOT NULL,
+        create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, version INTEGER NOT NULL,
+        lease INTEGER NOT NULL) WITHOUT ROWID""",
+    "CREATE INDEX kv_live_lease ON kv_live (lease) WHERE lease != 0",
+    """CREATE TRIGGER kv_log_apply AFTER INSERT ON kv_log BEGIN
+        DELETE FROM kv_live WHERE key = NEW.key AND NEW.deleted;
+        INSERT OR REPLACE INTO kv_live
+            SELECT NEW.key, NEW.value, NEW.create_rev, NEW.rev, NEW.version, NEW.lease
+            WHERE NOT NEW.deleted;
+    END""",
+    S.SCHEMA[-2], S.SCHEMA[-1],
+    # rev, sub, key, value, create_rev, version, lease, deleted, prev_rev
+    """INSERT INTO kv_log VALUES (2, 0, x'61', x'31', 2, 1, 0, 0, 0),
+        (3, 0, x'62', x'32', 3, 1, 0, 0, 0), (4, 0, x'61', x'33', 2, 2, 0, 0, 2),
+        (5, 0, x'63', x'34', 5, 1, 0, 0, 0), (5, 1, x'64', x'35', 5, 1, 0, 0, 0),
+        (6, 0, x'62', x'', 0, 0, 0, 1, 3), (7, 0, x'63', x'36', 5, 2, 0, 0, 5)""",
+]
+
+
+def test_schema_1_database_is_migrated_in_place(cowsql_cluster):
+    db = _db()
+    conn = cowsqlpy.connect(cowsql_cluster.addresses, database=db)
+    conn.executescript(";\n".join(SCHEMA_1))
+    conn.commit()
+    with kvstore.open(cowsql_url(cowsql_cluster, db, private=1)) as kv:
+        assert [(k.key, k.value, k.create_revision, k.mod_revision, k.version)
+                for k in kv.get_range(b"a", b"z")] == [
+            (b"a", b"3", 2, 4, 2), (b"c", b"6", 5, 7, 2), (b"d", b"5", 5, 5, 1)]
+        assert [(k.key, k.value) for k in kv.get_range(b"a", b"z", revision=5)] == [
+            (b"a", b"3"), (b"b", b"2"), (b"c", b"4"), (b"d", b"5")]
+        events = kv.watch_prefix(b"", start_revision=6)
+        first = [next(events) for _ in range(2)]
+        events.close()
+        assert [(e.type.name, e.kv.key, e.prev_kv.value if e.prev_kv else None)
+                for e in first] == [("DELETE", b"b", b"2"), ("PUT", b"c", b"4")]
+        assert kv.put(b"a", b"7").revision == 8
+        assert kv.get_kv(b"a").version == 3
+    conn = cowsqlpy.connect(cowsql_cluster.addresses, database=db)
+    assert conn.execute("SELECT schema_version FROM kv_meta").fetchall() == [(2,)]
+    assert "value" not in {r[1] for r in conn.execute("PRAGMA table_info(kv_live)").fetchall()}
+    conn.close()
+    conn = cowsqlpy.connect(cowsql_cluster.addresses, database=db)
+    conn.execute("UPDATE kv_meta SET schema_version = 3")
+    conn.commit()
+    conn.close()
+    with pytest.raises(kvstore.BackendError, match="schema 3, this code knows 2"):
+        kvstore.open(cowsql_url(cowsql_cluster, db, private=1))
 
 
 def _query(kv: kvstore.KV, sql: str) -> list[tuple[Any, ...]]:
