@@ -25,8 +25,8 @@ may open the same database at once):
 ``kv_current`` view: ``kv_live`` joined with each key's value from the log.
 ``kv_lease``  leases: granted TTL and expiry on the leader's clock (ms).
 (A commit whose reply is lost is resolved by the driver's commit marker, see
-``cowsqlpy.database``. Databases made by the first version also hold a
-``kv_batch`` table and trigger for the same purpose; they are no longer written.)
+``cowsqlpy.database``. The first version's ``kv_batch`` table and trigger, made
+for the same purpose, are dropped by the migration to schema 2.)
 
 Every table is ``WITHOUT ROWID`` with as few indexes as the reads need: a commit
 replicates whole 4 KiB pages, so pages touched per batch is what a write costs.
@@ -107,6 +107,9 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE kv_live_v2 RENAME TO kv_live",
         LIVE_LEASE_INDEX,
         APPLY_TRIGGER,
+        # the first version's batch tokens, unused since the driver's commit markers
+        "DROP TRIGGER IF EXISTS kv_meta_token",
+        "DROP TABLE IF EXISTS kv_batch",
         "UPDATE kv_meta SET schema_version = 2",
     ],
 }

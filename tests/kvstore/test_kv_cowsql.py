@@ -204,6 +204,11 @@ SCHEMA_1 = [
             WHERE NOT NEW.deleted;
     END""",
     S.SCHEMA[-2], S.SCHEMA[-1],
+    "CREATE TABLE kv_batch (ts INTEGER NOT NULL, token BLOB NOT NULL, PRIMARY KEY (ts, token)) WITHOUT ROWID",
+    """CREATE TRIGGER kv_meta_token AFTER UPDATE OF batch_token ON kv_meta
+        WHEN NEW.batch_token IS NOT NULL BEGIN
+        INSERT INTO kv_batch (ts, token) VALUES (0, NEW.batch_token);
+    END""",
     # rev, sub, key, value, create_rev, version, lease, deleted, prev_rev
     """INSERT INTO kv_log VALUES (2, 0, x'61', x'31', 2, 1, 0, 0, 0),
         (3, 0, x'62', x'32', 3, 1, 0, 0, 0), (4, 0, x'61', x'33', 2, 2, 0, 0, 2),
@@ -233,6 +238,8 @@ def test_schema_1_database_is_migrated_in_place(cowsql_cluster):
     conn = cowsqlpy.connect(cowsql_cluster.addresses, database=db)
     assert conn.execute("SELECT schema_version FROM kv_meta").fetchall() == [(2,)]
     assert "value" not in {r[1] for r in conn.execute("PRAGMA table_info(kv_live)").fetchall()}
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name IN ('kv_batch', 'kv_meta_token')"
+                        ).fetchall() == []
     conn.close()
     conn = cowsqlpy.connect(cowsql_cluster.addresses, database=db)
     conn.execute("UPDATE kv_meta SET schema_version = 3")
