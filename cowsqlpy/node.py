@@ -329,8 +329,8 @@ class Node:
         """WAL frames after which each node checkpoints (None: the engine's 1,000).
 
         libdqlite 1.11 makes every applied commit cost time in proportion to the
-        WAL's length (a follower re-reads the whole WAL index each time), so a
-        short WAL keeps commits fast: 0.75 ms right after a checkpoint vs 2.2 ms
+        WAL's length (a follower rebuilds its WAL index from the whole WAL each
+        time), so a short WAL keeps commits fast: 0.75 ms right after a checkpoint vs 2.2 ms
         at 1,000 frames (docs/benchmarks.md). The engine has no setter; the value
         is written into its config only where the installed build's layout is
         recognised (`checkpoint_threshold_applied`), else the default stays.

@@ -629,7 +629,7 @@ class CowsqlCore:
                     await asyncio.sleep(0.05)
                     continue
                 raise self._map(exc) from exc
-            if version > S.SCHEMA_VERSION:
+            if version != S.SCHEMA_VERSION:   # newer (or unknown): never touch it
                 await self.db.rollback(session)
                 raise BackendError(f"cowsql: database {self.database!r} has kvstore schema "
                                    f"{version}, this code knows {S.SCHEMA_VERSION}")

@@ -100,7 +100,7 @@ def _wal_frames(node: Node, database: str, commits: int) -> int:
 def test_checkpoint_threshold_keeps_the_wal_short(make_node: Callable[..., Node]) -> None:
     short = make_node(1, "short", checkpoint_threshold=16)
     default = make_node(1, "default", checkpoint_threshold=None)
-    assert Node(1, "127.0.0.1:1", short.data_dir).checkpoint_threshold == DEFAULT_CHECKPOINT_THRESHOLD
+    assert make_node(2).checkpoint_threshold == DEFAULT_CHECKPOINT_THRESHOLD
     for node in (short, default):
         node.start()
         wait_for(lambda n=node: rawwire.leader(n.address)[0] == 1)
