@@ -271,7 +271,7 @@ class Database:
                     attempt += 1
                     if time.monotonic() - busy_since > self.policy.busy_timeout:
                         raise BusyError("database is locked (busy timeout reached)", 5) from None
-                    await asyncio.sleep(self.policy.delay(attempt))
+                    await asyncio.sleep(self.policy.delay(attempt, busy=True))
 
     async def _run_batch(self, todo: list[_Write]) -> None:
         """Run `todo` as one transaction, pipelined: BEGIN, every statement, then the

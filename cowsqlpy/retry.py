@@ -27,10 +27,15 @@ class RetryPolicy:
     attempt_timeout: float = 10.0  # one request's time limit (socket deadline)
     connect_timeout: float = 5.0  # dial + handshake of one node
     busy_timeout: float = 5.0  # how long SQLITE_BUSY is retried on the same leader
+    # first delay after SQLITE_BUSY: another process's write transaction holds the
+    # lock for a millisecond or two, so poll soon (as SQLite's own busy handler does)
+    busy_backoff: float = 0.001
 
-    def delay(self, attempt: int) -> float:
-        """Back-off before try `attempt` + 1 (attempt counts from 1), with jitter."""
-        base = min(self.backoff_cap, self.backoff * (2 ** (attempt - 1)))
+    def delay(self, attempt: int, busy: bool = False) -> float:
+        """Back-off before try `attempt` + 1 (attempt counts from 1), with jitter;
+        `busy`: after SQLITE_BUSY (starts at `busy_backoff`)."""
+        first = self.busy_backoff if busy else self.backoff
+        base = min(self.backoff_cap, first * (2 ** (attempt - 1)))
         return base * (0.5 + _jitter.random() / 2)
 
 
@@ -53,7 +58,7 @@ async def retrying(
     """
     start = time.monotonic()
     busy_until = start + policy.busy_timeout
-    tries = 0
+    tries = busy_tries = 0
     while True:
         tries += 1
         try:
@@ -62,12 +67,15 @@ async def retrying(
             now = time.monotonic()
             if exc.retry == "never":
                 raise
-            if isinstance(exc, BusyError):
+            busy = isinstance(exc, BusyError)
+            if busy:
                 if now >= busy_until:
                     raise
+                busy_tries += 1
             elif tries >= policy.max_tries or now - start >= policy.deadline:
                 raise
-            delay = min(policy.delay(tries), max(0.0, start + policy.deadline - now))
+            pause = policy.delay(busy_tries, busy=True) if busy else policy.delay(tries)
+            delay = min(pause, max(0.0, start + policy.deadline - now))
             log.debug("%s: %r; retry %d in %.3fs", what, exc, tries, delay)
             await asyncio.sleep(delay)
             if exc.retry == "reconnect" and on_reconnect is not None:

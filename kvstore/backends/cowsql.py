@@ -44,7 +44,8 @@ handle that names them, asyncio on cowsqlpy's background loop):
   :class:`CompactedError`.
 * **Leases** live in ``kv_lease`` with their expiry on the *leader's* clock
   (``julianday('now')`` runs on the leader). Every live core runs a reaper op
-  every ``REAP_INTERVAL`` s; the expiry decision happens inside the serialised
+  every ``REAP_INTERVAL`` s when a plain read shows it work (a lease due, or the
+  pass record ``reaped_at`` a second old); the expiry decision happens inside the serialised
   write transaction, so reapers in several processes cannot double-expire. When
   the leader changed since the last reaper pass, or no reaper ran for
   ``LEASE_GAP_MS`` (cluster down, clock jump), every lease is first extended to
@@ -981,7 +982,12 @@ class CowsqlCore:
         while not self._closed:
             await asyncio.sleep(REAP_INTERVAL)
             try:
-                await self.expire(None)
+                # A pass is a write transaction, and every process runs a reaper:
+                # ask first (a plain read) whether it has anything to do, so idle
+                # reapers do not take the engine's write lock from the writers.
+                (due,), = await self._query(S.REAP_DUE_SELECT, (REAPED_AT_EVERY_MS,))
+                if due:
+                    await self.expire(None)
             except (KVError, ClosedError) as exc:
                 log.debug("lease reaper pass failed: %r", exc)
 

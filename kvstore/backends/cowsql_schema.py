@@ -129,6 +129,11 @@ META_SELECT = (f"SELECT 0, NULL, revision, compact_revision, next_lease, {NOW_MS
                "lease_epoch, reaped_at FROM kv_meta")
 LIVE_COLUMNS = "key, value, create_rev, mod_rev, version, lease"
 
+#: whether a lease reaper pass has work: a lease past its deadline, or the pass
+#: record (``reaped_at``) older than the param (ms) or ahead of the clock
+REAP_DUE_SELECT = (f"SELECT (SELECT min(expiry) FROM kv_lease) <= {NOW_MS} "
+                   f"OR abs({NOW_MS} - reaped_at) >= ? FROM kv_meta")
+
 #: compaction at C, one window [lo, hi) of *successor* revisions (hi <= C + 1):
 #: a version is superseded at or before C exactly when the key's next change n
 #: (the row whose ``prev_rev`` points at it) has n.rev <= C, so each window
