@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -295,19 +296,22 @@ def main() -> None:
         keep = set(args.backends.split(","))
         backends = [b for b in backends if b.name in keep or b.name == "etcd"]
     results: dict[tuple[str, str, int], Result] = {}
-    for b in backends:
-        print(f"# {b.name}: {b.notes}", file=sys.stderr, flush=True)
-        b.setup()
-        try:
-            for op in OPS:
-                for conc in CONCURRENCY:
-                    r = b.run(op, conc, args.duration, args.max_ops)
-                    results[(b.name, op, conc)] = r
-                    print(f"  {b.name:5} {op:5} c={conc:<3} {r.rate:9.0f} ops/s  "
-                          f"p50 {r.pct(.5):6.2f} ms  p99 {r.pct(.99):6.2f} ms",
-                          file=sys.stderr, flush=True)
-        finally:
-            b.teardown()
+    try:
+        for b in backends:
+            print(f"# {b.name}: {b.notes}", file=sys.stderr, flush=True)
+            b.setup()
+            try:
+                for op in OPS:
+                    for conc in CONCURRENCY:
+                        r = b.run(op, conc, args.duration, args.max_ops)
+                        results[(b.name, op, conc)] = r
+                        print(f"  {b.name:5} {op:5} c={conc:<3} {r.rate:9.0f} ops/s  "
+                              f"p50 {r.pct(.5):6.2f} ms  p99 {r.pct(.99):6.2f} ms",
+                              file=sys.stderr, flush=True)
+            finally:
+                b.teardown()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # the data dirs reach 1-2 GB per run
 
     names = [b.name for b in backends]
     print(f"\nMachine: {platform.platform()}, {os.cpu_count()} cores, Python "

@@ -57,6 +57,8 @@ class DemoProcess:
         return f"http://{self.api}"
 
     def start(self) -> None:
+        if self.running:  # a second process would be left running, unowned
+            raise RuntimeError(f"demo node {self.index} is already running")
         cmd, env = node_command(self.api, self.db, self.dir, self.join, self.options)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
