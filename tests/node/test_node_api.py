@@ -110,6 +110,23 @@ def test_checkpoint_threshold_keeps_the_wal_short(make_node: Callable[..., Node]
     assert _wal_frames(default, "default", 60) >= 60
 
 
+def test_checkpoint_threshold_is_written_only_over_the_known_layout(tmp_path: Path) -> None:
+    """The helper writes into the engine's private config only when every field
+    around it holds what dqlite_node_create put there (here: a node never started)."""
+    from cowsqlpy.node import _engine
+
+    ffi, lib = _engine().ffi, _engine().lib
+    out = ffi.new("dqlite_node **")
+    assert lib.dqlite_node_create(5, b"127.0.0.1:9", str(tmp_path).encode(), out) == 0
+    try:
+        assert lib.cowsqlpy_set_checkpoint_threshold(out[0], 6, b"127.0.0.1:9", 7) == 1  # wrong id
+        assert lib.cowsqlpy_set_checkpoint_threshold(out[0], 5, b"127.0.0.1:8", 7) == 1  # wrong address
+        assert lib.cowsqlpy_set_checkpoint_threshold(out[0], 5, b"127.0.0.1:9", 7) == 0
+        assert lib.cowsqlpy_set_checkpoint_threshold(out[0], 5, b"127.0.0.1:9", 100) == 0
+    finally:
+        lib.dqlite_node_destroy(out[0])
+
+
 def test_dial_is_used_for_raft_and_failures_are_survived(make_node: Callable[..., Node]) -> None:
     dial_ok = default_dial()
     state = {"mode": "ok", "calls": 0}
