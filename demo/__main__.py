@@ -40,8 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--request-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="how long a request waits for a leader before answering 503")
     p.add_argument("--handover-timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument("--compact-retention", type=int, default=10_000, metavar="REVISIONS",
+                   help="history kept for reads at past revisions and watches from a "
+                        "revision (older revisions are compacted; 0: keep everything, "
+                        "which grows the in-memory database for ever)")
     p.add_argument("--log-level", default=os.environ.get("COWSQLPY_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
+    if args.compact_retention < 0:
+        p.error("--compact-retention must be >= 0 revisions")
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s.%(msecs)03d %(process)d %(name)s %(levelname)s "
@@ -60,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     join=[a.strip() for a in args.join.split(",") if a.strip()],
                     network_latency=args.network_latency,
                     roles_adjustment_frequency=args.roles_adjustment_frequency,
-                    request_timeout=args.request_timeout)
+                    request_timeout=args.request_timeout,
+                    compact_retention=args.compact_retention)
     try:
         node.start_app()
     except (Error, ValueError, OSError) as exc:

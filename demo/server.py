@@ -51,8 +51,9 @@ class DemoNode:
 
     def __init__(self, api: str, db: str, data_dir: str, *, join: list[str] | None = None,
                  network_latency: float | None = None, roles_adjustment_frequency: float = 5.0,
-                 request_timeout: float = 5.0) -> None:
+                 request_timeout: float = 5.0, compact_retention: int = 10_000) -> None:
         self.api_address, self.db_address = api, db
+        self.compact_retention = compact_retention
         self.data_dir = data_dir
         self.join = join or []
         self.network_latency = network_latency
@@ -85,7 +86,7 @@ class DemoNode:
 
     async def _start_http(self) -> None:
         assert self.app is not None
-        core = CowsqlCore(self.app.store, DATABASE, self.request_timeout)
+        core = CowsqlCore(self.app.store, DATABASE, self.request_timeout, self.compact_retention)
         await core.start()
         self.core = core
         me = NodeIdentity(self.app.id, self.db_address, self.api_address)

@@ -1,6 +1,6 @@
 """``cowsql://`` backend: a durable, replicated etcd-style store in the SQL engine.
 
-URL: ``cowsql://HOST:PORT[,HOST:PORT...]/DATABASE[?session_ttl=S&timeout=S&private=1]``
+URL: ``cowsql://HOST:PORT[,HOST:PORT...]/DATABASE[?session_ttl=S&timeout=S&private=1&auto_compact=N]``
 
 The state is a kine-style revision log in SQL tables (see
 :mod:`kvstore.backends.cowsql_schema`) with etcd's full semantics: create/mod
@@ -134,6 +134,7 @@ REAP_LIMIT = 64                 # leases expired per reaper op
 LEASE_GAP_MS = 5000             # no reaper pass for this long: extend every lease
 REAPED_AT_EVERY_MS = 1000       # how often a reaper pass records itself
 COMPACT_WINDOW = 1000           # revisions per physical compaction op
+AUTO_COMPACT_INTERVAL = 10.0    # seconds between auto-compaction checks (auto_compact=N)
 
 
 class OutcomeUnknown(BackendError):
@@ -573,9 +574,11 @@ class CowsqlCore:
     """The async store: committer, reads, watch poller, lease reaper, compactor.
     All coroutines run on cowsqlpy's background loop (``self.loop``)."""
 
-    def __init__(self, servers: list[str], database: str, timeout: float) -> None:
+    def __init__(self, servers: list[str], database: str, timeout: float,
+                 auto_compact: int = 0) -> None:
         self.servers = servers
         self.database = database
+        self.auto_compact = auto_compact   # revisions of history to keep (0: never compact)
         self.policy = RetryPolicy(max_tries=1000, backoff=0.01, backoff_cap=0.25,
                                   deadline=timeout, busy_timeout=timeout,
                                   attempt_timeout=min(10.0, timeout))
@@ -593,6 +596,7 @@ class CowsqlCore:
         self._poller: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._compactor: asyncio.Task[None] | None = None
+        self._auto_compactor: asyncio.Task[None] | None = None
         self._compact_target = 0
         self._closed = False
         self.batches = 0           # group commits run (tests, benchmark)
@@ -604,6 +608,8 @@ class CowsqlCore:
         self._filled = asyncio.Event()
         await self._ensure_schema()
         self._reaper = asyncio.ensure_future(self._reap_loop())
+        if self.auto_compact:
+            self._auto_compactor = asyncio.ensure_future(self._auto_compact_loop())
 
     # ---------------------------------------------------------------- schema
     async def _ensure_schema(self) -> None:
@@ -991,6 +997,23 @@ class CowsqlCore:
             except (KVError, ClosedError) as exc:
                 log.debug("lease reaper pass failed: %r", exc)
 
+    async def _auto_compact_loop(self) -> None:
+        """Keep the last ``auto_compact`` revisions of history (etcd's revision-mode
+        auto-compaction): compact once the history is a tenth longer than that.
+        Every process may run it; all but the first find it done (CompactedError)."""
+        keep = self.auto_compact
+        while not self._closed:
+            await asyncio.sleep(AUTO_COMPACT_INTERVAL)
+            try:
+                (rev, compacted), = await self._query(
+                    "SELECT revision, compact_revision FROM kv_meta", ())
+                if rev - keep - compacted >= max(1, keep // 10):
+                    await self.compact(rev - keep)
+            except CompactedError:
+                pass
+            except (KVError, ClosedError) as exc:
+                log.debug("auto-compaction failed: %r", exc)
+
     def _schedule_compaction(self, target: int) -> None:
         self._compact_target = max(self._compact_target, target)
         if self._compactor is None or self._compactor.done():
@@ -1014,7 +1037,7 @@ class CowsqlCore:
     # ---------------------------------------------------------------- lifecycle
     async def close(self) -> None:
         self._closed = True
-        for t in (self._reaper, self._poller, self._compactor):
+        for t in (self._reaper, self._poller, self._compactor, self._auto_compactor):
             if t is not None:
                 t.cancel()
         if self._committer is not None and not self._committer.done():
@@ -1044,17 +1067,20 @@ class CowsqlKV(CoreBackedKV):
     scheme = "cowsql"
 
     def __init__(self, servers: list[str], database: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 session_ttl: int | None = None, private: bool = False) -> None:
+                 session_ttl: int | None = None, private: bool = False,
+                 auto_compact: int = 0) -> None:
         super().__init__(**({} if session_ttl is None else {"session_ttl": session_ttl}))
+        if isinstance(auto_compact, bool) or not isinstance(auto_compact, int) or auto_compact < 0:
+            raise InvalidArgument(f"cowsql: auto_compact must be revisions >= 0, got {auto_compact!r}")
         self.servers, self.database, self.timeout = servers, database, timeout
-        key: tuple[Any, ...] = (tuple(sorted(servers)), database, timeout)
+        key: tuple[Any, ...] = (tuple(sorted(servers)), database, timeout, auto_compact)
         if private:
             key += (object(),)
         self._key = key
         with _cores_lock:
             entry = _cores.get(key)
             if entry is None:
-                core = CowsqlCore(servers, database, timeout)
+                core = CowsqlCore(servers, database, timeout, auto_compact)
                 try:
                     run_sync(core.start(), timeout + 30)
                 except BaseException:
@@ -1110,7 +1136,7 @@ class CowsqlKV(CoreBackedKV):
 def open_url(url: str) -> CowsqlKV:
     u = urllib.parse.urlsplit(url)
     q = dict(urllib.parse.parse_qsl(u.query))
-    unknown = set(q) - {"session_ttl", "timeout", "private"}
+    unknown = set(q) - {"session_ttl", "timeout", "private", "auto_compact"}
     if unknown:
         raise InvalidArgument(f"cowsql: unknown options {sorted(unknown)}")
     servers = [e.strip() for e in u.netloc.split(",") if e.strip()]
@@ -1124,6 +1150,11 @@ def open_url(url: str) -> CowsqlKV:
     if not database or "/" in database:
         raise InvalidArgument(f"cowsql: the URL must name one database: cowsql://HOST:PORT/DB, "
                               f"got {url!r}")
+    auto_compact = q.get("auto_compact", "0")
+    if not auto_compact.isdigit():
+        raise InvalidArgument(f"cowsql: auto_compact must be a number of revisions, "
+                              f"got {auto_compact!r}")
     return CowsqlKV(servers, database, timeout=float(q.get("timeout", DEFAULT_TIMEOUT)),
                     session_ttl=int(q["session_ttl"]) if "session_ttl" in q else None,
-                    private=q.get("private", "0").lower() in ("1", "true", "yes"))
+                    private=q.get("private", "0").lower() in ("1", "true", "yes"),
+                    auto_compact=int(auto_compact))

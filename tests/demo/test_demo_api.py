@@ -294,3 +294,12 @@ def test_chunked_value_over_the_limit_is_413(demo3: DemoCluster) -> None:
             pass   # the server may answer and close before the end of the body
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+
+
+def test_compact_retention_must_not_be_negative(capsys: pytest.CaptureFixture[str]) -> None:
+    from demo.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--api", "127.0.0.1:1", "--db", "127.0.0.1:2", "--compact-retention", "-1"])
+    assert exit_info.value.code == 2
+    assert "--compact-retention must be >= 0" in capsys.readouterr().err

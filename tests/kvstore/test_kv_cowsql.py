@@ -263,6 +263,28 @@ def test_idle_reapers_leave_the_write_lock_alone(kv, monkeypatch):
     wait_until(lambda: kv.get(b"leased") is None, timeout=10, what="lease expiry")
 
 
+def test_auto_compact_keeps_the_last_n_revisions(cowsql_cluster, monkeypatch):
+    monkeypatch.setattr(kvstore.backends.cowsql, "AUTO_COMPACT_INTERVAL", 0.05)
+    with kvstore.open(cowsql_url(cowsql_cluster, _db(), private=1, auto_compact=30)) as kv:
+        for i in range(100):
+            kv.put(b"k%d" % (i % 5), b"%d" % i)
+        rev = kv.revision()
+
+        def compacted() -> bool:
+            try:
+                kv.get(b"k0", revision=2)
+            except CompactedError:
+                return True
+            return False
+        wait_until(compacted, timeout=20, what="auto-compaction")
+        # the last 30 revisions stay readable, and the old versions are gone
+        assert kv.get(b"k4", revision=rev - 30) is not None
+        wait_until(lambda: _log_rows(kv) < 60, timeout=20, what="physical compaction")
+    for bad in ("-1", "x"):
+        with pytest.raises(kvstore.InvalidArgument, match="auto_compact"):
+            kvstore.open(cowsql_url(cowsql_cluster, _db(), auto_compact=bad))
+
+
 def _query(kv: kvstore.KV, sql: str) -> list[tuple[Any, ...]]:
     assert isinstance(kv, CowsqlKV)
     return asyncio.run_coroutine_threadsafe(kv.core._query(sql, ()), kv.loop).result(30)
