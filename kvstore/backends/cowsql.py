@@ -1069,9 +1069,9 @@ class CowsqlKV(CoreBackedKV):
     def __init__(self, servers: list[str], database: str, *, timeout: float = DEFAULT_TIMEOUT,
                  session_ttl: int | None = None, private: bool = False,
                  auto_compact: int = 0) -> None:
-        super().__init__(**({} if session_ttl is None else {"session_ttl": session_ttl}))
         if isinstance(auto_compact, bool) or not isinstance(auto_compact, int) or auto_compact < 0:
             raise InvalidArgument(f"cowsql: auto_compact must be revisions >= 0, got {auto_compact!r}")
+        super().__init__(**({} if session_ttl is None else {"session_ttl": session_ttl}))
         self.servers, self.database, self.timeout = servers, database, timeout
         key: tuple[Any, ...] = (tuple(sorted(servers)), database, timeout, auto_compact)
         if private:
