@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -30,6 +31,25 @@ def assert_still_serving(address: str, proc: subprocess.Popen[str]) -> None:
     finally:
         conn.close()
     assert proc.poll() is None
+
+
+def run_then_check(child_node: ChildNode, body: Callable[[Session], Awaitable[None]],
+                   database: str | None = "guard") -> None:
+    """Run ``body`` on a new session to the child node (``database`` opened), then
+    show the node still serving."""
+    address, proc = child_node
+
+    async def scenario() -> None:
+        session = await Session.connect(address)
+        try:
+            if database is not None:
+                await session.open(database)
+            await body(session)
+        finally:
+            session.close()
+
+    run_sync(scenario())
+    assert_still_serving(address, proc)
 
 
 @pytest.mark.parametrize(
@@ -68,52 +88,37 @@ def test_parameter_count_is_capped_at_255(child_node: ChildNode) -> None:
 
 
 def test_statement_is_never_finalized_twice(child_node: ChildNode) -> None:
-    address, proc = child_node
-
-    async def scenario() -> None:
-        session = await Session.connect(address)
-        try:
-            await session.open("guard")
-            first = await session.prepare("SELECT 1")
-            second = await session.prepare("SELECT 2")  # keeps a higher id live (the segfault case)
+    async def body(session: Session) -> None:
+        first = await session.prepare("SELECT 1")
+        second = await session.prepare("SELECT 2")  # keeps a higher id live (the segfault case)
+        await session.finalize(first)
+        with pytest.raises(cowsqlpy.ProgrammingError, match="not live"):
             await session.finalize(first)
-            with pytest.raises(cowsqlpy.ProgrammingError, match="not live"):
-                await session.finalize(first)
-            with pytest.raises(cowsqlpy.ProgrammingError):
-                async for _ in session.query(first):
-                    pass
-            await session.finalize(second)
-        finally:
-            session.close()
+        with pytest.raises(cowsqlpy.ProgrammingError):
+            async for _ in session.query(first):
+                pass
+        await session.finalize(second)
 
-    run_sync(scenario())
-    assert_still_serving(address, proc)
+    run_then_check(child_node, body)
 
 
 def test_statement_cache_finalizes_what_it_evicts_once(child_node: ChildNode) -> None:
     """Repeated query texts are prepared and kept per session; beyond the cache size
     the least recently used are finalized (once each: ids are then reused by the
     engine), interleaved with statements the caller prepared and finalized itself."""
-    address, proc = child_node
 
-    async def scenario() -> None:
-        session = await Session.connect(address)
-        try:
-            await session.open("guard")
-            mine = await session.prepare("SELECT 'mine'")
-            for i in range(3 * STATEMENT_CACHE_SIZE):
-                for _ in range(3):
-                    assert await session.query_all(f"SELECT {i}") == [(i,)]
-                if i % 50 == 0:
-                    await session.finalize(mine)
-                    mine = await session.prepare("SELECT 'mine'")
-            assert len(session._statements) <= STATEMENT_CACHE_SIZE + 1
-            assert await session.query_all("SELECT 1 + 1") == [(2,)]
-        finally:
-            session.close()
+    async def body(session: Session) -> None:
+        mine = await session.prepare("SELECT 'mine'")
+        for i in range(3 * STATEMENT_CACHE_SIZE):
+            for _ in range(3):
+                assert await session.query_all(f"SELECT {i}") == [(i,)]
+            if i % 50 == 0:
+                await session.finalize(mine)
+                mine = await session.prepare("SELECT 'mine'")
+        assert len(session._statements) <= STATEMENT_CACHE_SIZE + 1
+        assert await session.query_all("SELECT 1 + 1") == [(2,)]
 
-    run_sync(scenario())
-    assert_still_serving(address, proc)
+    run_then_check(child_node, body)
 
 
 @pytest.mark.parametrize(
@@ -126,20 +131,13 @@ def test_statement_cache_finalizes_what_it_evicts_once(child_node: ChildNode) ->
     ],
 )
 def test_dangerous_requests_are_never_sent(child_node: ChildNode, rtype: int, args: tuple[object, ...], match: str) -> None:
-    address, proc = child_node
+    async def body(session: Session) -> None:
+        with pytest.raises(cowsqlpy.ProgrammingError, match=match):
+            await session.call(rtype, *args)
+        # Nothing reached the socket: the same connection still gets answers.
+        assert await asyncio.wait_for(session.call(protocol.DESCRIBE, 0), 5) == (0, 0)
 
-    async def scenario() -> None:
-        session = await Session.connect(address)
-        try:
-            with pytest.raises(cowsqlpy.ProgrammingError, match=match):
-                await session.call(rtype, *args)
-            # Nothing reached the socket: the same connection still gets answers.
-            assert await asyncio.wait_for(session.call(protocol.DESCRIBE, 0), 5) == (0, 0)
-        finally:
-            session.close()
-
-    run_sync(scenario())
-    assert_still_serving(address, proc)
+    run_then_check(child_node, body, database=None)
 
 
 def test_multi_statement_text_is_not_silently_truncated(child_node: ChildNode) -> None:
