@@ -257,6 +257,8 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--failover-runs", type=int, default=3)
     ap.add_argument("--network-latency", type=float, default=0.025)
+    ap.add_argument("--demo-option", action="append", default=[], metavar="ARG",
+                    help="extra argument for every demo node, e.g. --demo-option=--busy-poll=0")
     args = ap.parse_args()
     for tool in ("wrk", "dqlite-demo"):
         if shutil.which(tool) is None:
@@ -267,7 +269,8 @@ def main() -> int:
     fo: dict[str, Failover] = {"demo": Failover(), "dqlite-demo": Failover()}
     try:
         for run in range(args.failover_runs):
-            c = DemoCluster(base / f"demo{run}", 3, network_latency=args.network_latency)
+            c = DemoCluster(base / f"demo{run}", 3, network_latency=args.network_latency,
+                            extra=args.demo_option)
             with c:
                 leader = c.wait_leader()
                 apis = [n.api for n in c.nodes]

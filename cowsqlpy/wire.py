@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from . import codec, protocol
+from ._loop import busy_poll_of
 from .errors import ConnectionLostError, Error, ProtocolError, error_for
 
 log = logging.getLogger("cowsqlpy.wire")
@@ -114,6 +115,8 @@ class WireConnection(asyncio.Protocol):
     # -- I/O callbacks ----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if (poller := busy_poll_of(self._loop)) is not None:
+            poller.touch()
         self._reader.feed(data)
         try:
             while (frame := self._reader.next_frame()) is not None:
@@ -187,6 +190,8 @@ class WireConnection(asyncio.Protocol):
         if _TRACE:
             log.debug("%s -> %s %r", self.address, protocol.REQUEST_NAMES.get(rtype, rtype), args)
         self._transport.write(data)
+        if (poller := busy_poll_of(self._loop)) is not None:
+            poller.touch()  # the reply may be back within microseconds: poll for it
         return waiter
 
     def _decode(self, waiter: _Waiter, frame: tuple[int, bytes]) -> Any:

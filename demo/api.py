@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.web_request import BaseRequest
 
-from cowsqlpy._loop import wait_event
+from cowsqlpy._loop import BusyPoll, wait_event
 from kvstore.backends.cowsql import CowsqlCore, OutcomeUnknown
 from kvstore.errors import (
     ClosedError,
@@ -355,8 +355,10 @@ class NodeIdentity:
 class Api:
     """Request handling for one demo node."""
 
-    def __init__(self, core: CowsqlCore, app: Any, me: NodeIdentity) -> None:
+    def __init__(self, core: CowsqlCore, app: Any, me: NodeIdentity,
+                 poller: BusyPoll | None = None) -> None:
         self.core = core
+        self.poller = poller
         self.app = app
         self.me = me
         self.started = time.time()
@@ -371,6 +373,8 @@ class Api:
 
     # ------------------------------------------------------------- dispatch
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        if self.poller is not None:
+            self.poller.touch()
         try:
             return await self._dispatch(request)
         except asyncio.CancelledError:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cowsqlpy._loop import background_loop, run_sync
+from cowsqlpy._loop import background_loop, enable_busy_poll, run_sync
 from kvstore.backends.cowsql import CowsqlCore
 from kvstore.errors import KVError, LeaseNotFound
 
@@ -22,6 +22,11 @@ from . import DATABASE
 from .api import REGISTRY, REGISTRY_TTL, Api, NodeIdentity
 
 log = logging.getLogger("demo")
+
+#: Seconds the event loop keeps polling after network activity (see cowsqlpy._loop.BusyPoll):
+#: covers an engine round trip (~30 us) and the next request of a client that sends
+#: one at a time; longer windows only burn CPU the engine threads need.
+DEFAULT_BUSY_POLL = 0.0001
 
 
 def split_address(address: str, what: str) -> tuple[str, int]:
@@ -51,8 +56,10 @@ class DemoNode:
 
     def __init__(self, api: str, db: str, data_dir: str, *, join: list[str] | None = None,
                  network_latency: float | None = None, roles_adjustment_frequency: float = 5.0,
-                 request_timeout: float = 5.0, compact_retention: int = 10_000) -> None:
+                 request_timeout: float = 5.0, compact_retention: int = 10_000,
+                 busy_poll: float = DEFAULT_BUSY_POLL) -> None:
         self.api_address, self.db_address = api, db
+        self.busy_poll = busy_poll
         self.compact_retention = compact_retention
         self.data_dir = data_dir
         self.join = join or []
@@ -92,7 +99,7 @@ class DemoNode:
         me = NodeIdentity(self.app.id, self.db_address, self.api_address)
         await self._register(me)
         self._keepalive = asyncio.ensure_future(self._keepalive_loop(me))
-        self.api = Api(core, self.app, me)
+        self.api = Api(core, self.app, me, enable_busy_poll(background_loop(), self.busy_poll))
         host, port = split_address(self.api_address, "--api")
         self._web = web.Server(self.api.handle, access_log=None, keepalive_timeout=75)
         self._server = await background_loop().create_server(
@@ -140,6 +147,7 @@ class DemoNode:
             await self._web.shutdown(5.0)
         if self._server is not None:
             await self._server.wait_closed()
+        enable_busy_poll(background_loop(), 0)
         if self._keepalive is not None:
             self._keepalive.cancel()
         if self.api is not None:

@@ -296,10 +296,16 @@ def test_chunked_value_over_the_limit_is_413(demo3: DemoCluster) -> None:
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
 
 
-def test_compact_retention_must_not_be_negative(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("option, value, message", [
+    ("--compact-retention", "-1", "--compact-retention must be >= 0"),
+    ("--busy-poll", "-1", "--busy-poll must be 0..10000 microseconds"),
+    ("--busy-poll", "20000", "--busy-poll must be 0..10000 microseconds"),
+])
+def test_bad_numeric_options_exit_2(option: str, value: str, message: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     from demo.__main__ import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["--api", "127.0.0.1:1", "--db", "127.0.0.1:2", "--compact-retention", "-1"])
+        main(["--api", "127.0.0.1:1", "--db", "127.0.0.1:2", option, value])
     assert exit_info.value.code == 2
-    assert "--compact-retention must be >= 0" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
