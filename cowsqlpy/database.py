@@ -27,7 +27,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +74,10 @@ MARKERS_SCHEMA = (
 )
 MARKER_WRITE = f"INSERT OR REPLACE INTO {MARKERS} (client, seq, at) VALUES (?, ?, strftime('%s', 'now'))"
 COMMIT_WITH_MARKER = f"{MARKER_WRITE}; COMMIT"
+#: Tells, on a session to the current leader, whether a transaction committed
+#: (True/False), or None when it cannot; see `Database.commit`.
+CommitCheck = Callable[[Session], Awaitable[bool | None]]
+
 # Resolution: a write that always changes a page (so it is a raft entry of the
 # current term), whether or not the client's row exists yet.
 MARKER_PROBE = (
@@ -376,37 +380,46 @@ class Database:
         self._commits += 1
         return self._commits
 
-    async def _resolve(self, marker: int) -> bool:
+    async def _resolve(self, marker: int | CommitCheck) -> bool:
         """Did the transaction carrying `marker` commit? Asked after its COMMIT reply was lost.
 
         A probe write to our marker row is committed on the current leader
         (idempotent, so retried until acknowledged). Committing it commits, or
         rules out for good, whatever the old leader left in flight: no later
         leader can lack an entry of a newer term. Then the row's sequence number
-        says whether our transaction made it.
+        says whether our transaction made it; or, for a commit that wrote no
+        marker, its own `CommitCheck` does (None: it cannot tell).
 
-        :raises OutcomeUnknownError: no leader answered within the retry policy.
+        :raises OutcomeUnknownError: no leader answered within the retry policy,
+            or the check could not tell.
         """
 
-        async def attempt() -> bool:
+        async def attempt() -> bool | None:
             session = await self.acquire()
             try:
                 try:
                     await session.exec_sql(MARKER_PROBE, (self._client_id,))
                 except OutcomeUnknownError as exc:  # the probe itself is in doubt: write it again
                     raise ConnectionLostError(exc.message) from exc
-                rows = await session.query_all(f"SELECT seq FROM {MARKERS} WHERE client = ?", (self._client_id,))
+                if not isinstance(marker, int):
+                    found = await marker(session)
+                else:
+                    rows = await session.query_all(f"SELECT seq FROM {MARKERS} WHERE client = ?", (self._client_id,))
+                    found = bool(rows) and rows[0][0] >= marker
             except BaseException as exc:
                 self.release(session, exc)
                 raise
             self.release(session)
-            return bool(rows) and rows[0][0] >= marker
+            return found
 
         self.resolutions += 1
         try:
-            return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="commit resolution")
+            found = await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="commit resolution")
         except Error as exc:
             raise OutcomeUnknownError(f"commit outcome unknown, no leader to ask: {exc.message}") from exc
+        if found is None:
+            raise OutcomeUnknownError("commit outcome unknown: its check could not tell")
+        return found
 
     @staticmethod
     def _settle_after_rollback(
@@ -517,7 +530,8 @@ class Database:
             self.write_lock.release()
             raise
 
-    async def commit(self, session: Session, before: Sequence[str] = ()) -> None:
+    async def commit(self, session: Session, before: Sequence[str] = (), *,
+                     check: CommitCheck | None = None) -> None:
         """COMMIT and release; the lock is released whatever happens, except when the
         COMMIT itself fails and leaves the transaction open (a deferred constraint).
 
@@ -526,17 +540,26 @@ class Database:
         and stops at the first error, so a failed one never lets the rest, or the
         COMMIT, run: the transaction cannot commit part of them.
 
+        `check`: for a transaction whose own writes can tell whether it committed
+        (with `before` non-empty): no marker row is written (one page less to
+        replicate) and a lost reply is resolved by `check` instead.
+
         :raises TransactionLostError: the transaction did not commit (now certain).
         :raises OutcomeUnknownError: the reply was lost and no leader could tell.
         """
-        marker = self._next_marker()
-        sql = "; ".join([MARKER_WRITE, *before, "COMMIT"]) if before else COMMIT_WITH_MARKER
+        if check is not None and before:
+            resolve: int | CommitCheck = check
+            sql, params = "; ".join([*before, "COMMIT"]), ()
+        else:
+            resolve = self._next_marker()
+            sql = "; ".join([MARKER_WRITE, *before, "COMMIT"]) if before else COMMIT_WITH_MARKER
+            params = (self._client_id, resolve)
         try:
-            await session.exec_sql(sql, (self._client_id, marker))
+            await session.exec_sql(sql, params)
         except SESSION_GONE as exc:
             self.release(session, exc)
             try:
-                committed = await self._resolve(marker)
+                committed = await self._resolve(resolve)
             finally:
                 self.write_lock.release()
             if not committed:

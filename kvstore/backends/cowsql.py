@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import threading
 import time
 import urllib.parse
@@ -205,6 +206,7 @@ class _Batch:
         self.lease_upd: dict[int, int] = {}
         self.lease_del: set[int] = set()
         self.log: list[tuple[Any, ...]] = []
+        self.token = secrets.randbits(63)   # on the first log row: see committed()
         self.raw: list[str] = []
         self.meta_dirty = False
         self.promoted = False
@@ -365,11 +367,12 @@ class _Batch:
         if rev != self._sub_rev:
             self._sub_rev, self._sub = rev, 0
         prev_rev = prev.mod_revision if prev is not None else 0
+        token = None if self.log else self.token
         if kv is None:
-            self.log.append((rev, self._sub, key, b"", 0, 0, 0, 1, prev_rev))
+            self.log.append((rev, self._sub, key, b"", 0, 0, 0, 1, prev_rev, token))
         else:
             self.log.append((rev, self._sub, key, kv.value, kv.create_revision, kv.version,
-                             kv.lease, 0, prev_rev))
+                             kv.lease, 0, prev_rev, token))
         self._sub += 1
         self.kvs[key] = kv
         self.changed.add(key)
@@ -536,6 +539,16 @@ class _Batch:
         self.raw += [sql.format(lo=int(lo), hi=int(hi), c=int(target)) for sql in S.COMPACT_CHUNK]
 
     # ---------------------------------------------------------------- SQL
+    async def committed(self, session: Session) -> bool | None:
+        """Whether this batch committed (its first log row is there with its
+        token), asked on the current leader after the COMMIT reply was lost;
+        None when a compaction may have removed the row since."""
+        rev, sub = self.log[0][:2]
+        (found, compacted), = await session.query_all(S.TOKEN_SELECT, (rev, sub, self.token))
+        if not found and compacted >= rev:
+            return None
+        return bool(found)
+
     def statements(self) -> list[str]:
         """The writes of this batch, as SQL with literal values (they go out in
         one request with the COMMIT, which takes no parameters past its first
@@ -563,6 +576,8 @@ class _Batch:
             out.append(f"DELETE FROM kv_lease WHERE id IN ({ids})")
         if not out and not self.meta_dirty:
             return []
+        if not self.meta_dirty:
+            return out   # the revision follows from the log (S.CURRENT_REVISION)
         out.append(f"UPDATE kv_meta SET revision = {int(self.rev)}, "
                    f"compact_revision = {int(self.compact_rev)}, next_lease = {int(self.next_lease)}, "
                    f"lease_epoch = {literal(self.epoch)}, reaped_at = {int(self.reaped_at)} WHERE id = 1")
@@ -743,8 +758,8 @@ class CowsqlCore:
             try:
                 # the writes and COMMIT in one request: a failing write stops it, so
                 # no part of the batch can commit alone; a lost reply is resolved
-                # through the driver's commit marker
-                await self.db.commit(session, stmts)
+                # through the batch's log token (or the driver's commit marker)
+                await self.db.commit(session, stmts, check=b.committed if b.log else None)
             except OutcomeUnknownError as exc:
                 raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader "
                                      f"could say within the deadline whether it committed ({exc})") from exc
@@ -1006,7 +1021,7 @@ class CowsqlCore:
             await asyncio.sleep(AUTO_COMPACT_INTERVAL)
             try:
                 (rev, compacted), = await self._query(
-                    "SELECT revision, compact_revision FROM kv_meta", ())
+                    f"SELECT {S.CURRENT_REVISION}, compact_revision FROM kv_meta", ())
                 if rev - keep - compacted >= max(1, keep // 10):
                     await self.compact(rev - keep)
             except CompactedError:

@@ -4,13 +4,20 @@ with etcd's full per-key metadata).
 Tables (all created idempotently in one write transaction, so several processes
 may open the same database at once):
 
-``kv_meta``   one row: store revision, compact revision, next lease id, and the
-              lease-clock bookkeeping (which leader last ran lease expiry, when).
+``kv_meta``   one row: compact revision, next lease id, the lease-clock
+              bookkeeping (which leader last ran lease expiry, when), and the
+              revision as of the row's last write. The current revision is the
+              larger of that and the log's newest row (``CURRENT_REVISION``): a
+              batch of plain puts and deletes leaves the row alone, one page
+              less per commit (schema 3).
 ``kv_log``    the revision log: one row per key change. ``(rev, sub)`` orders the
               events (``sub`` = position inside the revision); a delete is a
               tombstone row (``deleted = 1``); ``prev_rev`` is the mod revision of
               the key's previous live version (for ``prev_kv`` in events, reads
-              at past revisions and compaction). Serves reads at past revisions
+              at past revisions and compaction); ``token`` is set on a batch's
+              first row only: the batch's random token, which tells whether a
+              commit whose reply was lost happened (instead of the driver's
+              commit-marker row: one page less per commit). Serves reads at past revisions
               and watches. No index by key: each batch would dirty one more
               random page per key (the most expensive part of a write; see
               ``AT_REVISION_SELECT`` and ``COMPACT_CHUNK`` for how the log is
@@ -24,9 +31,10 @@ may open the same database at once):
               3.0 ms instead of 5.2), and a large value is written once.
 ``kv_current`` view: ``kv_live`` joined with each key's value from the log.
 ``kv_lease``  leases: granted TTL and expiry on the leader's clock (ms).
-(A commit whose reply is lost is resolved by the driver's commit marker, see
-``cowsqlpy.database``. The first version's ``kv_batch`` table and trigger, made
-for the same purpose, are dropped by the migration to schema 2.)
+(A commit whose reply is lost is resolved by its log token; a batch that
+writes no log row, by the driver's commit marker, see ``cowsqlpy.database``.
+The first version's ``kv_batch`` table and trigger, made for the same purpose,
+are dropped by the migration to schema 2.)
 
 Every table is ``WITHOUT ROWID`` with as few indexes as the reads need: a commit
 replicates whole 4 KiB pages, so pages touched per batch is what a write costs.
@@ -38,7 +46,7 @@ deadlines are on the leader's clock.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: leader wall clock in ms, evaluated inside the engine
 NOW_MS = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
@@ -80,6 +88,7 @@ SCHEMA = [
         lease INTEGER NOT NULL,
         deleted INTEGER NOT NULL,
         prev_rev INTEGER NOT NULL,
+        token INTEGER,
         PRIMARY KEY (rev, sub)) WITHOUT ROWID""",
     "DROP INDEX IF EXISTS kv_log_key",  # made by earlier versions; only slowed writes
     LIVE_TABLE.format(name="IF NOT EXISTS kv_live"),
@@ -112,6 +121,11 @@ MIGRATIONS: dict[int, list[str]] = {
         "DROP TABLE IF EXISTS kv_batch",
         "UPDATE kv_meta SET schema_version = 2",
     ],
+    # 2 -> 3: batch tokens in the log; kv_meta.revision no longer follows every batch
+    2: [
+        "ALTER TABLE kv_log ADD COLUMN token INTEGER",
+        "UPDATE kv_meta SET schema_version = 3",
+    ],
 }
 
 #: after SCHEMA and MIGRATIONS (a view is checked against the tables it names)
@@ -122,10 +136,18 @@ VIEWS = [
         FROM kv_live l JOIN kv_log g ON g.rev = l.mod_rev AND g.sub = l.mod_sub""",
 ]
 
-LOG_COLUMNS = "rev, sub, key, value, create_rev, version, lease, deleted, prev_rev"
+LOG_COLUMNS = "rev, sub, key, value, create_rev, version, lease, deleted, prev_rev, token"
+
+#: the store's revision, in a statement on kv_meta (a max() seek on the log's key)
+CURRENT_REVISION = "max(revision, coalesce((SELECT max(rev) FROM kv_log), 0))"
+
+#: whether the batch whose first log row is (rev, sub) with this token committed,
+#: and the compact revision (a compaction may have removed that row since)
+TOKEN_SELECT = ("SELECT EXISTS (SELECT 1 FROM kv_log WHERE rev = ? AND sub = ? AND token = ?), "
+                "compact_revision FROM kv_meta")
 
 #: meta row first (kind 0), then the rows asked for; one statement = one snapshot
-META_SELECT = (f"SELECT 0, NULL, revision, compact_revision, next_lease, {NOW_MS}, "
+META_SELECT = (f"SELECT 0, NULL, {CURRENT_REVISION}, compact_revision, next_lease, {NOW_MS}, "
                "lease_epoch, reaped_at FROM kv_meta")
 LIVE_COLUMNS = "key, value, create_rev, mod_rev, version, lease"
 
@@ -161,11 +183,11 @@ SELECT 1, p.key, {pval}, p.create_rev, p.rev, p.version, p.lease, 0
 
 #: events with revision in [lo, hi], with the previous version of each key, plus
 #: the meta row (sorted first) for the compaction / revision check
-EVENTS_SELECT = """SELECT -1, 0, NULL, NULL, compact_revision, revision, 0, 0, NULL, 0, 0, 0, 0
-    FROM kv_meta
+EVENTS_SELECT = f"""SELECT -1, 0, NULL, NULL, compact_revision, {CURRENT_REVISION}, 0, 0, NULL,
+    0, 0, 0, 0 FROM kv_meta
 UNION ALL
 SELECT l.rev, l.sub, l.key, l.value, l.create_rev, l.version, l.lease, l.deleted,
        p.value, p.create_rev, p.version, p.lease, p.rev
     FROM kv_log l LEFT JOIN kv_log p ON l.prev_rev > 0 AND p.key = l.key AND p.rev = l.prev_rev
-    WHERE l.rev >= ? AND l.rev <= ?{range}
+    WHERE l.rev >= ? AND l.rev <= ?{{range}}
 ORDER BY 1, 2"""

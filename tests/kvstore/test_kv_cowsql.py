@@ -113,35 +113,98 @@ def test_reads_inside_a_batch_see_earlier_ops_of_the_batch(kv):
 
 
 def _is_commit(sql: str) -> bool:
-    """The request that carries a batch's writes, marker and COMMIT."""
-    return sql.startswith(MARKER_WRITE) and sql.endswith("COMMIT")
+    """The request that carries a batch's writes and COMMIT (led by the driver's
+    marker when the batch writes no log row)."""
+    return sql.endswith("COMMIT") and ("INSERT INTO kv_log" in sql or sql.startswith(MARKER_WRITE))
+
+
+def _next_lease(kv: CowsqlKV) -> int:
+    (n,), = kv._run(kv.core._query("SELECT next_lease FROM kv_meta", ()))
+    return n
 
 
 @pytest.mark.parametrize("committed", [True, False])
-def test_lost_commit_reply_is_resolved_exactly_once(kv, monkeypatch, committed):
+@pytest.mark.parametrize("op", ["put", "grant"])
+def test_lost_commit_reply_is_resolved_exactly_once(kv, monkeypatch, committed, op):
     """The COMMIT's reply is lost with the leader (10506), once, after the commit
-    really happened or after a rollback: the driver resolves it through its
-    commit marker and the op is applied exactly once."""
+    really happened or after a rollback: it is resolved, through the batch's log
+    token (a put) or the driver's commit marker (a grant: no log row), and the op
+    is applied exactly once."""
     core = kv.core
     kv.put(b"once", b"0")
     real_exec_sql = Session.exec_sql
-    fired = []
+    fired: list[str] = []
 
     async def lossy_exec_sql(self: Session, sql: str, params: Any = ()) -> Any:
         if _is_commit(sql) and not fired:
-            fired.append(1)
+            fired.append(sql)
             await real_exec_sql(self, sql if committed else "ROLLBACK", params if committed else ())
             raise LeadershipLostError("injected: leadership lost during COMMIT", 10506)
         return await real_exec_sql(self, sql, params)
 
-    monkeypatch.setattr(Session, "exec_sql", lossy_exec_sql)
-    base = kv.revision()
+    base, lease = kv.revision(), _next_lease(kv)
     resolutions = core.db.resolutions
-    r = kv.put(b"once", b"1")
-    assert fired
-    assert r.revision == base + 1 and kv.revision() == base + 1
-    assert kv.get_kv(b"once").version == 2
+    monkeypatch.setattr(Session, "exec_sql", lossy_exec_sql)
+    if op == "put":
+        r = kv.put(b"once", b"1")
+        assert r.revision == base + 1 and kv.revision() == base + 1
+        assert kv.get_kv(b"once").version == 2
+    else:
+        kv.grant(60)
+        assert _next_lease(kv) == lease + 1
+    assert len(fired) == 1 and fired[0].startswith(MARKER_WRITE) == (op == "grant")
     assert core.db.resolutions == resolutions + 1
+
+
+def test_commit_check_reads_the_batch_token(kv):
+    """A batch's check finds its own first log row by token; another token is
+    "not committed"; a row at or below the compact revision that is not there
+    any more is "cannot tell" (None), never "not committed"."""
+    from kvstore.backends.cowsql import _Batch
+
+    kv.put(b"tok", b"1")
+    kv.put(b"tok", b"2")
+    r = kv.put(b"tok", b"3")
+    (token,), = kv._run(kv.core._query("SELECT token FROM kv_log WHERE rev = ? AND sub = 0",
+                                       (r.revision,)))
+    assert token is not None
+
+    def check(rev: int, tok: int) -> bool | None:
+        b = _Batch()
+        b.token = tok
+        b.log = [(rev, 0, b"tok", b"", 0, 0, 0, 0, 0, tok)]
+
+        async def ask() -> bool | None:
+            session = await kv.core.db.acquire()
+            try:
+                return await b.committed(session)
+            finally:
+                kv.core.db.release(session)
+
+        return kv._run(ask())
+
+    assert check(r.revision, token) is True
+    assert check(r.revision, token ^ 1) is False
+    kv.compact(r.revision)
+    assert check(r.revision - 1, 12345) is None      # compacted away, or never there
+    assert check(r.revision + 1, 12345) is False
+
+
+def test_plain_puts_leave_the_meta_row_alone(kv):
+    """kv_meta is written only when lease or compaction state changes; the
+    revision follows from the log."""
+    def meta_revision() -> int:
+        (rev,), = kv._run(kv.core._query("SELECT revision FROM kv_meta", ()))
+        return rev
+
+    kv.put(b"m", b"0")
+    before, rev = meta_revision(), kv.revision()
+    for i in range(3):
+        assert kv.put(b"m", b"%d" % i).revision == rev + i + 1
+    kv.delete(b"m")
+    assert meta_revision() == before and kv.revision() == rev + 4
+    kv.compact(rev + 4)
+    assert meta_revision() == rev + 4 == kv.revision()
 
 
 def test_commit_outcome_unresolvable_is_reported_not_acked(kv, monkeypatch):
@@ -189,11 +252,15 @@ def test_concurrent_schema_creation(cowsql_cluster):
             h.close()
 
 
-#: what schema 1 made (kv_meta and kv_log are unchanged in 2): kv_live held the value
+#: what schema 1 made (kv_meta is unchanged since; kv_log has no token column
+#: before schema 3): kv_live held the value
 SCHEMA_1 = [
     S.SCHEMA[0],
     "INSERT INTO kv_meta VALUES (1, 1, 7, 0, 1, '', 0, NULL)",
-    S.SCHEMA[2],
+    """CREATE TABLE kv_log (rev INTEGER NOT NULL, sub INTEGER NOT NULL, key BLOB NOT NULL,
+        value BLOB NOT NULL, create_rev INTEGER NOT NULL, version INTEGER NOT NULL,
+        lease INTEGER NOT NULL, deleted INTEGER NOT NULL, prev_rev INTEGER NOT NULL,
+        PRIMARY KEY (rev, sub)) WITHOUT ROWID""",
     """CREATE TABLE kv_live (key BLOB PRIMARY KEY, value BLOB NOT NULL,
         create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, version INTEGER NOT NULL,
         lease INTEGER NOT NULL) WITHOUT ROWID""",
@@ -219,6 +286,7 @@ SCHEMA_1 = [
 
 
 def test_schema_1_database_is_migrated_in_place(cowsql_cluster):
+    """Schema 1 -> 2 -> 3 in the opening transaction: data, history and watches kept."""
     db = _db()
     conn = cowsqlpy.connect(cowsql_cluster.addresses, database=db)
     conn.executescript(";\n".join(SCHEMA_1))
@@ -237,16 +305,17 @@ def test_schema_1_database_is_migrated_in_place(cowsql_cluster):
         assert kv.put(b"a", b"7").revision == 8
         assert kv.get_kv(b"a").version == 3
     conn = cowsqlpy.connect(cowsql_cluster.addresses, database=db)
-    assert conn.execute("SELECT schema_version FROM kv_meta").fetchall() == [(2,)]
+    assert conn.execute("SELECT schema_version FROM kv_meta").fetchall() == [(3,)]
     assert "value" not in {r[1] for r in conn.execute("PRAGMA table_info(kv_live)").fetchall()}
+    assert "token" in {r[1] for r in conn.execute("PRAGMA table_info(kv_log)").fetchall()}
     assert conn.execute("SELECT name FROM sqlite_master WHERE name IN ('kv_batch', 'kv_meta_token')"
                         ).fetchall() == []
     conn.close()
     conn = cowsqlpy.connect(cowsql_cluster.addresses, database=db)
-    conn.execute("UPDATE kv_meta SET schema_version = 3")
+    conn.execute("UPDATE kv_meta SET schema_version = 4")
     conn.commit()
     conn.close()
-    with pytest.raises(kvstore.BackendError, match="schema 3, this code knows 2"):
+    with pytest.raises(kvstore.BackendError, match="schema 4, this code knows 3"):
         kvstore.open(cowsql_url(cowsql_cluster, db, private=1))
 
 
