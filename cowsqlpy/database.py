@@ -570,6 +570,35 @@ class Database:
         self.release(session)
         self.write_lock.release()
 
+    async def run_transaction(self, statements: Sequence[str], check: CommitCheck) -> None:
+        """BEGIN IMMEDIATE, `statements` (SQL with literal values) and COMMIT as one
+        request: a write transaction in one round trip, for writes that need no
+        read first. The engine stops at the first failing statement, so nothing
+        after it runs: a failed BEGIN (BUSY) runs nothing, a failed statement is
+        rolled back here. A lost reply is resolved by `check` (as in `commit`).
+
+        :raises Error: a statement failed; nothing was committed.
+        :raises TransactionLostError: the reply was lost and it did not commit.
+        :raises OutcomeUnknownError: the reply was lost and no leader could tell.
+        """
+        async with self.write_lock:
+            session = await self.acquire()
+            try:
+                await self._ensure_markers(session)  # for the probe of a lost reply
+                await session.exec_sql("; ".join([BEGIN, *statements, "COMMIT"]))
+            except SESSION_GONE as exc:
+                self.release(session, exc)
+                if not await self._resolve(check):
+                    raise TransactionLostError(f"the leader changed before the commit applied: {exc.message}") from exc
+                return
+            except Error:
+                await self._end_stray_transaction(session)  # rolls back, releases the session
+                raise
+            except BaseException as exc:
+                self.release(session, exc)
+                raise
+            self.release(session)
+
     async def rollback(self, session: Session) -> None:
         try:
             if not session.closed:

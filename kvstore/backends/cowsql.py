@@ -136,6 +136,8 @@ LEASE_GAP_MS = 5000             # no reaper pass for this long: extend every lea
 REAPED_AT_EVERY_MS = 1000       # how often a reaper pass records itself
 COMPACT_WINDOW = 1000           # revisions per physical compaction op
 AUTO_COMPACT_INTERVAL = 10.0    # seconds between auto-compaction checks (auto_compact=N)
+KNOWN_KEYS = 10_000             # key states kept for one-round-trip puts (see _put_known)
+KNOWN_BYTES = 8 << 20           # ... and their values' bytes
 
 
 class OutcomeUnknown(BackendError):
@@ -216,6 +218,7 @@ class _Batch:
         # The meta row, read inside the transaction (see _fetch).
         self.rev = self.compact_rev = self.next_lease = self.now = self.reaped_at = 0
         self.epoch: str | None = None
+        self.read_rev = 0   # the revision the state was read at
 
     # ---------------------------------------------------------------- loading
     def plan(self, ops: list[_Op]) -> list[Query]:
@@ -309,6 +312,7 @@ class _Batch:
             if r[0] == 0:
                 (self.rev, self.compact_rev, self.next_lease, self.now, self.epoch,
                  self.reaped_at) = r[2:8]
+                self.read_rev = self.rev
             elif r[0] == 1:
                 kv = _live_kv(r, 1)
                 self.kvs[kv.key] = kv
@@ -602,6 +606,12 @@ class CowsqlCore:
         self._pending: collections.deque[_Op] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
         self._recent: collections.deque[int] = collections.deque(maxlen=GATHER_MEMORY)
+        # The state of recently written keys as of revision _known_rev (0: none), kept
+        # while no other writer moved the revision: see _put_known.
+        self._known: dict[bytes, KeyValue | None] = {}
+        self._known_rev = 0
+        self._known_bytes = 0
+        self.known_puts = 0       # puts committed in one round trip (tests, metrics)
         self._expect = 1          # ops a batch should gather (the recent batch size)
         self._filled: asyncio.Event | None = None
         self._streams: dict[WatchStream, int] = {}
@@ -728,6 +738,8 @@ class CowsqlCore:
                     raise
 
     async def _run_batch(self, batch: list[_Op]) -> None:
+        if len(batch) == 1 and await self._put_known(batch[0]):
+            return
         deadline = time.monotonic() + self.policy.deadline
         attempt = 0
         while True:
@@ -747,6 +759,7 @@ class CowsqlCore:
                 stmts = b.statements()
                 if not stmts:
                     await self.db.rollback(session)   # read-only: nothing to commit
+                    self._remember(b)
                     self._deliver(batch, results, b)
                     return
             except BaseException as exc:
@@ -768,8 +781,63 @@ class CowsqlCore:
             except BaseException as exc:
                 await self._abandon(session, exc)
                 raise
+            self._remember(b)
             self._deliver(batch, results, b)
             return
+
+    def _remember(self, b: _Batch) -> None:
+        """Keep the committed batch's key states (all of them as of ``b.rev``); those
+        known from before are still true only if no one else wrote in between."""
+        if b.read_rev != self._known_rev:
+            self._forget()
+        for key, kv in b.kvs.items():
+            self._unknow(key)
+            if key not in b.bare:   # loaded without its value: not enough for a put
+                self._known[key] = kv
+                self._known_bytes += len(kv.value) if kv else 0
+        while len(self._known) > KNOWN_KEYS or self._known_bytes > KNOWN_BYTES:
+            self._unknow(next(iter(self._known)))   # the least recently written
+        self._known_rev = b.rev
+
+    def _unknow(self, key: bytes) -> None:
+        if key in self._known:
+            old = self._known.pop(key)
+            self._known_bytes -= len(old.value) if old else 0
+
+    def _forget(self) -> None:
+        self._known.clear()
+        self._known_rev = self._known_bytes = 0
+
+    async def _put_known(self, op: _Op) -> bool:
+        """A lone put (no compare, no lease) of a key whose state is known: its log
+        row, computed from that state, goes out with BEGIN, a guard and COMMIT in
+        one request (one round trip instead of two). The guard fails the request,
+        before any write, if the revision moved since (another process wrote); the
+        put then takes the general path. Whether it was committed."""
+        if op.kind != "txn" or op.args[0] or len(op.args[1]) != 1 or not self._known_rev:
+            return False
+        put = op.args[1][0]
+        if not isinstance(put, Put) or put.lease or put.key not in self._known:
+            return False
+        b = _Batch()
+        b.rev = b.read_rev = self._known_rev
+        b.kvs[put.key] = self._known[put.key]
+        result = await b.op_txn((), (put,), ())   # in memory: the key and no lease are known
+        stmts = [S.REVISION_GUARD.format(rev=self._known_rev), *b.statements()]
+        try:
+            await self.db.run_transaction(stmts, b.committed)
+        except OutcomeUnknownError as exc:
+            raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader "
+                                 f"could say within the deadline whether it committed ({exc})") from exc
+        except EngineError as exc:
+            # nothing committed (guard, BUSY, leader change): the general path reads
+            # the state, and forgets what is known if the revision moved
+            log.debug("one-round-trip put not taken: %r", exc)
+            return False
+        self.known_puts += 1
+        self._remember(b)
+        self._deliver([op], [result], b)
+        return True
 
     def _deliver(self, batch: list[_Op], results: list[Any], b: _Batch) -> None:
         self.batches += 1

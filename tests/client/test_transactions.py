@@ -92,6 +92,50 @@ def test_commit_with_writes_never_commits_part_of_them(cluster: InProcessCluster
     assert cluster.rows(dbname, f"SELECT seq FROM {MARKERS}") == [(3,)]
 
 
+async def _never_asked(session: object) -> bool:
+    raise AssertionError("no reply was lost: the check must not run")
+
+
+@pytest.mark.parametrize("failing", [
+    "INSERT INTO t VALUES (1)",              # a constraint error: the transaction stays open
+    "INSERT OR ROLLBACK INTO t VALUES (1)",  # ends the transaction: the rest must not run alone
+])
+def test_run_transaction_is_all_or_nothing(cluster: InProcessCluster, dbname: str, failing: str) -> None:
+    """BEGIN, the writes and COMMIT in one request: all committed, or (a write
+    failed) none of them, with the session and the write lock free again."""
+    db = cluster.database(dbname, group_commit=False)
+
+    async def scenario() -> None:
+        await db.run_transaction(["CREATE TABLE t (k INTEGER PRIMARY KEY)",
+                                  "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"], _never_asked)
+        with pytest.raises(cowsqlpy.IntegrityError):
+            await db.run_transaction(["INSERT INTO t VALUES (10)", failing,
+                                      "INSERT INTO t VALUES (11)"], _never_asked)
+        assert not db.write_lock.locked()
+        await db.run_transaction(["INSERT INTO t VALUES (3)"], _never_asked)
+        await db.close()
+
+    run_sync(scenario())
+    assert cluster.rows(dbname, "SELECT k FROM t ORDER BY k") == [(1,), (2,), (3,)]
+
+
+def test_run_transaction_busy_at_begin_runs_nothing(cluster: InProcessCluster, dbname: str) -> None:
+    """Another connection holds the write lock: BEGIN IMMEDIATE fails with BUSY
+    and the request's writes do not run on their own (no autocommit)."""
+    holder = cowsqlpy.connect(cluster.addresses, database=dbname, autocommit=True)
+    holder.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+    holder.execute("BEGIN IMMEDIATE")
+    db = cluster.database(dbname, group_commit=False)
+    try:
+        with pytest.raises(cowsqlpy.BusyError):
+            run_sync(db.run_transaction(["INSERT INTO t VALUES (1)"], _never_asked))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        run_sync(db.close())
+    assert cluster.rows(dbname, "SELECT count(*) FROM t") == [(0,)]
+
+
 async def _all(db: Database, sql: str) -> list[tuple[object, ...]]:
     stream = await db.query(sql, ())
     await stream.materialize()

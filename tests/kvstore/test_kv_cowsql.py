@@ -124,35 +124,44 @@ def _next_lease(kv: CowsqlKV) -> int:
 
 
 @pytest.mark.parametrize("committed", [True, False])
-@pytest.mark.parametrize("op", ["put", "grant"])
+@pytest.mark.parametrize("op", ["put", "put-known", "grant"])
 def test_lost_commit_reply_is_resolved_exactly_once(kv, monkeypatch, committed, op):
     """The COMMIT's reply is lost with the leader (10506), once, after the commit
-    really happened or after a rollback: it is resolved, through the batch's log
-    token (a put) or the driver's commit marker (a grant: no log row), and the op
-    is applied exactly once."""
+    really happened or after it was rolled back: it is resolved, through the
+    batch's log token (a put, in two round trips or in one when the key's state is
+    known) or the driver's commit marker (a grant: no log row), and the op is
+    applied exactly once."""
     core = kv.core
     kv.put(b"once", b"0")
+    if op == "put":
+        core._forget()   # the key's state must be read: two round trips
     real_exec_sql = Session.exec_sql
     fired: list[str] = []
 
     async def lossy_exec_sql(self: Session, sql: str, params: Any = ()) -> Any:
         if _is_commit(sql) and not fired:
             fired.append(sql)
-            await real_exec_sql(self, sql if committed else "ROLLBACK", params if committed else ())
+            if committed:
+                await real_exec_sql(self, sql, params)
+            elif not sql.startswith("BEGIN"):   # (a one-request transaction never ran)
+                await real_exec_sql(self, "ROLLBACK")
             raise LeadershipLostError("injected: leadership lost during COMMIT", 10506)
         return await real_exec_sql(self, sql, params)
 
-    base, lease = kv.revision(), _next_lease(kv)
+    base, lease, known = kv.revision(), _next_lease(kv), core.known_puts
     resolutions = core.db.resolutions
     monkeypatch.setattr(Session, "exec_sql", lossy_exec_sql)
-    if op == "put":
+    if op.startswith("put"):
         r = kv.put(b"once", b"1")
         assert r.revision == base + 1 and kv.revision() == base + 1
         assert kv.get_kv(b"once").version == 2
     else:
         kv.grant(60)
         assert _next_lease(kv) == lease + 1
-    assert len(fired) == 1 and fired[0].startswith(MARKER_WRITE) == (op == "grant")
+    assert len(fired) == 1
+    assert fired[0].startswith(MARKER_WRITE) == (op == "grant")
+    assert fired[0].startswith("BEGIN") == (op == "put-known")
+    assert core.known_puts == known + (op == "put-known" and committed)
     assert core.db.resolutions == resolutions + 1
 
 
@@ -188,6 +197,72 @@ def test_commit_check_reads_the_batch_token(kv):
     kv.compact(r.revision)
     assert check(r.revision - 1, 12345) is None      # compacted away, or never there
     assert check(r.revision + 1, 12345) is False
+
+
+def test_put_of_a_known_key_takes_one_round_trip(kv):
+    """After a write, the core knows the key's state: the next lone put of it is
+    computed from that state and sent with BEGIN and COMMIT in one request, with
+    the same result as the general path."""
+    core = kv.core
+    first = kv.put(b"known", b"v1")
+    n = core.known_puts
+    r = kv.put(b"known", b"v2", prev_kv=True)
+    assert core.known_puts == n + 1
+    assert r.revision == first.revision + 1 == kv.revision()
+    assert r.prev_kv is not None and (r.prev_kv.value, r.prev_kv.version) == (b"v1", 1)
+    got = kv.get_kv(b"known")
+    assert (got.value, got.version, got.create_revision, got.mod_revision) == \
+        (b"v2", 2, first.revision, r.revision)
+    kv.delete(b"known")
+    r = kv.put(b"known", b"v3", prev_kv=True)   # known absent: created again
+    assert core.known_puts == n + 2 and r.prev_kv is None
+    assert (kv.get_kv(b"known").version, kv.get_kv(b"known").create_revision) == (1, r.revision)
+
+
+def test_a_write_by_another_core_fails_the_guard(kv, cowsql_cluster, monkeypatch):
+    """Another process (a core of its own) wrote since: the known state is stale,
+    the revision guard stops the one-request put before it writes, and the put
+    is read and evaluated again: no lost update, no revision reused."""
+    core = kv.core
+    kv.put(b"g", b"mine")
+    refused: list[BaseException] = []
+    run_transaction = core.db.run_transaction
+
+    async def recording(*args: Any) -> None:
+        try:
+            await run_transaction(*args)
+        except BaseException as exc:
+            refused.append(exc)
+            raise
+
+    monkeypatch.setattr(core.db, "run_transaction", recording)
+    other = kvstore.open(cowsql_url(cowsql_cluster, kv.core.database, private=1))
+    try:
+        theirs = other.put(b"g", b"theirs")
+        n = core.known_puts
+        r = kv.put(b"g", b"mine again", prev_kv=True)
+        assert core.known_puts == n   # the guard failed: the general path committed it
+        assert len(refused) == 1 and isinstance(refused[0], cowsqlpy.IntegrityError)
+        assert "CHECK constraint failed" in str(refused[0])
+        assert r.revision == theirs.revision + 1
+        assert r.prev_kv is not None and r.prev_kv.value == b"theirs"
+        assert (kv.get_kv(b"g").value, kv.get_kv(b"g").version) == (b"mine again", 3)
+        kv.put(b"g", b"once more")
+        assert core.known_puts == n + 1   # known again
+    finally:
+        other.close()
+
+
+def test_known_key_states_are_bounded(kv, monkeypatch):
+    monkeypatch.setattr(kvstore.backends.cowsql, "KNOWN_KEYS", 3)
+    core = kv.core
+    for i in range(5):
+        kv.put(b"b/%d" % i, b"x" * (i + 1))
+    assert list(core._known) == [b"b/2", b"b/3", b"b/4"]   # the most recently written
+    assert core._known_bytes == 3 + 4 + 5
+    monkeypatch.setattr(kvstore.backends.cowsql, "KNOWN_BYTES", 8)
+    kv.put(b"b/5", b"y" * 6)
+    assert list(core._known) == [b"b/5"] and core._known_bytes == 6
 
 
 def test_plain_puts_leave_the_meta_row_alone(kv):
