@@ -1,16 +1,18 @@
 """HTTP benchmark: this demo vs Canonical's dqlite-demo, with wrk, in one run.
 
-Two 3-node clusters on loopback (started one after the other, never both at
-once): ``python -m demo`` processes and ``dqlite-demo`` (Debian go-dqlite).
-1,000 keys of 128 bytes are loaded first; then wrk drives the leader node's
-HTTP API with GET and PUT (random keys of the 1,000, Lua script) at 1, 8 and 32
-connections. Reported: successful requests/s (wrk's total minus non-2xx, and
-minus dqlite-demo's "200 Error: ..." answers, counted by the Lua script),
-errors, p50/p99 latency, and demo/dqlite-demo ratios. Then failover: SIGKILL
-of the leader's process, time until a PUT through another node succeeds, and
-every acknowledged PUT checked afterwards.
+Two 3-node clusters on loopback: ``python -m demo`` processes and ``dqlite-demo``
+(Debian go-dqlite), both up for the throughput part (the one not measured sits
+idle). 1,000 keys of 128 bytes are loaded into each; then wrk drives each leader
+node's HTTP API with GET and PUT (random keys of the 1,000, Lua script) at 1, 8
+and 32 connections, every cell ``--repeat`` times per cluster, back to back in
+alternating order. Reported per cell: the median run of each (successful
+requests/s = wrk's total minus non-2xx and minus dqlite-demo's "200 Error: ..."
+answers, counted by the Lua script; errors; p50/p99 latency), the ratio of the
+medians and the ratios of the back-to-back pairs. Then failover, one fresh
+cluster at a time: SIGKILL of the leader's process, time until a PUT through
+another node succeeds, and every acknowledged PUT checked afterwards.
 
-    .venv/bin/python bench/bench_demo.py [--duration 5] [--failover-runs 3]
+    .venv/bin/python bench/bench_demo.py [--duration 5] [--repeat 3] [--failover-runs 3]
 """
 
 from __future__ import annotations
@@ -239,69 +241,88 @@ def load_keys(api: str) -> None:
         assert _ok("load", status, body), (status, body[:100])
 
 
-def bench_cluster(name: str, apis: list[str], leader: int, duration: float, workdir: Path
-                  ) -> dict[tuple[str, int], WrkResult]:
-    load_keys(apis[leader])
-    out: dict[tuple[str, int], WrkResult] = {}
+def dqlite_leader(d: DqliteDemo) -> int:
+    return wait_for(lambda: (lambda i: None if i is None else i + 1)(d.leader_index()), 30,
+                    "dqlite-demo leader") - 1
+
+
+def throughput(targets: dict[str, str], duration: float, repeat: int, workdir: Path
+               ) -> dict[tuple[str, int], dict[str, list[WrkResult]]]:
+    """Every (method, connections) cell ``repeat`` times on each cluster, back to back
+    and in alternating order, so both see the same machine (disk speed here drifts
+    by up to 1.6x within an hour)."""
+    for api in targets.values():
+        load_keys(api)
+    out: dict[tuple[str, int], dict[str, list[WrkResult]]] = {}
     for method in ("GET", "PUT"):
         for c in CONNS:
-            r = run_wrk(f"http://{apis[leader]}", method, c, duration, workdir)
-            out[method, c] = r
-            print(f"  {name:12s} {method} c={c:2d}: {r.rps:8.0f} ok/s  errors {r.errors:6d}  "
-                  f"p50 {r.p50:7.2f} ms  p99 {r.p99:7.2f} ms", file=sys.stderr, flush=True)
+            cell = out[method, c] = {name: [] for name in targets}
+            for r in range(repeat):
+                for name in (list(targets) if r % 2 == 0 else list(targets)[::-1]):
+                    res = run_wrk(f"http://{targets[name]}", method, c, duration, workdir)
+                    cell[name].append(res)
+                    print(f"  {name:12s} {method} c={c:2d}: {res.rps:8.0f} ok/s  errors "
+                          f"{res.errors:6d}  p50 {res.p50:7.2f} ms  p99 {res.p99:7.2f} ms",
+                          file=sys.stderr, flush=True)
     return out
+
+
+def median_run(runs: list[WrkResult]) -> WrkResult:
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--repeat", type=int, default=3, help="wrk runs per cell and cluster")
     ap.add_argument("--failover-runs", type=int, default=3)
     ap.add_argument("--network-latency", type=float, default=0.025)
     ap.add_argument("--demo-option", action="append", default=[], metavar="ARG",
                     help="extra argument for every demo node, e.g. --demo-option=--busy-poll=0")
     args = ap.parse_args()
+    if args.repeat < 1 or args.failover_runs < 1 or args.duration < 1:
+        ap.error("--duration, --repeat and --failover-runs must be >= 1")
     for tool in ("wrk", "dqlite-demo"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (Debian packages wrk, go-dqlite)", file=sys.stderr)
             return 2
     base = Path(tempfile.mkdtemp(prefix="bench-demo-"))
-    results: dict[str, dict[tuple[str, int], WrkResult]] = {}
     fo: dict[str, Failover] = {"demo": Failover(), "dqlite-demo": Failover()}
     try:
+        # throughput: both clusters up (the one not measured is idle), cells interleaved
+        with DemoCluster(base / "demo", 3, network_latency=args.network_latency,
+                         extra=args.demo_option) as c, DqliteDemo(base / "dq") as d:
+            targets = {"demo": c.nodes[c.wait_leader()].api,
+                       "dqlite-demo": d.apis[dqlite_leader(d)]}
+            results = throughput(targets, args.duration, args.repeat, base)
+        # failover: one cluster at a time, a fresh one per run
         for run in range(args.failover_runs):
-            c = DemoCluster(base / f"demo{run}", 3, network_latency=args.network_latency,
-                            extra=args.demo_option)
-            with c:
-                leader = c.wait_leader()
-                apis = [n.api for n in c.nodes]
-                if run == 0:
-                    results["demo"] = bench_cluster("demo", apis, leader, args.duration, base)
-                failover_run(apis, leader, lambda i, c=c: c.nodes[i].kill(), fo["demo"],
-                             f"d{run}")
-            print(f"  demo failover run {run + 1}: {fo['demo'].times[-1]:.3f} s",
-                  file=sys.stderr, flush=True)
-        for run in range(args.failover_runs):
+            with DemoCluster(base / f"demo{run}", 3, network_latency=args.network_latency,
+                             extra=args.demo_option) as c:
+                failover_run([n.api for n in c.nodes], c.wait_leader(),
+                             lambda i, c=c: c.nodes[i].kill(), fo["demo"], f"d{run}")
             with DqliteDemo(base / f"dq{run}") as d:
-                leader = wait_for(lambda: (lambda i: None if i is None else i + 1)(
-                    d.leader_index()), 30, "dqlite-demo leader") - 1
-                if run == 0:
-                    results["dqlite-demo"] = bench_cluster("dqlite-demo", d.apis, leader,
-                                                           args.duration, base)
-                failover_run(d.apis, leader, d.kill, fo["dqlite-demo"], f"q{run}")
-            print(f"  dqlite-demo failover run {run + 1}: {fo['dqlite-demo'].times[-1]:.3f} s",
-                  file=sys.stderr, flush=True)
+                failover_run(d.apis, dqlite_leader(d), d.kill, fo["dqlite-demo"], f"q{run}")
+            print(f"  failover run {run + 1}: demo {fo['demo'].times[-1]:.3f} s, dqlite-demo "
+                  f"{fo['dqlite-demo'].times[-1]:.3f} s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    print("\n| op | conns | demo ok/s | demo errors | demo p50 ms | demo p99 ms | dqlite-demo "
-          "ok/s | dqlite-demo errors | dqlite-demo p50 ms | dqlite-demo p99 ms | ratio (ok/s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\nMedian of {args.repeat} runs per cell (by ok/s); ratio = demo median / "
+          "dqlite-demo median; per-run ratios pair the back-to-back runs.\n")
+    print("| op | conns | demo ok/s | demo errors | demo p50 ms | demo p99 ms | dqlite-demo "
+          "ok/s | dqlite-demo errors | dqlite-demo p50 ms | dqlite-demo p99 ms | ratio (ok/s) "
+          "| per-run ratios |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in ("GET", "PUT"):
         for c in CONNS:
-            a, b = results["demo"][method, c], results["dqlite-demo"][method, c]
+            cell = results[method, c]
+            a, b = median_run(cell["demo"]), median_run(cell["dqlite-demo"])
+            pairs = ", ".join(f"{x.rps / y.rps:.2f}" if y.rps else "inf"
+                              for x, y in zip(cell["demo"], cell["dqlite-demo"], strict=True))
             print(f"| {method} | {c} | {a.rps:,.0f} | {a.errors} | {a.p50:.2f} | {a.p99:.2f} | "
                   f"{b.rps:,.0f} | {b.errors} | {b.p50:.2f} | {b.p99:.2f} | "
-                  f"{a.rps / b.rps if b.rps else float('inf'):.2f} |")
+                  f"{a.rps / b.rps if b.rps else float('inf'):.2f} | {pairs} |")
     print("\n| cluster | failover median s | min s | max s | runs | acknowledged PUTs | lost |")
     print("|---|---|---|---|---|---|---|")
     for name, f in fo.items():
