@@ -570,14 +570,14 @@ class Database:
         self.release(session)
         self.write_lock.release()
 
-    async def run_transaction(self, statements: Sequence[str], check: CommitCheck) -> None:
-        """BEGIN IMMEDIATE, `statements` (SQL with literal values) and COMMIT as one
-        request: a write transaction in one round trip, for writes that need no
-        read first. The engine stops at the first failing statement, so nothing
-        after it runs: a failed BEGIN (BUSY) runs nothing, a failed statement is
-        rolled back here. A lost reply is resolved by `check` (as in `commit`).
+    async def write(self, sql: str, params: Sequence[Any], check: CommitCheck) -> bool:
+        """One write statement in a transaction of its own (autocommit), run as a
+        prepared statement from its second use on: one round trip, no BEGIN or
+        COMMIT to compile and run. Whether it changed any row (a statement whose
+        WHERE guards it may change none). A lost reply is resolved by `check` (as
+        in `commit`), which must look for the statement's effect.
 
-        :raises Error: a statement failed; nothing was committed.
+        :raises Error: the statement failed (BUSY included); nothing was written.
         :raises TransactionLostError: the reply was lost and it did not commit.
         :raises OutcomeUnknownError: the reply was lost and no leader could tell.
         """
@@ -585,19 +585,19 @@ class Database:
             session = await self.acquire()
             try:
                 await self._ensure_markers(session)  # for the probe of a lost reply
-                await session.exec_sql("; ".join([BEGIN, *statements, "COMMIT"]))
+                stmt = await session.cached_statement(sql)
+                _, changed = await (session.exec_sql(sql, params) if stmt is None
+                                    else session.send_exec(stmt, params))
             except SESSION_GONE as exc:
                 self.release(session, exc)
                 if not await self._resolve(check):
-                    raise TransactionLostError(f"the leader changed before the commit applied: {exc.message}") from exc
-                return
-            except Error:
-                await self._end_stray_transaction(session)  # rolls back, releases the session
-                raise
+                    raise TransactionLostError(f"the leader changed before the write applied: {exc.message}") from exc
+                return True
             except BaseException as exc:
                 self.release(session, exc)
                 raise
             self.release(session)
+            return changed > 0
 
     async def rollback(self, session: Session) -> None:
         try:

@@ -810,10 +810,10 @@ class CowsqlCore:
 
     async def _put_known(self, op: _Op) -> bool:
         """A lone put (no compare, no lease) of a key whose state is known: its log
-        row, computed from that state, goes out with BEGIN, a guard and COMMIT in
-        one request (one round trip instead of two). The guard fails the request,
-        before any write, if the revision moved since (another process wrote); the
-        put then takes the general path. Whether it was committed."""
+        row, computed from that state, is one guarded INSERT in autocommit (one
+        round trip instead of two, and a prepared statement). The guard inserts
+        nothing if the revision moved since (another process wrote); the put then
+        takes the general path. Whether it was committed."""
         if op.kind != "txn" or op.args[0] or len(op.args[1]) != 1 or not self._known_rev:
             return False
         put = op.args[1][0]
@@ -823,15 +823,13 @@ class CowsqlCore:
         b.rev = b.read_rev = self._known_rev
         b.kvs[put.key] = self._known[put.key]
         result = await b.op_txn((), (put,), ())   # in memory: the key and no lease are known
-        stmts = [S.REVISION_GUARD.format(rev=self._known_rev), *b.statements()]
         try:
-            await self.db.run_transaction(stmts, b.committed)
+            if not await self.db.write(S.PUT_KNOWN, (*b.log[0], self._known_rev), b.committed):
+                return False   # the guard: the general path re-reads and forgets stale states
         except OutcomeUnknownError as exc:
             raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader "
                                  f"could say within the deadline whether it committed ({exc})") from exc
-        except EngineError as exc:
-            # nothing committed (guard, BUSY, leader change): the general path reads
-            # the state, and forgets what is known if the revision moved
+        except EngineError as exc:   # nothing written (BUSY, leader change): the general path
             log.debug("one-round-trip put not taken: %r", exc)
             return False
         self.known_puts += 1

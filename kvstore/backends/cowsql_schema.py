@@ -141,11 +141,10 @@ LOG_COLUMNS = "rev, sub, key, value, create_rev, version, lease, deleted, prev_r
 #: the store's revision, in a statement on kv_meta (a max() seek on the log's key)
 CURRENT_REVISION = "max(revision, coalesce((SELECT max(rev) FROM kv_log), 0))"
 
-#: fails (kv_meta's CHECK (id = 1)) unless the store is still at revision {rev}, and
-#: writes nothing when it is: the guard of a put computed from known key states
-REVISION_GUARD = ("INSERT INTO kv_meta (id, schema_version, revision, compact_revision, "
-                  "next_lease, lease_epoch, reaped_at) SELECT 0, 0, 0, 0, 0, '', 0 FROM kv_meta "
-                  f"WHERE {CURRENT_REVISION} != {{rev}}")
+#: one log row (LOG_COLUMNS' values, then a revision), inserted only if the store is
+#: still at that revision: a put computed from known key states, in autocommit
+PUT_KNOWN = (f"INSERT INTO kv_log ({LOG_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
+             f"FROM kv_meta WHERE {CURRENT_REVISION} = ?")
 
 #: whether the batch whose first log row is (rev, sub) with this token committed,
 #: and the compact revision (a compaction may have removed that row since)

@@ -96,39 +96,37 @@ async def _never_asked(session: object) -> bool:
     raise AssertionError("no reply was lost: the check must not run")
 
 
-@pytest.mark.parametrize("failing", [
-    "INSERT INTO t VALUES (1)",              # a constraint error: the transaction stays open
-    "INSERT OR ROLLBACK INTO t VALUES (1)",  # ends the transaction: the rest must not run alone
-])
-def test_run_transaction_is_all_or_nothing(cluster: InProcessCluster, dbname: str, failing: str) -> None:
-    """BEGIN, the writes and COMMIT in one request: all committed, or (a write
-    failed) none of them, with the session and the write lock free again."""
+def test_write_runs_one_statement_and_says_whether_it_changed_rows(
+        cluster: InProcessCluster, dbname: str) -> None:
+    """A guarded statement in autocommit: it commits on its own, reports whether
+    its WHERE let it change anything, and a failed one writes nothing."""
     db = cluster.database(dbname, group_commit=False)
+    guarded = "INSERT INTO t (k) SELECT ? WHERE (SELECT count(*) FROM t) = ?"
 
-    async def scenario() -> None:
-        await db.run_transaction(["CREATE TABLE t (k INTEGER PRIMARY KEY)",
-                                  "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"], _never_asked)
+    async def scenario() -> list[bool]:
+        session = await db.begin()
+        await db.commit(session, ["CREATE TABLE t (k INTEGER PRIMARY KEY)"])
+        out = [await db.write(guarded, (1, 0), _never_asked),    # first use: SQL text
+               await db.write(guarded, (2, 1), _never_asked),    # then prepared
+               await db.write(guarded, (3, 1), _never_asked)]    # the guard: nothing
         with pytest.raises(cowsqlpy.IntegrityError):
-            await db.run_transaction(["INSERT INTO t VALUES (10)", failing,
-                                      "INSERT INTO t VALUES (11)"], _never_asked)
+            await db.write(guarded, (2, 2), _never_asked)         # duplicate key
         assert not db.write_lock.locked()
-        await db.run_transaction(["INSERT INTO t VALUES (3)"], _never_asked)
         await db.close()
+        return out
 
-    run_sync(scenario())
-    assert cluster.rows(dbname, "SELECT k FROM t ORDER BY k") == [(1,), (2,), (3,)]
+    assert run_sync(scenario()) == [True, True, False]
+    assert cluster.rows(dbname, "SELECT k FROM t ORDER BY k") == [(1,), (2,)]
 
 
-def test_run_transaction_busy_at_begin_runs_nothing(cluster: InProcessCluster, dbname: str) -> None:
-    """Another connection holds the write lock: BEGIN IMMEDIATE fails with BUSY
-    and the request's writes do not run on their own (no autocommit)."""
+def test_write_while_another_connection_writes_is_busy(cluster: InProcessCluster, dbname: str) -> None:
     holder = cowsqlpy.connect(cluster.addresses, database=dbname, autocommit=True)
     holder.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
     holder.execute("BEGIN IMMEDIATE")
     db = cluster.database(dbname, group_commit=False)
     try:
         with pytest.raises(cowsqlpy.BusyError):
-            run_sync(db.run_transaction(["INSERT INTO t VALUES (1)"], _never_asked))
+            run_sync(db.write("INSERT INTO t VALUES (?)", (1,), _never_asked))
     finally:
         holder.execute("ROLLBACK")
         holder.close()
