@@ -150,6 +150,11 @@ class OutcomeUnknown(BackendError):
         super().__init__(message, "outcome_unknown")
 
 
+def _unknown(exc: OutcomeUnknownError) -> OutcomeUnknown:
+    return OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader could say "
+                          f"within the deadline whether it committed ({exc})")
+
+
 def _kv_error(exc: EngineError) -> KVError:
     """The kvstore error for an engine error that survived the retry policy."""
     if isinstance(exc, OutcomeUnknownError):
@@ -774,8 +779,7 @@ class CowsqlCore:
                 # through the batch's log token (or the driver's commit marker)
                 await self.db.commit(session, stmts, check=b.committed if b.log else None)
             except OutcomeUnknownError as exc:
-                raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader "
-                                     f"could say within the deadline whether it committed ({exc})") from exc
+                raise _unknown(exc) from exc
             except TransactionLostError:
                 continue       # lost before COMMIT was applied: nothing committed
             except BaseException as exc:
@@ -827,8 +831,7 @@ class CowsqlCore:
             if not await self.db.write(S.PUT_KNOWN, (*b.log[0], self._known_rev), b.committed):
                 return False   # the guard: the general path re-reads and forgets stale states
         except OutcomeUnknownError as exc:
-            raise OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader "
-                                 f"could say within the deadline whether it committed ({exc})") from exc
+            raise _unknown(exc) from exc
         except EngineError as exc:   # nothing written (BUSY, leader change): the general path
             log.debug("one-round-trip put not taken: %r", exc)
             return False
