@@ -547,9 +547,10 @@ class Database:
         :raises TransactionLostError: the transaction did not commit (now certain).
         :raises OutcomeUnknownError: the reply was lost and no leader could tell.
         """
+        params: tuple[int, ...] = ()
         if check is not None and before:
             resolve: int | CommitCheck = check
-            sql, params = "; ".join([*before, "COMMIT"]), ()
+            sql = "; ".join([*before, "COMMIT"])
         else:
             resolve = self._next_marker()
             sql = "; ".join([MARKER_WRITE, *before, "COMMIT"]) if before else COMMIT_WITH_MARKER
