@@ -317,7 +317,7 @@ class Database:
         gone = next((o for o in (begin, *outcomes, tail) if isinstance(o, SESSION_GONE)), None)
         if gone is not None:
             self.release(session, gone)
-            if await self._resolve(marker):  # the commit ran: every statement ran inside it
+            if await self._resolve(self._marker_check(marker)):  # the commit ran: every statement ran inside it
                 for w, outcome in zip(todo, outcomes, strict=True):
                     _deliver(w, outcome)
                 self._count(todo)
@@ -380,15 +380,24 @@ class Database:
         self._commits += 1
         return self._commits
 
-    async def _resolve(self, marker: int | CommitCheck) -> bool:
-        """Did the transaction carrying `marker` commit? Asked after its COMMIT reply was lost.
+    def _marker_check(self, marker: int) -> CommitCheck:
+        """Whether our marker row's sequence number reached `marker`."""
+
+        async def check(session: Session) -> bool:
+            rows = await session.query_all(f"SELECT seq FROM {MARKERS} WHERE client = ?", (self._client_id,))
+            return bool(rows) and rows[0][0] >= marker
+
+        return check
+
+    async def _resolve(self, check: CommitCheck) -> bool:
+        """Did a transaction commit? Asked after its COMMIT reply was lost.
 
         A probe write to our marker row is committed on the current leader
         (idempotent, so retried until acknowledged). Committing it commits, or
         rules out for good, whatever the old leader left in flight: no later
-        leader can lack an entry of a newer term. Then the row's sequence number
-        says whether our transaction made it; or, for a commit that wrote no
-        marker, its own `CommitCheck` does (None: it cannot tell).
+        leader can lack an entry of a newer term. Then `check` says whether our
+        transaction made it (its marker row, see `_marker_check`, or its own
+        writes; None: it cannot tell).
 
         :raises OutcomeUnknownError: no leader answered within the retry policy,
             or the check could not tell.
@@ -401,11 +410,7 @@ class Database:
                     await session.exec_sql(MARKER_PROBE, (self._client_id,))
                 except OutcomeUnknownError as exc:  # the probe itself is in doubt: write it again
                     raise ConnectionLostError(exc.message) from exc
-                if not isinstance(marker, int):
-                    found = await marker(session)
-                else:
-                    rows = await session.query_all(f"SELECT seq FROM {MARKERS} WHERE client = ?", (self._client_id,))
-                    found = bool(rows) and rows[0][0] >= marker
+                found = await check(session)
             except BaseException as exc:
                 self.release(session, exc)
                 raise
@@ -549,22 +554,19 @@ class Database:
         """
         params: tuple[int, ...] = ()
         if check is not None and before:
-            resolve: int | CommitCheck = check
             sql = "; ".join([*before, "COMMIT"])
         else:
-            resolve = self._next_marker()
+            marker = self._next_marker()
             sql = "; ".join([MARKER_WRITE, *before, "COMMIT"]) if before else COMMIT_WITH_MARKER
-            params = (self._client_id, resolve)
+            params = (self._client_id, marker)
+            check = self._marker_check(marker)
         try:
             await session.exec_sql(sql, params)
         except SESSION_GONE as exc:
-            self.release(session, exc)
             try:
-                committed = await self._resolve(resolve)
+                await self._settle_lost_reply(session, exc, check)
             finally:
                 self.write_lock.release()
-            if not committed:
-                raise TransactionLostError(f"the leader changed before the commit applied: {exc.message}") from exc
             return
         except BaseException:
             raise  # e.g. a deferred constraint: the transaction stays open for rollback
@@ -590,15 +592,20 @@ class Database:
                 _, changed = await (session.exec_sql(sql, params) if stmt is None
                                     else session.send_exec(stmt, params))
             except SESSION_GONE as exc:
-                self.release(session, exc)
-                if not await self._resolve(check):
-                    raise TransactionLostError(f"the leader changed before the write applied: {exc.message}") from exc
-                return True
+                await self._settle_lost_reply(session, exc, check)
+                return True   # `check` found the statement's effect
             except BaseException as exc:
                 self.release(session, exc)
                 raise
             self.release(session)
             return changed > 0
+
+    async def _settle_lost_reply(self, session: Session, exc: Error, check: CommitCheck) -> None:
+        """Drop the session whose COMMIT reply was lost; return if the transaction
+        committed after all. :raises TransactionLostError: it did not."""
+        self.release(session, exc)
+        if not await self._resolve(check):
+            raise TransactionLostError(f"the leader changed before the commit applied: {exc.message}") from exc
 
     async def rollback(self, session: Session) -> None:
         try:
