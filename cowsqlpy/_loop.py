@@ -143,14 +143,17 @@ class BusyPoll:
             self.spinning = False
 
 
+#: the longest busy-poll window `enable_busy_poll` takes (seconds)
+MAX_BUSY_POLL = 0.01
+
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BusyPoll] = weakref.WeakKeyDictionary()
 
 
 def enable_busy_poll(loop: asyncio.AbstractEventLoop, window: float) -> BusyPoll | None:
     """Busy-poll `loop` for `window` seconds after each network event of cowsqlpy's
     connections on it (and each `touch` of the returned poller); 0 turns it off."""
-    if isinstance(window, bool) or not isinstance(window, int | float) or not 0 <= window <= 0.01:
-        raise ValueError(f"busy-poll window must be 0..0.01 s, got {window!r}")
+    if isinstance(window, bool) or not isinstance(window, int | float) or not 0 <= window <= MAX_BUSY_POLL:
+        raise ValueError(f"busy-poll window must be 0..{MAX_BUSY_POLL} s, got {window!r}")
     if not window:
         _pollers.pop(loop, None)
         return None

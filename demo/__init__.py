@@ -10,3 +10,12 @@ from __future__ import annotations
 
 #: Replicated database that holds the demo's key/value store.
 DATABASE = "demo"
+
+#: Revisions of history a node keeps (``--compact-retention``).
+DEFAULT_COMPACT_RETENTION = 10_000
+
+#: Seconds the event loop keeps polling after network activity (``--busy-poll``; see
+#: cowsqlpy._loop.BusyPoll): covers an engine round trip (~30 us) and the next request
+#: of a client that sends one at a time; longer windows only burn CPU the engine
+#: threads need.
+DEFAULT_BUSY_POLL = 0.0001

@@ -15,6 +15,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from cowsqlpy._loop import MAX_BUSY_POLL
+
+from . import DEFAULT_BUSY_POLL, DEFAULT_COMPACT_RETENTION
+
 #: First line on stdout once the node serves HTTP (demo.local and the tests wait for it).
 READY_PREFIX = "demo: serving"
 
@@ -40,20 +44,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--request-timeout", type=float, default=5.0, metavar="SECONDS",
                    help="how long a request waits for a leader before answering 503")
     p.add_argument("--handover-timeout", type=float, default=30.0, metavar="SECONDS")
-    p.add_argument("--compact-retention", type=int, default=10_000, metavar="REVISIONS",
+    p.add_argument("--compact-retention", type=int, default=DEFAULT_COMPACT_RETENTION,
+                   metavar="REVISIONS",
                    help="history kept for reads at past revisions and watches from a "
                         "revision (older revisions are compacted; 0: keep everything, "
                         "which grows the in-memory database for ever)")
-    p.add_argument("--busy-poll", type=float, default=100, metavar="MICROSECONDS",
+    p.add_argument("--busy-poll", type=float, default=DEFAULT_BUSY_POLL * 1e6, metavar="MICROSECONDS",
                    help="keep polling the network this long after each request and engine "
                         "reply instead of sleeping (a sleeping thread is slow to wake on a "
-                        "virtual machine; costs CPU only under load; 0: off; at most 10000)")
+                        "virtual machine; costs CPU only under load; 0: off; at most "
+                        f"{MAX_BUSY_POLL * 1e6:.0f})")
     p.add_argument("--log-level", default=os.environ.get("COWSQLPY_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
     if args.compact_retention < 0:
         p.error("--compact-retention must be >= 0 revisions")
-    if not 0 <= args.busy_poll <= 10_000:
-        p.error("--busy-poll must be 0..10000 microseconds")
+    if not 0 <= args.busy_poll <= MAX_BUSY_POLL * 1e6:
+        p.error(f"--busy-poll must be 0..{MAX_BUSY_POLL * 1e6:.0f} microseconds")
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s.%(msecs)03d %(process)d %(name)s %(levelname)s "

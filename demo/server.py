@@ -18,15 +18,10 @@ from cowsqlpy._loop import background_loop, enable_busy_poll, run_sync
 from kvstore.backends.cowsql import CowsqlCore
 from kvstore.errors import KVError, LeaseNotFound
 
-from . import DATABASE
+from . import DATABASE, DEFAULT_BUSY_POLL, DEFAULT_COMPACT_RETENTION
 from .api import REGISTRY, REGISTRY_TTL, Api, NodeIdentity
 
 log = logging.getLogger("demo")
-
-#: Seconds the event loop keeps polling after network activity (see cowsqlpy._loop.BusyPoll):
-#: covers an engine round trip (~30 us) and the next request of a client that sends
-#: one at a time; longer windows only burn CPU the engine threads need.
-DEFAULT_BUSY_POLL = 0.0001
 
 
 def split_address(address: str, what: str) -> tuple[str, int]:
@@ -56,7 +51,7 @@ class DemoNode:
 
     def __init__(self, api: str, db: str, data_dir: str, *, join: list[str] | None = None,
                  network_latency: float | None = None, roles_adjustment_frequency: float = 5.0,
-                 request_timeout: float = 5.0, compact_retention: int = 10_000,
+                 request_timeout: float = 5.0, compact_retention: int = DEFAULT_COMPACT_RETENTION,
                  busy_poll: float = DEFAULT_BUSY_POLL) -> None:
         self.api_address, self.db_address = api, db
         self.busy_poll = busy_poll
