@@ -1,0 +1,200 @@
+"""FaultProxy: a TCP proxy that drops, delays, refuses or cuts connections."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FaultProxy"]
+
+
+# -- FaultProxy ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Faults:
+    drop: bool = False  # swallow bytes, keep the connection open (a silent partition)
+    delay: float = 0.0  # seconds added before forwarding each chunk
+    refuse: bool = False  # close new connections at once
+
+
+class _Link:
+    def __init__(self, proxy: FaultProxy, a: socket.socket, b: socket.socket, target: str) -> None:
+        self.proxy, self.a, self.b, self.target = proxy, a, b, target
+        self.closed = False
+        self._lock = threading.Lock()
+        for src, dst in ((a, b), (b, a)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True, name=f"faultproxy-{target}").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                faults = self.proxy._faults_for(self.target)
+                if faults.drop:
+                    continue
+                if faults.delay:
+                    time.sleep(faults.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        for s in (self.a, self.b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+        self.proxy._forget(self)
+
+
+class FaultProxy:
+    """A TCP proxy that injects network faults.
+
+    Two uses, one fault model:
+
+    * ``FaultProxy(target)`` listens on an OS-chosen port of 127.0.0.1 and
+      forwards every connection to `target`; give ``proxy.address`` to a client.
+    * ``FaultProxy()`` is a dial function: pass it as ``Node(..., dial=proxy)``
+      or ``App(..., dial=proxy)`` and the engine's Raft connections run through it.
+
+    Faults apply to all links, or with ``address=`` to links towards one target:
+    `drop()` swallows bytes in both directions while connections stay open (a
+    silent partition), `delay()` adds latency per chunk, `refuse()` rejects new
+    connections, `cut()` closes the live ones (peers see EOF/reset); `heal()`
+    clears everything.
+    """
+
+    def __init__(self, target: str | None = None, *, host: str = "127.0.0.1", connect_timeout: float = 5.0) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._default = _Faults()
+        self._per_target: dict[str, _Faults] = {}
+        self._links: set[_Link] = set()
+        self._closed = False
+        self.accepted = 0
+        self.address: str | None = None
+        self._listener: socket.socket | None = None
+        if target is not None:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, 0))
+            listener.listen(128)
+            self._listener = listener
+            self.address = f"{host}:{listener.getsockname()[1]}"
+            threading.Thread(target=self._accept_loop, daemon=True, name=f"faultproxy-accept-{target}").start()
+
+    # -- faults --
+
+    def _faults_for(self, target: str) -> _Faults:
+        with self._lock:
+            return self._per_target.get(target, self._default)
+
+    def _update(self, address: str | None, **change: Any) -> None:
+        with self._lock:
+            if address is None:
+                for f in [self._default, *self._per_target.values()]:
+                    for k, v in change.items():
+                        setattr(f, k, v)
+            else:
+                f = self._per_target.setdefault(address, _Faults(**vars(self._default)))
+                for k, v in change.items():
+                    setattr(f, k, v)
+
+    def drop(self, on: bool = True, *, address: str | None = None) -> None:
+        self._update(address, drop=on)
+
+    def delay(self, seconds: float, *, address: str | None = None) -> None:
+        self._update(address, delay=float(seconds))
+
+    def refuse(self, on: bool = True, *, address: str | None = None) -> None:
+        self._update(address, refuse=on)
+
+    def cut(self, *, address: str | None = None) -> int:
+        """Close live connections (towards `address`, or all); returns how many."""
+        with self._lock:
+            links = [link for link in self._links if address is None or link.target == address]
+        for link in links:
+            link.close()
+        return len(links)
+
+    def heal(self) -> None:
+        with self._lock:
+            self._default = _Faults()
+            self._per_target.clear()
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self._links)
+
+    # -- plumbing --
+
+    def _forget(self, link: _Link) -> None:
+        with self._lock:
+            self._links.discard(link)
+
+    def _open_upstream(self, target: str) -> socket.socket:
+        if self._closed:
+            raise ConnectionRefusedError(f"fault proxy closed (towards {target})")
+        if self._faults_for(target).refuse:
+            raise ConnectionRefusedError(f"fault proxy refuses connections to {target}")
+        host, port = target.rsplit(":", 1)
+        return socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout)
+
+    def _link(self, near: socket.socket, upstream: socket.socket, target: str) -> None:
+        upstream.settimeout(None)
+        near.settimeout(None)
+        link = _Link(self, near, upstream, target)
+        with self._lock:
+            self._links.add(link)
+
+    def __call__(self, address: str) -> socket.socket:
+        """Dial `address` through the proxy (a Node `dial` function)."""
+        upstream = self._open_upstream(address)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._link(theirs, upstream, address)
+        return mine
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None and self.target is not None
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            try:
+                upstream = self._open_upstream(self.target)
+            except OSError:
+                client.close()
+                continue
+            self._link(client, upstream, self.target)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.close()
+        self.cut()
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FaultProxy {self.address or 'dial'} -> {self.target or '*'} links={self.connections}>"
