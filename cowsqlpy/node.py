@@ -2,12 +2,14 @@
 
 This is the only module that imports the engine binding (`cowsqlpy._engine`,
 built by cffi from `native/engine_build.py`); everything else in cowsqlpy
-imports and works without libdqlite.
+imports and works without libcowsql.
 
-The engine runs its own thread (libuv loop) and serves both Raft peers and
-clients on its bind address. Debian's libdqlite keeps its asserts: a request it
-does not expect aborts the whole process, so untrusted clients should talk to
-a node run in its own process (``python -m cowsqlpy node``).
+The engine is cowsql 1.15 (libcowsql0 from Debian bookworm-backports). It runs
+its own thread (libuv loop) and serves both Raft peers and clients on its bind
+address. Debian builds it with its asserts on: a request it cannot take aborts
+the whole process (`cowsqlpy.versions` lists what this engine survives), so
+untrusted clients should talk to a node run in its own process
+(``python -m cowsqlpy node``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from typing import Any, NamedTuple
 
 from .errors import EngineUnavailableError, NodeError, NodeStateError
 from .protocol import SPARE, STANDBY, VOTER, NodeInfo
-from .versions import EngineFeatures, features_for
+from .versions import COWSQL, EngineFeatures, describe_engine, features_for
 
 log = logging.getLogger("cowsqlpy.node")
+
+ENGINE_NAME = COWSQL
+"""The engine this binding is built on."""
 
 BOOTSTRAP_ID = 0x2DC171858C3155BE
 """The id with which a node on an empty data dir bootstraps a new cluster."""
@@ -40,6 +45,15 @@ DialFunc = Callable[[str], socket.socket]
 
 #: see `Node.checkpoint_threshold`
 DEFAULT_CHECKPOINT_THRESHOLD = 100
+
+
+#: the block sizes the engine accepts (raft's uv I/O presets)
+BLOCK_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
+
+
+class RoleTargets(NamedTuple):
+    voters: int  # target number of voters (the engine's default: 3)
+    standbys: int  # target number of stand-bys (default: 0)
 
 
 class SnapshotParams(NamedTuple):
@@ -62,29 +76,31 @@ def _engine() -> Any:
                 binding: Any = importlib.import_module("cowsqlpy._engine")
             except ImportError as exc:
                 raise EngineUnavailableError(
-                    "the dqlite engine binding is not available "
-                    f"({exc}); install Debian's libdqlite0 and libdqlite-dev, then "
-                    "reinstall cowsqlpy (pip install -e .) to build it"
+                    "the cowsql engine binding is not available "
+                    f"({exc}); install libcowsql0 and libcowsql-dev from Debian "
+                    "bookworm-backports, then reinstall cowsqlpy (pip install -e .) to build it"
                 ) from exc
-            features_for(binding.lib.dqlite_version_number())  # refuses too old
+            version = int(binding.lib.cowsql_version_number())
+            features_for(ENGINE_NAME, version)  # refuses an engine this code does not know
+            log.info("engine: %s", describe_engine(ENGINE_NAME, version))
             _binding = binding
         return _binding
 
 
 def engine_version() -> int:
-    """`dqlite_version_number()` of the loaded library (1.11.1 reports 11000)."""
-    return int(_engine().lib.dqlite_version_number())
+    """`cowsql_version_number()` of the loaded library (major*10000 + minor*100 + patch)."""
+    return int(_engine().lib.cowsql_version_number())
 
 
 def engine_features() -> EngineFeatures:
     """The version-table entry for the loaded library."""
-    return features_for(engine_version())
+    return features_for(ENGINE_NAME, engine_version())
 
 
 def generate_id(address: str) -> int:
     """A fresh random node id, as the engine generates it (mixes in `address`)."""
     _check_address(address)
-    return int(_engine().lib.dqlite_generate_node_id(address.encode()))
+    return int(_engine().lib.cowsql_generate_node_id(address.encode()))
 
 
 # -- Argument checks -------------------------------------------------------------
@@ -168,13 +184,13 @@ class _Handle:
         self.lock = threading.Lock()
 
     def errmsg(self) -> str:
-        return self.ffi.string(self.lib.dqlite_node_errmsg(self.ptr)).decode(errors="replace")
+        return self.ffi.string(self.lib.cowsql_node_errmsg(self.ptr)).decode(errors="replace")
 
     def stop(self) -> tuple[int, str]:
         with self.lock:
             if self.ptr is None or not self.running:
                 return 0, ""
-            rv = self.lib.dqlite_node_stop(self.ptr)
+            rv = self.lib.cowsql_node_stop(self.ptr)
             self.running = False
             return rv, (self.errmsg() if rv else "")
 
@@ -182,7 +198,7 @@ class _Handle:
         self.stop()
         with self.lock:
             if self.ptr is not None:
-                self.lib.dqlite_node_destroy(self.ptr)
+                self.lib.cowsql_node_destroy(self.ptr)
                 self.ptr = None
 
 
@@ -195,7 +211,7 @@ class Node:
 
     :raises ValueError/TypeError: bad id, address or option.
     :raises OSError: the data dir cannot be created.
-    :raises EngineUnavailableError: libdqlite is not installed.
+    :raises EngineUnavailableError: libcowsql is not installed (or cowsqlpy was built without it).
     """
 
     def __init__(
@@ -210,6 +226,9 @@ class Node:
         snapshot_params: SnapshotParams | tuple[int, int] | None = None,
         checkpoint_threshold: int | None = DEFAULT_CHECKPOINT_THRESHOLD,
         dial: DialFunc | None = None,
+        block_size: int | None = None,
+        auto_recovery: bool | None = None,
+        role_management: RoleTargets | None = None,
     ) -> None:
         self._id = _check_id(id)
         self._address = _resolve_port_zero(_check_address(address))
@@ -222,6 +241,9 @@ class Node:
         self._snapshot_params: SnapshotParams | None = None
         self._checkpoint_threshold: int | None = None
         self._dial: DialFunc | None = None
+        self._block_size: int | None = None
+        self._auto_recovery: bool | None = None
+        self._role_management: RoleTargets | None = None
         self.dial_calls = 0
         """How many Raft connections the engine asked `dial` for."""
         self.bind_address = bind_address
@@ -232,6 +254,9 @@ class Node:
         self.checkpoint_threshold_applied = False
         """Whether the engine took `checkpoint_threshold` at the last start (see there)."""
         self.dial = dial
+        self.block_size = block_size
+        self.auto_recovery = auto_recovery
+        self.role_management = role_management
         os.makedirs(self._data_dir, exist_ok=True)
         if not os.access(self._data_dir, os.W_OK | os.X_OK):
             raise PermissionError(13, "data dir is not writable", self._data_dir)
@@ -270,7 +295,7 @@ class Node:
         if self.running:
             assert self._handle is not None
             h = self._handle
-            return h.ffi.string(h.lib.dqlite_node_get_bind_address(h.ptr)).decode()
+            return h.ffi.string(h.lib.cowsql_node_get_bind_address(h.ptr)).decode()
         return self._bind_address or self._address
 
     @bind_address.setter
@@ -328,10 +353,10 @@ class Node:
     def checkpoint_threshold(self) -> int | None:
         """WAL frames after which each node checkpoints (None: the engine's 1,000).
 
-        libdqlite 1.11 makes every applied commit cost time in proportion to the
-        WAL's length (a follower rebuilds its WAL index from the whole WAL each
-        time), so a short WAL keeps commits fast: 0.75 ms right after a checkpoint vs 2.2 ms
-        at 1,000 frames (docs/benchmarks.md). The engine has no setter; the value
+        cowsql 1.15 (as libdqlite 1.11) makes every applied commit cost time in
+        proportion to the WAL's length (each apply opens a follower connection to
+        decide whether to checkpoint, which rebuilds the WAL index from the whole
+        WAL), so a short WAL keeps commits fast (docs/benchmarks.md). The engine has no setter; the value
         is written into its config only where the installed build's layout is
         recognised (`checkpoint_threshold_applied`), else the default stays.
         """
@@ -355,6 +380,63 @@ class Node:
         if value is not None and not callable(value):
             raise TypeError("dial must be a callable (address) -> connected socket")
         self._dial = value
+
+    @property
+    def block_size(self) -> int | None:
+        """Bytes per disk write of the Raft log (None: the engine's default, 4096).
+        The engine takes only its preset sizes: 512, 1024, 2048, 4096, 8192,
+        16384, 32768, 65536, 131072, 262144."""
+        return self._block_size
+
+    @block_size.setter
+    def block_size(self, value: int | None) -> None:
+        self._check_settable("block_size")
+        if value is not None and (isinstance(value, bool) or value not in BLOCK_SIZES):
+            raise ValueError(f"block_size must be one of {BLOCK_SIZES}, got {value!r}")
+        self._block_size = value
+
+    @property
+    def auto_recovery(self) -> bool | None:
+        """Whether the engine may delete data files it finds corrupt at start
+        (None: the engine's default, on). Off trades availability for never
+        dropping data silently: a corrupt file then stops `start()`."""
+        return self._auto_recovery
+
+    @auto_recovery.setter
+    def auto_recovery(self, value: bool | None) -> None:
+        self._check_settable("auto_recovery")
+        if value is not None and not isinstance(value, bool):
+            raise TypeError("auto_recovery must be a bool or None")
+        self._auto_recovery = value
+
+    @property
+    def role_management(self) -> RoleTargets | None:
+        """Engine-side role management: the leader promotes and demotes nodes on
+        its own to keep these targets (None: off; `cowsqlpy.App` balances roles
+        itself and leaves it off)."""
+        return self._role_management
+
+    @role_management.setter
+    def role_management(self, value: RoleTargets | None) -> None:
+        self._check_settable("role_management")
+        if value is not None:
+            if not isinstance(value, RoleTargets):
+                raise TypeError("role_management must be a RoleTargets(voters, standbys) or None")
+            if not (1 <= value.voters <= 255 and 0 <= value.standbys <= 255):
+                raise ValueError(f"role targets out of range: {value}")
+        self._role_management = value
+
+    def handover(self) -> bool:
+        """Hand this node's leadership and vote to others before a stop (the engine's
+        own hand-over); True if everything was handed over.
+
+        :raises NodeStateError: the node is not running.
+        """
+        if not self.running:
+            raise NodeStateError("cannot hand over: node is not running")
+        assert self._handle is not None
+        h = self._handle
+        return bool(h.lib.cowsql_node_handover(h.ptr) == 0)
 
     def _call_dial(self, address: str) -> socket.socket:
         self.dial_calls += 1
@@ -383,14 +465,14 @@ class Node:
             raise NodeStateError("node is already running")
         binding = _engine()
         ffi, lib = binding.ffi, binding.lib
-        out = ffi.new("dqlite_node **")
-        rv = lib.dqlite_node_create(self._id, self._address.encode(), self._data_dir.encode(), out)
+        out = ffi.new("cowsql_node **")
+        rv = lib.cowsql_node_create(self._id, self._address.encode(), self._data_dir.encode(), out)
         handle = _Handle(ffi, lib, out[0])
         try:
             if rv != 0:
                 raise NodeError(f"cannot create node: {handle.errmsg() or 'error ' + str(rv)}", rv)
             self._configure(handle)
-            rv = lib.dqlite_node_start(handle.ptr)
+            rv = lib.cowsql_node_start(handle.ptr)
             if rv != 0:
                 raise NodeError(f"cannot start node {self._address}: {handle.errmsg()}", rv)
         except BaseException:
@@ -411,26 +493,35 @@ class Node:
 
         # The engine asserts on start without a listener: always bind.
         bind = self._bind_address or self._address
-        check(lib.dqlite_node_set_bind_address(h.ptr, bind.encode()), f"bind address {bind} (in use?)")
+        check(lib.cowsql_node_set_bind_address(h.ptr, bind.encode()), f"bind address {bind} (in use?)")
         if self._network_latency is not None:
-            check(lib.dqlite_node_set_network_latency(h.ptr, int(self._network_latency * 1e9)), "network latency")
+            ms = max(1, round(self._network_latency * 1000))
+            check(lib.cowsql_node_set_network_latency_ms(h.ptr, ms), "network latency")
         if self._failure_domain is not None:
-            check(lib.dqlite_node_set_failure_domain(h.ptr, self._failure_domain), "failure domain")
+            check(lib.cowsql_node_set_failure_domain(h.ptr, self._failure_domain), "failure domain")
         if self._snapshot_params is not None:
-            check(lib.dqlite_node_set_snapshot_params(h.ptr, *self._snapshot_params), "snapshot params")
+            check(lib.cowsql_node_set_snapshot_params(h.ptr, *self._snapshot_params), "snapshot params")
+        if self._block_size is not None:
+            check(lib.cowsql_node_set_block_size(h.ptr, self._block_size), f"block size {self._block_size}")
+        if self._auto_recovery is not None:
+            check(lib.cowsql_node_set_auto_recovery(h.ptr, self._auto_recovery), "auto recovery")
+        if self._role_management is not None:
+            check(lib.cowsql_node_set_target_voters(h.ptr, self._role_management.voters), "target voters")
+            check(lib.cowsql_node_set_target_standbys(h.ptr, self._role_management.standbys), "target stand-bys")
+            check(lib.cowsql_node_enable_role_management(h.ptr), "role management")
         self.checkpoint_threshold_applied = False
         if self._checkpoint_threshold is not None:
             self.checkpoint_threshold_applied = lib.cowsqlpy_set_checkpoint_threshold(
                 h.ptr, self._id, self._address.encode(), self._checkpoint_threshold) == 0
             if not self.checkpoint_threshold_applied:
-                log.warning("node %d: this libdqlite build's layout is not recognised; the WAL "
+                log.warning("node %d: this libcowsql build's layout is not recognised; the WAL "
                             "checkpoint threshold stays at the engine default", self._id)
         if self._dial is not None:
             _install_dial_callback(ffi)
             self._ffi_self = ffi.new_handle(self)
-            check(lib.dqlite_node_set_connect_func(h.ptr, lib.cowsqlpy_dial, self._ffi_self), "dial function")
+            check(lib.cowsql_node_set_connect_func(h.ptr, lib.cowsqlpy_dial, self._ffi_self), "dial function")
         else:
-            check(lib.dqlite_node_set_connect_func(h.ptr, lib.cowsqlpy_connect_nodelay, ffi.NULL), "dial function")
+            check(lib.cowsql_node_set_connect_func(h.ptr, lib.cowsqlpy_connect_nodelay, ffi.NULL), "dial function")
 
     def stop(self) -> None:
         """Stop the engine thread and free it; the data dir stays.
@@ -500,23 +591,23 @@ def reconfigure_membership(data_dir: str | os.PathLike[str], nodes: Sequence[Nod
 
     binding = _engine()
     ffi, lib = binding.ffi, binding.lib
-    out = ffi.new("dqlite_node **")
+    out = ffi.new("cowsql_node **")
     # As go-dqlite does: a throw-away node object on the dir, never started.
-    rv = lib.dqlite_node_create(1, b"1", path.encode(), out)
+    rv = lib.cowsql_node_create(1, b"1", path.encode(), out)
     handle = _Handle(ffi, lib, out[0])
     try:
         if rv != 0:
             raise NodeError(f"cannot open data dir: {handle.errmsg()}", rv)
-        c_infos = ffi.new("dqlite_node_info_ext[]", len(infos))
+        c_infos = ffi.new("cowsql_node_info_ext[]", len(infos))
         keep = []
         for slot, info in zip(c_infos, infos, strict=True):
             addr = ffi.new("char[]", info.address.encode())
             keep.append(addr)
-            slot.size = ffi.sizeof("dqlite_node_info_ext")
+            slot.size = ffi.sizeof("cowsql_node_info_ext")
             slot.id = info.id
             slot.address = int(ffi.cast("uintptr_t", addr))
-            slot.dqlite_role = info.role
-        rv = lib.dqlite_node_recover_ext(handle.ptr, c_infos, len(infos))
+            slot.cowsql_role = info.role
+        rv = lib.cowsql_node_recover_ext(handle.ptr, c_infos, len(infos))
         if rv != 0:
             raise NodeError(f"recover failed: {handle.errmsg()}", rv)
     finally:
@@ -547,6 +638,9 @@ __all__ = [
     "Node",
     "NodeInfo",
     "SnapshotParams",
+    "RoleTargets",
+    "BLOCK_SIZES",
+    "ENGINE_NAME",
     "engine_version",
     "engine_features",
     "generate_id",

@@ -1,26 +1,36 @@
 """The one table of engine versions and what each can safely do.
 
 Client guardrails and node features read their switches from here, never
-from scattered version checks.
+from scattered version checks. Every row is proven by tests that send the
+guarded input to a node of that engine in a child process
+(tests/node/test_engine_guards.py for the engine this build embeds).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+DQLITE = "dqlite"
+COWSQL = "cowsql"
+
 
 @dataclass(frozen=True)
 class EngineFeatures:
     name: str
-    max_params: int  # params per statement in the tuple format the server parses
+    max_params: int  # params per statement in the tuple format our codec sends (schema 0: u8 count)
     returning: bool  # INSERT/UPDATE/DELETE ... RETURNING is safe
     describe_formats: tuple[int, ...]  # DESCRIBE formats that do not abort the node
-    heartbeat: bool  # HEARTBEAT request is handled (1.11.1 wedges the connection)
+    heartbeat: bool  # HEARTBEAT request gets a reply (1.11.1 wedges the connection)
     unknown_request_fails: bool  # unknown request type gets FAILURE rather than a hang
+    finalize_twice_safe: bool  # FINALIZE of an id already finalized gets FAILURE, not a crash
+    unknown_cluster_format_fails: bool  # CLUSTER format >= 2 gets FAILURE (the engine probe)
+    bad_frames_safe: bool  # malformed bodies (huge length, zero words) get no crash
+    #: PRAGMA assignments that abort the node (name -> values; an empty set: any value)
+    fatal_pragmas: tuple[tuple[str, frozenset[str]], ...]
 
 
-# dqlite_version_number() of the installed 1.11.1 says 11000 (its tag never bumped
-# the macros), so 1.10 and 1.11 cannot be told apart: both get the 1.11 switches.
+# dqlite_version_number() of Debian's 1.11.1 says 11000 (its tag never bumped
+# the macros), so 1.10 and 1.11 cannot be told apart: both get these switches.
 DQLITE_1_11 = EngineFeatures(
     name="dqlite 1.11",
     max_params=255,
@@ -28,17 +38,69 @@ DQLITE_1_11 = EngineFeatures(
     describe_formats=(0,),
     heartbeat=False,
     unknown_request_fails=False,
+    finalize_twice_safe=False,
+    unknown_cluster_format_fails=False,
+    bad_frames_safe=False,
+    fatal_pragmas=(("journal_mode", frozenset({"delete", "memory", "truncate", "persist", "off"})),
+                   ("page_size", frozenset())),
 )
 
-MIN_VERSION_NUMBER = 11000
+# cowsql 1.15 (Debian bookworm-backports 1.15.8, which reports 1.15.6 = 11506).
+COWSQL_1_15 = EngineFeatures(
+    name="cowsql 1.15",
+    max_params=255,
+    returning=True,
+    describe_formats=(0,),
+    heartbeat=False,
+    unknown_request_fails=True,
+    finalize_twice_safe=True,
+    unknown_cluster_format_fails=True,
+    bad_frames_safe=False,
+    fatal_pragmas=(("journal_mode", frozenset({"delete", "memory", "truncate", "persist", "off"})),
+                   ("page_size", frozenset())),
+)
 
-# The features the client assumes when talking to a server. The wire protocol
-# has no version negotiation, so the client targets the oldest engine we support.
+# (engine, first version number, first version number past the row, features)
+_TABLE: tuple[tuple[str, int, int, EngineFeatures], ...] = (
+    (DQLITE, 11000, 11100, DQLITE_1_11),
+    (COWSQL, 11500, 11600, COWSQL_1_15),
+)
+
+#: What the client assumes of a server it has not identified: the oldest engine
+#: we support. `cowsqlpy.connect(engine=...)` or the engine probe lifts it.
 CLIENT_TARGET = DQLITE_1_11
 
+#: The values `connect(engine=...)` takes.
+ENGINE_CHOICES = {"dqlite-1.11": DQLITE_1_11, "cowsql-1.15": COWSQL_1_15, "cowsql": COWSQL_1_15}
 
-def features_for(version_number: int) -> EngineFeatures:
-    """Switches for an engine reporting `version_number` (major*10000+minor*100+patch)."""
-    if version_number < MIN_VERSION_NUMBER:
-        raise ValueError(f"engine version {version_number} is older than 1.10 (11000)")
-    return DQLITE_1_11
+
+def features_for(engine: str, version_number: int) -> EngineFeatures:
+    """Switches for `engine` ("cowsql" or "dqlite") reporting `version_number`.
+
+    :raises ValueError: an engine or version this code was not tested on.
+    """
+    for name, first, past, features in _TABLE:
+        if name == engine and first <= version_number < past:
+            return features
+    known = ", ".join(f"{n} {_dotted(f)}" for n, f, _, _ in _TABLE)
+    raise ValueError(f"{engine} {_dotted(version_number)} is not a tested engine (known: {known})")
+
+
+def features_named(engine: str) -> EngineFeatures:
+    """The row for a `connect(engine=...)` value.
+
+    :raises ValueError: an unknown name (the message lists the choices).
+    """
+    try:
+        return ENGINE_CHOICES[engine]
+    except KeyError:
+        raise ValueError(f"engine must be one of {sorted(ENGINE_CHOICES)}, got {engine!r}") from None
+
+
+def describe_engine(engine: str, version_number: int) -> str:
+    """'cowsql 1.15.6 (11506)': for logs and `engine_version` reports."""
+    return f"{engine} {_dotted(version_number)} ({version_number})"
+
+
+def _dotted(v: int) -> str:
+    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"

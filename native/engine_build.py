@@ -1,7 +1,9 @@
 """cffi out-of-line API-mode builder for the engine binding (`cowsqlpy._engine`).
 
-Every engine symbol lives here and in `cowsqlpy/node.py`, so a libcowsql build
-(`cowsql_*` names) can later be added in one place.
+The engine is libcowsql 1.15 (Debian bookworm-backports: libcowsql-dev, with
+libraft0 0.22). Every engine symbol lives here and in `cowsqlpy/node.py`.
+Without the library the build still succeeds: this module is skipped (see
+setup.py) and `cowsqlpy.node.Node` raises `EngineUnavailableError`.
 """
 
 import shutil
@@ -10,8 +12,11 @@ import sys
 
 from cffi import FFI
 
-PKG = "dqlite"
-DEBIAN_HINT = "install the Debian package 'libdqlite-dev' (apt-get install libdqlite-dev pkg-config)"
+PKG = "cowsql"
+DEBIAN_HINT = (
+    "install libcowsql-dev from Debian bookworm-backports "
+    "(apt-get install -t bookworm-backports libcowsql-dev; pkg-config)"
+)
 
 
 def _pkg_config(*args: str) -> list[str]:
@@ -19,7 +24,7 @@ def _pkg_config(*args: str) -> list[str]:
         sys.exit(f"cowsqlpy: pkg-config not found; {DEBIAN_HINT}")
     proc = subprocess.run(["pkg-config", *args, PKG], capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"cowsqlpy: libdqlite not found by pkg-config ({proc.stderr.strip()}); {DEBIAN_HINT}")
+        sys.exit(f"cowsqlpy: libcowsql not found by pkg-config ({proc.stderr.strip()}); {DEBIAN_HINT}")
     return proc.stdout.split()
 
 
@@ -29,38 +34,44 @@ _libs = _pkg_config("--libs")
 ffibuilder = FFI()
 ffibuilder.cdef(
     """
-    typedef struct dqlite_node dqlite_node;
-    typedef unsigned long long dqlite_node_id;
+    typedef struct cowsql_node cowsql_node;
+    typedef unsigned long long cowsql_node_id;
 
-    typedef struct dqlite_node_info_ext {
+    typedef struct cowsql_node_info_ext {
         uint64_t size;
         uint64_t id;
         uint64_t address;
-        uint64_t dqlite_role;
-    } dqlite_node_info_ext;
+        uint64_t cowsql_role;
+    } cowsql_node_info_ext;
 
-    int dqlite_version_number(void);
-    int dqlite_node_create(dqlite_node_id id, const char *address, const char *data_dir,
-                           dqlite_node **n);
-    void dqlite_node_destroy(dqlite_node *n);
-    int dqlite_node_set_bind_address(dqlite_node *n, const char *address);
-    const char *dqlite_node_get_bind_address(dqlite_node *n);
-    int dqlite_node_set_connect_func(dqlite_node *n,
+    int cowsql_version_number(void);
+    int cowsql_node_create(cowsql_node_id id, const char *address, const char *data_dir,
+                           cowsql_node **n);
+    void cowsql_node_destroy(cowsql_node *n);
+    int cowsql_node_set_bind_address(cowsql_node *n, const char *address);
+    const char *cowsql_node_get_bind_address(cowsql_node *n);
+    int cowsql_node_set_connect_func(cowsql_node *n,
                                      int (*f)(void *arg, const char *address, int *fd),
                                      void *arg);
-    int dqlite_node_set_network_latency(dqlite_node *n, unsigned long long nanoseconds);
-    int dqlite_node_set_failure_domain(dqlite_node *n, unsigned long long code);
-    int dqlite_node_set_snapshot_params(dqlite_node *n, unsigned snapshot_threshold,
+    int cowsql_node_set_network_latency_ms(cowsql_node *n, unsigned milliseconds);
+    int cowsql_node_set_failure_domain(cowsql_node *n, unsigned long long code);
+    int cowsql_node_set_snapshot_params(cowsql_node *n, unsigned snapshot_threshold,
                                         unsigned snapshot_trailing);
-    int dqlite_node_start(dqlite_node *n);
-    int dqlite_node_stop(dqlite_node *n);
-    int dqlite_node_recover_ext(dqlite_node *n, dqlite_node_info_ext infos[], int n_info);
-    const char *dqlite_node_errmsg(dqlite_node *n);
-    dqlite_node_id dqlite_generate_node_id(const char *address);
+    int cowsql_node_set_block_size(cowsql_node *n, size_t size);
+    int cowsql_node_set_target_voters(cowsql_node *n, int voters);
+    int cowsql_node_set_target_standbys(cowsql_node *n, int standbys);
+    int cowsql_node_set_auto_recovery(cowsql_node *n, bool enabled);
+    int cowsql_node_enable_role_management(cowsql_node *n);
+    int cowsql_node_start(cowsql_node *n);
+    int cowsql_node_handover(cowsql_node *n);
+    int cowsql_node_stop(cowsql_node *n);
+    int cowsql_node_recover_ext(cowsql_node *n, cowsql_node_info_ext infos[], int n_info);
+    const char *cowsql_node_errmsg(cowsql_node *n);
+    cowsql_node_id cowsql_generate_node_id(const char *address);
 
     extern "Python" int cowsqlpy_dial(void *arg, const char *address, int *fd);
     int cowsqlpy_connect_nodelay(void *arg, const char *address, int *fd);
-    int cowsqlpy_set_checkpoint_threshold(dqlite_node *n, dqlite_node_id id, const char *address,
+    int cowsqlpy_set_checkpoint_threshold(cowsql_node *n, cowsql_node_id id, const char *address,
                                           unsigned threshold);
     """
 )
@@ -68,10 +79,11 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "cowsqlpy._engine",
     """
-    #include <dqlite.h>
-    #if !defined(DQLITE_NODE_INFO_EXT_SZ_ORIG)
-    #error "dqlite.h is older than 1.11 (no dqlite_node_recover_ext); install libdqlite-dev >= 1.11"
+    #include <cowsql.h>
+    #if COWSQL_VERSION_NUMBER < 11500
+    #error "cowsql.h is older than 1.15; install libcowsql-dev >= 1.15 from bookworm-backports"
     #endif
+    #include <stdbool.h>
     #include <stddef.h>
     #include <netdb.h>
     #include <netinet/in.h>
@@ -84,18 +96,19 @@ ffibuilder.set_source(
     #include <pthread.h>
     #include <stdarg.h>
 
-    /* libdqlite 1.11 has no setter for the WAL checkpoint threshold (1,000 frames),
-       and on every applied commit a follower rebuilds its WAL index by reading and
-       checksumming the whole WAL (it opens a connection to decide whether to
-       checkpoint), so a commit costs O(WAL size): 0.75 ms just after a checkpoint,
-       2.2 ms near 1,000 frames. This sets the field in the node's config, which
-       leads `struct dqlite_node` in 1.11 (src/server.h, src/config.h), only after
-       every field around it holds what dqlite_node_create put there; any other
+    /* cowsql 1.15 has no setter for the WAL checkpoint threshold (1,000 frames),
+       and on every applied commit each node opens a follower connection to decide
+       whether to checkpoint (src/fsm.c), which on a follower rebuilds the WAL
+       index from the whole WAL: a commit costs O(WAL size). This sets the field
+       in the node's config, which follows `initialized` and `thread` at the head
+       of `struct cowsql_node` in 1.15 (src/server.h, src/config.h), only after
+       every field around it holds what cowsql_node_create put there; any other
        layout is left untouched (returns 1). */
-    struct cowsqlpy_dqlite_1_11_head {
+    struct cowsqlpy_cowsql_1_15_head {
+        bool initialized;
         pthread_t thread;
         struct {
-            dqlite_node_id id;
+            cowsql_node_id id;
             char *address;
             unsigned heartbeat_timeout;
             unsigned page_size;
@@ -105,16 +118,16 @@ ffibuilder.set_source(
         } config;
     };
 
-    int cowsqlpy_set_checkpoint_threshold(dqlite_node *n, dqlite_node_id id, const char *address,
+    int cowsqlpy_set_checkpoint_threshold(cowsql_node *n, cowsql_node_id id, const char *address,
                                           unsigned threshold)
     {
-        struct cowsqlpy_dqlite_1_11_head *h = (struct cowsqlpy_dqlite_1_11_head *)n;
-        int v = dqlite_version_number();
-        if (v != 11000) return 1;  /* what 1.10.x and 1.11.x report */
-        if (h->config.id != id || h->config.address == NULL
+        struct cowsqlpy_cowsql_1_15_head *h = (struct cowsqlpy_cowsql_1_15_head *)n;
+        int v = cowsql_version_number();
+        if (v < 11500 || v >= 11600) return 1;
+        if (!h->initialized || h->config.id != id || h->config.address == NULL
             || strcmp(h->config.address, address) != 0 || h->config.page_size != 4096
             || h->config.checkpoint_threshold == 0 || h->config.checkpoint_threshold > 1000000
-            || strncmp(h->config.name, "dqlite-", 7) != 0
+            || strncmp(h->config.name, "cowsql-", 7) != 0
             || memchr(h->config.name, 0, sizeof h->config.name) == NULL) {
             return 1;
         }
@@ -124,7 +137,7 @@ ffibuilder.set_source(
 
     /* The engine's own Raft dialer leaves Nagle on; with delayed ACKs that stalls
        commits by ~40 ms. This one is the same plain connect plus TCP_NODELAY (as
-       go-dqlite's Go dialer does). Runs on a libuv worker thread, no GIL. */
+       go-cowsql's Go dialer does). Runs on a libuv worker thread, no GIL. */
     int cowsqlpy_connect_nodelay(void *arg, const char *address, int *fd)
     {
         (void)arg;

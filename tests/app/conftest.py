@@ -21,14 +21,16 @@ def free_port() -> int:
 
 
 class Demo:
-    """One Canonical `dqlite-demo` process (go-dqlite 1.11.5's app package)."""
+    """One go-cowsql `cowsql-demo` process (go-cowsql 1.22's app package), or Canonical's
+    `dqlite-demo` (go-dqlite 1.11.5) with ``binary="dqlite-demo"``."""
 
-    def __init__(self, base: Path, join: list[str] | None = None) -> None:
+    def __init__(self, base: Path, join: list[str] | None = None, binary: str = "cowsql-demo") -> None:
+        self.binary = binary
         self.api = f"127.0.0.1:{free_port()}"
         self.db = f"127.0.0.1:{free_port()}"
         self.dir = base
         self.log_path = base.parent / f"{base.name}.log"
-        cmd = ["dqlite-demo", "--api", self.api, "--db", self.db, "--dir", str(base), "--verbose"]
+        cmd = [binary, "--api", self.api, "--db", self.db, "--dir", str(base), "--verbose"]
         if join:
             cmd += ["--join", ",".join(join)]
         self.log = open(self.log_path, "wb")
@@ -43,7 +45,7 @@ class Demo:
     def put(self, key: str, value: str) -> None:
         reply = self.request("PUT", key, value)
         if reply != "done":
-            raise AssertionError(f"dqlite-demo PUT {key}: {reply}")
+            raise AssertionError(f"{self.binary} PUT {key}: {reply}")
 
     def get(self, key: str) -> str:
         return self.request("GET", key)
@@ -51,14 +53,19 @@ class Demo:
     def wait_up(self, timeout: float = 30.0) -> None:
         def up() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"dqlite-demo exited {self.proc.returncode}:\n{self.log_path.read_text()[-2000:]}")
+                raise AssertionError(f"{self.binary} exited {self.proc.returncode}:\n{self.log_path.read_text()[-2000:]}")
             try:
                 self.get("__probe__")
                 return True
             except (urllib.error.URLError, OSError):
                 return False
 
-        wait_for(up, timeout, f"dqlite-demo API on {self.api}")
+        wait_for(up, timeout, f"{self.binary} API on {self.api}")
+
+    def kill(self) -> None:
+        """SIGKILL: no hand-over."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -75,8 +82,8 @@ class Demo:
 def demo_factory(tmp_path: Path) -> Iterator[Callable[..., Demo]]:
     made: list[Demo] = []
 
-    def make(join: list[str] | None = None) -> Demo:
-        d = Demo(tmp_path / f"demo{len(made)}", join)
+    def make(join: list[str] | None = None, binary: str = "cowsql-demo") -> Demo:
+        d = Demo(tmp_path / f"demo{len(made)}", join, binary)
         made.append(d)
         return d
 

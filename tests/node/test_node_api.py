@@ -112,19 +112,19 @@ def test_checkpoint_threshold_keeps_the_wal_short(make_node: Callable[..., Node]
 
 def test_checkpoint_threshold_is_written_only_over_the_known_layout(tmp_path: Path) -> None:
     """The helper writes into the engine's private config only when every field
-    around it holds what dqlite_node_create put there (here: a node never started)."""
+    around it holds what cowsql_node_create put there (here: a node never started)."""
     from cowsqlpy.node import _engine
 
     ffi, lib = _engine().ffi, _engine().lib
-    out = ffi.new("dqlite_node **")
-    assert lib.dqlite_node_create(5, b"127.0.0.1:9", str(tmp_path).encode(), out) == 0
+    out = ffi.new("cowsql_node **")
+    assert lib.cowsql_node_create(5, b"127.0.0.1:9", str(tmp_path).encode(), out) == 0
     try:
         assert lib.cowsqlpy_set_checkpoint_threshold(out[0], 6, b"127.0.0.1:9", 7) == 1  # wrong id
         assert lib.cowsqlpy_set_checkpoint_threshold(out[0], 5, b"127.0.0.1:8", 7) == 1  # wrong address
         assert lib.cowsqlpy_set_checkpoint_threshold(out[0], 5, b"127.0.0.1:9", 7) == 0
         assert lib.cowsqlpy_set_checkpoint_threshold(out[0], 5, b"127.0.0.1:9", 100) == 0
     finally:
-        lib.dqlite_node_destroy(out[0])
+        lib.cowsql_node_destroy(out[0])
 
 
 def test_dial_is_used_for_raft_and_failures_are_survived(make_node: Callable[..., Node]) -> None:
@@ -273,7 +273,7 @@ import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "cowsqlpy._engine":
-            raise ImportError("libdqlite.so.0: cannot open shared object file (simulated)")
+            raise ImportError("libcowsql.so.0: cannot open shared object file (simulated)")
 sys.meta_path.insert(0, Block())
 import cowsqlpy, cowsqlpy.errors, cowsqlpy.codec, cowsqlpy.protocol, cowsqlpy.versions
 for optional in ("cowsqlpy.client", "cowsqlpy.dbapi", "cowsqlpy.store", "kvstore"):
@@ -289,7 +289,7 @@ from cowsqlpy.errors import EngineUnavailableError
 try:
     Node(1, "127.0.0.1:9001", sys.argv[1]).start()
 except EngineUnavailableError as e:
-    assert "libdqlite-dev" in str(e), e
+    assert "libcowsql-dev" in str(e) and "bookworm-backports" in str(e), e
     print("OK")
 """
 
