@@ -55,17 +55,33 @@ class Operation:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "client": self.client, "input": self.input, "call": self.call,
-                "ret": self.ret, "status": self.status, "output": self.output,
-                "error": self.error, "meta": self.meta}
+        return {
+            "id": self.id,
+            "client": self.client,
+            "input": self.input,
+            "call": self.call,
+            "ret": self.ret,
+            "status": self.status,
+            "output": self.output,
+            "error": self.error,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Operation:
         if d.get("status") not in _STATUSES:
             raise ValueError(f"operation {d.get('id')}: bad status {d.get('status')!r}")
-        return cls(int(d["id"]), str(d["client"]), d["input"], float(d["call"]),
-                   None if d.get("ret") is None else float(d["ret"]), d["status"],
-                   d.get("output"), d.get("error"), dict(d.get("meta") or {}))
+        return cls(
+            int(d["id"]),
+            str(d["client"]),
+            d["input"],
+            float(d["call"]),
+            None if d.get("ret") is None else float(d["ret"]),
+            d["status"],
+            d.get("output"),
+            d.get("error"),
+            dict(d.get("meta") or {}),
+        )
 
 
 class History:
@@ -102,8 +118,9 @@ class History:
         self._complete(op, UNKNOWN, None, None if error is None else str(error))
 
     @contextmanager
-    def record(self, client: str, input: Any, definite: tuple[type[BaseException], ...] = ()
-               ) -> Iterator[Operation]:
+    def record(
+        self, client: str, input: Any, definite: tuple[type[BaseException], ...] = ()
+    ) -> Iterator[Operation]:
         """``with history.record(c, inp) as op: ...; history.ok(op, out)``. An exception
         that escapes completes the op as failed if it is one of `definite` (the
         caller knows such errors apply nothing), else as unknown; it is re-raised."""
@@ -139,7 +156,12 @@ class History:
     # -- JSON --
 
     def to_json(self) -> str:
-        return json.dumps({"format": "cowsqlpy-history-1", "operations": [op.to_json() for op in self.operations()]})
+        return json.dumps(
+            {
+                "format": "cowsqlpy-history-1",
+                "operations": [op.to_json() for op in self.operations()],
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> History:

@@ -38,7 +38,15 @@ from typing import Any
 
 from .history import FAIL, OK, UNKNOWN, Operation
 
-__all__ = ["CheckResult", "KVModel", "Model", "RegisterModel", "SearchBudgetExceeded", "check", "linearizable"]
+__all__ = [
+    "CheckResult",
+    "KVModel",
+    "Model",
+    "RegisterModel",
+    "SearchBudgetExceeded",
+    "check",
+    "linearizable",
+]
 
 INF = math.inf
 
@@ -142,7 +150,9 @@ class KVModel(Model):
 
     name = "kv"
 
-    def __init__(self, initial_revision: int | None = 1, initial: dict[Any, Any] | None = None) -> None:
+    def __init__(
+        self, initial_revision: int | None = 1, initial: dict[Any, Any] | None = None
+    ) -> None:
         self.initial_revision = initial_revision
         self.initial = initial or {}
 
@@ -182,35 +192,54 @@ class KVModel(Model):
                 return ()
             lo, hi = _freeze(input["start"]), _freeze(input["end"])
             want = [(k, v[0]) for k, v in items if lo <= k < hi]
-            if not isinstance(output.get("kvs"), list | tuple) or _freeze(output["kvs"]) != tuple(want):
+            if not isinstance(output.get("kvs"), list | tuple) or _freeze(output["kvs"]) != tuple(
+                want
+            ):
                 return ()
             return ((output.get("rev", rev) if rev is None else rev, items),)
         if f == "put":
-            return self._finish(rev, store, [("put", input["key"], input["value"])], output, lambda _results: True)
+            return self._finish(
+                rev, store, [("put", input["key"], input["value"])], output, lambda _results: True
+            )
         if f == "delete":
+
             def check_delete(results: list[Any]) -> bool:
                 return output is None or "deleted" not in output or results[0] == output["deleted"]
 
             return self._finish(rev, store, [("delete", input["key"])], output, check_delete)
         if f == "txn":
-            ok = all(_compare(store.get(_freeze(c[0])), c[1], c[2], c[3]) for c in input.get("cmp", ()))
+            ok = all(
+                _compare(store.get(_freeze(c[0])), c[1], c[2], c[3]) for c in input.get("cmp", ())
+            )
             if output is not None and "ok" in output and bool(output["ok"]) != ok:
                 return ()
             branch = input.get("then", ()) if ok else input.get("else", ())
 
             def check_txn(results: list[Any]) -> bool:
-                return output is None or "results" not in output or _freeze(output["results"]) == _freeze(results)
+                return (
+                    output is None
+                    or "results" not in output
+                    or _freeze(output["results"]) == _freeze(results)
+                )
 
             return self._finish(rev, store, [tuple(o) for o in branch], output, check_txn)
         raise ValueError(f"kv model: unknown op {f!r}")
 
-    def _finish(self, rev: int | None, store: dict[Any, Any], ops: Sequence[tuple[Any, ...]], output: Any,
-                check_results: Callable[[list[Any]], bool]) -> Iterable[Hashable]:
+    def _finish(
+        self,
+        rev: int | None,
+        store: dict[Any, Any],
+        ops: Sequence[tuple[Any, ...]],
+        output: Any,
+        check_results: Callable[[list[Any]], bool],
+    ) -> Iterable[Hashable]:
         """Apply `ops` as one revision; check the results and the revision."""
         if rev is None:
             if output is None or "rev" not in output:
                 return ()  # cannot place a write before the revision is known
-            changes = any(o[0] == "put" or (o[0] == "delete" and _freeze(o[1]) in store) for o in ops)
+            changes = any(
+                o[0] == "put" or (o[0] == "delete" and _freeze(o[1]) in store) for o in ops
+            )
             rev = output["rev"] - (1 if changes else 0)
         new_rev = rev + 1
         results: list[Any] = []
@@ -328,7 +357,9 @@ def _search(ops: Sequence[Operation], model: Model, max_steps: int) -> _Outcome:
             raise SearchBudgetExceeded(f"more than {max_steps} search steps on {n} ops")
         if e % 2 == 0:  # a call: try to linearize it here
             i = e // 2
-            new_states = frozenset(s2 for s in states for s2 in model.step(s, inputs[i], outputs[i]))
+            new_states = frozenset(
+                s2 for s in states for s2 in model.step(s, inputs[i], outputs[i])
+            )
             if new_states:
                 new_lin = linearized | (1 << i)
                 key = (new_lin, new_states)
@@ -369,12 +400,18 @@ class CheckResult:
     def describe(self, model: Model | None = None) -> str:
         if self.ok:
             return f"linearizable ({self.model}): {self.operations} ops, {self.partitions} partitions, {self.elapsed:.3f}s"
-        lines = [f"NOT linearizable ({self.model}): {self.operations} ops; the failing partition has "
-                 f"{self.partition_size} ops; a counter-example of {len(self.counterexample)}:"]
+        lines = [
+            f"NOT linearizable ({self.model}): {self.operations} ops; the failing partition has "
+            f"{self.partition_size} ops; a counter-example of {len(self.counterexample)}:"
+        ]
         for op in self.counterexample:
             ret = "?" if op.ret is None else f"{op.ret:.6f}"
             what = model.describe(op) if model else f"{op.input} -> {op.output}"
-            mark = "  <- cannot be placed" if self.blocking is not None and op.id == self.blocking.id else ""
+            mark = (
+                "  <- cannot be placed"
+                if self.blocking is not None and op.id == self.blocking.id
+                else ""
+            )
             lines.append(f"  #{op.id} {op.client} [{op.call:.6f}, {ret}] {op.status}: {what}{mark}")
         return "\n".join(lines)
 
@@ -397,8 +434,9 @@ def linearizable(ops: Sequence[Operation], model: Model, *, max_steps: int = 10_
     return _search(ops, model, max_steps).ok
 
 
-def check(ops: Iterable[Operation], model: Model, *, shrink: bool = True, max_steps: int = 10_000_000
-          ) -> CheckResult:
+def check(
+    ops: Iterable[Operation], model: Model, *, shrink: bool = True, max_steps: int = 10_000_000
+) -> CheckResult:
     """Check a history against `model`.
 
     :raises SearchBudgetExceeded: a partition needed more than `max_steps`.
@@ -413,8 +451,16 @@ def check(ops: Iterable[Operation], model: Model, *, shrink: bool = True, max_st
             assert outcome.blocking is not None
             blocking = part[outcome.blocking]
             example = _shrink(part, blocking, model) if shrink else part
-            return CheckResult(False, model.name, len(prepared), len(parts), time.monotonic() - started,
-                               sorted(example, key=lambda o: o.call), blocking, len(part))
+            return CheckResult(
+                False,
+                model.name,
+                len(prepared),
+                len(parts),
+                time.monotonic() - started,
+                sorted(example, key=lambda o: o.call),
+                blocking,
+                len(part),
+            )
     return CheckResult(True, model.name, len(prepared), len(parts), time.monotonic() - started)
 
 

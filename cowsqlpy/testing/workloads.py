@@ -15,8 +15,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-__all__ = ["REGISTER_SCHEMA", "KVOpGenerator", "event_json", "kv_apply", "kv_error_is_definite",
-           "sql_error_is_definite", "sql_register_apply"]
+__all__ = [
+    "REGISTER_SCHEMA",
+    "KVOpGenerator",
+    "event_json",
+    "kv_apply",
+    "kv_error_is_definite",
+    "sql_error_is_definite",
+    "sql_register_apply",
+]
 
 
 def _b(s: str) -> bytes:
@@ -36,7 +43,11 @@ def kv_apply(kv: Any, input: dict[str, Any]) -> dict[str, Any]:
         k = _b(input["key"])
         r = kv.get_range(k, k + b"\0")
         kv0 = r.kvs[0] if r.kvs else None
-        return {"value": _s(kv0.value) if kv0 else None, "mod": kv0.mod_revision if kv0 else 0, "rev": r.revision}
+        return {
+            "value": _s(kv0.value) if kv0 else None,
+            "mod": kv0.mod_revision if kv0 else 0,
+            "rev": r.revision,
+        }
     if f == "range":
         r = kv.get_range(_b(input["start"]), _b(input["end"]))
         return {"kvs": [[_s(x.key), _s(x.value)] for x in r.kvs], "rev": r.revision}
@@ -47,9 +58,16 @@ def kv_apply(kv: Any, input: dict[str, Any]) -> dict[str, Any]:
         d = kv.delete_range(k, k + b"\0")
         return {"deleted": d.deleted, "rev": d.revision}
     if f == "txn":
-        targets = {"value": kvstore.CompareTarget.VALUE, "version": kvstore.CompareTarget.VERSION,
-                   "create": kvstore.CompareTarget.CREATE, "mod": kvstore.CompareTarget.MOD}
-        cmps = [kvstore.compare(_b(k), op, _b(x) if t == "value" else x, targets[t]) for k, t, op, x in input["cmp"]]
+        targets = {
+            "value": kvstore.CompareTarget.VALUE,
+            "version": kvstore.CompareTarget.VERSION,
+            "create": kvstore.CompareTarget.CREATE,
+            "mod": kvstore.CompareTarget.MOD,
+        }
+        cmps = [
+            kvstore.compare(_b(k), op, _b(x) if t == "value" else x, targets[t])
+            for k, t, op, x in input["cmp"]
+        ]
 
         def ops(branch: list[list[Any]]) -> list[Any]:
             out: list[Any] = []
@@ -88,18 +106,31 @@ def event_json(event: Any) -> dict[str, Any]:
     import kvstore
 
     kv, prev = event.kv, event.prev_kv
-    return {"type": "put" if event.type is kvstore.EventType.PUT else "delete", "key": _s(kv.key),
-            "value": _s(kv.value) if event.type is kvstore.EventType.PUT else None,
-            "rev": kv.mod_revision, "create": kv.create_revision, "version": kv.version,
-            "prev": None if prev is None else {"value": _s(prev.value), "mod": prev.mod_revision,
-                                               "create": prev.create_revision, "version": prev.version}}
+    return {
+        "type": "put" if event.type is kvstore.EventType.PUT else "delete",
+        "key": _s(kv.key),
+        "value": _s(kv.value) if event.type is kvstore.EventType.PUT else None,
+        "rev": kv.mod_revision,
+        "create": kv.create_revision,
+        "version": kv.version,
+        "prev": None
+        if prev is None
+        else {
+            "value": _s(prev.value),
+            "mod": prev.mod_revision,
+            "create": prev.create_revision,
+            "version": prev.version,
+        },
+    }
 
 
 class KVOpGenerator:
     """Random `KVModel` operations over a few keys under `prefix`; every put
     writes a value never written before."""
 
-    def __init__(self, rng: random.Random, prefix: str = "k/", keys: int = 4, client: str = "c") -> None:
+    def __init__(
+        self, rng: random.Random, prefix: str = "k/", keys: int = 4, client: str = "c"
+    ) -> None:
         self.rng, self.prefix, self.client = rng, prefix, client
         self.keys = [f"{prefix}{i}" for i in range(keys)]
         self._n = 0
@@ -119,9 +150,13 @@ class KVOpGenerator:
         if r < 0.80:
             return {"f": "range", "start": self.prefix, "end": self.prefix + "\x7f"}
         other = self.rng.choice(self.keys)
-        cmp = self.rng.choice([[key, "version", "=", self.rng.randint(0, 2)],
-                               [key, "mod", ">", self.rng.randint(0, 5)],
-                               [key, "create", "=", 0]])
+        cmp = self.rng.choice(
+            [
+                [key, "version", "=", self.rng.randint(0, 2)],
+                [key, "mod", ">", self.rng.randint(0, 5)],
+                [key, "create", "=", 0],
+            ]
+        )
         then: list[list[Any]] = [["put", key, self.value()]]
         if other != key:
             then.append(["get", other])
@@ -143,11 +178,15 @@ def sql_register_apply(conn: Any, input: dict[str, Any]) -> Any:
         if input["value"] is None:
             conn.execute("DELETE FROM reg WHERE k = ?", (key,))
         else:
-            conn.execute("INSERT INTO reg (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                         (key, input["value"]))
+            conn.execute(
+                "INSERT INTO reg (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                (key, input["value"]),
+            )
         return None
     if f == "cas":
-        cur = conn.execute("UPDATE reg SET v = ? WHERE k = ? AND v = ?", (input["new"], key, input["old"]))
+        cur = conn.execute(
+            "UPDATE reg SET v = ? WHERE k = ? AND v = ?", (input["new"], key, input["old"])
+        )
         return cur.rowcount == 1
     raise ValueError(f"unknown register op {f!r}")
 
@@ -167,4 +206,11 @@ def sql_error_is_definite(exc: BaseException) -> bool:
 
     if isinstance(exc, OutcomeUnknownError):
         return False
-    return isinstance(exc, NotLeaderError | NoLeaderError | ConnectionLostError | TransactionLostError | ProgrammingError)
+    return isinstance(
+        exc,
+        NotLeaderError
+        | NoLeaderError
+        | ConnectionLostError
+        | TransactionLostError
+        | ProgrammingError,
+    )

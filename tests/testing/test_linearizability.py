@@ -24,8 +24,15 @@ from cowsqlpy.testing.linearizability import (
 from cowsqlpy.testing.workloads import KVOpGenerator, kv_apply
 
 
-def op(i: int, inp: dict[str, Any], call: float, ret: float | None, out: Any = None, status: str = OK,
-       client: str = "c") -> Operation:
+def op(
+    i: int,
+    inp: dict[str, Any],
+    call: float,
+    ret: float | None,
+    out: Any = None,
+    status: str = OK,
+    client: str = "c",
+) -> Operation:
     return Operation(i, client, inp, call, ret, status, out)
 
 
@@ -45,7 +52,12 @@ def cas(k: str, a: Any, b: Any) -> dict[str, Any]:
 
 
 def test_concurrent_writes_either_order() -> None:
-    h = [op(0, w("x", 1), 0, 10), op(1, w("x", 2), 1, 9), op(2, r("x"), 11, 12, 1), op(3, r("x"), 13, 14, 1)]
+    h = [
+        op(0, w("x", 1), 0, 10),
+        op(1, w("x", 2), 1, 9),
+        op(2, r("x"), 11, 12, 1),
+        op(3, r("x"), 13, 14, 1),
+    ]
     assert check(h, RegisterModel()).ok
     h[2].output = 2
     assert not check(h, RegisterModel()).ok  # 2 then 1 with no write between
@@ -58,8 +70,14 @@ def test_read_during_write_sees_old_or_new() -> None:
 
 
 def test_stale_read_is_caught_with_a_minimal_counterexample() -> None:
-    h = [op(0, w("x", 1), 0, 1), op(1, w("x", 2), 2, 3), op(2, r("x"), 4, 5, 1),
-         op(3, w("y", 5), 0, 1), op(4, r("y"), 2, 3, 5), op(5, r("x"), 0.5, 1.5, None)]
+    h = [
+        op(0, w("x", 1), 0, 1),
+        op(1, w("x", 2), 2, 3),
+        op(2, r("x"), 4, 5, 1),
+        op(3, w("y", 5), 0, 1),
+        op(4, r("y"), 2, 3, 5),
+        op(5, r("x"), 0.5, 1.5, None),
+    ]
     result = check(h, RegisterModel())
     assert not result.ok
     assert result.blocking is not None and result.blocking.id == 2
@@ -69,14 +87,23 @@ def test_stale_read_is_caught_with_a_minimal_counterexample() -> None:
 
 def test_lost_write() -> None:
     # an acknowledged write, then every later read shows the value before it
-    h = [op(0, w("x", 1), 0, 1), op(1, w("x", 2), 2, 3), op(2, r("x"), 10, 11, 1), op(3, r("x"), 12, 13, 1)]
+    h = [
+        op(0, w("x", 1), 0, 1),
+        op(1, w("x", 2), 2, 3),
+        op(2, r("x"), 10, 11, 1),
+        op(3, r("x"), 12, 13, 1),
+    ]
     assert not check(h, RegisterModel()).ok
 
 
 def test_double_apply_of_a_cas() -> None:
     # cas 1->2 acked once, another client's cas 2->1 succeeds, then 2 shows up again
-    h = [op(0, w("x", 1), 0, 1), op(1, cas("x", 1, 2), 2, 3, True), op(2, cas("x", 2, 1), 4, 5, True, client="d"),
-         op(3, r("x"), 6, 7, 2)]
+    h = [
+        op(0, w("x", 1), 0, 1),
+        op(1, cas("x", 1, 2), 2, 3, True),
+        op(2, cas("x", 2, 1), 4, 5, True, client="d"),
+        op(3, r("x"), 6, 7, 2),
+    ]
     assert not check(h, RegisterModel()).ok
     # while the first cas is still running it may land after the second one... but then the second fails
     # with the first cas still running, the read of 1 fits: cas 1->2, cas 2->1, read
@@ -88,7 +115,11 @@ def test_double_apply_of_a_cas() -> None:
 
 
 def test_cas_results_must_agree() -> None:
-    h = [op(0, w("x", 1), 0, 1), op(1, cas("x", 1, 2), 2, 3, True), op(2, cas("x", 1, 3), 4, 5, True)]
+    h = [
+        op(0, w("x", 1), 0, 1),
+        op(1, cas("x", 1, 2), 2, 3, True),
+        op(2, cas("x", 1, 3), 4, 5, True),
+    ]
     assert not check(h, RegisterModel()).ok
     h[2].output = False
     assert check(h, RegisterModel()).ok
@@ -101,7 +132,9 @@ def test_unknown_write_may_or_may_not_have_happened() -> None:
     # once seen it happened: the value cannot go back
     assert not check([*base, op(2, r("x"), 5, 6, 2), op(3, r("x"), 7, 8, 1)], RegisterModel()).ok
     # an unknown op cannot take effect before it was invoked
-    assert not check([op(0, r("x"), 0, 1, 2), op(1, w("x", 2), 2, None, status=UNKNOWN)], RegisterModel()).ok
+    assert not check(
+        [op(0, r("x"), 0, 1, 2), op(1, w("x", 2), 2, None, status=UNKNOWN)], RegisterModel()
+    ).ok
 
 
 def test_failed_write_never_happened() -> None:
@@ -126,7 +159,9 @@ def test_history_json_round_trip(tmp_path) -> None:
     path = tmp_path / "h.json"
     h.save(path)
     again = History.load(path).operations()
-    assert [(o.status, o.input, o.output) for o in again] == [(o.status, o.input, o.output) for o in h.operations()]
+    assert [(o.status, o.input, o.output) for o in again] == [
+        (o.status, o.input, o.output) for o in h.operations()
+    ]
     assert again[3].status == UNKNOWN and again[2].ret is None
     assert check(again, RegisterModel()).ok
     with pytest.raises(ValueError, match="already completed"):
@@ -164,8 +199,11 @@ def get(k: str) -> dict[str, Any]:
 
 def test_kv_revisions_order_writes() -> None:
     m = KVModel(initial_revision=1)
-    good = [op(0, put("a", "1"), 0, 1, {"rev": 2}), op(1, put("b", "1"), 2, 3, {"rev": 3}),
-            op(2, get("a"), 4, 5, {"value": "1", "mod": 2, "rev": 3})]
+    good = [
+        op(0, put("a", "1"), 0, 1, {"rev": 2}),
+        op(1, put("b", "1"), 2, 3, {"rev": 3}),
+        op(2, get("a"), 4, 5, {"value": "1", "mod": 2, "rev": 3}),
+    ]
     assert check(good, m).ok
     # out of order: the later put got the earlier revision
     bad = [op(0, put("a", "1"), 0, 1, {"rev": 3}), op(1, put("b", "1"), 2, 3, {"rev": 2})]
@@ -177,19 +215,28 @@ def test_kv_revisions_order_writes() -> None:
 
 def test_kv_double_apply_shows_in_revisions() -> None:
     m = KVModel(initial_revision=1)
-    h = [op(0, put("a", "1"), 0, 1, {"rev": 2}), op(1, get("a"), 2, 3, {"value": "1", "mod": 3, "rev": 3})]
+    h = [
+        op(0, put("a", "1"), 0, 1, {"rev": 2}),
+        op(1, get("a"), 2, 3, {"value": "1", "mod": 3, "rev": 3}),
+    ]
     assert not check(h, m).ok
 
 
 def test_kv_txn_and_delete() -> None:
     m = KVModel(initial_revision=1)
-    txn = {"f": "txn", "cmp": [["a", "version", "=", 0]], "then": [["put", "a", "x"], ["get", "b"]],
-           "else": [["get", "a"]]}
-    h = [op(0, txn, 0, 1, {"ok": True, "rev": 2, "results": [None, None]}),
-         op(1, txn, 2, 3, {"ok": False, "rev": 2, "results": ["x"]}),
-         op(2, {"f": "delete", "key": "b"}, 4, 5, {"deleted": 0, "rev": 2}),
-         op(3, {"f": "delete", "key": "a"}, 6, 7, {"deleted": 1, "rev": 3}),
-         op(4, {"f": "range", "start": "a", "end": "z"}, 8, 9, {"kvs": [], "rev": 3})]
+    txn = {
+        "f": "txn",
+        "cmp": [["a", "version", "=", 0]],
+        "then": [["put", "a", "x"], ["get", "b"]],
+        "else": [["get", "a"]],
+    }
+    h = [
+        op(0, txn, 0, 1, {"ok": True, "rev": 2, "results": [None, None]}),
+        op(1, txn, 2, 3, {"ok": False, "rev": 2, "results": ["x"]}),
+        op(2, {"f": "delete", "key": "b"}, 4, 5, {"deleted": 0, "rev": 2}),
+        op(3, {"f": "delete", "key": "a"}, 6, 7, {"deleted": 1, "rev": 3}),
+        op(4, {"f": "range", "start": "a", "end": "z"}, 8, 9, {"kvs": [], "rev": 3}),
+    ]
     assert check(h, m).ok
     h[1] = op(1, txn, 2, 3, {"ok": True, "rev": 3, "results": [None, None]})
     assert not check(h, m).ok
@@ -204,7 +251,10 @@ def test_kv_unknown_put_fills_a_revision_gap() -> None:
 
 
 def test_kv_unknown_initial_revision() -> None:
-    h = [op(0, get("a"), 0, 1, {"value": None, "mod": 0, "rev": 41}), op(1, put("a", "1"), 2, 3, {"rev": 42})]
+    h = [
+        op(0, get("a"), 0, 1, {"value": None, "mod": 0, "rev": 41}),
+        op(1, put("a", "1"), 2, 3, {"rev": 42}),
+    ]
     assert check(h, KVModel(initial_revision=None)).ok
     h[1].output = {"rev": 44}
     assert not check(h, KVModel(initial_revision=None)).ok
@@ -213,8 +263,14 @@ def test_kv_unknown_initial_revision() -> None:
 # -- generated histories ---------------------------------------------------------------------------
 
 
-def simulate(rng: random.Random, clients: int, per_client: int, make_op: Any, run: Any,
-             unknown_rate: float = 0.0) -> list[Operation]:
+def simulate(
+    rng: random.Random,
+    clients: int,
+    per_client: int,
+    make_op: Any,
+    run: Any,
+    unknown_rate: float = 0.0,
+) -> list[Operation]:
     """Clients issue ops one after another with random overlapping intervals; each op takes
     effect at a random point inside its interval; `run` executes it on the real store at
     that point, in linearization order."""
@@ -230,7 +286,7 @@ def simulate(rng: random.Random, clients: int, per_client: int, make_op: Any, ru
             n += 1
             t = ret
     ops = []
-    for point, i, inp, call, ret, client in sorted(pending):
+    for _point, i, inp, call, ret, client in sorted(pending):
         out = run(inp)
         o = Operation(i, client, inp, call, ret, OK, out)
         if rng.random() < unknown_rate:
@@ -251,6 +307,7 @@ def register_run(state: dict[str, Any]) -> Any:
         if ok:
             state[k] = inp["new"]
         return ok
+
     return run
 
 
@@ -263,6 +320,7 @@ def register_op(rng: random.Random, keys: int = 1, values: int = 3) -> Any:
         if x < 0.75:
             return w(k, rng.randrange(values))
         return cas(k, rng.randrange(values), rng.randrange(values))
+
     return make
 
 
@@ -271,7 +329,11 @@ def brute_force(ops: list[Operation], model: Model) -> bool:
     each prefix run through the model; unknown ops have no return; failed ops are left out."""
     live = [o for o in ops if o.status != FAIL and not (o.status != OK and model.is_read(o.input))]
     for order in itertools.permutations(live):
-        if any(b.ret is not None and b.ret < a.call for i, a in enumerate(order) for b in order[i + 1:]):
+        if any(
+            b.ret is not None and b.ret < a.call
+            for i, a in enumerate(order)
+            for b in order[i + 1 :]
+        ):
             continue
         states = {model.init()}
         for o in order:
@@ -302,9 +364,16 @@ def mutate(rng: random.Random, ops: list[Operation], values: list[Any]) -> list[
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32), clients=st.integers(1, 4), per_client=st.integers(1, 12),
-       keys=st.integers(1, 3), unknown=st.sampled_from([0.0, 0.2]))
-def test_generated_register_histories_pass(seed: int, clients: int, per_client: int, keys: int, unknown: float) -> None:
+@given(
+    seed=st.integers(0, 2**32),
+    clients=st.integers(1, 4),
+    per_client=st.integers(1, 12),
+    keys=st.integers(1, 3),
+    unknown=st.sampled_from([0.0, 0.2]),
+)
+def test_generated_register_histories_pass(
+    seed: int, clients: int, per_client: int, keys: int, unknown: float
+) -> None:
     rng = random.Random(seed)
     ops = simulate(rng, clients, per_client, register_op(rng, keys), register_run({}), unknown)
     result = check(ops, RegisterModel())
@@ -313,7 +382,9 @@ def test_generated_register_histories_pass(seed: int, clients: int, per_client: 
 
 @settings(max_examples=300, deadline=None)
 @given(seed=st.integers(0, 2**32), clients=st.integers(1, 3), per_client=st.integers(1, 3))
-def test_mutated_register_histories_agree_with_brute_force(seed: int, clients: int, per_client: int) -> None:
+def test_mutated_register_histories_agree_with_brute_force(
+    seed: int, clients: int, per_client: int
+) -> None:
     rng = random.Random(seed)
     ops = simulate(rng, clients, per_client, register_op(rng, 1, 3), register_run({}), 0.15)
     bad = mutate(rng, ops, [None, True, False, 0, 1, 2])
@@ -326,9 +397,15 @@ def mem_kv_run() -> tuple[Any, Any, int]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**32), clients=st.integers(1, 4), per_client=st.integers(1, 10),
-       unknown=st.sampled_from([0.0, 0.2]))
-def test_generated_kv_histories_from_the_mem_store_pass(seed: int, clients: int, per_client: int, unknown: float) -> None:
+@given(
+    seed=st.integers(0, 2**32),
+    clients=st.integers(1, 4),
+    per_client=st.integers(1, 10),
+    unknown=st.sampled_from([0.0, 0.2]),
+)
+def test_generated_kv_histories_from_the_mem_store_pass(
+    seed: int, clients: int, per_client: int, unknown: float
+) -> None:
     rng = random.Random(seed)
     gens = [KVOpGenerator(rng, keys=3, client=f"c{c}") for c in range(clients)]
     kv, run, rev = mem_kv_run()
@@ -342,7 +419,9 @@ def test_generated_kv_histories_from_the_mem_store_pass(seed: int, clients: int,
 
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**32), clients=st.integers(1, 3), per_client=st.integers(1, 2))
-def test_mutated_kv_histories_agree_with_brute_force(seed: int, clients: int, per_client: int) -> None:
+def test_mutated_kv_histories_agree_with_brute_force(
+    seed: int, clients: int, per_client: int
+) -> None:
     rng = random.Random(seed)
     gens = [KVOpGenerator(rng, keys=2, client=f"c{c}") for c in range(clients)]
     kv, run, rev = mem_kv_run()
@@ -350,8 +429,16 @@ def test_mutated_kv_histories_agree_with_brute_force(seed: int, clients: int, pe
         ops = simulate(rng, clients, per_client, lambda c: gens[c].next(), run, 0.15)
     finally:
         kv.close()
-    bad = mutate(rng, ops, [{"rev": rev + 1}, {"rev": rev + 2}, {"value": None, "mod": 0, "rev": rev},
-                            {"deleted": 1, "rev": rev + 1}])
+    bad = mutate(
+        rng,
+        ops,
+        [
+            {"rev": rev + 1},
+            {"rev": rev + 2},
+            {"value": None, "mod": 0, "rev": rev},
+            {"deleted": 1, "rev": rev + 1},
+        ],
+    )
     model = KVModel(initial_revision=rev)
     assert check(bad, model).ok == brute_force(bad, model)
 
@@ -380,6 +467,8 @@ def test_large_histories_timed(capsys: pytest.CaptureFixture[str]) -> None:
     kv_time = time.monotonic() - started
     assert kv_result.ok, kv_result.describe()
     with capsys.disabled():
-        print(f"\nregister: {len(ops)} ops in {result.partitions} partitions checked in {reg_time:.2f}s; "
-              f"kv whole-store: {len(kv_ops)} ops checked in {kv_time:.2f}s; "
-              f"counter-example of {len(bad.counterexample)} ops found in {bad.elapsed:.2f}s")
+        print(
+            f"\nregister: {len(ops)} ops in {result.partitions} partitions checked in {reg_time:.2f}s; "
+            f"kv whole-store: {len(kv_ops)} ops checked in {kv_time:.2f}s; "
+            f"counter-example of {len(bad.counterexample)} ops found in {bad.elapsed:.2f}s"
+        )
