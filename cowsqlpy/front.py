@@ -1,0 +1,669 @@
+"""The front: the node's public listener, in front of an engine on an internal address.
+
+As in go-cowsql, the engine speaks plain TCP (or an abstract Unix socket) on an internal
+address; the front accepts on the public address, optionally with mutual TLS
+(`cowsqlpy.tls`), and relays to the engine:
+
+* a client connection: the handshake word and then every request frame are parsed and
+  checked by a `guard.ConnectionGuard` before the engine sees them; a refused frame gets a
+  FAILURE reply (in its place among the replies) or a closed connection, and a log line.
+  Replies are relayed as they come; the front follows their frame boundaries (multi-part
+  ROWS included) to keep requests and replies matched and to learn prepared statement ids.
+* a Raft peer: it sends the handshake and then CONNECT (type 11) as its first request; the
+  front passes it and becomes a byte pipe. With TLS every peer has shown the cluster
+  certificate; without TLS there is nothing to authenticate and CONNECT passes from any
+  admitted address (loopback only, unless ``allow_remote``).
+
+Limits (`Limits`): connections in total and per peer address, handshake and idle
+timeouts, request frame size. Without TLS, non-loopback peers are refused unless
+``allow_remote=True``, and a front on a non-loopback address warns at start.
+
+Run it on an asyncio loop (``await front.start_async()`` / ``await front.stop_async()``)
+or on its own thread (``front.start()`` / ``front.stop()``), e.g. beside a `Node`::
+
+    node = Node(id, "10.0.0.5:9001", data_dir, bind_address="@cowsql-1", dial=front.dial)
+    front = Front("10.0.0.5:9001", "@cowsql-1", engine_features(), tls=TLSConfig(...))
+
+`Front.dial` is the node's Raft dial hook when TLS is on: it opens a TLS connection to a
+peer's public address and hands the engine one end of a local socket pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import ipaddress
+import logging
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import protocol as P
+from ._loop import new_event_loop
+from .guard import FORWARD, HANDSHAKES, PIPE, ConnectionGuard, Refusal, failure_frame
+from .tls import ClientTLS, TLSConfig, make_server_context
+from .versions import EngineFeatures
+
+log = logging.getLogger("cowsqlpy.front")
+
+_HEADER = struct.Struct("<IBBH")
+_U64 = struct.Struct("<Q")
+_PART = P.PART.to_bytes(8, "little")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of a front; every default is documented in docs/security.md.
+
+    Each client connection costs two descriptors (client and engine side), so keep
+    ``2 * max_connections`` well under the process's descriptor limit.
+    """
+
+    max_connections: int = 400
+    max_per_peer: int = 200  # per peer IP address
+    max_frame: int = 64 << 20  # request body bytes
+    handshake_timeout: float = 10.0  # seconds for TLS and the protocol version word
+    idle_timeout: float | None = 600.0  # seconds without a request or a reply owed; None: never
+    engine_connect_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_per_peer", "max_frame"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Limits.{name} must be a positive int, got {value!r}")
+        for name in ("handshake_timeout", "engine_connect_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Limits.{name} must be > 0")
+        if self.idle_timeout is not None and not self.idle_timeout > 0:
+            raise ValueError("Limits.idle_timeout must be > 0 or None")
+
+
+@dataclass
+class FrontStats:
+    """Counters of a running front (read them from any thread)."""
+
+    accepted: int = 0
+    refused_connections: int = 0
+    refused_requests: int = 0
+    forwarded_requests: int = 0
+    closed_idle: int = 0
+    pipes: int = 0
+    open: int = 0
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+class _RateLimitedLog:
+    """At most `per_second` warning lines a second; the rest are counted and summarised."""
+
+    def __init__(self, per_second: int = 20) -> None:
+        self.per_second = per_second
+        self.window = 0.0
+        self.count = 0
+        self.suppressed = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.window >= 1.0:
+            if self.suppressed:
+                log.warning("%d more refusals in the last second (not logged)", self.suppressed)
+            self.window, self.count, self.suppressed = now, 0, 0
+        if self.count < self.per_second:
+            self.count += 1
+            log.warning(msg, *args)
+        else:
+            self.suppressed += 1
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"address must be 'host:port', got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+# -- The two sides of a relayed connection -------------------------------------------
+
+
+class _Link(asyncio.Protocol):
+    """One socket of a relay; `peer` is the other. In pipe mode bytes pass unparsed."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Link | None = None
+        self.piping = False
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def pause_writing(self) -> None:  # our socket is full: stop reading the other one
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.peer is not None:
+            self.peer.close()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()  # flushes what is buffered
+
+
+class _EngineSide(_Link):
+    """The front's connection to the engine: follows reply frames to match them to requests."""
+
+    def __init__(self, client: _ClientSide) -> None:
+        super().__init__()
+        self.peer = client
+        self.client = client
+        self._header = bytearray()
+        self._left = 0  # body bytes of the current reply still to come
+        self._rtype = 0
+        self._keep = bytearray()  # STMT: the body's first word; ROWS: its last 8 bytes
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if self.piping or client.transport is None:
+            super().data_received(data)
+            return
+        client.last_activity = time.monotonic()
+        start = 0
+        pos = 0
+        n = len(data)
+        while pos < n:
+            if self._left == 0:
+                take = min(8 - len(self._header), n - pos)
+                self._header += data[pos : pos + take]
+                pos += take
+                if len(self._header) < 8:
+                    break
+                words, self._rtype, _, _ = _HEADER.unpack(self._header)
+                self._header.clear()
+                self._keep.clear()
+                self._left = words * 8
+                if self._left:
+                    continue
+            else:
+                take = min(self._left, n - pos)
+                if self._rtype == P.STMT:
+                    need = 8 - len(self._keep)
+                    if need > 0:
+                        self._keep += data[pos : pos + min(need, take)]
+                elif self._rtype == P.ROWS:
+                    self._keep += data[max(pos, pos + take - 8) : pos + take]
+                    del self._keep[:-8]
+                pos += take
+                self._left -= take
+                if self._left:
+                    continue
+            # A whole reply frame ends at `pos`.
+            if self._rtype == P.ROWS and self._keep == _PART:
+                continue
+            refusals = client.reply_done(self._rtype, bytes(self._keep))
+            if refusals:
+                client.transport.write(data[start:pos] + refusals)
+                start = pos
+        if start < n:
+            client.transport.write(data[start:] if start else data)
+
+
+class _ClientSide(_Link):
+    """A connection accepted on the public address."""
+
+    def __init__(self, front: Front) -> None:
+        super().__init__()
+        self.front = front
+        self.host = ""
+        self.buf = bytearray()
+        self.handshaken = False
+        self.version = P.PROTOCOL_VERSION
+        self.engine: _EngineSide | None = None
+        self.guard: ConnectionGuard | None = None
+        self.pending: collections.deque[int | bytes] = (
+            collections.deque()
+        )  # rtype, or a FAILURE owed
+        self.accepted_at = self.last_activity = time.monotonic()
+        self.counted = False
+
+    # -- accept --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.host = peer[0] if isinstance(peer, tuple) else str(peer or "")
+        reason = self.front._admit(self)
+        if reason is not None:
+            self.front._refuse_connection(self, reason)
+            assert self.transport is not None
+            self.transport.abort()
+            self.closed = True
+            return
+        self.counted = True
+        self.guard = ConnectionGuard(self.front.features, may_connect=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.counted:
+            self.counted = False
+            self.front._forget(self)
+
+    # -- client bytes --
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_activity = time.monotonic()
+        if self.piping:
+            super().data_received(data)
+            return
+        self.buf += data
+        if not self.handshaken:
+            if len(self.buf) < 8:
+                return
+            (version,) = _U64.unpack_from(self.buf)
+            if version not in HANDSHAKES:
+                self.refuse_and_close(f"bad protocol version {version:#x}")
+                return
+            self.handshaken = True
+            self.version = version
+            del self.buf[:8]
+            self.front._connect_engine(self)
+            return
+        if self.engine is None or self.engine.transport is None:
+            if len(self.buf) > self.front.limits.max_frame + 8 and self.transport is not None:
+                self.transport.pause_reading()  # until the engine connection is up
+            return
+        self.process()
+
+    def process(self) -> None:
+        """Check every whole frame in the buffer; forward or refuse each one in order."""
+        assert (
+            self.engine is not None and self.engine.transport is not None and self.guard is not None
+        )
+        buf = self.buf
+        out: list[bytes] = []
+        pos = 0
+        limit = self.front.limits.max_frame
+        stats = self.front.stats
+        while len(buf) - pos >= 8:
+            words, rtype, schema, _ = _HEADER.unpack_from(buf, pos)
+            size = words * 8
+            if size > limit:
+                self.refuse_and_close(f"request body of {size} bytes is over the limit of {limit}")
+                return
+            end = pos + 8 + size
+            if len(buf) < end:
+                break
+            frame = bytes(buf[pos:end])
+            pos = end
+            decision = self.guard.check(rtype, schema, frame[8:])
+            if decision == FORWARD:
+                out.append(frame)
+                self.pending.append(rtype)
+                stats.forwarded_requests += 1
+            elif decision == PIPE:
+                out.append(frame)
+                out.append(bytes(buf[pos:]))
+                pos = len(buf)
+                self.start_pipe()
+                break
+            else:
+                assert isinstance(decision, Refusal)
+                self.front._refuse_request(self, rtype, decision)
+                if decision.close:
+                    self.refuse_and_close(None)
+                    return
+                if self.pending:
+                    self.pending.append(failure_frame(decision))
+                elif self.transport is not None:
+                    self.transport.write(failure_frame(decision))
+        del buf[:pos]
+        if out:
+            self.engine.transport.write(b"".join(out))
+
+    def reply_done(self, rtype: int, kept: bytes) -> bytes:
+        """A whole reply arrived: match it to its request; the FAILUREs owed right after it."""
+        if not self.pending:
+            return b""  # the engine sent a frame no request asked for: relay it unchanged
+        request = self.pending.popleft()
+        if request == P.PREPARE and rtype == P.STMT and len(kept) == 8 and self.guard is not None:
+            self.guard.prepared(int.from_bytes(kept[4:8], "little"))
+        owed = []
+        while self.pending and isinstance(self.pending[0], bytes):
+            owed.append(self.pending.popleft())
+        return b"".join(owed)  # type: ignore[arg-type]
+
+    def start_pipe(self) -> None:
+        self.piping = True
+        if self.engine is not None:
+            self.engine.piping = True
+        self.front.stats.pipes += 1
+        log.info("Raft peer %s: CONNECT passed, piping", self.host)
+
+    def refuse_and_close(self, reason: str | None) -> None:
+        if reason is not None:
+            self.front._refuse_connection(self, reason)
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+        if self.engine is not None:
+            self.engine.close()
+
+    def idle_reason(self, now: float, limits: Limits) -> str | None:
+        if self.piping or self.closed:
+            return None
+        if not self.handshaken or self.engine is None:
+            if now - self.accepted_at > limits.handshake_timeout:
+                return f"no handshake within {limits.handshake_timeout}s"
+            return None
+        if (
+            limits.idle_timeout is not None
+            and not self.pending
+            and now - self.last_activity > limits.idle_timeout
+        ):
+            return f"idle for {limits.idle_timeout}s"
+        return None
+
+
+# -- The front ------------------------------------------------------------------------
+
+
+class Front:
+    """The guarded public listener of one node (see the module docstring).
+
+    :param address: public 'host:port' to accept on (port 0: the OS picks; read `address`).
+    :param engine_address: the engine's internal 'host:port' or '@abstract' socket.
+    :param features: the engine version's switches (`cowsqlpy.node.engine_features()`).
+    :param tls: mutual TLS with the cluster certificate; None: plain TCP.
+    :param limits: connection, time and size bounds.
+    :param allow_remote: without TLS, admit peers that are not on loopback.
+    :raises ValueError: bad address or limits; ssl.SSLError/OSError: unusable certificate.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        engine_address: str,
+        features: EngineFeatures,
+        *,
+        tls: TLSConfig | None = None,
+        limits: Limits | None = None,
+        allow_remote: bool = False,
+    ) -> None:
+        self._host, self._port = _split_address(address)
+        if not engine_address.startswith("@"):
+            _split_address(engine_address)
+        self.engine_address = engine_address
+        self.features = features
+        self.tls = tls
+        self.limits = limits or Limits()
+        self.allow_remote = allow_remote
+        self.stats = FrontStats()
+        self._server_ctx = make_server_context(tls) if tls is not None else None
+        self._client_tls = ClientTLS.of(tls) if tls is not None else None
+        self._clients: set[_ClientSide] = set()
+        self._per_host: collections.Counter[str] = collections.Counter()
+        self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._log = _RateLimitedLog()
+
+    @property
+    def address(self) -> str:
+        """The public address (with the port the OS chose, once started)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self._port}"
+
+    # -- asyncio face --
+
+    async def start_async(self) -> None:
+        """Listen on the public address (on the running loop). :raises OSError: bind failed."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._server = await loop.create_server(
+            lambda: _ClientSide(self),
+            self._host,
+            self._port,
+            ssl=self._server_ctx,
+            ssl_handshake_timeout=self.limits.handshake_timeout if self._server_ctx else None,
+            backlog=512,
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.ensure_future(self._sweep())
+        if self.tls is None and not _is_loopback(self._host):
+            log.warning(
+                "front on %s WITHOUT TLS: anyone who reaches it can read, write and reconfigure the "
+                "cluster%s",
+                self.address,
+                ""
+                if self.allow_remote
+                else " (non-loopback peers are refused: allow_remote=False)",
+            )
+        log.info(
+            "front on %s -> engine %s (tls=%s, guard for %s)",
+            self.address,
+            self.engine_address,
+            "on" if self.tls else "off",
+            self.features.name,
+        )
+
+    async def stop_async(self) -> None:
+        """Stop accepting and close every relayed connection."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for c in list(self._clients):
+            c.refuse_and_close(None)
+        await asyncio.sleep(0)
+
+    # -- thread face --
+
+    def start(self) -> None:
+        """Run the front on its own thread and loop; returns once it listens.
+
+        :raises OSError: bind failed.
+        """
+        if self._thread is not None:
+            raise RuntimeError("front already started")
+        loop = new_event_loop()
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start_async())
+            except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+                started.set_exception(exc)
+                loop.close()
+                return
+            started.set_result(None)
+            loop.run_forever()
+            loop.run_until_complete(self.stop_async())
+            loop.close()
+
+        self._thread = threading.Thread(
+            target=run, name=f"cowsqlpy-front-{self._port}", daemon=True
+        )
+        self._thread.start()
+        try:
+            started.result()
+        except BaseException:
+            self._thread.join()
+            self._thread = None
+            raise
+
+    def stop(self) -> None:
+        """Stop a front started with `start()` (idempotent)."""
+        thread, self._thread = self._thread, None
+        if thread is None or self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        thread.join()
+
+    def __enter__(self) -> Front:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- Raft dial hook --
+
+    def dial(self, address: str, timeout: float = 5.0) -> socket.socket:
+        """Connect to a peer's public `address` through TLS and return the engine's end of a
+        local socket pair (a `Node` dial hook; called from the engine's threads).
+
+        Without TLS it is a plain TCP connection. :raises OSError: cannot connect.
+        """
+        if self._client_tls is None:
+            host, port = _split_address(address)
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.settimeout(None)
+            return sock
+        if self._loop is None:
+            raise OSError("front is not running")
+        future = asyncio.run_coroutine_threadsafe(self._dial_tls(address, timeout), self._loop)
+        try:
+            return future.result(timeout + 1)
+        except (TimeoutError, concurrent.futures.TimeoutError) as exc:
+            future.cancel()
+            raise OSError(f"TLS dial of {address} timed out") from exc
+
+    async def _dial_tls(self, address: str, timeout: float) -> socket.socket:
+        assert self._client_tls is not None and self._loop is not None
+        host, port = _split_address(address)
+        engine_end, our_end = socket.socketpair()
+        near, far = _Link(), _Link()
+        near.peer, far.peer = far, near
+        try:
+            async with asyncio.timeout(timeout):
+                await self._loop.create_connection(
+                    lambda: far,
+                    host,
+                    port,
+                    ssl=self._client_tls.context,
+                    server_hostname=self._client_tls.server_name,
+                )
+            await self._loop.connect_accepted_socket(lambda: near, our_end)
+        except BaseException:
+            engine_end.close()
+            our_end.close()
+            far.close()
+            raise
+        near.piping = far.piping = True
+        return engine_end
+
+    # -- connection bookkeeping (loop thread) --
+
+    def _admit(self, client: _ClientSide) -> str | None:
+        limits = self.limits
+        if self.tls is None and not self.allow_remote and not _is_loopback(client.host):
+            return "non-loopback peer without TLS (allow_remote is off)"
+        if len(self._clients) >= limits.max_connections:
+            return f"{limits.max_connections} connections already (max_connections)"
+        if self._per_host[client.host] >= limits.max_per_peer:
+            return f"{limits.max_per_peer} connections from this address already (max_per_peer)"
+        self._clients.add(client)
+        self._per_host[client.host] += 1
+        self.stats.accepted += 1
+        self.stats.open = len(self._clients)
+        return None
+
+    def _forget(self, client: _ClientSide) -> None:
+        self._clients.discard(client)
+        self._per_host[client.host] -= 1
+        if self._per_host[client.host] <= 0:
+            del self._per_host[client.host]
+        self.stats.open = len(self._clients)
+
+    def _refuse_connection(self, client: _ClientSide, reason: str) -> None:
+        self.stats.refused_connections += 1
+        self.stats.reasons[reason.split(" (")[0]] += 1
+        self._log.warning(
+            "front %s: closed connection from %s: %s", self.address, client.host, reason
+        )
+
+    def _refuse_request(self, client: _ClientSide, rtype: int, refusal: Refusal) -> None:
+        self.stats.refused_requests += 1
+        self.stats.reasons[P.REQUEST_NAMES.get(rtype, str(rtype))] += 1
+        self._log.warning(
+            "front %s: refused %s from %s: %s",
+            self.address,
+            P.REQUEST_NAMES.get(rtype, f"type {rtype}"),
+            client.host,
+            refusal.message,
+        )
+
+    def _connect_engine(self, client: _ClientSide) -> None:
+        asyncio.ensure_future(self._open_engine(client))
+
+    async def _open_engine(self, client: _ClientSide) -> None:
+        loop = asyncio.get_running_loop()
+        engine = _EngineSide(client)
+        try:
+            async with asyncio.timeout(self.limits.engine_connect_timeout):
+                if self.engine_address.startswith("@"):
+                    await loop.create_unix_connection(
+                        lambda: engine, "\0" + self.engine_address[1:]
+                    )
+                else:
+                    await loop.create_connection(
+                        lambda: engine, *_split_address(self.engine_address)
+                    )
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "front %s: engine %s unreachable: %s", self.address, self.engine_address, exc
+            )
+            client.refuse_and_close(None)
+            return
+        if client.closed:
+            engine.close()
+            return
+        assert engine.transport is not None
+        engine.transport.write(_U64.pack(client.version))
+        client.engine = client.peer = engine
+        if client.transport is not None:
+            client.transport.resume_reading()
+        client.process()
+
+    async def _sweep(self) -> None:
+        limits = self.limits
+        period = min(1.0, limits.handshake_timeout / 2, (limits.idle_timeout or 1.0) / 2)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for c in list(self._clients):
+                reason = c.idle_reason(now, limits)
+                if reason is not None:
+                    self.stats.closed_idle += 1
+                    c.refuse_and_close(reason)
+
+
+__all__ = ["Front", "Limits", "FrontStats"]
