@@ -92,9 +92,9 @@ def _content(e: dict[str, Any]) -> tuple[Any, ...]:
 
 def _history_writes(
     history: Iterable[Operation],
-) -> tuple[dict[tuple[str, str], Operation], dict[tuple[int, str], str]]:
+) -> tuple[dict[tuple[str, Any], Operation], dict[tuple[int, str], str]]:
     """(key, value) -> the op that put it; (rev, key) -> "put"/"delete" known from acknowledged writes."""
-    by_value: dict[tuple[str, str], Operation] = {}
+    by_value: dict[tuple[str, Any], Operation] = {}
     acked: dict[tuple[int, str], str] = {}
     for op in history:
         inp = op.input
@@ -184,11 +184,11 @@ def check_watches(
                 )
             )
     for (rev, key), kind in acked.items():
-        e = reference.get((rev, key))
-        if e is not None and e["type"] != kind:
+        seen_event = reference.get((rev, key))
+        if seen_event is not None and seen_event["type"] != kind:
             out.append(
                 Violation(
-                    "history", None, rev, f"{key!r}: acknowledged {kind}, streams show {e['type']}"
+                    "history", None, rev, f"{key!r}: acknowledged {kind}, streams show {seen_event['type']}"
                 )
             )
     _check_states(reference, require_prev_kv, complete_from, out)
