@@ -1,0 +1,309 @@
+"""The FUSE face of a `FileSystem` (or any object with its methods), through mfusepy on
+libfuse 3, with the small fixes mfusepy needs:
+
+* utimens: mfusepy folds each timespec into one number, losing UTIME_NOW/UTIME_OMIT;
+  `FUSE3` reads the timespecs itself.
+* rename: mfusepy drops the flags (RENAME_NOREPLACE/RENAME_EXCHANGE would silently
+  become plain renames); `FUSE3` passes them on.
+* O_DIRECT: mfusepy passes the flag through and the page cache still serves the
+  file; open() here sets direct_io for such handles.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import mfusepy
+
+from .errors import FsError, to_errno
+from .ops import UTIME_NOW, TimeSpec
+
+log = logging.getLogger("fusefs.binding")
+
+# <linux/stat.h>: the tv_nsec values that mean "now" and "leave alone"
+UTIME_NOW_NS = (1 << 30) - 1
+UTIME_OMIT_NS = (1 << 30) - 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """What the kernel may cache (seconds), and who may use the mount.
+
+    attr_timeout 0 by default: libfuse's path API gives each hard-link name its own
+    kernel node, so a cached nlink or ctime would go stale after link/unlink through
+    another name (and after changes made by other mounts)."""
+
+    attr_timeout: float = 0.0
+    entry_timeout: float = 0.0
+    negative_timeout: float = 0.0
+    allow_other: bool = False
+    debug: bool = False
+    fsname: str = "cowsqlfs"
+
+
+def _errno(fn: F) -> F:
+    """Every failure leaves as an OSError with the errno from the one table (errors.py)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FsError:
+            raise
+        except Exception as exc:
+            raise FsError(to_errno(exc), str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _time(ts: Any) -> TimeSpec:
+    if ts.tv_nsec == UTIME_NOW_NS:
+        return UTIME_NOW
+    if ts.tv_nsec == UTIME_OMIT_NS:
+        return None
+    return int(ts.tv_sec) * 1_000_000_000 + int(ts.tv_nsec)
+
+
+class FUSE3(mfusepy.FUSE):
+    """mfusepy.FUSE with rename flags and utimens timespecs passed through."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        result: int = self.operations.rename(
+            old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags)
+        return result
+
+    def _path(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    # mfusepy drops the file handle of these three: an unlinked open file (hard_remove)
+    # has no path, so they would fail on it.
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        result: int = self.operations.truncate(self._path(path), length, fip.contents.fh if fip else None)
+        return result
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        result: int = self.operations.chmod(self._path(path), mode, fip.contents.fh if fip else None)
+        return result
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        # mfusepy's _chown turns an overflowed -1 back into -1
+        uid = -1 if ctypes.c_uint32(uid + 1).value == 0 else uid
+        gid = -1 if ctypes.c_uint32(gid + 1).value == 0 else gid
+        result: int = self.operations.chown(self._path(path), uid, gid, fip.contents.fh if fip else None)
+        return result
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        if buf:
+            atime, mtime = _time(buf.contents.actime), _time(buf.contents.modtime)
+        else:
+            atime = mtime = UTIME_NOW
+        fh = fip.contents.fh if fip else None
+        result: int = self.operations.utimens(self._path(path), (atime, mtime), fh)
+        return result
+
+
+class Operations(mfusepy.Operations):
+    """Adapts a FileSystem's methods to mfusepy's callbacks (raw_fi: handles are
+    fuse_file_info, so open can set keep_cache and direct_io)."""
+
+    use_ns = True
+
+    def __init__(self, fs: Any, options: MountOptions) -> None:
+        self.fs = fs
+        self.options = options
+
+    @staticmethod
+    def _ctx() -> tuple[int, int]:
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        return uid, gid
+
+    def init_with_config(self, conn_info: Any, config: Any) -> None:
+        if config is not None:
+            config.attr_timeout = self.options.attr_timeout
+            config.entry_timeout = self.options.entry_timeout
+            config.negative_timeout = self.options.negative_timeout
+            config.use_ino = 1
+            config.hard_remove = 1  # an unlinked open file is kept by the filesystem, not renamed to .fuse_hidden*
+
+    def destroy(self, path: str) -> None:
+        self.fs.close()
+
+    @_errno
+    def getattr(self, path: str | None, fh: Any = None) -> dict[str, int]:
+        result: dict[str, int] = self.fs.getattr(path, None if fh is None else fh.fh)
+        return result
+
+    @_errno
+    def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        return [(name, attrs, 0) for name, attrs in self.fs.readdir(path, fh)]
+
+    @_errno
+    def opendir(self, path: str) -> int:
+        result: int = self.fs.opendir(path)
+        return result
+
+    @_errno
+    def releasedir(self, path: str | None, fh: int) -> int:
+        self.fs.releasedir(fh)
+        return 0
+
+    @_errno
+    def readlink(self, path: str) -> str:
+        result: str = self.fs.readlink(path)
+        return result
+
+    @_errno
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        self.fs.mknod(path, mode, dev, *self._ctx())
+        return 0
+
+    @_errno
+    def mkdir(self, path: str, mode: int) -> int:
+        self.fs.mkdir(path, mode, *self._ctx())
+        return 0
+
+    @_errno
+    def symlink(self, target: str, source: str) -> int:
+        self.fs.symlink(target, source, *self._ctx())  # mfusepy: (new link path, its target)
+        return 0
+
+    @_errno
+    def link(self, target: str, source: str) -> int:
+        self.fs.link(target, source)  # mfusepy: (new name, existing file)
+        return 0
+
+    @_errno
+    def unlink(self, path: str) -> int:
+        self.fs.unlink(path)
+        return 0
+
+    @_errno
+    def rmdir(self, path: str) -> int:
+        self.fs.rmdir(path)
+        return 0
+
+    @_errno
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self.fs.rename(old, new, flags)
+        return 0
+
+    @_errno
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        self.fs.chmod(path, mode, fh)
+        return 0
+
+    @_errno
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        self.fs.chown(path, uid, gid, fh)
+        return 0
+
+    @_errno
+    def utimens(self, path: str | None, times: tuple[TimeSpec, TimeSpec] | None = None, fh: int | None = None) -> int:
+        atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
+        self.fs.utimens(path, atime, mtime, fh)
+        return 0
+
+    @_errno
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        self.fs.truncate(path, length, fh)
+        return 0
+
+    def _opened(self, fi: Any, fh: int, keep_cache: bool) -> int:
+        fi.fh = fh
+        if fi.flags & os.O_DIRECT:
+            fi.direct_io = 1  # mfusepy would let the page cache serve an O_DIRECT handle
+        else:
+            fi.keep_cache = 1 if keep_cache else 0
+        return 0
+
+    @_errno
+    def open(self, path: str, fi: Any) -> int:
+        fh, keep = self.fs.open(path, fi.flags)
+        return self._opened(fi, fh, keep)
+
+    @_errno
+    def create(self, path: str, mode: int, fi: Any) -> int:
+        fh = self.fs.create(path, mode, fi.flags, *self._ctx())
+        return self._opened(fi, fh, True)
+
+    @_errno
+    def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
+        result: bytes = self.fs.read(fi.fh, size, offset)
+        return result
+
+    @_errno
+    def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
+        result: int = self.fs.write(fi.fh, data, offset)
+        return result
+
+    @_errno
+    def flush(self, path: str | None, fi: Any) -> int:
+        self.fs.flush(fi.fh)
+        return 0
+
+    @_errno
+    def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
+        self.fs.fsync(fi.fh)
+        return 0
+
+    @_errno
+    def release(self, path: str | None, fi: Any) -> int:
+        self.fs.release(fi.fh)
+        return 0
+
+    @_errno
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fi: Any) -> int:
+        self.fs.fallocate(fi.fh, mode, offset, size)
+        return 0
+
+    @_errno
+    def statfs(self, path: str) -> dict[str, int]:
+        result: dict[str, int] = self.fs.statfs()
+        return result
+
+    @_errno
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self.fs.setxattr(path, name, value, options)
+        return 0
+
+    @_errno
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        result: bytes = self.fs.getxattr(path, name)
+        return result
+
+    @_errno
+    def listxattr(self, path: str) -> list[str]:
+        result: list[str] = self.fs.listxattr(path)
+        return result
+
+    @_errno
+    def removexattr(self, path: str, name: str) -> int:
+        self.fs.removexattr(path, name)
+        return 0
+
+
+def serve(fs: Any, mountpoint: str, options: MountOptions | None = None) -> None:
+    """Mount `fs` at `mountpoint` and serve it until unmounted (or SIGINT/SIGTERM/SIGHUP,
+    which libfuse turns into a clean unmount); blocks. Multi-threaded, default_permissions."""
+    options = options or MountOptions()
+    kwargs: dict[str, Any] = dict(foreground=True, default_permissions=True, fsname=options.fsname,
+                                  subtype="cowsqlfs")
+    if options.allow_other:
+        kwargs["allow_other"] = True
+    if options.debug:
+        kwargs["debug"] = True
+    try:
+        FUSE3(Operations(fs, options), mountpoint, raw_fi=True, **kwargs)
+    except RuntimeError as exc:
+        # fuse_main returns 8 when a signal ended the loop: libfuse unmounted, destroy flushed.
+        if exc.args != (8,):
+            raise
+        log.info("unmounted on a signal")

@@ -1,0 +1,836 @@
+"""The filesystem's operations, independent of FUSE: paths in, attribute dicts, bytes or
+FsError out. Every metadata operation is one engine transaction."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import FsError
+from .schema import (
+    LINK_MAX,
+    MAX_FILE_SIZE,
+    NAME_MAX,
+    NODE_COLUMNS,
+    PATH_MAX,
+    ROOT_INO,
+    NotAFilesystemError,
+    Superblock,
+    read_superblock,
+)
+from .store import Store
+from .writeback import OpenFile, Space
+
+log = logging.getLogger("fusefs.ops")
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+FALLOC_FL_KEEP_SIZE = 1
+UTIME_NOW = "now"  # utimens: set to the current time; None: leave as is
+BLOCK = 4096
+MAX_DEPTH_PER_QUERY = 120  # a path deeper than this resolves in several queries
+HEARTBEAT_SECONDS = 10.0
+SESSION_EXPIRY_NS = int(3 * HEARTBEAT_SECONDS * 1e9)
+MAX_DIRTY_BYTES = 1 << 20  # flush a handle's buffer at 1 MiB
+
+TimeSpec = int | str | None
+
+
+@dataclass
+class Node:
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    stored: int
+    nlink: int
+    rdev: int
+    atime: int
+    mtime: int
+    ctime: int
+    generation: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+
+@dataclass
+class Handle:
+    ino: int
+    flags: int
+    file: OpenFile | None  # None for directories
+
+
+def _node(row: Any) -> Node:
+    return Node(*row)
+
+
+def components(path: str) -> list[bytes]:
+    """The path's names as bytes (FUSE gives paths decoded with surrogateescape)."""
+    names = [os.fsencode(p) for p in path.split("/") if p]
+    for name in names:
+        if len(name) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+    return names
+
+
+def _resolve_sql(depth: int) -> str:
+    tables = ", ".join(f"fs_edge e{i}" for i in range(depth))
+    conds = ["e0.parent = ? AND e0.name = ?"]
+    conds += [f"e{i}.parent = e{i - 1}.ino AND e{i}.name = ?" for i in range(1, depth)]
+    return f"SELECT e{depth - 1}.ino FROM {tables} WHERE {' AND '.join(conds)}"
+
+
+class FileSystem:
+    """A mounted filesystem's logic over a `Store`.
+
+    :param store: connections to the filesystem's database.
+    :param mountpoint: recorded in this mount's session row.
+    :raises NotAFilesystemError: the database holds no filesystem (run mkfs).
+    """
+
+    def __init__(self, store: Store, mountpoint: str = "") -> None:
+        self.store = store
+        sb = store.read(read_superblock)
+        if sb is None:
+            raise NotAFilesystemError(f"database {store.database!r} holds no filesystem: run mkfs first")
+        self.sb: Superblock = sb
+        self.chunk_size = sb.chunk_size
+        self.space = Space(sb.capacity, sb.used_bytes)
+        self._lock = threading.Lock()
+        self._open: dict[int, OpenFile] = {}
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._seen: dict[int, tuple[int, int, int]] = {}  # ino -> (mtime, ctime, size) this mount's page cache holds
+        self.sid = self._start_session(mountpoint)
+        self.reclaimed = self.reclaim_dead_sessions()
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="fusefs-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    # -- sessions --
+
+    def _start_session(self, mountpoint: str) -> int:
+        now = time.time_ns()
+
+        def tx(conn: Any) -> int:
+            cur = conn.execute(
+                "INSERT INTO fs_session (host, pid, mountpoint, started_ns, heartbeat_ns) VALUES (?, ?, ?, ?, ?)",
+                (socket.gethostname(), os.getpid(), mountpoint, now, now),
+            )
+            return int(cur.lastrowid)
+
+        return self.store.transaction(tx)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.store.transaction(lambda c: c.execute(
+                    "UPDATE fs_session SET heartbeat_ns = ? WHERE sid = ?", (time.time_ns(), self.sid)))
+            except FsError as exc:
+                log.warning("session heartbeat failed: %s", exc)
+
+    def reclaim_dead_sessions(self) -> int:
+        """Free the open-unlinked files of mounts that are gone (crashed daemons).
+
+        A session is dead when its heartbeat is older than three intervals, or when it
+        ran on this host under a pid that no longer exists. :returns: inodes freed.
+        """
+        host, now = socket.gethostname(), time.time_ns()
+        sessions = self.store.read(lambda c: c.execute("SELECT sid, host, pid, heartbeat_ns FROM fs_session").fetchall())
+        dead = [sid for sid, h, pid, beat in sessions
+                if sid != self.sid and (now - beat > SESSION_EXPIRY_NS or (h == host and not _pid_alive(pid)))]
+        freed = 0
+        for sid in dead:
+            def tx(conn: Any, sid: int = sid) -> int:
+                n = 0
+                for (ino,) in conn.execute("SELECT ino FROM fs_sustained WHERE sid = ?", (sid,)).fetchall():
+                    row = conn.execute("SELECT nlink FROM fs_node WHERE ino = ?", (ino,)).fetchone()
+                    if row is not None and row[0] == 0:
+                        self._delete_inode(conn, ino)
+                        n += 1
+                conn.execute("DELETE FROM fs_sustained WHERE sid = ?", (sid,))
+                conn.execute("DELETE FROM fs_session WHERE sid = ?", (sid,))
+                return n
+            freed += self.store.transaction(tx)
+        if dead:
+            log.info("reclaimed %d sessions of gone mounts, %d orphaned inodes", len(dead), freed)
+        return freed
+
+    def close(self) -> None:
+        """Flush every open file, release this mount's session (orphans it kept are freed)."""
+        self._stop.set()
+        with self._lock:
+            files = list(self._open.values())
+        for f in files:
+            try:
+                f.flush()
+            except FsError as exc:
+                log.error("flush of inode %d at unmount failed: %s", f.ino, exc)
+
+        def tx(conn: Any) -> None:
+            for (ino,) in conn.execute("SELECT ino FROM fs_sustained WHERE sid = ?", (self.sid,)).fetchall():
+                row = conn.execute("SELECT nlink FROM fs_node WHERE ino = ?", (ino,)).fetchone()
+                if row is not None and row[0] == 0:
+                    self._delete_inode(conn, ino)
+            conn.execute("DELETE FROM fs_sustained WHERE sid = ?", (self.sid,))
+            conn.execute("DELETE FROM fs_session WHERE sid = ?", (self.sid,))
+
+        try:
+            self.store.transaction(tx)
+        except FsError as exc:
+            log.error("session %d not released: %s", self.sid, exc)
+
+    # -- lookups --
+
+    def _lookup_ino(self, conn: Any, names: list[bytes]) -> int:
+        ino = ROOT_INO
+        for start in range(0, len(names), MAX_DEPTH_PER_QUERY):
+            part = names[start:start + MAX_DEPTH_PER_QUERY]
+            row = conn.execute(_resolve_sql(len(part)), (ino, *part)).fetchone()
+            if row is None:
+                raise FsError(errno.ENOENT)
+            ino = int(row[0])
+        return ino
+
+    def _get(self, conn: Any, ino: int) -> Node:
+        row = conn.execute(f"SELECT {NODE_COLUMNS} FROM fs_node WHERE ino = ?", (ino,)).fetchone()
+        if row is None:
+            raise FsError(errno.ENOENT)
+        return _node(row)
+
+    def _resolve(self, conn: Any, path: str) -> Node:
+        return self._get(conn, self._lookup_ino(conn, components(path)))
+
+    def _parent(self, conn: Any, path: str) -> tuple[Node, bytes]:
+        names = components(path)
+        if not names:
+            raise FsError(errno.EINVAL, "the root has no parent")
+        parent = self._get(conn, self._lookup_ino(conn, names[:-1]))
+        if not parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return parent, names[-1]
+
+    def _child(self, conn: Any, parent: int, name: bytes) -> int | None:
+        row = conn.execute("SELECT ino FROM fs_edge WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _attrs(self, node: Node) -> dict[str, int]:
+        size, mtime, ctime = node.size, node.mtime, node.ctime
+        with self._lock:
+            f = self._open.get(node.ino)
+        if f is not None:
+            size = f.size
+            if f.mtime is not None:
+                mtime = ctime = f.mtime
+        return {
+            "st_ino": node.ino, "st_mode": node.mode, "st_nlink": node.nlink, "st_uid": node.uid,
+            "st_gid": node.gid, "st_rdev": node.rdev, "st_size": size,
+            "st_blocks": (node.stored + 511) // 512, "st_blksize": self.chunk_size,
+            "st_atime": node.atime, "st_mtime": mtime, "st_ctime": ctime,
+        }
+
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
+        if fh is not None and fh in self._handles:
+            ino = self._handles[fh].ino
+            return self._attrs(self.store.read(lambda c: self._get(c, ino)))
+        if path is None:
+            raise FsError(errno.EBADF)
+        return self._attrs(self.store.read(lambda c: self._resolve(c, path)))
+
+    def readdir(self, path: str | None, fh: int | None = None) -> list[tuple[str, dict[str, int]]]:
+        def q(conn: Any) -> list[tuple[str, dict[str, int]]]:
+            if fh is not None and fh in self._handles:
+                node = self._get(conn, self._handles[fh].ino)
+            else:
+                node = self._resolve(conn, path or "/")
+            if not node.is_dir:
+                raise FsError(errno.ENOTDIR)
+            up = conn.execute("SELECT parent FROM fs_edge WHERE ino = ? LIMIT 1", (node.ino,)).fetchone()
+            entries = [(".", {"st_ino": node.ino, "st_mode": node.mode}),
+                       ("..", {"st_ino": int(up[0]) if up else node.ino, "st_mode": stat.S_IFDIR})]
+            rows = conn.execute(
+                "SELECT e.name, n.ino, n.mode FROM fs_edge e JOIN fs_node n ON n.ino = e.ino WHERE e.parent = ? ORDER BY e.name",
+                (node.ino,),
+            ).fetchall()
+            entries += [(os.fsdecode(bytes(name)), {"st_ino": ino, "st_mode": mode}) for name, ino, mode in rows]
+            return entries
+
+        return self.store.read(q)
+
+    def readlink(self, path: str) -> str:
+        def q(conn: Any) -> bytes:
+            node = self._resolve(conn, path)
+            if not stat.S_ISLNK(node.mode):
+                raise FsError(errno.EINVAL)
+            row = conn.execute("SELECT target FROM fs_symlink WHERE ino = ?", (node.ino,)).fetchone()
+            if row is None:
+                raise FsError(errno.EIO, "symlink without target")
+            return bytes(row[0])
+
+        return os.fsdecode(self.store.read(q))
+
+    def statfs(self) -> dict[str, int]:
+        sb = self.store.read(read_superblock)
+        assert sb is not None
+        self.space.settle(0, sb.used_bytes)
+        used = sb.used_bytes + self.space.pending
+        blocks = sb.capacity // BLOCK
+        free = max(0, blocks - (used + BLOCK - 1) // BLOCK)
+        ffree = max(0, sb.max_inodes - sb.used_inodes)
+        return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": blocks, "f_bfree": free, "f_bavail": free,
+                "f_files": sb.max_inodes, "f_ffree": ffree, "f_favail": ffree, "f_namemax": NAME_MAX}
+
+    # -- creating --
+
+    def _make(self, conn: Any, path: str, mode: int, uid: int, gid: int, rdev: int = 0) -> Node:
+        parent, name = self._parent(conn, path)
+        if self._child(conn, parent.ino, name) is not None:
+            raise FsError(errno.EEXIST)
+        cur = conn.execute(
+            "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1 AND used_inodes < max_inodes")
+        if cur.rowcount == 0:
+            raise FsError(errno.ENOSPC, "no free inodes")
+        if parent.mode & stat.S_ISGID:  # setgid directory: the group is inherited, and by subdirectories the bit
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        now = time.time_ns()
+        nlink = 2 if stat.S_ISDIR(mode) else 1
+        cur = conn.execute(
+            "INSERT INTO fs_node (mode, uid, gid, nlink, rdev, atime, mtime, ctime) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (mode, uid, gid, nlink, rdev, now, now, now),
+        )
+        ino = int(cur.lastrowid)
+        conn.execute("INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)", (parent.ino, name, ino))
+        conn.execute(
+            "UPDATE fs_node SET nlink = nlink + ?, mtime = ?, ctime = ? WHERE ino = ?",
+            (1 if stat.S_ISDIR(mode) else 0, now, now, parent.ino),
+        )
+        return Node(ino, mode, uid, gid, 0, 0, nlink, rdev, now, now, now, 1)
+
+    def mknod(self, path: str, mode: int, rdev: int, uid: int, gid: int) -> None:
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FsError(errno.EINVAL)
+        self.store.transaction(lambda c: self._make(c, path, kind | (mode & 0o7777), uid, gid, rdev))
+
+    def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
+        self.store.transaction(lambda c: self._make(c, path, stat.S_IFDIR | (mode & 0o7777), uid, gid))
+
+    def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
+        raw = os.fsencode(target)
+        if len(raw) >= PATH_MAX:
+            raise FsError(errno.ENAMETOOLONG)
+        if not raw:
+            raise FsError(errno.ENOENT)
+
+        def tx(conn: Any) -> None:
+            node = self._make(conn, path, stat.S_IFLNK | 0o777, uid, gid)
+            self._charge(conn, len(raw))
+            conn.execute("INSERT INTO fs_symlink (ino, target) VALUES (?, ?)", (node.ino, raw))
+            conn.execute("UPDATE fs_node SET size = ? WHERE ino = ?", (len(raw), node.ino))
+
+        self.store.transaction(tx)
+
+    def _charge(self, conn: Any, delta: int) -> None:
+        cur = conn.execute(
+            "UPDATE fs_superblock SET used_bytes = used_bytes + ? WHERE id = 1 AND used_bytes + ? <= capacity",
+            (delta, max(delta, 0)),
+        )
+        if cur.rowcount == 0:
+            raise FsError(errno.ENOSPC)
+
+    def link(self, path: str, existing: str) -> None:
+        def tx(conn: Any) -> None:
+            node = self._resolve(conn, existing)
+            if node.is_dir:
+                raise FsError(errno.EPERM)
+            if node.nlink >= LINK_MAX:
+                raise FsError(errno.EMLINK)
+            parent, name = self._parent(conn, path)
+            if self._child(conn, parent.ino, name) is not None:
+                raise FsError(errno.EEXIST)
+            now = time.time_ns()
+            conn.execute("INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)", (parent.ino, name, node.ino))
+            conn.execute("UPDATE fs_node SET nlink = nlink + 1, ctime = ? WHERE ino = ?", (now, node.ino))
+            conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino))
+
+        self.store.transaction(tx)
+
+    # -- removing --
+
+    def _delete_inode(self, conn: Any, ino: int) -> None:
+        stored = conn.execute(
+            "SELECT (SELECT stored FROM fs_node WHERE ino = ?)"
+            " + coalesce((SELECT length(target) FROM fs_symlink WHERE ino = ?), 0)"
+            " + coalesce((SELECT sum(length(name) + length(value)) FROM fs_xattr WHERE ino = ?), 0)",
+            (ino, ino, ino),
+        ).fetchone()[0]
+        for table in ("fs_chunk", "fs_symlink", "fs_xattr", "fs_node"):
+            conn.execute(f"DELETE FROM {table} WHERE ino = ?", (ino,))
+        conn.execute(
+            "UPDATE fs_superblock SET used_bytes = used_bytes - ?, used_inodes = used_inodes - 1 WHERE id = 1",
+            (stored or 0,),
+        )
+
+    def _drop_link(self, conn: Any, node: Node, now: int) -> None:
+        """One name of `node` is gone: free it, or keep it while this mount has it open."""
+        if node.is_dir:
+            self._delete_inode(conn, node.ino)
+            return
+        if node.nlink > 1:
+            conn.execute("UPDATE fs_node SET nlink = nlink - 1, ctime = ? WHERE ino = ?", (now, node.ino))
+            return
+        with self._lock:
+            still_open = node.ino in self._open
+        if still_open:
+            conn.execute("UPDATE fs_node SET nlink = 0, ctime = ? WHERE ino = ?", (now, node.ino))
+            conn.execute("INSERT OR IGNORE INTO fs_sustained (sid, ino) VALUES (?, ?)", (self.sid, node.ino))
+        else:
+            self._delete_inode(conn, node.ino)
+
+    def unlink(self, path: str) -> None:
+        def tx(conn: Any) -> None:
+            parent, name = self._parent(conn, path)
+            ino = self._child(conn, parent.ino, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            node = self._get(conn, ino)
+            if node.is_dir:
+                raise FsError(errno.EISDIR)
+            now = time.time_ns()
+            conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (parent.ino, name))
+            conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino))
+            self._drop_link(conn, node, now)
+
+        self.store.transaction(tx)
+
+    def _check_empty(self, conn: Any, ino: int) -> None:
+        if conn.execute("SELECT 1 FROM fs_edge WHERE parent = ? LIMIT 1", (ino,)).fetchone() is not None:
+            raise FsError(errno.ENOTEMPTY)
+
+    def rmdir(self, path: str) -> None:
+        def tx(conn: Any) -> None:
+            parent, name = self._parent(conn, path)
+            ino = self._child(conn, parent.ino, name)
+            if ino is None:
+                raise FsError(errno.ENOENT)
+            node = self._get(conn, ino)
+            if not node.is_dir:
+                raise FsError(errno.ENOTDIR)
+            self._check_empty(conn, ino)
+            now = time.time_ns()
+            conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (parent.ino, name))
+            conn.execute("UPDATE fs_node SET nlink = nlink - 1, mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino))
+            self._delete_inode(conn, ino)
+
+        self.store.transaction(tx)
+
+    def _is_ancestor(self, conn: Any, ancestor: int, ino: int) -> bool:
+        row = conn.execute(
+            "WITH RECURSIVE up(ino) AS (SELECT ? UNION SELECT e.parent FROM fs_edge e JOIN up ON e.ino = up.ino"
+            " WHERE up.ino != ?) SELECT 1 FROM up WHERE ino = ? LIMIT 1",
+            (ino, ROOT_INO, ancestor),
+        ).fetchone()
+        return row is not None
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL)
+
+        def tx(conn: Any) -> None:
+            src_parent, src_name = self._parent(conn, old)
+            dst_parent, dst_name = self._parent(conn, new)
+            src_ino = self._child(conn, src_parent.ino, src_name)
+            if src_ino is None:
+                raise FsError(errno.ENOENT)
+            src = self._get(conn, src_ino)
+            dst_ino = self._child(conn, dst_parent.ino, dst_name)
+            dst = None if dst_ino is None else self._get(conn, dst_ino)
+            if flags & RENAME_NOREPLACE and dst is not None:
+                raise FsError(errno.EEXIST)
+            if flags & RENAME_EXCHANGE and dst is None:
+                raise FsError(errno.ENOENT)
+            moves = src_parent.ino != dst_parent.ino
+            if src.is_dir and moves and self._is_ancestor(conn, src.ino, dst_parent.ino):
+                raise FsError(errno.EINVAL)
+            if flags & RENAME_EXCHANGE and dst is not None and dst.is_dir and moves \
+                    and self._is_ancestor(conn, dst.ino, src_parent.ino):
+                raise FsError(errno.EINVAL)
+            if dst is not None and dst.ino == src.ino:
+                return  # two names of one file: POSIX says do nothing
+            now = time.time_ns()
+            if flags & RENAME_EXCHANGE:
+                assert dst is not None
+                conn.execute("UPDATE fs_edge SET ino = ? WHERE parent = ? AND name = ?", (dst.ino, src_parent.ino, src_name))
+                conn.execute("UPDATE fs_edge SET ino = ? WHERE parent = ? AND name = ?", (src.ino, dst_parent.ino, dst_name))
+                if moves and src.is_dir != dst.is_dir:
+                    shift = 1 if src.is_dir else -1  # the directory among them changes parent
+                    conn.execute("UPDATE fs_node SET nlink = nlink - ? WHERE ino = ?", (shift, src_parent.ino))
+                    conn.execute("UPDATE fs_node SET nlink = nlink + ? WHERE ino = ?", (shift, dst_parent.ino))
+                conn.execute("UPDATE fs_node SET ctime = ? WHERE ino IN (?, ?)", (now, src.ino, dst.ino))
+            else:
+                if dst is not None:
+                    if src.is_dir and not dst.is_dir:
+                        raise FsError(errno.ENOTDIR)
+                    if not src.is_dir and dst.is_dir:
+                        raise FsError(errno.EISDIR)
+                    if dst.is_dir:
+                        self._check_empty(conn, dst.ino)
+                        conn.execute("UPDATE fs_node SET nlink = nlink - 1 WHERE ino = ?", (dst_parent.ino,))
+                    conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (dst_parent.ino, dst_name))
+                    self._drop_link(conn, dst, now)
+                conn.execute(
+                    "UPDATE fs_edge SET parent = ?, name = ? WHERE parent = ? AND name = ?",
+                    (dst_parent.ino, dst_name, src_parent.ino, src_name),
+                )
+                if src.is_dir and moves:
+                    conn.execute("UPDATE fs_node SET nlink = nlink - 1 WHERE ino = ?", (src_parent.ino,))
+                    conn.execute("UPDATE fs_node SET nlink = nlink + 1 WHERE ino = ?", (dst_parent.ino,))
+                conn.execute("UPDATE fs_node SET ctime = ? WHERE ino = ?", (now, src.ino))
+            conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino IN (?, ?)",
+                         (now, now, src_parent.ino, dst_parent.ino))
+
+        self.store.transaction(tx)
+
+    # -- attributes --
+
+    def _target(self, conn: Any, path: str | None, fh: int | None) -> Node:
+        if fh is not None and fh in self._handles:
+            return self._get(conn, self._handles[fh].ino)
+        if path is None:
+            raise FsError(errno.EBADF)
+        return self._resolve(conn, path)
+
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> None:
+        def tx(conn: Any) -> None:
+            node = self._target(conn, path, fh)
+            conn.execute("UPDATE fs_node SET mode = ?, ctime = ? WHERE ino = ?",
+                         (stat.S_IFMT(node.mode) | (mode & 0o7777), time.time_ns(), node.ino))
+
+        self.store.transaction(tx)
+
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> None:
+        def tx(conn: Any) -> None:
+            node = self._target(conn, path, fh)
+            mode = node.mode
+            if (uid != -1 or gid != -1) and stat.S_ISREG(mode):
+                # as Linux: a change of owner drops set-user-ID, and set-group-ID where group-exec is set
+                mode &= ~stat.S_ISUID
+                if mode & stat.S_IXGRP:
+                    mode &= ~stat.S_ISGID
+            conn.execute(
+                "UPDATE fs_node SET uid = ?, gid = ?, mode = ?, ctime = ? WHERE ino = ?",
+                (node.uid if uid == -1 else uid, node.gid if gid == -1 else gid, mode, time.time_ns(), node.ino),
+            )
+
+        self.store.transaction(tx)
+
+    def utimens(self, path: str | None, atime: TimeSpec, mtime: TimeSpec, fh: int | None = None) -> None:
+        now = time.time_ns()
+
+        def tx(conn: Any) -> None:
+            node = self._target(conn, path, fh)
+            a = node.atime if atime is None else now if atime == UTIME_NOW else int(atime)
+            m = node.mtime if mtime is None else now if mtime == UTIME_NOW else int(mtime)
+            conn.execute("UPDATE fs_node SET atime = ?, mtime = ?, ctime = ? WHERE ino = ?", (a, m, now, node.ino))
+
+        ino = self._flush_target(path, fh)
+        self.store.transaction(tx)
+        if ino is not None and mtime is not None:
+            self._forget(ino)
+
+    # -- data: handles --
+
+    def _flush_target(self, path: str | None, fh: int | None) -> int | None:
+        """Flush the open file `path`/`fh` names (its buffered mtime would win otherwise)."""
+        if fh is not None and fh in self._handles:
+            ino: int | None = self._handles[fh].ino
+        elif path is not None:
+            try:
+                ino = self.store.read(lambda c: self._lookup_ino(c, components(path)))
+            except FsError:
+                return None
+        else:
+            return None
+        with self._lock:
+            f = self._open.get(ino) if ino is not None else None
+        if f is not None:
+            f.flush()
+        return ino
+
+    def _forget(self, ino: int) -> None:
+        with self._lock:
+            self._seen.pop(ino, None)
+
+    def _flushed(self, ino: int, stamp: tuple[int, int, int]) -> None:
+        with self._lock:
+            self._seen[ino] = stamp
+
+    def _attach(self, node: Node, flags: int) -> tuple[int, bool]:
+        """A handle on `node`; returns (fh, keep_cache): the page cache may stay when the
+        file is as this mount last saw it."""
+        stamp = (node.mtime, node.ctime, node.size)
+        with self._lock:
+            keep = self._seen.get(node.ino) == stamp
+            self._seen[node.ino] = stamp
+            f = self._open.get(node.ino)
+            if f is None:
+                f = OpenFile(node.ino, node.size, self.chunk_size, self.store, self.space)
+                f.max_dirty_chunks = max(1, MAX_DIRTY_BYTES // self.chunk_size)
+                f.on_flushed = self._flushed
+                self._open[node.ino] = f
+            elif not f.dirty and not keep:
+                f.truncated(node.size)  # close-to-open: what another mount wrote is read anew
+            f.refs += 1
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = Handle(node.ino, flags, f)
+        return fh, keep
+
+    def _file(self, fh: int) -> OpenFile:
+        h = self._handles.get(fh)
+        if h is None or h.file is None:
+            raise FsError(errno.EBADF)
+        return h.file
+
+    def open(self, path: str, flags: int) -> tuple[int, bool]:
+        node = self.store.read(lambda c: self._resolve(c, path))
+        if node.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise FsError(errno.EISDIR)
+        fh, keep = self._attach(node, flags)
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY and node.size:
+            try:
+                self.truncate(None, 0, fh)
+            except FsError:
+                self.release(fh)
+                raise
+            keep = False
+        return fh, keep
+
+    def create(self, path: str, mode: int, flags: int, uid: int, gid: int) -> int:
+        def tx(conn: Any) -> tuple[Node, bool]:
+            try:
+                return self._make(conn, path, stat.S_IFREG | (mode & 0o7777), uid, gid), True
+            except FsError as exc:
+                if exc.errno != errno.EEXIST or flags & os.O_EXCL:
+                    raise
+                return self._resolve(conn, path), False  # made by another mount meanwhile: open it
+
+        node, made = self.store.transaction(tx)
+        if not made:
+            return self.open(path, flags)[0]
+        return self._attach(node, flags)[0]
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        return self._file(fh).read(offset, size)
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        return self._file(fh).write(offset, data)
+
+    def flush(self, fh: int) -> None:
+        h = self._handles.get(fh)
+        if h is not None and h.file is not None:
+            h.file.flush()
+
+    def fsync(self, fh: int) -> None:
+        self.flush(fh)
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            h = self._handles.pop(fh, None)
+        if h is None or h.file is None:
+            return
+        f = h.file
+        try:
+            f.flush()
+        finally:
+            with self._lock:
+                f.refs -= 1
+                last = f.refs == 0
+                if last:
+                    del self._open[f.ino]
+            if last:
+                self._release_orphan(f)
+
+    def _release_orphan(self, f: OpenFile) -> None:
+        def tx(conn: Any) -> None:
+            if conn.execute("SELECT 1 FROM fs_sustained WHERE sid = ? AND ino = ?", (self.sid, f.ino)).fetchone() is None:
+                return
+            row = conn.execute("SELECT nlink FROM fs_node WHERE ino = ?", (f.ino,)).fetchone()
+            if row is not None and row[0] == 0:
+                self._delete_inode(conn, f.ino)
+            conn.execute("DELETE FROM fs_sustained WHERE sid = ? AND ino = ?", (self.sid, f.ino))
+
+        self.store.transaction(tx)
+
+    def opendir(self, path: str) -> int:
+        node = self.store.read(lambda c: self._resolve(c, path))
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = Handle(node.ino, os.O_RDONLY, None)
+        return fh
+
+    def releasedir(self, fh: int) -> None:
+        with self._lock:
+            self._handles.pop(fh, None)
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+        if length < 0:
+            raise FsError(errno.EINVAL)
+        if length > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)
+        ino = self._flush_target(path, fh)
+        cs = self.chunk_size
+
+        def tx(conn: Any) -> int:
+            node = self._target(conn, path, fh)
+            if node.is_dir:
+                raise FsError(errno.EISDIR)
+            if not stat.S_ISREG(node.mode):
+                raise FsError(errno.EINVAL)
+            freed = 0
+            if length < node.size:
+                keep = (length + cs - 1) // cs  # chunks [0, keep) stay
+                freed = conn.execute(
+                    "SELECT coalesce(sum(length(data)), 0) FROM fs_chunk WHERE ino = ? AND idx >= ?", (node.ino, keep)
+                ).fetchone()[0]
+                conn.execute("DELETE FROM fs_chunk WHERE ino = ? AND idx >= ?", (node.ino, keep))
+                if length % cs:
+                    row = conn.execute("SELECT data FROM fs_chunk WHERE ino = ? AND idx = ?", (node.ino, length // cs)).fetchone()
+                    if row is not None and len(row[0]) > length % cs:
+                        cut = bytes(row[0])[: length % cs].rstrip(b"\0")
+                        freed += len(row[0]) - len(cut)
+                        if cut:
+                            conn.execute("UPDATE fs_chunk SET data = ? WHERE ino = ? AND idx = ?", (cut, node.ino, length // cs))
+                        else:
+                            conn.execute("DELETE FROM fs_chunk WHERE ino = ? AND idx = ?", (node.ino, length // cs))
+            now = time.time_ns()
+            conn.execute("UPDATE fs_node SET size = ?, stored = stored - ?, mtime = ?, ctime = ? WHERE ino = ?",
+                         (length, freed, now, now, node.ino))
+            if freed:
+                conn.execute("UPDATE fs_superblock SET used_bytes = used_bytes - ? WHERE id = 1", (freed,))
+            return node.ino
+
+        done = self.store.transaction(tx)
+        with self._lock:
+            f = self._open.get(done if ino is None else ino)
+        if f is not None:
+            f.truncated(length)
+        self._forget(done)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        if mode & ~FALLOC_FL_KEEP_SIZE:
+            raise FsError(errno.EOPNOTSUPP)
+        if offset < 0 or length <= 0:
+            raise FsError(errno.EINVAL)
+        end = offset + length
+        if end > MAX_FILE_SIZE:
+            raise FsError(errno.EFBIG)
+        f = self._file(fh)
+        # Space is not reserved (chunks stay sparse); refuse what clearly cannot fit.
+        with self.space.lock:
+            if end - f.size > self.space.capacity - self.space.used - self.space.pending:
+                raise FsError(errno.ENOSPC)
+        if mode & FALLOC_FL_KEEP_SIZE or end <= f.size:
+            return
+        with f.lock:
+            f.size = max(f.size, end)
+            f.mtime = time.time_ns()
+        f.flush()
+
+    # -- xattrs --
+
+    @staticmethod
+    def _xattr_name(name: str) -> bytes:
+        raw = os.fsencode(name)
+        if not raw or len(raw) > XATTR_NAME_MAX:
+            raise FsError(errno.ERANGE)
+        if not raw.startswith((b"user.", b"trusted.", b"security.")):
+            raise FsError(errno.EOPNOTSUPP)
+        return raw
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int) -> None:
+        raw = self._xattr_name(name)
+        if len(value) > XATTR_SIZE_MAX:
+            raise FsError(errno.E2BIG)
+
+        def tx(conn: Any) -> None:
+            node = self._resolve(conn, path)
+            row = conn.execute("SELECT length(value) FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)).fetchone()
+            if row is not None and options & XATTR_CREATE:
+                raise FsError(errno.EEXIST)
+            if row is None and options & XATTR_REPLACE:
+                raise FsError(errno.ENODATA)
+            self._charge(conn, len(value) - (row[0] if row else -len(raw)))
+            conn.execute("INSERT OR REPLACE INTO fs_xattr (ino, name, value) VALUES (?, ?, ?)", (node.ino, raw, value))
+            conn.execute("UPDATE fs_node SET ctime = ? WHERE ino = ?", (time.time_ns(), node.ino))
+
+        self.store.transaction(tx)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        raw = self._xattr_name(name)
+
+        def q(conn: Any) -> bytes:
+            node = self._resolve(conn, path)
+            row = conn.execute("SELECT value FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)).fetchone()
+            if row is None:
+                raise FsError(errno.ENODATA)
+            return bytes(row[0])
+
+        return self.store.read(q)
+
+    def listxattr(self, path: str) -> list[str]:
+        def q(conn: Any) -> list[str]:
+            node = self._resolve(conn, path)
+            rows = conn.execute("SELECT name FROM fs_xattr WHERE ino = ? ORDER BY name", (node.ino,)).fetchall()
+            return [os.fsdecode(bytes(r[0])) for r in rows]
+
+        return self.store.read(q)
+
+    def removexattr(self, path: str, name: str) -> None:
+        raw = self._xattr_name(name)
+
+        def tx(conn: Any) -> None:
+            node = self._resolve(conn, path)
+            row = conn.execute("SELECT length(value) FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)).fetchone()
+            if row is None:
+                raise FsError(errno.ENODATA)
+            conn.execute("DELETE FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw))
+            conn.execute("UPDATE fs_superblock SET used_bytes = used_bytes - ? WHERE id = 1", (row[0] + len(raw),))
+            conn.execute("UPDATE fs_node SET ctime = ? WHERE ino = ?", (time.time_ns(), node.ino))
+
+        self.store.transaction(tx)
+
+    def open_files(self) -> Iterator[OpenFile]:
+        with self._lock:
+            files = list(self._open.values())
+        yield from files
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,166 @@
+"""The filesystem's tables (JuiceFS's SQL layout: node, edge, chunk, symlink, xattr) and
+the superblock, created by mkfs and checked at every mount."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+MAGIC = "cowsqlfs"
+FORMAT_VERSION = 1
+ROOT_INO = 1
+DEFAULT_CHUNK_SIZE = 64 * 1024
+DEFAULT_CAPACITY = 1 << 30
+DEFAULT_MAX_INODES = 1 << 20
+MAX_FILE_SIZE = 1 << 42  # 4 TiB of logical size: chunks are sparse
+NAME_MAX = 255
+PATH_MAX = 4096
+LINK_MAX = 65000
+
+# Every table and index, in creation order. Names are BLOBs: POSIX names are bytes.
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS fs_superblock (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        magic TEXT NOT NULL,
+        format INTEGER NOT NULL,
+        uuid TEXT NOT NULL,
+        chunk_size INTEGER NOT NULL,
+        capacity INTEGER NOT NULL,
+        max_inodes INTEGER NOT NULL,
+        used_bytes INTEGER NOT NULL,
+        used_inodes INTEGER NOT NULL,
+        created_ns INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS fs_node (
+        ino INTEGER PRIMARY KEY AUTOINCREMENT,
+        mode INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
+        stored INTEGER NOT NULL DEFAULT 0,
+        nlink INTEGER NOT NULL,
+        rdev INTEGER NOT NULL DEFAULT 0,
+        atime INTEGER NOT NULL,
+        mtime INTEGER NOT NULL,
+        ctime INTEGER NOT NULL,
+        generation INTEGER NOT NULL DEFAULT 1)""",
+    """CREATE TABLE IF NOT EXISTS fs_edge (
+        parent INTEGER NOT NULL,
+        name BLOB NOT NULL,
+        ino INTEGER NOT NULL,
+        PRIMARY KEY (parent, name))""",
+    "CREATE INDEX IF NOT EXISTS fs_edge_ino ON fs_edge (ino)",
+    """CREATE TABLE IF NOT EXISTS fs_chunk (
+        ino INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (ino, idx))""",
+    "CREATE TABLE IF NOT EXISTS fs_symlink (ino INTEGER PRIMARY KEY, target BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS fs_xattr (
+        ino INTEGER NOT NULL,
+        name BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (ino, name))""",
+    # One row per mount; an unlinked file still open on a mount is kept by a row here.
+    """CREATE TABLE IF NOT EXISTS fs_session (
+        sid INTEGER PRIMARY KEY AUTOINCREMENT,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        mountpoint TEXT NOT NULL,
+        started_ns INTEGER NOT NULL,
+        heartbeat_ns INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS fs_sustained (
+        sid INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        PRIMARY KEY (sid, ino))""",
+)
+
+NODE_COLUMNS = "ino, mode, uid, gid, size, stored, nlink, rdev, atime, mtime, ctime, generation"
+
+
+class NotAFilesystemError(Exception):
+    """The database holds tables that are not (this format of) a fusefs filesystem."""
+
+
+@dataclass(frozen=True)
+class Superblock:
+    uuid: str
+    format: int
+    chunk_size: int
+    capacity: int
+    max_inodes: int
+    used_bytes: int
+    used_inodes: int
+
+
+def read_superblock(conn: Any) -> Superblock | None:
+    """The superblock, None on an empty database.
+
+    :raises NotAFilesystemError: tables exist but no valid superblock, or another format.
+    """
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+    names -= {"sqlite_sequence", "cowsqlpy_commit_markers"}
+    if "fs_superblock" not in names:
+        if names:
+            raise NotAFilesystemError(f"the database holds other tables ({', '.join(sorted(names))}): not a filesystem")
+        return None
+    row = conn.execute(
+        "SELECT magic, format, uuid, chunk_size, capacity, max_inodes, used_bytes, used_inodes FROM fs_superblock WHERE id = 1"
+    ).fetchone()
+    if row is None or row[0] != MAGIC:
+        raise NotAFilesystemError("fs_superblock has no valid row: not a filesystem")
+    if row[1] != FORMAT_VERSION:
+        raise NotAFilesystemError(f"filesystem format {row[1]}, this fusefs reads format {FORMAT_VERSION}")
+    return Superblock(row[2], row[1], row[3], row[4], row[5], row[6], row[7])
+
+
+def mkfs(
+    conn: Any,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    capacity: int = DEFAULT_CAPACITY,
+    max_inodes: int = DEFAULT_MAX_INODES,
+    root_mode: int = 0o755,
+    root_uid: int | None = None,
+    root_gid: int | None = None,
+) -> tuple[Superblock, bool]:
+    """Create the filesystem on `conn`'s database, or check the one there.
+
+    :returns: (superblock, created).
+    :raises NotAFilesystemError: the database is something else.
+    :raises ValueError: bad sizes.
+    """
+    if not 4096 <= chunk_size <= 1 << 20 or chunk_size & (chunk_size - 1):
+        raise ValueError("chunk size must be a power of two between 4 KiB and 1 MiB")
+    if capacity < chunk_size:
+        raise ValueError("capacity must be at least one chunk")
+    if max_inodes < 2:
+        raise ValueError("max_inodes must be at least 2")
+    existing = read_superblock(conn)
+    if existing is not None:
+        return existing, False
+    for ddl in TABLES:
+        conn.execute(ddl)
+    now = time.time_ns()
+    uid = os.getuid() if root_uid is None else root_uid
+    gid = os.getgid() if root_gid is None else root_gid
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM fs_superblock").fetchone() is None:  # another mkfs may have raced us
+            conn.execute(
+                "INSERT INTO fs_superblock VALUES (1, ?, ?, ?, ?, ?, ?, 0, 1, ?)",
+                (MAGIC, FORMAT_VERSION, str(uuid.uuid4()), chunk_size, capacity, max_inodes, now),
+            )
+            conn.execute(
+                "INSERT INTO fs_node (ino, mode, uid, gid, nlink, atime, mtime, ctime) VALUES (?, ?, ?, ?, 2, ?, ?, ?)",
+                (ROOT_INO, 0o040000 | (root_mode & 0o7777), uid, gid, now, now, now),
+            )
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    sb = read_superblock(conn)
+    assert sb is not None
+    return sb, True
