@@ -630,9 +630,15 @@ class Front:
         try:
             async with asyncio.timeout(self.limits.engine_connect_timeout):
                 if self.engine_address.startswith("@"):
-                    await loop.create_unix_connection(
-                        lambda: engine, "\0" + self.engine_address[1:]
-                    )
+                    # uvloop refuses abstract names in create_unix_connection (EINVAL).
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    try:
+                        await loop.sock_connect(sock, "\0" + self.engine_address[1:])
+                    except BaseException:
+                        sock.close()
+                        raise
+                    await loop.create_unix_connection(lambda: engine, sock=sock)
                 else:
                     await loop.create_connection(
                         lambda: engine, *_split_address(self.engine_address)
