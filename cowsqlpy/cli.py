@@ -27,7 +27,7 @@ from .client import SyncClient
 from .errors import Error
 from .protocol import SPARE, STANDBY, VOTER, NodeInfo
 from .retry import RetryPolicy
-from .store import MemoryNodeStore, NodeStore, SqliteNodeStore
+from .store import MemoryNodeStore, NodeStore, NotANodeStoreError, SqliteNodeStore
 
 READY_PREFIX = "cowsqlpy-node ready"
 
@@ -280,9 +280,12 @@ def _store_from(servers: Sequence[str]) -> NodeStore:
             if len(servers) != 1:
                 raise SystemExit("cowsql: file://<store> cannot be combined with addresses")
             path = item[len("file://"):]
-            if not os.path.exists(path):
+            if not os.path.isfile(path):
                 raise SystemExit(f"cowsql: no node store at {path}")
-            return SqliteNodeStore(path)
+            try:
+                return SqliteNodeStore(path, create=False)
+            except NotANodeStoreError as exc:
+                raise SystemExit(f"cowsql: {exc}") from None
         addresses.extend(a.strip() for a in item.split(",") if a.strip())
     if not addresses:
         raise SystemExit("cowsql: -s/--servers needs at least one address")

@@ -2,7 +2,10 @@
 
 Two stores, as go-cowsql's client has: in memory, and a SQLite file (through
 apsw) kept in a node's data dir so the list survives restarts. Both are
-thread-safe and cheap; they hold `NodeInfo(id, address, role)` rows.
+thread-safe and cheap; they hold `NodeInfo(id, address, role)` rows. The file
+store also reads (and writes) go-dqlite's older schema, ``servers(address)``,
+which Canonical's ``dqlite -s file://`` shell keeps: its nodes are voters of
+unknown id.
 """
 
 from __future__ import annotations
@@ -63,22 +66,45 @@ class MemoryNodeStore:
         return f"MemoryNodeStore({[n.address for n in self.get()]})"
 
 
-class SqliteNodeStore:
-    """A node list in a SQLite file (apsw), as go-cowsql keeps `servers` in its data dir."""
+class NotANodeStoreError(ValueError):
+    """The file is not a node store (not SQLite, or no ``servers`` table with addresses)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+class SqliteNodeStore:
+    """A node list in a SQLite file (apsw), as go-cowsql keeps `servers` in its data dir.
+
+    :param create: make the file and its table when missing (a node's own store);
+        False opens an existing store only (a shell pointed at a file).
+    :raises NotANodeStoreError: `create` is False and the file holds no node store.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         import apsw  # only this store needs it
 
         self.path = os.fspath(path)
         self._lock = threading.Lock()
-        self._db = apsw.Connection(self.path)
-        self._db.setbusytimeout(5000)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS servers (id INTEGER NOT NULL, address TEXT PRIMARY KEY, role INTEGER)"
-        )
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
+        try:
+            self._db = apsw.Connection(self.path, flags=flags)
+            self._db.setbusytimeout(5000)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(servers)")}
+        except apsw.Error as exc:
+            raise NotANodeStoreError(f"{self.path} is not a node store: {exc}") from None
+        if not columns and create:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS servers (id INTEGER NOT NULL, address TEXT PRIMARY KEY, role INTEGER)"
+            )
+            columns = {"id", "address", "role"}
+        if "address" not in columns:
+            self._db.close()
+            raise NotANodeStoreError(f"{self.path} is not a node store: no servers(address) table")
+        # go-dqlite's schema: servers(address) alone.
+        self._addresses_only = not {"id", "role"} <= columns
 
     def get(self) -> list[NodeInfo]:
         with self._lock:
+            if self._addresses_only:
+                return [NodeInfo(0, str(a), VOTER) for (a,) in self._db.execute("SELECT address FROM servers ORDER BY address")]
             rows = self._db.execute("SELECT id, address, role FROM servers ORDER BY address").fetchall()
         return [NodeInfo(int(i) & ((1 << 64) - 1), str(a), None if r is None else int(r)) for i, a, r in rows]  # type: ignore[arg-type]
 
@@ -86,6 +112,9 @@ class SqliteNodeStore:
         normalised = _normalise(nodes)
         with self._lock, self._db:
             self._db.execute("DELETE FROM servers")
+            if self._addresses_only:
+                self._db.executemany("INSERT OR REPLACE INTO servers (address) VALUES (?)", [(n.address,) for n in normalised])
+                return
             # SQLite integers are signed: store ids as their signed 64-bit twin.
             self._db.executemany(
                 "INSERT OR REPLACE INTO servers (id, address, role) VALUES (?, ?, ?)",
@@ -100,4 +129,4 @@ class SqliteNodeStore:
         return f"SqliteNodeStore({self.path!r})"
 
 
-__all__ = ["NodeStore", "MemoryNodeStore", "SqliteNodeStore", "dial_order", "NodeInfo"]
+__all__ = ["NodeStore", "MemoryNodeStore", "SqliteNodeStore", "NotANodeStoreError", "dial_order", "NodeInfo"]

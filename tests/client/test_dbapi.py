@@ -285,12 +285,12 @@ def test_busy_from_another_writer_waits_then_raises(connect: Connect) -> None:
 
 def test_failed_queries_return_their_session_once(connect: Connect) -> None:
     """A session handed back twice would be shared by two callers (replies crossed)."""
-    from cowsqlpy import dbapi
+    from cowsqlpy import aio
 
     conn = connect(autocommit=True)
     for _ in range(3):
         with pytest.raises(cowsqlpy.OperationalError):
             conn.execute("SELECT * FROM no_such_table")
-    db = dbapi._registry[conn._key][0]
+    db = aio.shared_database(conn._core._key)
     assert len(db._idle) == len({id(s) for s in db._idle}) >= 1
     assert conn.execute("SELECT 7").fetchone() == (7,)
