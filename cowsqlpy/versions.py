@@ -18,14 +18,15 @@ COWSQL = "cowsql"
 class EngineFeatures:
     name: str
     max_params: int  # params per statement in the tuple format our codec sends (schema 0: u8 count)
-    returning: bool  # INSERT/UPDATE/DELETE ... RETURNING is safe
+    returning: bool  # INSERT/UPDATE/DELETE ... RETURNING is safe and gives its rows
     describe_formats: tuple[int, ...]  # DESCRIBE formats that do not abort the node
-    heartbeat: bool  # HEARTBEAT request gets a reply (1.11.1 wedges the connection)
+    heartbeat: bool  # HEARTBEAT gets a reply, if only FAILURE (1.11.1 wedges the connection)
     unknown_request_fails: bool  # unknown request type gets FAILURE rather than a hang
     finalize_twice_safe: bool  # FINALIZE of an id already finalized gets FAILURE, not a crash
     unknown_cluster_format_fails: bool  # CLUSTER format >= 2 gets FAILURE (the engine probe)
-    bad_frames_safe: bool  # malformed bodies (huge length, zero words) get no crash
-    #: PRAGMA assignments that abort the node (name -> values; an empty set: any value)
+    huge_frame_safe: bool  # a header claiming a body of ~2 GiB (0x100D0A07 words) gets no crash
+    empty_body_safe: bool  # a zero-word body for a request that needs one gets no crash
+    #: PRAGMAs that abort the node: (name, values); an empty set: any value, "" the bare form
     fatal_pragmas: tuple[tuple[str, frozenset[str]], ...]
 
 
@@ -40,24 +41,32 @@ DQLITE_1_11 = EngineFeatures(
     unknown_request_fails=False,
     finalize_twice_safe=False,
     unknown_cluster_format_fails=False,
-    bad_frames_safe=False,
+    huge_frame_safe=False,
+    empty_body_safe=False,
     fatal_pragmas=(("journal_mode", frozenset({"delete", "memory", "truncate", "persist", "off"})),
                    ("page_size", frozenset())),
 )
 
-# cowsql 1.15 (Debian bookworm-backports 1.15.8, which reports 1.15.6 = 11506).
+# cowsql 1.15 (Debian bookworm-backports 1.15.8, which reports 1.15.6 = 11506), measured
+# by tests/node/test_engine_guards.py: RETURNING in autocommit still aborts the node on the
+# next write (vfs.c vfsFileShmLock `wal->n_tx == 0`); inside BEGIN ... COMMIT it does not,
+# but the engine steps a modifying query once and answers FAILURE 100 ("rows yielded when
+# none expected"): the rows never arrive. FINALIZE of a finalized id still crashes, and so
+# does a header claiming a 2 GiB body; journal_mode and page_size changes are refused
+# ("only WAL mode is supported"), but `synchronous=FULL|EXTRA` (vfsWalWrite assertion) and a
+# bare `PRAGMA wal_checkpoint` abort it; unknown request types and HEARTBEAT get FAILURE.
 COWSQL_1_15 = EngineFeatures(
     name="cowsql 1.15",
     max_params=255,
-    returning=True,
+    returning=False,
     describe_formats=(0,),
-    heartbeat=False,
+    heartbeat=True,
     unknown_request_fails=True,
-    finalize_twice_safe=True,
+    finalize_twice_safe=False,
     unknown_cluster_format_fails=True,
-    bad_frames_safe=False,
-    fatal_pragmas=(("journal_mode", frozenset({"delete", "memory", "truncate", "persist", "off"})),
-                   ("page_size", frozenset())),
+    huge_frame_safe=False,
+    empty_body_safe=True,
+    fatal_pragmas=(("synchronous", frozenset({"full", "extra", "2", "3"})), ("wal_checkpoint", frozenset({""}))),
 )
 
 # (engine, first version number, first version number past the row, features)
