@@ -29,6 +29,7 @@ from .errors import (
 from .protocol import SPARE, NodeInfo
 from .retry import DEFAULT_POLICY, RetryPolicy, retrying
 from .store import MemoryNodeStore, NodeStore, dial_order
+from .tls import ClientTLS, TLSConfig, client_tls
 from .wire import WireConnection
 
 log = logging.getLogger("cowsqlpy.client")
@@ -73,8 +74,8 @@ class Session:
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     @classmethod
-    async def connect(cls, address: str, policy: RetryPolicy = DEFAULT_POLICY) -> Session:
-        return cls(await WireConnection.connect(address, timeout=policy.connect_timeout), policy)
+    async def connect(cls, address: str, policy: RetryPolicy = DEFAULT_POLICY, tls: ClientTLS | None = None) -> Session:
+        return cls(await WireConnection.connect(address, timeout=policy.connect_timeout, tls=tls), policy)
 
     @property
     def address(self) -> str:
@@ -180,9 +181,9 @@ async def _raise(exc: BaseException) -> Any:
 # -- Leader discovery --------------------------------------------------------------
 
 
-async def _probe(address: str, policy: RetryPolicy) -> tuple[WireConnection | None, str]:
+async def _probe(address: str, policy: RetryPolicy, tls: ClientTLS | None) -> tuple[WireConnection | None, str]:
     """Connect to `address` and ask it for the leader: (connection if it leads, leader address)."""
-    conn = await WireConnection.connect(address, timeout=policy.connect_timeout)
+    conn = await WireConnection.connect(address, timeout=policy.connect_timeout, tls=tls)
     try:
         _, leader_address = await conn.request(protocol.LEADER, timeout=policy.attempt_timeout)
     except BaseException:
@@ -194,17 +195,20 @@ async def _probe(address: str, policy: RetryPolicy) -> tuple[WireConnection | No
     return None, leader_address
 
 
-async def find_leader(store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY, *, hint: str | None = None) -> WireConnection:
+async def find_leader(
+    store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY, *, hint: str | None = None, tls: ClientTLS | None = None
+) -> WireConnection:
     """A connection to the node that reports itself as leader (one sweep, no retry).
 
     `hint` (the last known leader) is tried first. Then every node of the
     store is probed at once; a node that names another leader sends us there.
+    `tls`: dial every node over mutual TLS.
 
     :raises NoLeaderError: no node led or pointed at a leader.
     """
     if hint:
         try:
-            conn, _ = await _probe(hint, policy)
+            conn, _ = await _probe(hint, policy, tls)
             if conn is not None:
                 return conn
         except Error:
@@ -212,7 +216,7 @@ async def find_leader(store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY, *,
     nodes = dial_order(store.get())
     if not nodes:
         raise NoLeaderError("the node store is empty")
-    tasks = [asyncio.ensure_future(_probe(n.address, policy)) for n in nodes]
+    tasks = [asyncio.ensure_future(_probe(n.address, policy, tls)) for n in nodes]
     pointed: set[str] = set()
     errors: list[str] = []
     try:
@@ -228,7 +232,7 @@ async def find_leader(store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY, *,
                 pointed.add(leader_address)
         for address in pointed - {n.address for n in nodes}:
             try:
-                conn, _ = await _probe(address, policy)
+                conn, _ = await _probe(address, policy, tls)
             except Error as exc:
                 errors.append(str(exc))
                 continue
@@ -243,16 +247,20 @@ async def find_leader(store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY, *,
 
 
 class LeaderTracker:
-    """Remembers the last leader and reconnects to the current one under a retry policy."""
+    """Remembers the last leader and reconnects to the current one under a retry policy.
 
-    def __init__(self, store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY) -> None:
+    `tls`: dial over mutual TLS with the cluster certificate (`cowsqlpy.tls.TLSConfig`).
+    """
+
+    def __init__(self, store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY, tls: TLSConfig | ClientTLS | None = None) -> None:
         self.store = store
         self.policy = policy
+        self.tls = client_tls(tls)
         self.last_leader: str | None = None
 
     async def connect(self) -> WireConnection:
         async def attempt() -> WireConnection:
-            return await find_leader(self.store, self.policy, hint=self.last_leader)
+            return await find_leader(self.store, self.policy, hint=self.last_leader, tls=self.tls)
 
         conn = await retrying(attempt, self.policy, what="leader discovery")
         self.last_leader = conn.address
@@ -278,12 +286,16 @@ class Client:
 
     Leader-only requests find the leader first and are retried on the new
     leader when it changes (not-leader, lost connection) under `policy`.
+    `tls`: talk to the nodes over mutual TLS (`cowsqlpy.tls.TLSConfig`).
     """
 
-    def __init__(self, servers: NodeStore | Iterable[str] | str, *, policy: RetryPolicy = DEFAULT_POLICY) -> None:
+    def __init__(
+        self, servers: NodeStore | Iterable[str] | str, *, policy: RetryPolicy = DEFAULT_POLICY,
+        tls: TLSConfig | ClientTLS | None = None,
+    ) -> None:
         self.store = as_store(servers)
         self.policy = policy
-        self._tracker = LeaderTracker(self.store, policy)
+        self._tracker = LeaderTracker(self.store, policy, tls)
         self._session: Session | None = None
 
     async def _leader_session(self) -> Session:
@@ -304,7 +316,7 @@ class Client:
         return await retrying(attempt, self.policy, what=protocol.REQUEST_NAMES[rtype])
 
     async def _at(self, address: str, rtype: int, *args: Any) -> Any:
-        session = await Session.connect(address, self.policy)
+        session = await Session.connect(address, self.policy, self._tracker.tls)
         try:
             return await session.call(rtype, *args)
         finally:
@@ -374,8 +386,11 @@ class Client:
 class SyncClient:
     """Blocking cluster admin: the same coroutines as `Client`, run on the background loop."""
 
-    def __init__(self, servers: NodeStore | Iterable[str] | str, *, policy: RetryPolicy = DEFAULT_POLICY) -> None:
-        self._client = Client(servers, policy=policy)
+    def __init__(
+        self, servers: NodeStore | Iterable[str] | str, *, policy: RetryPolicy = DEFAULT_POLICY,
+        tls: TLSConfig | ClientTLS | None = None,
+    ) -> None:
+        self._client = Client(servers, policy=policy, tls=tls)
         self.store = self._client.store
 
     def leader(self) -> NodeInfo | None:

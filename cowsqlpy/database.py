@@ -45,6 +45,7 @@ from .errors import (
 )
 from .retry import RetryPolicy, retrying
 from .store import NodeStore
+from .tls import ClientTLS, TLSConfig
 
 log = logging.getLogger("cowsqlpy.database")
 
@@ -118,12 +119,15 @@ def _deliver(w: _Write, outcome: object) -> None:
 class Database:
     """One database of a cluster: leader-following session pool, write lock, group commit."""
 
-    def __init__(self, store: NodeStore, name: str, policy: RetryPolicy, *, group_commit: bool = True) -> None:
+    def __init__(
+        self, store: NodeStore, name: str, policy: RetryPolicy, *, group_commit: bool = True,
+        tls: TLSConfig | ClientTLS | None = None,
+    ) -> None:
         self.store = store
         self.name = name
         self.policy = policy
         self.group_commit = group_commit
-        self.tracker = LeaderTracker(store, policy)
+        self.tracker = LeaderTracker(store, policy, tls)  # tls: mutual TLS to every node
         self.write_lock = asyncio.Lock()
         self._idle: list[Session] = []
         self._pending: collections.deque[_Write] = collections.deque()

@@ -25,11 +25,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 #: the DNS name `make_cert` puts first; clients check servers against it
 DEFAULT_NAME = "cowsql"
 
@@ -68,6 +63,8 @@ class TLSConfig:
 
 def dns_names(cert: str | os.PathLike[str]) -> list[str]:
     """The DNS subjectAltNames of a PEM certificate, in order."""
+    from cryptography import x509  # imported here: the client imports this module
+
     with open(cert, "rb") as f:
         parsed = x509.load_pem_x509_certificate(f.read())
     try:
@@ -114,6 +111,11 @@ class ClientTLS:
         return cls(make_client_context(config), config.check_name())
 
 
+def client_tls(tls: TLSConfig | ClientTLS | None) -> ClientTLS | None:
+    """A `ClientTLS` for a config (contexts are built once per client, not per connection)."""
+    return ClientTLS.of(tls) if isinstance(tls, TLSConfig) else tls
+
+
 # -- Certificates ---------------------------------------------------------------
 
 
@@ -130,6 +132,11 @@ def make_cert(
 
     :raises FileExistsError: either file exists already (never overwritten).
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     if not names:
         raise ValueError("a cluster certificate needs at least one DNS name")
     os.makedirs(out_dir, exist_ok=True)

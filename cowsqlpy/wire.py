@@ -19,6 +19,7 @@ from typing import Any
 from . import codec, protocol
 from ._loop import busy_poll_of
 from .errors import ConnectionLostError, Error, ProtocolError, error_for
+from .tls import ClientTLS
 
 log = logging.getLogger("cowsqlpy.wire")
 _TRACE = "client" in os.environ.get("COWSQLPY_TRACE", "").split(",")
@@ -83,10 +84,11 @@ class WireConnection(asyncio.Protocol):
     # -- set-up ---------------------------------------------------------------
 
     @classmethod
-    async def connect(cls, address: str, *, timeout: float = 5.0) -> WireConnection:
-        """Dial `address` ('host:port' or '@abstract'), send the protocol version.
+    async def connect(cls, address: str, *, timeout: float = 5.0, tls: ClientTLS | None = None) -> WireConnection:
+        """Dial `address` ('host:port' or '@abstract'), send the protocol version;
+        with `tls`, over mutual TLS (see `cowsqlpy.tls`).
 
-        :raises ConnectionLostError: refused, unreachable or timed out.
+        :raises ConnectionLostError: refused, unreachable, TLS refused or timed out.
         """
         loop = asyncio.get_running_loop()
         conn = cls(address)
@@ -98,8 +100,11 @@ class WireConnection(asyncio.Protocol):
                     host, _, port = address.rpartition(":")
                     if not host or not port.isdigit():
                         raise ValueError(f"address must be 'host:port' or '@name', got {address!r}")
-                    await loop.create_connection(lambda: conn, host.strip("[]"), int(port))
-        except (OSError, TimeoutError) as exc:
+                    await loop.create_connection(
+                        lambda: conn, host.strip("[]"), int(port),
+                        ssl=tls.context if tls else None, server_hostname=tls.server_name if tls else None,
+                    )
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             raise ConnectionLostError(f"cannot connect to {address}: {exc or 'timed out'}") from exc
         assert conn._transport is not None
         conn._transport.write(codec.handshake())

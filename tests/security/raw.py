@@ -53,7 +53,7 @@ class Raw:
         while (f := self.reader.next_frame()) is None:
             try:
                 data = self.sock.recv(65536)
-            except (ConnectionResetError, ssl.SSLError):
+            except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
                 return None
             if not data:
                 return None
@@ -62,7 +62,12 @@ class Raw:
         return ftype, codec.decode_response(ftype, body)
 
     def call(self, data: bytes) -> tuple[int, object] | None:
-        self.send(data)
+        """Send and read one reply; None when the front closed (or refused TLS: TLS 1.3
+        reports a refused client certificate only on the first read or write)."""
+        try:
+            self.send(data)
+        except OSError:  # ssl.SSLError included
+            return None
         return self.reply()
 
     def close(self) -> None:
