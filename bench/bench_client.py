@@ -1,12 +1,14 @@
-"""cowsqlpy's client against Canonical's Go client (dqlite-benchmark) on the same workloads.
+"""cowsqlpy's client against go-cowsql's Go client (cowsql-benchmark) on the same workloads.
 
 Both sides run a 3-node cluster on loopback and the kvwrite / kvreadwrite workloads of
-go-dqlite's benchmark (32-byte keys, 1 KiB values, `INSERT OR REPLACE INTO model`,
+go-cowsql's benchmark (the same as go-dqlite's) (32-byte keys, 1 KiB values, `INSERT OR REPLACE INTO model`,
 `SELECT value FROM model WHERE key = ?`) with the same number of workers for the same
 duration. Reported: successful ops/s, failed attempts/s, p50/p99 latency, and the
 cowsqlpy/Go ratio of successful ops/s.
 
-    .venv/bin/python bench/bench_client.py [--duration 10] [--workers 1,8,32]
+    .venv/bin/python bench/bench_client.py [--duration 10] [--workers 1,8,32] [--anchor cowsql-benchmark]
+
+``--anchor dqlite-benchmark`` runs Canonical's tool (libdqlite 1.11.1) instead, for history.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def rand_seq(n: int, rng: random.Random) -> str:
 
 
 def rand_value(rng: random.Random) -> str:
-    # As go-dqlite: half one repeated letter, half random letters.
+    # As go-cowsql: half one repeated letter, half random letters.
     return rng.choice(LETTERS) * (VALUE_SIZE // 2) + rand_seq(VALUE_SIZE // 2, rng)
 
 
@@ -66,7 +68,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# -- Go: dqlite-benchmark ------------------------------------------------------------
+# -- Go: cowsql-benchmark (or dqlite-benchmark) -------------------------------------
+
+ANCHOR = "cowsql-benchmark"
 
 
 def run_go(workload: str, workers: int, duration: int) -> Tally:
@@ -75,14 +79,14 @@ def run_go(workload: str, workers: int, duration: int) -> Tally:
     common = ["--workload", workload, "--workers", str(workers), "--duration", str(duration)]
     followers = [
         subprocess.Popen(
-            ["dqlite-benchmark", "--db", a, "--join", addrs[0], "--dir", str(base / f"n{i}")],
+            [ANCHOR, "--db", a, "--join", addrs[0], "--dir", str(base / f"n{i}")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         for i, a in enumerate(addrs[1:], 1)
     ]
     try:
         subprocess.run(
-            ["dqlite-benchmark", "--db", addrs[0], "--driver", "--cluster", ",".join(addrs), "--dir", str(base / "n0"), *common],
+            [ANCHOR, "--db", addrs[0], "--driver", "--cluster", ",".join(addrs), "--dir", str(base / "n0"), *common],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=duration + 180, check=True,
         )
     finally:
@@ -94,7 +98,7 @@ def run_go(workload: str, workers: int, duration: int) -> Tally:
             except subprocess.TimeoutExpired:
                 p.kill()
     tally = Tally()
-    for f in (base / "n0" / addrs[0] / "results").iterdir():  # 1.11.5 nests the dir per address
+    for f in (base / "n0" / addrs[0] / "results").iterdir():  # nested per address
         kind = f.name.split("-")[1]
         lines = f.read_text().splitlines()
         section = None
@@ -146,7 +150,7 @@ def cowsqlpy_worker(addresses: list[str], workload: str, deadline: float, seed: 
 
 
 def run_cowsqlpy(workload: str, workers: int, duration: int) -> Tally:
-    """The same shape as dqlite-benchmark's run: the driver process embeds the first
+    """The same shape as cowsql-benchmark's run: the driver process embeds the first
     node (it bootstraps, so it leads), two more nodes run as their own processes."""
     base = Path(tempfile.mkdtemp(prefix="bench-py-"))
     app = cowsqlpy.App(base / "n0", "127.0.0.1:0", roles_adjustment_frequency=0.5)
@@ -210,10 +214,16 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--workers", default="1,8,32")
     ap.add_argument("--workloads", default="kvwrite,kvreadwrite")
+    ap.add_argument("--anchor", default="cowsql-benchmark", choices=("cowsql-benchmark", "dqlite-benchmark"))
     args = ap.parse_args()
-    if shutil.which("dqlite-benchmark") is None:
-        sys.exit("dqlite-benchmark not found: apt-get install go-dqlite")
-    print(f"# cowsqlpy client vs go-dqlite (dqlite-benchmark), {args.duration} s per run, "
+    global ANCHOR
+    ANCHOR = args.anchor
+    if shutil.which(ANCHOR) is None:
+        sys.exit(f"{ANCHOR} not found: apt-get install -t bookworm-backports go-cowsql (or go-dqlite)")
+    from cowsqlpy.node import ENGINE_NAME, engine_version
+    from cowsqlpy.versions import describe_engine
+
+    print(f"# cowsqlpy client on {describe_engine(ENGINE_NAME, engine_version())} vs {ANCHOR}, {args.duration} s per run, "
           f"{os.cpu_count()} cores, codec={codec.IMPLEMENTATION}\n")
     print("| workload | workers | op | Go ok/s | Go failed/s | Go p50/p99 ms | cowsqlpy ok/s | cowsqlpy failed/s | cowsqlpy p50/p99 ms | ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")
