@@ -1,18 +1,18 @@
-"""HTTP benchmark: this demo vs Canonical's dqlite-demo, with wrk, in one run.
+"""HTTP benchmark: this demo vs go-cowsql's cowsql-demo, with wrk, in one run.
 
-Two 3-node clusters on loopback: ``python -m demo`` processes and ``dqlite-demo``
-(Debian go-dqlite), both up for the throughput part (the one not measured sits
+Two 3-node clusters on loopback: ``python -m demo`` processes and ``cowsql-demo``
+(Debian go-cowsql 1.22; ``--anchor dqlite-demo`` for Canonical's go-dqlite), both up for the throughput part (the one not measured sits
 idle). 1,000 keys of 128 bytes are loaded into each; then wrk drives each leader
 node's HTTP API with GET and PUT (random keys of the 1,000, Lua script) at 1, 8
 and 32 connections, every cell ``--repeat`` times per cluster, back to back in
 alternating order. Reported per cell: the median run of each (successful
-requests/s = wrk's total minus non-2xx and minus dqlite-demo's "200 Error: ..."
+requests/s = wrk's total minus non-2xx and minus the Go demo's "200 Error: ..."
 answers, counted by the Lua script; errors; p50/p99 latency), the ratio of the
 medians and the ratios of the back-to-back pairs. Then failover, one fresh
 cluster at a time: SIGKILL of the leader's process, time until a PUT through
 another node succeeds, and every acknowledged PUT checked afterwards.
 
-    .venv/bin/python bench/bench_demo.py [--duration 5] [--repeat 3] [--failover-runs 3]
+    .venv/bin/python bench/bench_demo.py [--duration 5] [--repeat 3] [--failover-runs 3] [--anchor cowsql-demo]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from demo.testing import DemoCluster, request  # noqa: E402
 from kvstore.testing import free_ports  # noqa: E402
 
 KEYS = 1000
-# dqlite-demo answers a failed PUT with "200 Error: ..."; count those as errors (only for
+# The Go demos answer a failed PUT with "200 Error: ..."; count those as errors (only for
 # PUT: a Lua response() hook makes wrk hand every body to Lua, which costs GET throughput)
 RESPONSE = """response = function(status, headers, rbody)
   if status == 200 and rbody and string.sub(rbody, 1, 6) == "Error:" then bad = bad + 1 end
@@ -106,8 +106,10 @@ def run_wrk(url: str, method: str, conns: int, duration: float, workdir: Path) -
                      total)
 
 
-# ------------------------------------------------------------------ dqlite-demo
-class DqliteDemo:
+# ------------------------------------------------------------------ the Go demo
+GO_DEMO = "cowsql-demo"  # --anchor
+
+class GoDemo:
     def __init__(self, base: Path) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ class DqliteDemo:
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * 3
 
     def start(self, i: int) -> None:
-        cmd = ["dqlite-demo", "--api", self.apis[i], "--db", self.dbs[i],
+        cmd = [GO_DEMO, "--api", self.apis[i], "--db", self.dbs[i],
                "--dir", str(self.base / f"dq{i}")]
         if i:
             cmd += ["--join", self.dbs[0]]
@@ -150,14 +152,14 @@ class DqliteDemo:
         except Exception:  # noqa: BLE001
             return 0
 
-    def __enter__(self) -> DqliteDemo:
+    def __enter__(self) -> GoDemo:
         self.start(0)
-        wait_for(lambda: self.up(0), 30, "dqlite-demo 0")
+        wait_for(lambda: self.up(0), 30, f"{GO_DEMO} 0")
         for i in (1, 2):
             self.start(i)
         for i in range(3):
-            wait_for(lambda i=i: self.up(i), 30, f"dqlite-demo {i}")
-        wait_for(lambda: self.voters() == 3, 60, "3 dqlite-demo voters")
+            wait_for(lambda i=i: self.up(i), 30, f"{GO_DEMO} {i}")
+        wait_for(lambda: self.voters() == 3, 60, f"3 {GO_DEMO} voters")
         return self
 
     def kill(self, i: int) -> None:
@@ -231,7 +233,7 @@ def failover_run(apis: list[str], leader: int, kill: Any, res: Failover, tag: st
     res.acked += len(acked)
     for key in acked:
         status, _, body = request("GET", f"http://{survivors[0]}/{key}", timeout=15)
-        if status != 200 or body.rstrip(b"\n") != key.encode():   # dqlite-demo adds "\n"
+        if status != 200 or body.rstrip(b"\n") != key.encode():   # the Go demo adds "\n"
             res.lost += 1
 
 
@@ -241,9 +243,9 @@ def load_keys(api: str) -> None:
         assert _ok("load", status, body), (status, body[:100])
 
 
-def dqlite_leader(d: DqliteDemo) -> int:
+def go_leader(d: GoDemo) -> int:
     return wait_for(lambda: (lambda i: None if i is None else i + 1)(d.leader_index()), 30,
-                    "dqlite-demo leader") - 1
+                    f"{GO_DEMO} leader") - 1
 
 
 def throughput(targets: dict[str, str], duration: float, repeat: int, workdir: Path
@@ -279,21 +281,24 @@ def main() -> int:
     ap.add_argument("--network-latency", type=float, default=0.025)
     ap.add_argument("--demo-option", action="append", default=[], metavar="ARG",
                     help="extra argument for every demo node, e.g. --demo-option=--busy-poll=0")
+    ap.add_argument("--anchor", default="cowsql-demo", choices=("cowsql-demo", "dqlite-demo"))
     args = ap.parse_args()
+    global GO_DEMO
+    GO_DEMO = args.anchor
     if args.repeat < 1 or args.failover_runs < 1 or args.duration < 1:
         ap.error("--duration, --repeat and --failover-runs must be >= 1")
-    for tool in ("wrk", "dqlite-demo"):
+    for tool in ("wrk", GO_DEMO):
         if shutil.which(tool) is None:
-            print(f"{tool} is not installed (Debian packages wrk, go-dqlite)", file=sys.stderr)
+            print(f"{tool} is not installed (Debian packages wrk, go-cowsql from bookworm-backports)", file=sys.stderr)
             return 2
     base = Path(tempfile.mkdtemp(prefix="bench-demo-"))
-    fo: dict[str, Failover] = {"demo": Failover(), "dqlite-demo": Failover()}
+    fo: dict[str, Failover] = {"demo": Failover(), GO_DEMO: Failover()}
     try:
         # throughput: both clusters up (the one not measured is idle), cells interleaved
         with DemoCluster(base / "demo", 3, network_latency=args.network_latency,
-                         extra=args.demo_option) as c, DqliteDemo(base / "dq") as d:
+                         extra=args.demo_option) as c, GoDemo(base / "dq") as d:
             targets = {"demo": c.nodes[c.wait_leader()].api,
-                       "dqlite-demo": d.apis[dqlite_leader(d)]}
+                       GO_DEMO: d.apis[go_leader(d)]}
             results = throughput(targets, args.duration, args.repeat, base)
         # failover: one cluster at a time, a fresh one per run
         for run in range(args.failover_runs):
@@ -301,25 +306,25 @@ def main() -> int:
                              extra=args.demo_option) as c:
                 failover_run([n.api for n in c.nodes], c.wait_leader(),
                              lambda i, c=c: c.nodes[i].kill(), fo["demo"], f"d{run}")
-            with DqliteDemo(base / f"dq{run}") as d:
-                failover_run(d.apis, dqlite_leader(d), d.kill, fo["dqlite-demo"], f"q{run}")
-            print(f"  failover run {run + 1}: demo {fo['demo'].times[-1]:.3f} s, dqlite-demo "
-                  f"{fo['dqlite-demo'].times[-1]:.3f} s", file=sys.stderr, flush=True)
+            with GoDemo(base / f"dq{run}") as d:
+                failover_run(d.apis, go_leader(d), d.kill, fo[GO_DEMO], f"q{run}")
+            print(f"  failover run {run + 1}: demo {fo['demo'].times[-1]:.3f} s, {GO_DEMO} "
+                  f"{fo[GO_DEMO].times[-1]:.3f} s", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
     print(f"\nMedian of {args.repeat} runs per cell (by ok/s); ratio = demo median / "
-          "dqlite-demo median; per-run ratios pair the back-to-back runs.\n")
-    print("| op | conns | demo ok/s | demo errors | demo p50 ms | demo p99 ms | dqlite-demo "
-          "ok/s | dqlite-demo errors | dqlite-demo p50 ms | dqlite-demo p99 ms | ratio (ok/s) "
+          f"{GO_DEMO} median; per-run ratios pair the back-to-back runs.\n")
+    print(f"| op | conns | demo ok/s | demo errors | demo p50 ms | demo p99 ms | {GO_DEMO} "
+          f"ok/s | {GO_DEMO} errors | {GO_DEMO} p50 ms | {GO_DEMO} p99 ms | ratio (ok/s) "
           "| per-run ratios |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method in ("GET", "PUT"):
         for c in CONNS:
             cell = results[method, c]
-            a, b = median_run(cell["demo"]), median_run(cell["dqlite-demo"])
+            a, b = median_run(cell["demo"]), median_run(cell[GO_DEMO])
             pairs = ", ".join(f"{x.rps / y.rps:.2f}" if y.rps else "inf"
-                              for x, y in zip(cell["demo"], cell["dqlite-demo"], strict=True))
+                              for x, y in zip(cell["demo"], cell[GO_DEMO], strict=True))
             print(f"| {method} | {c} | {a.rps:,.0f} | {a.errors} | {a.p50:.2f} | {a.p99:.2f} | "
                   f"{b.rps:,.0f} | {b.errors} | {b.p50:.2f} | {b.p99:.2f} | "
                   f"{a.rps / b.rps if b.rps else float('inf'):.2f} | {pairs} |")

@@ -4,7 +4,8 @@ Two 3-process clusters in the same run:
 
 * cowsqlpy: ``python -m cowsqlpy node`` processes (App), written to through the
   DB-API driver (leader-following, prompt retry policy);
-* dqlite-demo (Debian go-dqlite 1.11.5): written to through the HTTP API of a
+* cowsql-demo (Debian go-cowsql 1.22; ``--anchor dqlite-demo`` for go-dqlite 1.11.5):
+  written to through the HTTP API of a
   surviving node (PUT /key), as its users would.
 
 Each run: kill -9 the leader's process, then write until a write is acknowledged
@@ -12,7 +13,7 @@ Each run: kill -9 the leader's process, then write until a write is acknowledged
 is back in the cluster. Every acknowledged write of the whole run is checked at
 the end: lost acknowledged writes must be 0.
 
-    .venv/bin/python bench/bench_failover.py [--runs 10] [--latency 0.025]
+    .venv/bin/python bench/bench_failover.py [--runs 10] [--latency 0.025] [--anchor cowsql-demo]
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def bench_cowsqlpy(runs: int, latency: float) -> Result:
     return res
 
 
-# -- dqlite-demo ----------------------------------------------------------------------
+# -- the Go demo ----------------------------------------------------------------------
+
+GO_DEMO = "cowsql-demo"  # --anchor
 
 
 def _free_port() -> int:
@@ -117,7 +120,7 @@ class DemoNode:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        cmd = ["dqlite-demo", "--api", self.api, "--db", self.db, "--dir", str(self.dir)]
+        cmd = [GO_DEMO, "--api", self.api, "--db", self.db, "--dir", str(self.dir)]
         if self.join:
             cmd += ["--join", ",".join(self.join)]
         with open(self.log_path, "ab") as log:
@@ -147,26 +150,26 @@ class DemoNode:
 
 
 def bench_demo(runs: int) -> Result:
-    res = Result("dqlite-demo (go-dqlite 1.11.5 app, engine default timeouts)")
+    res = Result(f"{GO_DEMO} (Go app package, engine default timeouts)")
     base = Path(tempfile.mkdtemp(prefix="bench-failover-demo-"))
     nodes: list[DemoNode] = []
     try:
         first = DemoNode(base, 0, [])
         nodes.append(first)
         first.start()
-        wait_for(first.up, 30, "dqlite-demo 0")
+        wait_for(first.up, 30, f"{GO_DEMO} 0")
         for i in (1, 2):
             nodes.append(DemoNode(base, i, [first.db]))
             nodes[-1].start()
         for n in nodes:
-            wait_for(n.up, 30, f"dqlite-demo {n.api}")
+            wait_for(n.up, 30, f"{GO_DEMO} {n.api}")
         admin_policy = RetryPolicy(deadline=2.0, attempt_timeout=1.0, connect_timeout=0.5)
 
         def cluster_roles() -> list[int | None]:
             with SyncClient([n.db for n in nodes], policy=admin_policy) as c:
                 return sorted(n.role for n in c.cluster())
 
-        wait_for(lambda: cluster_roles() == [VOTER] * 3, 60, "3 dqlite-demo voters")
+        wait_for(lambda: cluster_roles() == [VOTER] * 3, 60, f"3 {GO_DEMO} voters")
 
         def leader_index() -> int | None:
             with SyncClient([n.db for n in nodes], policy=admin_policy) as c:
@@ -202,9 +205,9 @@ def bench_demo(runs: int) -> Result:
             for _ in range(20):
                 write(via)
             nodes[li].start()
-            wait_for(nodes[li].up, 60, "restarted dqlite-demo")
-            wait_for(lambda: cluster_roles() == [VOTER] * 3, 60, "3 dqlite-demo voters")
-            print(f"  dqlite-demo run {run + 1}: {res.times[-1]:.3f} s", file=sys.stderr, flush=True)
+            wait_for(nodes[li].up, 60, f"restarted {GO_DEMO}")
+            wait_for(lambda: cluster_roles() == [VOTER] * 3, 60, f"3 {GO_DEMO} voters")
+            print(f"  {GO_DEMO} run {run + 1}: {res.times[-1]:.3f} s", file=sys.stderr, flush=True)
         reader = nodes[0]
         res.acked = len(acked)
         res.lost = 0
@@ -224,11 +227,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.025, help="cowsqlpy nodes' network latency (s)")
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--anchor", default="cowsql-demo", choices=("cowsql-demo", "dqlite-demo"))
     args = parser.parse_args()
+    global GO_DEMO
+    GO_DEMO = args.anchor
     results = [bench_cowsqlpy(args.runs, args.latency)]
     if not args.skip_demo:
-        if shutil.which("dqlite-demo") is None:
-            print("dqlite-demo not installed (Debian go-dqlite): skipped", file=sys.stderr)
+        if shutil.which(GO_DEMO) is None:
+            print(f"{GO_DEMO} not installed (Debian go-cowsql / go-dqlite): skipped", file=sys.stderr)
         else:
             results.append(bench_demo(args.runs))
     print(f"\nFailover after SIGKILL of the leader's process, 3 node processes, {args.runs} runs "
