@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -408,7 +408,38 @@ class Cluster:
             if m is not target and m.proxy is not None:
                 m.proxy.drop(address=target.address)
 
+    def _proxy(self, i: int, what: str) -> FaultProxy:
+        proxy = self.members[i].proxy
+        if proxy is None:
+            raise HarnessError(f"{what}() needs Cluster(fault_proxies=True)")
+        return proxy
+
+    def block(self, src: int, dst: int, on: bool = True) -> None:
+        """Drop every byte node `src` sends to node `dst` over Raft (a one-way cut:
+        `dst` still reaches `src`); fault_proxies=True."""
+        self._proxy(src, "block").drop(on, address=self.members[dst].address)
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Cut Raft links both ways between nodes of different `groups`; a node in no
+        group keeps all its links (so ``partition([0], [2])`` makes node 1 a bridge)."""
+        sets = [set(g) for g in groups]
+        for a, ga in enumerate(sets):
+            for gb in sets[a + 1:]:
+                for i in ga:
+                    for j in gb:
+                        self.block(i, j)
+                        self.block(j, i)
+
+    def delay_link(self, src: int, dst: int, seconds: float) -> None:
+        """Add `seconds` of latency to every chunk node `src` sends to `dst`."""
+        self._proxy(src, "delay_link").delay(seconds, address=self.members[dst].address)
+
+    def reset_links(self, i: int) -> int:
+        """Abort node i's live Raft connections to its peers with a TCP reset; returns how many."""
+        return self._proxy(i, "reset_links").reset()
+
     def heal(self) -> None:
+        """Clear every network fault (links that lost bytes are reset, so they redial)."""
         for m in self.members:
             if m.proxy is not None:
                 m.proxy.heal()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class _Link:
     def __init__(self, proxy: FaultProxy, a: socket.socket, b: socket.socket, target: str) -> None:
         self.proxy, self.a, self.b, self.target = proxy, a, b, target
         self.closed = False
+        self.tainted = False  # bytes were swallowed: the stream has a hole
         self._lock = threading.Lock()
         for src, dst in ((a, b), (b, a)):
             threading.Thread(target=self._pump, args=(src, dst), daemon=True, name=f"faultproxy-{target}").start()
@@ -38,6 +40,7 @@ class _Link:
                     break
                 faults = self.proxy._faults_for(self.target)
                 if faults.drop:
+                    self.tainted = True
                     continue
                 if faults.delay:
                     time.sleep(faults.delay)
@@ -46,14 +49,20 @@ class _Link:
             pass
         self.close()
 
-    def close(self) -> None:
+    def close(self, *, reset: bool = False) -> None:
         with self._lock:
             if self.closed:
                 return
             self.closed = True
         for s in (self.a, self.b):
+            how = socket.SHUT_RDWR
+            if reset and s.family != socket.AF_UNIX:
+                # RST instead of FIN: no lingering on close; SHUT_RD wakes our own pump
+                with contextlib.suppress(OSError):
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                how = socket.SHUT_RD
             with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+                s.shutdown(how)
             with contextlib.suppress(OSError):
                 s.close()
         self.proxy._forget(self)
@@ -72,8 +81,10 @@ class FaultProxy:
     Faults apply to all links, or with ``address=`` to links towards one target:
     `drop()` swallows bytes in both directions while connections stay open (a
     silent partition), `delay()` adds latency per chunk, `refuse()` rejects new
-    connections, `cut()` closes the live ones (peers see EOF/reset); `heal()`
-    clears everything.
+    connections, `cut()` closes the live ones (peers see EOF), `reset()` aborts
+    them (peers see a TCP reset); `heal()` clears everything and closes the
+    links that lost bytes while dropping (a stream with a hole in it would feed
+    the peer garbage: a real network loses packets, not bytes).
     """
 
     def __init__(self, target: str | None = None, *, host: str = "127.0.0.1", connect_timeout: float = 5.0) -> None:
@@ -130,10 +141,21 @@ class FaultProxy:
             link.close()
         return len(links)
 
+    def reset(self, *, address: str | None = None) -> int:
+        """Abort live connections (towards `address`, or all) with a TCP reset; returns how many."""
+        with self._lock:
+            links = [link for link in self._links if address is None or link.target == address]
+        for link in links:
+            link.close(reset=True)
+        return len(links)
+
     def heal(self) -> None:
         with self._lock:
             self._default = _Faults()
             self._per_target.clear()
+            holed = [link for link in self._links if link.tainted]
+        for link in holed:
+            link.close(reset=True)
 
     @property
     def connections(self) -> int:
