@@ -115,6 +115,7 @@ class FileSystem:
         self._open: dict[int, OpenFile] = {}
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
+        self._sustained: set[int] = set()  # inodes unlinked while this mount has them open
         self._seen: dict[int, tuple[int, int, int]] = {}  # ino -> (mtime, ctime, size) this mount's page cache holds
         self.sid = self._start_session(mountpoint)
         self.reclaimed = self.reclaim_dead_sessions()
@@ -401,6 +402,8 @@ class FileSystem:
         if still_open:
             conn.execute("UPDATE fs_node SET nlink = 0, ctime = ? WHERE ino = ?", (now, node.ino))
             conn.execute("INSERT OR IGNORE INTO fs_sustained (sid, ino) VALUES (?, ?)", (self.sid, node.ino))
+            with self._lock:
+                self._sustained.add(node.ino)
         else:
             self._delete_inode(conn, node.ino)
 
@@ -669,6 +672,11 @@ class FileSystem:
                 self._release_orphan(f)
 
     def _release_orphan(self, f: OpenFile) -> None:
+        with self._lock:
+            if f.ino not in self._sustained:
+                return
+            self._sustained.discard(f.ino)
+
         def tx(conn: Any) -> None:
             if conn.execute("SELECT 1 FROM fs_sustained WHERE sid = ? AND ino = ?", (self.sid, f.ino)).fetchone() is None:
                 return
