@@ -15,7 +15,7 @@ DATABASE = "demo"
 DEFAULT_COMPACT_RETENTION = 10_000
 
 #: Seconds the event loop keeps polling after network activity (``--busy-poll``; see
-#: cowsqlpy._loop.BusyPoll): covers an engine round trip (~30 us) and the next request
+#: cowsqlpy.runtime.BusyPoll): covers an engine round trip (~30 us) and the next request
 #: of a client that sends one at a time; longer windows only burn CPU the engine
 #: threads need.
 DEFAULT_BUSY_POLL = 0.0001

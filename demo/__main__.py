@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from cowsqlpy._loop import MAX_BUSY_POLL
+from cowsqlpy.runtime import MAX_BUSY_POLL
 
 from . import DEFAULT_BUSY_POLL, DEFAULT_COMPACT_RETENTION
 
@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "%(message)s", datefmt="%H:%M:%S")
     log = logging.getLogger("demo")
 
-    from cowsqlpy._runner import StopSignals
     from cowsqlpy.errors import Error, NodeIdentityError
+    from cowsqlpy.runtime import StopSignals
 
     stop = StopSignals()
 

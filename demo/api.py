@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.web_request import BaseRequest
 
-from cowsqlpy._loop import BusyPoll, wait_event
+from cowsqlpy.runtime import BusyPoll, wait_event
 from kvstore.backends.cowsql import CowsqlCore, OutcomeUnknown
 from kvstore.errors import (
     ClosedError,

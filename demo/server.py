@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cowsqlpy._loop import background_loop, enable_busy_poll, run_sync
+from cowsqlpy.runtime import background_loop, enable_busy_poll, run_sync
 from kvstore.backends.cowsql import CowsqlCore
 from kvstore.errors import KVError, LeaseNotFound
 

@@ -70,7 +70,6 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cowsqlpy._loop import background_loop, run_sync, wait_event
 from cowsqlpy.client import Session, as_store
 from cowsqlpy.database import SESSION_GONE, Database
 from cowsqlpy.errors import (
@@ -82,6 +81,7 @@ from cowsqlpy.errors import (
     Error as EngineError,
 )
 from cowsqlpy.retry import RetryPolicy
+from cowsqlpy.runtime import background_loop, run_sync, wait_event
 from cowsqlpy.sqltext import literal
 
 from ..errors import (

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import cowsqlpy
-from cowsqlpy._loop import run_sync
 from cowsqlpy.database import Database
 from cowsqlpy.node import Node
 from cowsqlpy.retry import DEFAULT_POLICY
+from cowsqlpy.runtime import run_sync
 from cowsqlpy.store import MemoryNodeStore
 from tests import rawwire
 from tests.node.conftest import LATENCY, wait_for

@@ -1,4 +1,4 @@
-"""Busy polling (cowsqlpy._loop.BusyPoll): the loop keeps polling after network
+"""Busy polling (cowsqlpy.runtime.BusyPoll): the loop keeps polling after network
 activity, serves everything else meanwhile, and stops by itself."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import socket
 
 import pytest
 
-from cowsqlpy._loop import busy_poll_of, enable_busy_poll, new_event_loop
 from cowsqlpy.client import Session
+from cowsqlpy.runtime import busy_poll_of, enable_busy_poll, new_event_loop
 from tests.client.conftest import InProcessCluster
 
 

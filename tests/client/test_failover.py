@@ -108,8 +108,8 @@ def test_not_leader_is_retried_transparently(fresh_cluster: InProcessCluster) ->
 
 
 def test_not_leader_error_from_a_follower_session(cluster: InProcessCluster) -> None:
-    from cowsqlpy._loop import run_sync
     from cowsqlpy.client import Session
+    from cowsqlpy.runtime import run_sync
 
     follower = next(n for n in cluster.nodes if n is not cluster.leader())
 

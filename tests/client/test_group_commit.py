@@ -9,8 +9,8 @@ import threading
 import pytest
 
 import cowsqlpy
-from cowsqlpy._loop import run_sync
 from cowsqlpy.database import Database
+from cowsqlpy.runtime import run_sync
 from tests.client.conftest import InProcessCluster
 
 

@@ -15,8 +15,8 @@ import pytest
 
 import cowsqlpy
 from cowsqlpy import protocol
-from cowsqlpy._loop import run_sync
 from cowsqlpy.client import STATEMENT_CACHE_SIZE, Session
+from cowsqlpy.runtime import run_sync
 
 ChildNode = tuple[str, "subprocess.Popen[str]"]
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cowsqlpy
-from cowsqlpy._loop import run_sync
 from cowsqlpy.database import MARKERS, Database
 from cowsqlpy.errors import ProgrammingError
+from cowsqlpy.runtime import run_sync
 from cowsqlpy.sqltext import literal
 from tests.client.conftest import InProcessCluster
 
