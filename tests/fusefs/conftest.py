@@ -64,10 +64,17 @@ class Mount:
         lazy_unmount(self.path)
 
 
+def _mounted(path: Path) -> bool:
+    """Whether anything is mounted at `path` (a dead FUSE mount fails stat, so ask the table)."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
 def lazy_unmount(path: Path) -> None:
-    if os.path.ismount(path):
+    if _mounted(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
-    if os.path.ismount(path):
+    if _mounted(path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
