@@ -99,7 +99,7 @@ def bank_transfer(
         conn.execute("UPDATE bank SET balance = balance - ? WHERE id = ?", (amount, a))
         conn.execute("UPDATE bank SET balance = balance + ? WHERE id = ?", (amount, b))
         conn.commit()
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, then classified
+    except Exception as exc:  # every failure is recorded, then classified
         _rollback(conn)
         history.fail(op, repr(exc)) if sql_error_is_definite(exc) else history.unknown(
             op, repr(exc)
@@ -113,7 +113,7 @@ def bank_read(conn: Any, history: History, client: str) -> None:
     try:
         rows = conn.execute("SELECT id, balance FROM bank").fetchall()
         conn.commit()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _rollback(conn)
         history.fail(op, repr(exc))
         return
@@ -123,5 +123,5 @@ def bank_read(conn: Any, history: History, client: str) -> None:
 def _rollback(conn: Any) -> None:
     try:
         conn.rollback()
-    except Exception:  # noqa: BLE001 - the connection may be gone; the next statement tells
+    except Exception:  # the connection may be gone; the next statement tells
         pass

@@ -92,9 +92,9 @@ class History:
         self._lock = threading.Lock()
         self._ops: list[Operation] = list(operations)
 
-    def invoke(self, client: str, input: Any, **meta: Any) -> Operation:
+    def invoke(self, client: str, inp: Any, **meta: Any) -> Operation:
         with self._lock:
-            op = Operation(len(self._ops), str(client), input, time.monotonic(), meta=dict(meta))
+            op = Operation(len(self._ops), str(client), inp, time.monotonic(), meta=dict(meta))
             self._ops.append(op)
         return op
 
@@ -119,12 +119,12 @@ class History:
 
     @contextmanager
     def record(
-        self, client: str, input: Any, definite: tuple[type[BaseException], ...] = ()
+        self, client: str, inp: Any, definite: tuple[type[BaseException], ...] = ()
     ) -> Iterator[Operation]:
         """``with history.record(c, inp) as op: ...; history.ok(op, out)``. An exception
         that escapes completes the op as failed if it is one of `definite` (the
         caller knows such errors apply nothing), else as unknown; it is re-raised."""
-        op = self.invoke(client, input)
+        op = self.invoke(client, inp)
         try:
             yield op
         except definite as exc:

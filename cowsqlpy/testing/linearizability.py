@@ -63,13 +63,13 @@ class Model:
     def init(self) -> Hashable:
         raise NotImplementedError
 
-    def step(self, state: Any, input: Any, output: Any) -> Iterable[Hashable]:
+    def step(self, state: Any, inp: Any, output: Any) -> Iterable[Hashable]:
         """The states `input` may lead to from `state` if it returned `output`
         (`output` is None for an op of unknown outcome: accept any). Empty: the
         output is impossible from this state."""
         raise NotImplementedError
 
-    def is_read(self, input: Any) -> bool:
+    def is_read(self, inp: Any) -> bool:
         """A read changes nothing: with an unknown outcome it says nothing."""
         return False
 
@@ -100,23 +100,23 @@ class RegisterModel(Model):
     def init(self) -> Hashable:
         return _freeze(self.initial)
 
-    def step(self, state: Any, input: Any, output: Any) -> Iterable[Hashable]:
-        f = input["f"]
+    def step(self, state: Any, inp: Any, output: Any) -> Iterable[Hashable]:
+        f = inp["f"]
         if f == "read":
             return (state,) if _freeze(output) == state else ()
         if f == "write":
-            return (_freeze(input["value"]),)
+            return (_freeze(inp["value"]),)
         if f == "cas":
-            matches = state == _freeze(input["old"])
+            matches = state == _freeze(inp["old"])
             if output is None:  # unknown outcome
-                return (_freeze(input["new"]),) if matches else (state,)
+                return (_freeze(inp["new"]),) if matches else (state,)
             if bool(output) != matches:
                 return ()
-            return (_freeze(input["new"]),) if matches else (state,)
+            return (_freeze(inp["new"]),) if matches else (state,)
         raise ValueError(f"register model: unknown op {f!r}")
 
-    def is_read(self, input: Any) -> bool:
-        return bool(input["f"] == "read")
+    def is_read(self, inp: Any) -> bool:
+        return bool(inp["f"] == "read")
 
     def partition(self, ops: list[Operation]) -> list[list[Operation]]:
         by_key: dict[Any, list[Operation]] = {}
@@ -161,21 +161,21 @@ class KVModel(Model):
         items = tuple(sorted((_freeze(k), (_freeze(v), 1, 1, 1)) for k, v in self.initial.items()))
         return (rev, items)
 
-    def is_read(self, input: Any) -> bool:
-        if input["f"] in ("get", "range"):
+    def is_read(self, inp: Any) -> bool:
+        if inp["f"] in ("get", "range"):
             return True
-        if input["f"] == "txn":
-            return all(o[0] == "get" for o in [*input.get("then", ()), *input.get("else", ())])
+        if inp["f"] == "txn":
+            return all(o[0] == "get" for o in [*inp.get("then", ()), *inp.get("else", ())])
         return False
 
-    def step(self, state: Any, input: Any, output: Any) -> Iterable[Hashable]:
+    def step(self, state: Any, inp: Any, output: Any) -> Iterable[Hashable]:
         rev, items = state
         if output is not None and not isinstance(output, dict):
             return ()  # a malformed output is no possible output
         store = dict(items)
-        f = input["f"]
+        f = inp["f"]
         if f == "get":
-            cur = store.get(_freeze(input["key"]))
+            cur = store.get(_freeze(inp["key"]))
             if output is None:
                 return (state,)
             if "rev" in output and rev is not None and output["rev"] != rev:
@@ -190,7 +190,7 @@ class KVModel(Model):
                 return (state,)
             if "rev" in output and rev is not None and output["rev"] != rev:
                 return ()
-            lo, hi = _freeze(input["start"]), _freeze(input["end"])
+            lo, hi = _freeze(inp["start"]), _freeze(inp["end"])
             want = [(k, v[0]) for k, v in items if lo <= k < hi]
             if not isinstance(output.get("kvs"), list | tuple) or _freeze(output["kvs"]) != tuple(
                 want
@@ -199,21 +199,21 @@ class KVModel(Model):
             return ((output.get("rev", rev) if rev is None else rev, items),)
         if f == "put":
             return self._finish(
-                rev, store, [("put", input["key"], input["value"])], output, lambda _results: True
+                rev, store, [("put", inp["key"], inp["value"])], output, lambda _results: True
             )
         if f == "delete":
 
             def check_delete(results: list[Any]) -> bool:
                 return output is None or "deleted" not in output or results[0] == output["deleted"]
 
-            return self._finish(rev, store, [("delete", input["key"])], output, check_delete)
+            return self._finish(rev, store, [("delete", inp["key"])], output, check_delete)
         if f == "txn":
             ok = all(
-                _compare(store.get(_freeze(c[0])), c[1], c[2], c[3]) for c in input.get("cmp", ())
+                _compare(store.get(_freeze(c[0])), c[1], c[2], c[3]) for c in inp.get("cmp", ())
             )
             if output is not None and "ok" in output and bool(output["ok"]) != ok:
                 return ()
-            branch = input.get("then", ()) if ok else input.get("else", ())
+            branch = inp.get("then", ()) if ok else inp.get("else", ())
 
             def check_txn(results: list[Any]) -> bool:
                 return (

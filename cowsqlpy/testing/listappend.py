@@ -395,10 +395,10 @@ def list_append_txn(conn: Any, history: History, client: str, mops: list[list[An
                 row = conn.execute("SELECT v FROM lists WHERE k = ?", (key,)).fetchone()
                 out.append([kind, key, [] if row is None else [int(x) for x in row[0].split(",")]])
         conn.commit()
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, then classified
+    except Exception as exc:  # every failure is recorded, then classified
         try:
             conn.rollback()
-        except Exception:  # noqa: BLE001 - the connection may be gone
+        except Exception:  # the connection may be gone
             pass
         history.fail(op, repr(exc)) if sql_error_is_definite(exc) else history.unknown(
             op, repr(exc)

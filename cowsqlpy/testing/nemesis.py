@@ -251,7 +251,7 @@ class Nemesis:
             return None
         try:
             nodes = c.cluster_nodes()
-        except Exception:  # noqa: BLE001 - no leader right now: try another fault
+        except Exception:  # no leader right now: try another fault
             return None
         followers = [
             n
@@ -353,7 +353,7 @@ class Nemesis:
         def body() -> None:
             try:
                 self.run(steps, interval, stop)
-            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            except BaseException as exc:  # handed to the test thread
                 errors.append(exc)
                 self._record("error", "-", repr(exc))
 

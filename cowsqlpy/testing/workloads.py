@@ -1,10 +1,10 @@
 """Workload adapters: run an operation of a checker's vocabulary against a real
 store and record it, so tests and the torture runner share one translation.
 
-* `kv_apply(kv, input)` runs a `KVModel` operation on a `kvstore.KV` handle
+* `kv_apply(kv, inp)` runs a `KVModel` operation on a `kvstore.KV` handle
   (public API only; kvstore is imported lazily: cowsqlpy does not depend on it).
 * `event_json(event)` turns a `kvstore.Event` into the dict `watchcheck` reads.
-* `sql_register_apply(conn, input)` runs a `RegisterModel` operation as SQL on
+* `sql_register_apply(conn, inp)` runs a `RegisterModel` operation as SQL on
   a DB-API connection (autocommit) against `REGISTER_SCHEMA`.
 * `KVOpGenerator` draws random KV operations with unique put values (so a
   watch event names the put it came from).
@@ -34,13 +34,13 @@ def _s(b: bytes | None) -> str | None:
     return None if b is None else b.decode()
 
 
-def kv_apply(kv: Any, input: dict[str, Any]) -> dict[str, Any]:
+def kv_apply(kv: Any, inp: dict[str, Any]) -> dict[str, Any]:
     """Run one `KVModel` operation on `kv` and return its output dict."""
     import kvstore
 
-    f = input["f"]
+    f = inp["f"]
     if f == "get":
-        k = _b(input["key"])
+        k = _b(inp["key"])
         r = kv.get_range(k, k + b"\0")
         kv0 = r.kvs[0] if r.kvs else None
         return {
@@ -49,12 +49,12 @@ def kv_apply(kv: Any, input: dict[str, Any]) -> dict[str, Any]:
             "rev": r.revision,
         }
     if f == "range":
-        r = kv.get_range(_b(input["start"]), _b(input["end"]))
+        r = kv.get_range(_b(inp["start"]), _b(inp["end"]))
         return {"kvs": [[_s(x.key), _s(x.value)] for x in r.kvs], "rev": r.revision}
     if f == "put":
-        return {"rev": kv.put(_b(input["key"]), _b(input["value"])).revision}
+        return {"rev": kv.put(_b(inp["key"]), _b(inp["value"])).revision}
     if f == "delete":
-        k = _b(input["key"])
+        k = _b(inp["key"])
         d = kv.delete_range(k, k + b"\0")
         return {"deleted": d.deleted, "rev": d.revision}
     if f == "txn":
@@ -66,7 +66,7 @@ def kv_apply(kv: Any, input: dict[str, Any]) -> dict[str, Any]:
         }
         cmps = [
             kvstore.compare(_b(k), op, _b(x) if t == "value" else x, targets[t])
-            for k, t, op, x in input["cmp"]
+            for k, t, op, x in inp["cmp"]
         ]
 
         def ops(branch: list[list[Any]]) -> list[Any]:
@@ -80,7 +80,7 @@ def kv_apply(kv: Any, input: dict[str, Any]) -> dict[str, Any]:
                     out.append(kvstore.Delete(_b(o[1])))
             return out
 
-        t = kv.txn(cmps, ops(input.get("then", [])), ops(input.get("else", [])))
+        t = kv.txn(cmps, ops(inp.get("then", [])), ops(inp.get("else", [])))
         results: list[Any] = []
         for res in t.responses:
             if isinstance(res, kvstore.RangeResult):
@@ -168,24 +168,24 @@ class KVOpGenerator:
 REGISTER_SCHEMA = "CREATE TABLE IF NOT EXISTS reg (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"
 
 
-def sql_register_apply(conn: Any, input: dict[str, Any]) -> Any:
+def sql_register_apply(conn: Any, inp: dict[str, Any]) -> Any:
     """Run a `RegisterModel` op (integer values, None deletes) as one autocommit statement."""
-    f, key = input["f"], input["key"]
+    f, key = inp["f"], inp["key"]
     if f == "read":
         row = conn.execute("SELECT v FROM reg WHERE k = ?", (key,)).fetchone()
         return None if row is None else row[0]
     if f == "write":
-        if input["value"] is None:
+        if inp["value"] is None:
             conn.execute("DELETE FROM reg WHERE k = ?", (key,))
         else:
             conn.execute(
                 "INSERT INTO reg (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-                (key, input["value"]),
+                (key, inp["value"]),
             )
         return None
     if f == "cas":
         cur = conn.execute(
-            "UPDATE reg SET v = ? WHERE k = ? AND v = ?", (input["new"], key, input["old"])
+            "UPDATE reg SET v = ? WHERE k = ? AND v = ?", (inp["new"], key, inp["old"])
         )
         return cur.rowcount == 1
     raise ValueError(f"unknown register op {f!r}")
