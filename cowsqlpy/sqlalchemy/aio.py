@@ -65,7 +65,8 @@ class CowsqlAioDBAPI(AsyncAdapt_dbapi_module):
         sync = _dbapi_module()
         super().__init__(cowsql_aio, dbapi_module=sync)
         for name in (*cowsql_dbapi.__all__, "sqlite_version_info", "sqlite_version"):
-            setattr(self, name, getattr(sync, name))
+            if name != "connect":  # ours, below: the asyncio driver's
+                setattr(self, name, getattr(sync, name))
 
     def connect(self, *args: Any, **kw: Any) -> AsyncAdapt_cowsql_connection:
         return AsyncAdapt_cowsql_connection(self, await_(cowsql_aio.connect(*args, **kw)))  # type: ignore[arg-type]
