@@ -87,11 +87,17 @@ MARKER_PROBE = (
 )
 
 
+# A read barrier is a statement that changes nothing in a group-commit batch: the batch's
+# marker row changes a page, so its commit is a Raft entry of the leader's current term.
+BARRIER_STATEMENT = f"UPDATE {MARKERS} SET probe = probe WHERE 0"
+
+
 @dataclass(eq=False)
 class _Write:
     sql: str
     params: Sequence[Any]
     future: asyncio.Future[tuple[int, int]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    address: str = ""  # the node the batch committed on (read barriers need it)
 
 
 class _Rerun(Exception):
@@ -201,11 +207,38 @@ class Database:
 
     # -- reads ------------------------------------------------------------------
 
-    async def query(self, sql: str, params: Sequence[Any], *, prepared: bool = False) -> ResultStream:
-        """Start a query outside any transaction; retried until its first batch arrives."""
+    async def read_barrier(self) -> str:
+        """Commit a Raft entry that starts after this call; the address of the node it
+        committed on. Every write acknowledged before the call is applied there once
+        this returns, so a read that node then serves is linearizable.
+
+        Barriers ride on group commit: reads that arrive while a batch is in flight
+        share the next batch's commit, as etcd batches ReadIndex requests.
+        """
+        write = _Write(BARRIER_STATEMENT, ())
+        self._pending.append(write)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.ensure_future(self._commit_loop())
+        await write.future
+        return write.address
+
+    async def query(self, sql: str, params: Sequence[Any], *, prepared: bool = False,
+                    linearizable: bool = False) -> ResultStream:
+        """Start a query outside any transaction; retried until its first batch arrives.
+
+        `linearizable`: run it after a read barrier (`read_barrier`), on the node the
+        barrier committed on (another barrier if the leader moved in between), so it
+        sees every write acknowledged before the call. Without it, the query sees
+        what the node that believes it leads has applied: a deposed leader that has
+        not noticed yet can serve a stale read (docs/consistency.md).
+        """
 
         async def attempt() -> ResultStream:
+            barrier_node = await self.read_barrier() if linearizable else None
             session = await self.acquire()
+            if barrier_node is not None and session.address != barrier_node:
+                self.release(session)
+                raise NotLeaderError(f"the leader moved from {barrier_node} after the read barrier")
             try:
                 stmt = await session.cached_statement(sql) if prepared else None
             except BaseException as exc:
@@ -323,6 +356,7 @@ class Database:
             self.release(session, gone)
             if await self._resolve(self._marker_check(marker)):  # the commit ran: every statement ran inside it
                 for w, outcome in zip(todo, outcomes, strict=True):
+                    w.address = session.address
                     _deliver(w, outcome)
                 self._count(todo)
                 return
@@ -367,6 +401,7 @@ class Database:
             if isinstance(outcome, BusyError):
                 busy = True  # it wrote nothing; the others committed without it
             else:
+                w.address = session.address
                 _deliver(w, outcome)
         if busy:
             raise _Rerun(busy=True)
