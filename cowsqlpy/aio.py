@@ -78,6 +78,18 @@ def check_isolation_level(value: object) -> str | None:
     return level
 
 
+LINEARIZABLE = "linearizable"
+SERIALIZABLE = "serializable"
+
+
+def check_read_consistency(value: object) -> bool:
+    """Whether `connect(read_consistency=value)` asks for linearizable reads.
+    :raises ValueError: neither "linearizable" nor "serializable"."""
+    if value not in (LINEARIZABLE, SERIALIZABLE):
+        raise ValueError(f"read_consistency must be {LINEARIZABLE!r} or {SERIALIZABLE!r}, got {value!r}")
+    return value == LINEARIZABLE
+
+
 def engine_features(engine: str | None) -> EngineFeatures:
     """The switches for `connect(engine=...)`. :raises ValueError: an unknown name."""
     return versions.CLIENT_TARGET if engine is None else versions.features_named(engine)
@@ -188,10 +200,15 @@ async def connect(
     policy: RetryPolicy = DEFAULT_POLICY,
     group_commit: bool = True,
     engine: str | None = None,
+    read_consistency: str = LINEARIZABLE,
 ) -> Connection:
     """Connect to `database` through `servers` (addresses, or a node store) or `store`.
 
     The leader is found and the database opened before this returns.
+    `read_consistency`: "linearizable" (default; a query outside a transaction sees
+    every write acknowledged before it started, at the cost of a shared read barrier,
+    see `Database.read_barrier`) or "serializable" (what the leader has applied: a
+    deposed leader that has not noticed yet can serve a stale read).
 
     :raises ProgrammingError: bad arguments. :raises ValueError, TypeError: bad
         `autocommit` / `isolation_level` (as sqlite3), unknown `engine` (a name of
@@ -204,10 +221,12 @@ async def connect(
     mode = check_autocommit(autocommit)
     level = check_isolation_level(isolation_level)
     features = engine_features(engine)
+    linearizable = check_read_consistency(read_consistency)
     node_store = node_store_of(servers, store, database)
     loop = asyncio.get_running_loop()
     key, db = acquire_database(loop, node_store, store is not None, database, policy, group_commit)
-    conn = Connection(db, key, loop, autocommit=mode, isolation_level=level, features=features)
+    conn = Connection(db, key, loop, autocommit=mode, isolation_level=level, features=features,
+                      linearizable=linearizable)
     try:
         db.release(await db.acquire())
     except BaseException:
@@ -226,6 +245,7 @@ class Connection:
         "_autocommit",
         "_isolation",
         "_features",
+        "_linearizable",
         "_tx",
         "_tx_writes",
         "_tx_savepoint",
@@ -245,8 +265,10 @@ class Connection:
         autocommit: bool | int,
         isolation_level: str | None,
         features: EngineFeatures | None = None,
+        linearizable: bool = True,
     ) -> None:
         self._db = db
+        self._linearizable = linearizable
         self._key = key
         self._loop = loop  # the loop that runs it (finalizers hand their clean-up to it)
         self._autocommit = autocommit
@@ -527,7 +549,7 @@ class Connection:
             cursor._set_result(stmt, await self._db.execute(sql, values, coalesce=coalesce))
             return
         try:
-            cursor._set_stream(await self._db.query(sql, values))
+            cursor._set_stream(await self._db.query(sql, values, linearizable=self._linearizable))
         except Error as exc:
             if returns_rows is None and exc.code == 1:
                 cursor._set_result(stmt, await self._db.execute(sql, values, coalesce=False))

@@ -100,6 +100,7 @@ def connect(
     policy: RetryPolicy = DEFAULT_POLICY,
     group_commit: bool = True,
     engine: str | None = None,
+    read_consistency: str = aio.LINEARIZABLE,
 ) -> Connection:
     """Open a DB-API connection to `database` on the cluster reached through `servers`
     (addresses) or `store` (a node store).
@@ -108,18 +109,20 @@ def connect(
 
     :raises ProgrammingError: neither or both of `servers` and `store`, bad database name.
     :raises ValueError, TypeError: bad `autocommit` or `isolation_level` (as sqlite3),
-        unknown `engine` (see `cowsqlpy.aio.connect`).
+        unknown `engine`, bad `read_consistency` (see `cowsqlpy.aio.connect`).
     """
     mode = aio.check_autocommit(autocommit)
     level = aio.check_isolation_level(isolation_level)
     features = aio.engine_features(engine)
+    linearizable = aio.check_read_consistency(read_consistency)
     node_store = aio.node_store_of(servers, store, database)
     key, db = aio.acquire_database(
         None, node_store, store is not None, database, policy, group_commit
     )
     return Connection(
         aio.Connection(
-            db, key, background_loop(), autocommit=mode, isolation_level=level, features=features
+            db, key, background_loop(), autocommit=mode, isolation_level=level, features=features,
+            linearizable=linearizable,
         )
     )
 

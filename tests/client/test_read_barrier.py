@@ -95,3 +95,35 @@ def test_an_isolated_leader_never_serves_a_stale_linearizable_read() -> None:
         assert rows in (None, [(2,)])
         cluster.heal()
         run_sync(db.close())
+
+
+def _markers(cluster: InProcessCluster, database: str) -> int:
+    probe = cowsqlpy.connect(cluster.addresses, database=database, autocommit=True, read_consistency="serializable")
+    try:
+        tables = probe.execute("SELECT name FROM sqlite_master WHERE name = 'cowsqlpy_commit_markers'").fetchall()
+        return probe.execute("SELECT count(*) FROM cowsqlpy_commit_markers").fetchone()[0] if tables else 0
+    finally:
+        probe.close()
+
+
+@pytest.mark.parametrize("consistency", ["linearizable", "serializable"])
+def test_dbapi_reads_follow_read_consistency(cluster: InProcessCluster, consistency: str) -> None:
+    """Linearizable (the default) reads commit barriers, seen as this client's marker row;
+    serializable reads write nothing."""
+    database = f"consistency-{consistency}"
+    setup = cowsqlpy.connect(cluster.addresses, database=database, autocommit=True, group_commit=False,
+                             read_consistency="serializable")
+    setup.execute("CREATE TABLE t (v INTEGER)")
+    setup.execute("INSERT INTO t VALUES (3)")  # no group commit: no marker row
+    setup.close()
+    assert _markers(cluster, database) == 0
+    options = {} if consistency == "linearizable" else {"read_consistency": consistency}
+    conn = cowsqlpy.connect(cluster.addresses, database=database, autocommit=True, **options)
+    assert conn.execute("SELECT v FROM t").fetchall() == [(3,)]
+    conn.close()
+    assert _markers(cluster, database) == (1 if consistency == "linearizable" else 0)
+
+
+def test_read_consistency_is_checked() -> None:
+    with pytest.raises(ValueError, match="read_consistency"):
+        cowsqlpy.connect(["127.0.0.1:1"], database="x", read_consistency="eventual")
