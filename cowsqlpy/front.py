@@ -240,6 +240,7 @@ class _ClientSide(_Link):
         self.buf = bytearray()
         self.handshaken = False
         self.version = P.PROTOCOL_VERSION
+        self.eof = False  # the client half-closed; close once the replies owed are sent
         self.engine: _EngineSide | None = None
         self.guard: ConnectionGuard | None = None
         self.pending: collections.deque[int | bytes] = (
@@ -263,6 +264,23 @@ class _ClientSide(_Link):
             return
         self.counted = True
         self.guard = ConnectionGuard(self.front.features, may_connect=True)
+
+    def eof_received(self) -> bool | None:
+        """The client finished sending: answer what it sent in whole frames, then close."""
+        if self.piping or self.closed:
+            return None  # close now (a pipe: the peer sees EOF as the engine would)
+        self.eof = True
+        if self.engine is not None and self.engine.transport is not None:
+            self.finish_if_done()
+        return True
+
+    def finish_if_done(self) -> None:
+        """After EOF: drop a frame cut short, close once no reply is owed."""
+        if not self.eof:
+            return
+        self.buf.clear()
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.close_gracefully)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -343,6 +361,7 @@ class _ClientSide(_Link):
         del buf[:pos]
         if out:
             self.engine.transport.write(b"".join(out))
+        self.finish_if_done()
 
     def reply_done(self, rtype: int, kept: bytes) -> bytes:
         """A whole reply arrived: match it to its request; the FAILUREs owed right after it."""
@@ -354,7 +373,14 @@ class _ClientSide(_Link):
         owed = []
         while self.pending and isinstance(self.pending[0], bytes):
             owed.append(self.pending.popleft())
+        self.finish_if_done()
         return b"".join(owed)  # type: ignore[arg-type]
+
+    def close_gracefully(self) -> None:
+        """Close after the replies written so far are flushed (the client sent EOF)."""
+        self.close()
+        if self.engine is not None:
+            self.engine.close()
 
     def start_pipe(self) -> None:
         self.piping = True
