@@ -1,6 +1,6 @@
 """``cowsql://`` backend: a durable, replicated etcd-style store in the SQL engine.
 
-URL: ``cowsql://HOST:PORT[,HOST:PORT...]/DATABASE[?session_ttl=S&timeout=S&private=1&auto_compact=N]``
+URL: ``cowsql://HOST:PORT[,HOST:PORT...]/DATABASE[?session_ttl=S&timeout=S&private=1&auto_compact=N&read=R]``
 
 The state is a kine-style revision log in SQL tables (see
 :mod:`kvstore.backends.cowsql_schema`) with etcd's full semantics: create/mod
@@ -34,8 +34,12 @@ handle that names them, asyncio on cowsqlpy's background loop):
   never a blind retry.
 * **Reads** are single SQL statements on the leader (one snapshot: the meta row
   and the rows together), so a range is consistent with the revision it
-  reports. libdqlite 1.11.1 has no read-index: a deposed leader that does not
-  know it yet can serve a stale read (see docs/kvstore.md).
+  reports. They are linearizable (``read=linearizable``, the default, as etcd's
+  Range): each runs after a read barrier, a Raft entry committed after the read
+  began, on the node that committed it; concurrent reads share barriers
+  (`cowsqlpy.database.Database.read_barrier`). ``read=serializable`` skips the
+  barrier: faster, but a deposed leader that does not know it yet can serve a
+  stale read (docs/kvstore.md, docs/consistency.md).
 * **Watches** poll the log: one poller per core reads new revisions in windows
   (every ``POLL_INTERVAL`` s when idle, ``POLL_BUSY`` s while events flow, at once after a
   local commit), in ``(rev, sub)``
@@ -599,8 +603,9 @@ class CowsqlCore:
     All coroutines run on cowsqlpy's background loop (``self.loop``)."""
 
     def __init__(self, servers: list[str], database: str, timeout: float,
-                 auto_compact: int = 0) -> None:
+                 auto_compact: int = 0, linearizable: bool = True) -> None:
         self.servers = servers
+        self.linearizable = linearizable  # user-facing reads after a read barrier
         self.database = database
         self.auto_compact = auto_compact   # revisions of history to keep (0: never compact)
         self.policy = RetryPolicy(max_tries=1000, backoff=0.01, backoff_cap=0.25,
@@ -895,13 +900,15 @@ class CowsqlCore:
         await self.submit("expire", ids)
 
     # ---------------------------------------------------------------- reads
-    async def _query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _query(self, sql: str, params: Sequence[Any], *, linearizable: bool = False
+                     ) -> list[tuple[Any, ...]]:
         """One read statement on the leader; re-run from scratch (reads are
-        idempotent) when the leader changes part-way through the result."""
+        idempotent) when the leader changes part-way through the result.
+        `linearizable`: after a read barrier (for reads users see)."""
         deadline = time.monotonic() + self.policy.deadline
         while True:
             try:
-                stream = await self.db.query(sql, params, prepared=True)
+                stream = await self.db.query(sql, params, prepared=True, linearizable=linearizable)
                 out: list[tuple[Any, ...]] = []
                 while (batch := await stream.next_batch()) is not None:
                     out.extend(batch)
@@ -930,7 +937,7 @@ class CowsqlCore:
             if limit:
                 sql += f" UNION ALL SELECT 2, NULL, count(*), 0, 0, 0, 0, 0 FROM kv_live WHERE {cond}"
                 params = [*params, int(limit), *params]
-        rows = await self._query(sql, params)
+        rows = await self._query(sql, params, linearizable=self.linearizable)
         kvs: list[KeyValue] = []
         count = -1
         cur = compact = 0
@@ -963,7 +970,8 @@ class CowsqlCore:
     async def lease_info(self, lease: int) -> LeaseInfo:
         rows = await self._query(
             f"SELECT 0, ttl, expiry - {S.NOW_MS} FROM kv_lease WHERE id = ? "
-            "UNION ALL SELECT 1, key, 0 FROM kv_live WHERE lease = ? AND lease != 0", [lease, lease])
+            "UNION ALL SELECT 1, key, 0 FROM kv_live WHERE lease = ? AND lease != 0", [lease, lease],
+            linearizable=self.linearizable)
         head = [r for r in rows if r[0] == 0]
         if not head:
             raise LeaseNotFound(f"lease {lease:#x} not found")
@@ -1152,19 +1160,19 @@ class CowsqlKV(CoreBackedKV):
 
     def __init__(self, servers: list[str], database: str, *, timeout: float = DEFAULT_TIMEOUT,
                  session_ttl: int | None = None, private: bool = False,
-                 auto_compact: int = 0) -> None:
+                 auto_compact: int = 0, linearizable: bool = True) -> None:
         if isinstance(auto_compact, bool) or not isinstance(auto_compact, int) or auto_compact < 0:
             raise InvalidArgument(f"cowsql: auto_compact must be revisions >= 0, got {auto_compact!r}")
         super().__init__(**({} if session_ttl is None else {"session_ttl": session_ttl}))
         self.servers, self.database, self.timeout = servers, database, timeout
-        key: tuple[Any, ...] = (tuple(sorted(servers)), database, timeout, auto_compact)
+        key: tuple[Any, ...] = (tuple(sorted(servers)), database, timeout, auto_compact, linearizable)
         if private:
             key += (object(),)
         self._key = key
         with _cores_lock:
             entry = _cores.get(key)
             if entry is None:
-                core = CowsqlCore(servers, database, timeout, auto_compact)
+                core = CowsqlCore(servers, database, timeout, auto_compact, linearizable)
                 try:
                     run_sync(core.start(), timeout + 30)
                 except BaseException:
@@ -1220,7 +1228,7 @@ class CowsqlKV(CoreBackedKV):
 def open_url(url: str) -> CowsqlKV:
     u = urllib.parse.urlsplit(url)
     q = dict(urllib.parse.parse_qsl(u.query))
-    unknown = set(q) - {"session_ttl", "timeout", "private", "auto_compact"}
+    unknown = set(q) - {"session_ttl", "timeout", "private", "auto_compact", "read"}
     if unknown:
         raise InvalidArgument(f"cowsql: unknown options {sorted(unknown)}")
     servers = [e.strip() for e in u.netloc.split(",") if e.strip()]
@@ -1238,7 +1246,11 @@ def open_url(url: str) -> CowsqlKV:
     if not auto_compact.isdigit():
         raise InvalidArgument(f"cowsql: auto_compact must be a number of revisions, "
                               f"got {auto_compact!r}")
+    read = q.get("read", "linearizable")
+    if read not in ("linearizable", "serializable"):
+        raise InvalidArgument(f"cowsql: read must be linearizable or serializable, got {read!r}")
     return CowsqlKV(servers, database, timeout=float(q.get("timeout", DEFAULT_TIMEOUT)),
+                    linearizable=read == "linearizable",
                     session_ttl=int(q["session_ttl"]) if "session_ttl" in q else None,
                     private=q.get("private", "0").lower() in ("1", "true", "yes"),
                     auto_compact=int(auto_compact))

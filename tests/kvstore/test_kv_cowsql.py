@@ -615,3 +615,23 @@ def test_failover_keeps_every_acknowledged_put(tmp_path):
         kv.close()
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("read", ["linearizable", "serializable"])
+def test_reads_take_a_barrier_unless_serializable(cowsql_cluster: Any, read: str) -> None:
+    """A linearizable get (the default) commits a read barrier, a Raft entry of its own
+    (`Database.batches`); a serializable one runs on the leader with none."""
+    h = kvstore.open(cowsql_url(cowsql_cluster, _db(), private=1, **({} if read == "linearizable" else {"read": read})))
+    try:
+        h.put(b"k", b"v")
+        before = h.core.db.batches
+        assert h.get(b"k") == b"v"
+        assert h.get(b"missing") is None
+        assert h.core.db.batches - before == (2 if read == "linearizable" else 0)
+    finally:
+        h.close()
+
+
+def test_read_option_is_checked(cowsql_cluster: Any) -> None:
+    with pytest.raises(kvstore.InvalidArgument, match="read"):
+        kvstore.open(cowsql_url(cowsql_cluster, _db(), read="eventual"))
