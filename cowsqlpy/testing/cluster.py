@@ -358,6 +358,10 @@ class Cluster:
         if wait:
             self._wait_ready(m)
 
+    def wait_ready(self, i: int, timeout: float | None = None) -> None:
+        """Wait until node i (started with ``wait=False``) is ready."""
+        self._wait_ready(self.members[i], timeout)
+
     def restart(self, i: int, *, graceful: bool = True, wait: bool = True) -> None:
         """Stop (or kill, if not `graceful`) node i if it runs, then start it again."""
         if self.running(i):

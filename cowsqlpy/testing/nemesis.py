@@ -120,6 +120,7 @@ class Nemesis:
         self.paused: set[int] = set()
         self.removed: set[int] = set()
         self.network_fault: str | None = None
+        self.unready: set[int] = set()  # started while partitioned, not waited for
         self._lock = threading.Lock()
 
     # -- helpers --
@@ -192,7 +193,7 @@ class Nemesis:
                 self.down.add(i)
             elif fault == "restart":
                 c.kill(i)
-                c.start(i)
+                self._start(i)
             else:
                 c.pause(i)
                 self.paused.add(i)
@@ -294,15 +295,24 @@ class Nemesis:
             c.heal()
             return self._record("heal", "network", f"after {fault}")
         if kind == "down":
-            c.start(i)
+            self._start(i)
             self.down.discard(i)
-            return self._record("start", self._name(i))
+            return self._record("start", self._name(i), "" if self.network_fault is None else "(not waited: partitioned)")
         if kind == "paused":
             c.resume(i)
             self.paused.discard(i)
             return self._record("resume", self._name(i))
         self._readd(i)
         return self._record("re-add", self._name(i))
+
+    def _start(self, i: int) -> None:
+        """Start node i; while a network fault may cut it off, do not wait for it to be
+        ready (it may not reach the leader until healed): `heal_all` waits."""
+        if self.network_fault is None:
+            self.cluster.start(i)
+        else:
+            self.cluster.start(i, wait=False)
+            self.unready.add(i)
 
     def _readd(self, i: int) -> None:
         m = self.cluster.members[i]
@@ -323,8 +333,12 @@ class Nemesis:
                 c.resume(i)
             self.paused.clear()
             for i in sorted(self.down):
-                c.start(i)
+                c.start(i, wait=False)
+                self.unready.add(i)
             self.down.clear()
+            for i in sorted(self.unready):
+                c.wait_ready(i, timeout)
+            self.unready.clear()
             for i in sorted(self.removed):
                 self._readd(i)
             self._record("heal-all", "cluster")

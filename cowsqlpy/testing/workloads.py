@@ -192,10 +192,13 @@ def sql_register_apply(conn: Any, inp: dict[str, Any]) -> Any:
 
 
 def sql_error_is_definite(exc: BaseException) -> bool:
-    """A DB-API error that certainly committed nothing: everything but an
-    `OutcomeUnknownError` (the driver resolves lost replies itself and raises
-    that class only when it cannot) and errors it does not know (counted unknown)."""
+    """A DB-API error that certainly committed nothing: not-leader, no leader, a lost
+    connection or transaction (the driver resolves lost replies of writes itself
+    and raises `OutcomeUnknownError` only when it cannot), SQLITE_BUSY (raised at
+    a statement before COMMIT: another core holds the write lock), bad SQL.
+    Anything else counts as unknown."""
     from ..errors import (
+        BusyError,
         ConnectionLostError,
         NoLeaderError,
         NotLeaderError,
@@ -206,11 +209,5 @@ def sql_error_is_definite(exc: BaseException) -> bool:
 
     if isinstance(exc, OutcomeUnknownError):
         return False
-    return isinstance(
-        exc,
-        NotLeaderError
-        | NoLeaderError
-        | ConnectionLostError
-        | TransactionLostError
-        | ProgrammingError,
-    )
+    definite = NotLeaderError | NoLeaderError | ConnectionLostError | TransactionLostError | BusyError | ProgrammingError
+    return isinstance(exc, definite)
