@@ -41,6 +41,7 @@ from .errors import (
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .sqltext import Statement, analyze, bind
 from .store import NodeStore
+from .tls import TLSConfig
 from .versions import EngineFeatures
 
 #: ``autocommit`` value of `sqlite3`'s pre-3.12 behaviour, where ``isolation_level`` rules.
@@ -159,14 +160,15 @@ def acquire_database(
     name: str,
     policy: RetryPolicy,
     group_commit: bool,
+    tls: TLSConfig | None = None,
 ) -> tuple[tuple[Any, ...], Database]:
     """Connections of one event loop to the same database share one `Database`
     core, so its write lock and group commit cover all of them."""
-    key = (loop, _store_key(store, explicit_store), name, policy, group_commit)
+    key = (loop, _store_key(store, explicit_store), name, policy, group_commit, tls)
     with _registry_lock:
         db, refs = _registry.get(key, (None, 0))
         if db is None:
-            db = Database(store, name, policy, group_commit=group_commit)
+            db = Database(store, name, policy, group_commit=group_commit, tls=tls)
         _registry[key] = (db, refs + 1)
         return key, db
 
@@ -201,10 +203,12 @@ async def connect(
     group_commit: bool = True,
     engine: str | None = None,
     read_consistency: str = LINEARIZABLE,
+    tls: TLSConfig | None = None,
 ) -> Connection:
     """Connect to `database` through `servers` (addresses, or a node store) or `store`.
 
     The leader is found and the database opened before this returns.
+    `tls`: mutual TLS with the cluster certificate (`cowsqlpy.tls`).
     `read_consistency`: "linearizable" (default; a query outside a transaction sees
     every write acknowledged before it started, at the cost of a shared read barrier,
     see `Database.read_barrier`) or "serializable" (what the leader has applied: a
@@ -224,7 +228,7 @@ async def connect(
     linearizable = check_read_consistency(read_consistency)
     node_store = node_store_of(servers, store, database)
     loop = asyncio.get_running_loop()
-    key, db = acquire_database(loop, node_store, store is not None, database, policy, group_commit)
+    key, db = acquire_database(loop, node_store, store is not None, database, policy, group_commit, tls)
     conn = Connection(db, key, loop, autocommit=mode, isolation_level=level, features=features,
                       linearizable=linearizable)
     try:

@@ -47,6 +47,7 @@ from .errors import (
 )
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .store import NodeStore
+from .tls import TLSConfig
 from .versions import EngineFeatures
 
 apilevel = "2.0"
@@ -101,9 +102,10 @@ def connect(
     group_commit: bool = True,
     engine: str | None = None,
     read_consistency: str = aio.LINEARIZABLE,
+    tls: TLSConfig | None = None,
 ) -> Connection:
     """Open a DB-API connection to `database` on the cluster reached through `servers`
-    (addresses) or `store` (a node store).
+    (addresses) or `store` (a node store); `tls`: mutual TLS (`cowsqlpy.tls.TLSConfig`).
 
     Nothing is dialled until the first statement; errors surface there.
 
@@ -117,7 +119,7 @@ def connect(
     linearizable = aio.check_read_consistency(read_consistency)
     node_store = aio.node_store_of(servers, store, database)
     key, db = aio.acquire_database(
-        None, node_store, store is not None, database, policy, group_commit
+        None, node_store, store is not None, database, policy, group_commit, tls
     )
     return Connection(
         aio.Connection(

@@ -151,3 +151,29 @@ def test_raft_runs_through_tls_fronts(
         )
     assert all(front.stats.pipes >= 1 for _, front in tls_cluster[1:])
     assert all(node.dial_calls >= 1 for node, _ in tls_cluster)
+
+
+def test_dbapi_over_tls(tls_node: GuardedNode, cluster_cert: TLSConfig) -> None:
+    import cowsqlpy
+
+    tls_node.assert_serving(tls=cluster_cert)
+    conn = cowsqlpy.connect(tls_node.address, database="dbapi", autocommit=True, tls=cluster_cert)
+    try:
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        cur.executemany("INSERT INTO t (v) VALUES (?)", [(f"row {i}" * 10,) for i in range(2000)])
+        cur.execute("SELECT count(*), max(v) FROM t")
+        assert cur.fetchone() == (2000, "row 9" * 10)  # the largest text
+    finally:
+        conn.close()
+    plain = cowsqlpy.connect(
+        tls_node.address,
+        database="dbapi",
+        autocommit=True,
+        policy=cowsqlpy.RetryPolicy(deadline=1.0),
+    )
+    try:
+        with pytest.raises(cowsqlpy.OperationalError):
+            plain.cursor().execute("SELECT 1")
+    finally:
+        plain.close()
