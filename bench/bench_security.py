@@ -1,0 +1,213 @@
+"""The cost of the guard and of TLS: DB-API kvwrite / kvreadwrite through a 3-node cluster
+whose nodes run (one process each) without a front ("direct"), behind a plain guarded
+front ("front") and behind a mutual-TLS front with Raft through TLS too ("tls").
+
+    .venv/bin/python bench/bench_security.py [--duration 5] [--workers 1,8,32] [--modes direct,front,tls]
+
+The workloads are go-cowsql's (as bench/bench_client.py: 32-byte keys, 1 KiB values).
+cowsql-benchmark has no TLS option, so the go-cowsql TLS anchor is not in this run.
+Reported: ok ops/s per cell and the ratios front/direct and tls/front.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cowsqlpy  # noqa: E402
+from bench.bench_client import READ, SCHEMA, WRITE, KEY_SIZE, free_port, rand_seq, rand_value  # noqa: E402
+from cowsqlpy import protocol  # noqa: E402
+from cowsqlpy.tls import TLSConfig, make_cert  # noqa: E402
+
+NODE_IDS = (0x2DC171858C3155BE, 2002, 2003)  # the first bootstraps
+
+
+def node_main(argv: list[str]) -> None:
+    """Child: one engine node, behind a front unless mode is direct; runs until SIGTERM."""
+    from cowsqlpy.front import Front
+    from cowsqlpy.node import Node, engine_features
+
+    mode, node_id, public, data_dir = argv[0], int(argv[1]), argv[2], argv[3]
+    tls = TLSConfig(argv[4], argv[5]) if mode == "tls" else None
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    front = None
+    if mode == "direct":
+        node = Node(node_id, public, data_dir, network_latency=0.02)
+    else:
+        internal = f"127.0.0.1:{free_port()}"
+        front = Front(public, internal, engine_features(), tls=tls)
+        front.start()
+        node = Node(
+            node_id,
+            public,
+            data_dir,
+            bind_address=internal,
+            network_latency=0.02,
+            dial=front.dial if tls else None,
+        )
+    node.start()
+    print("ready", flush=True)
+    signal.sigwait({signal.SIGTERM})
+    node.close()
+    if front is not None:
+        front.stop()
+
+
+class BenchCluster:
+    def __init__(self, mode: str, base: Path, tls: TLSConfig | None) -> None:
+        self.tls = tls
+        self.addresses = [f"127.0.0.1:{free_port()}" for _ in NODE_IDS]
+        self.procs = []
+        for i, (node_id, address) in enumerate(zip(NODE_IDS, self.addresses, strict=True)):
+            cmd = [
+                sys.executable,
+                __file__,
+                "node",
+                mode,
+                str(node_id),
+                address,
+                str(base / f"n{i}"),
+            ]
+            if tls is not None:
+                cmd += [str(tls.cert), str(tls.key)]
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            assert p.stdout is not None and b"ready" in p.stdout.readline()
+            self.procs.append(p)
+        with cowsqlpy.SyncClient(self.addresses[:1], tls=tls) as admin:
+            deadline = time.monotonic() + 30
+            while admin.leader() is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no leader")
+                time.sleep(0.1)
+            for node_id, address in zip(NODE_IDS[1:], self.addresses[1:], strict=True):
+                admin.add(node_id, address, protocol.VOTER)
+        setup = cowsqlpy.connect(self.addresses, database="bench", autocommit=True, tls=tls)
+        setup.cursor().execute(SCHEMA)
+        setup.close()
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def worker(
+    cluster: BenchCluster, workload: str, deadline: float, seed: int, counts: list[int]
+) -> None:
+    rng = random.Random(seed)
+    keys: list[str] = []
+    conn = cowsqlpy.connect(cluster.addresses, database="bench", autocommit=True, tls=cluster.tls)
+    cur = conn.cursor()
+    try:
+        while time.monotonic() < deadline:
+            read = workload == "kvreadwrite" and keys and rng.random() < 0.5
+            try:
+                if read:
+                    cur.execute(READ, (rng.choice(keys),))
+                    cur.fetchone()
+                else:
+                    key = rand_seq(KEY_SIZE, rng)
+                    cur.execute(WRITE, (key, rand_value(rng)))
+                    keys.append(key)
+            except cowsqlpy.Error:
+                counts[2] += 1
+                continue
+            counts[1 if read else 0] += 1
+    finally:
+        conn.close()
+
+
+def run(
+    cluster: BenchCluster, workload: str, workers: int, duration: float
+) -> tuple[float, float, float]:
+    """(writes/s, reads/s, errors/s)"""
+    stop_at = time.monotonic() + duration
+    counts = [[0, 0, 0] for _ in range(workers)]
+    threads = [
+        threading.Thread(target=worker, args=(cluster, workload, stop_at, i, counts[i]))
+        for i in range(workers)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration + 60)
+    w, r, e = (sum(c[k] for c in counts) / duration for k in range(3))
+    return w, r, e
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "node":
+        node_main(sys.argv[2:])
+        return
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--workers", default="1,8,32")
+    ap.add_argument("--workloads", default="kvwrite,kvreadwrite")
+    ap.add_argument("--modes", default="direct,front,tls")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-sec-"))
+    tls = make_cert(base / "cert")
+    modes = args.modes.split(",")
+    results: dict[tuple[str, str, int], tuple[float, float, float]] = {}
+    try:
+        for mode in modes:
+            cluster = BenchCluster(mode, base / mode, tls if mode == "tls" else None)
+            try:
+                for workload in args.workloads.split(","):
+                    for workers in (int(w) for w in args.workers.split(",")):
+                        results[mode, workload, workers] = run(
+                            cluster, workload, workers, args.duration
+                        )
+                        print(
+                            f"{mode} {workload} {workers}: {results[mode, workload, workers]}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            finally:
+                cluster.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print(
+        f"# DB-API through 3 node processes, {args.duration:g} s per cell, {os.cpu_count()} cores\n"
+    )
+    print(
+        "| workload | workers | op | "
+        + " | ".join(f"{m} ok/s" for m in modes)
+        + " | front/direct | tls/front |"
+    )
+    print("|---|---|---|" + "---|" * len(modes) + "---|---|")
+    for workload in args.workloads.split(","):
+        for workers in (int(w) for w in args.workers.split(",")):
+            for op, k in (("write", 0), ("read", 1)):
+                if workload == "kvwrite" and op == "read":
+                    continue
+                cells = {m: results[m, workload, workers][k] for m in modes}
+                ratio = lambda a, b: (
+                    f"{cells[a] / cells[b]:.2f}" if a in cells and b in cells and cells[b] else "-"
+                )  # noqa: E731
+                print(
+                    f"| {workload} | {workers} | {op} | "
+                    + " | ".join(f"{cells[m]:,.0f}" for m in modes)
+                    + f" | {ratio('front', 'direct')} | {ratio('tls', 'front')} |"
+                )
+
+
+if __name__ == "__main__":
+    main()
