@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cowsqlpy  # noqa: E402
-from bench.bench_client import READ, SCHEMA, WRITE, KEY_SIZE, free_port, rand_seq, rand_value  # noqa: E402
+from bench.bench_client import KEY_SIZE, READ, SCHEMA, WRITE, free_port, rand_seq, rand_value  # noqa: E402
 from cowsqlpy import protocol  # noqa: E402
 from cowsqlpy.tls import TLSConfig, make_cert  # noqa: E402
 
@@ -150,6 +150,10 @@ def run(
     return w, r, e
 
 
+def _ratio(cells: dict[str, float], a: str, b: str) -> str:
+    return f"{cells[a] / cells[b]:.2f}" if a in cells and b in cells and cells[b] else "-"
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "node":
         node_main(sys.argv[2:])
@@ -199,13 +203,10 @@ def main() -> None:
                 if workload == "kvwrite" and op == "read":
                     continue
                 cells = {m: results[m, workload, workers][k] for m in modes}
-                ratio = lambda a, b: (
-                    f"{cells[a] / cells[b]:.2f}" if a in cells and b in cells and cells[b] else "-"
-                )  # noqa: E731
                 print(
                     f"| {workload} | {workers} | {op} | "
                     + " | ".join(f"{cells[m]:,.0f}" for m in modes)
-                    + f" | {ratio('front', 'direct')} | {ratio('tls', 'front')} |"
+                    + f" | {_ratio(cells, 'front', 'direct')} | {_ratio(cells, 'tls', 'front')} |"
                 )
 
 
