@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol
+from .barrier import ReadBarrier
 from .client import LeaderTracker, Session
 from .errors import (
     BusyError,
@@ -87,17 +88,11 @@ MARKER_PROBE = (
 )
 
 
-# A read barrier is a statement that changes nothing in a group-commit batch: the batch's
-# marker row changes a page, so its commit is a Raft entry of the leader's current term.
-BARRIER_STATEMENT = f"UPDATE {MARKERS} SET probe = probe WHERE 0"
-
-
 @dataclass(eq=False)
 class _Write:
     sql: str
     params: Sequence[Any]
     future: asyncio.Future[tuple[int, int]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    address: str = ""  # the node the batch committed on (read barriers need it)
 
 
 class _Rerun(Exception):
@@ -134,6 +129,7 @@ class Database:
         self.policy = policy
         self.group_commit = group_commit
         self.tracker = LeaderTracker(store, policy, tls)  # tls: mutual TLS to every node
+        self.barrier = ReadBarrier(self.tracker, policy)
         self.write_lock = asyncio.Lock()
         self._idle: list[Session] = []
         self._pending: collections.deque[_Write] = collections.deque()
@@ -204,23 +200,18 @@ class Database:
 
     async def close(self) -> None:
         self._drop_idle()
+        self.barrier.close()
 
     # -- reads ------------------------------------------------------------------
 
     async def read_barrier(self) -> str:
         """Commit a Raft entry that starts after this call; the address of the node it
         committed on. Every write acknowledged before the call is applied there once
-        this returns, so a read that node then serves is linearizable.
-
-        Barriers ride on group commit: reads that arrive while a batch is in flight
-        share the next batch's commit, as etcd batches ReadIndex requests.
+        this returns, so a read that node then serves is linearizable
+        (`cowsqlpy.barrier`: concurrent calls share one barrier, which never waits
+        for this database's write lock).
         """
-        write = _Write(BARRIER_STATEMENT, ())
-        self._pending.append(write)
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.ensure_future(self._commit_loop())
-        await write.future
-        return write.address
+        return await self.barrier.wait()
 
     async def query(self, sql: str, params: Sequence[Any], *, prepared: bool = False,
                     linearizable: bool = False) -> ResultStream:
@@ -356,7 +347,6 @@ class Database:
             self.release(session, gone)
             if await self._resolve(self._marker_check(marker)):  # the commit ran: every statement ran inside it
                 for w, outcome in zip(todo, outcomes, strict=True):
-                    w.address = session.address
                     _deliver(w, outcome)
                 self._count(todo)
                 return
@@ -401,7 +391,6 @@ class Database:
             if isinstance(outcome, BusyError):
                 busy = True  # it wrote nothing; the others committed without it
             else:
-                w.address = session.address
                 _deliver(w, outcome)
         if busy:
             raise _Rerun(busy=True)

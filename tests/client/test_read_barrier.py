@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 import cowsqlpy
+from cowsqlpy.barrier import BARRIER_DATABASE
 from cowsqlpy.database import Database
 from cowsqlpy.retry import RetryPolicy
 from cowsqlpy.runtime import run_sync
@@ -31,13 +32,14 @@ def test_a_barrier_commits_on_the_leader_and_reads_follow_it(cluster: InProcessC
     conn.execute("INSERT INTO t VALUES (1)")
 
     async def go() -> tuple[str, int, list[tuple[object, ...]]]:
-        before = db.batches
+        before = db.barrier.rounds
         address = await db.read_barrier()
-        return address, db.batches - before, await _rows(db, "SELECT v FROM t", linearizable=True)
+        rows = await _rows(db, "SELECT v FROM t", linearizable=True)
+        return address, db.barrier.rounds - before, rows
 
-    address, batches, rows = run_sync(go())
+    address, rounds, rows = run_sync(go())
     assert address == cluster.leader().address
-    assert batches == 1  # the barrier is a commit of its own when nothing else is in flight
+    assert rounds == 2  # one barrier for the call, one for the linearizable query
     assert rows == [(1,)]
     conn.close()
     run_sync(db.close())
@@ -51,15 +53,14 @@ def test_concurrent_reads_share_barriers(cluster: InProcessCluster) -> None:
 
     async def go() -> tuple[int, list[list[tuple[object, ...]]]]:
         await db.read_barrier()  # the marker table and a pooled session exist
-        before = db.batches
+        before = db.barrier.rounds
         results = await asyncio.gather(*(_rows(db, "SELECT v FROM t", linearizable=True) for _ in range(32)))
-        return db.batches - before, results
+        return db.barrier.rounds - before, results
 
-    batches, results = run_sync(go())
+    rounds, results = run_sync(go())
     assert results == [[(7,)]] * 32
-    # all 32 barriers were queued before the committer ran: one batch (two if the
-    # committer was mid-batch when the first arrived)
-    assert 1 <= batches <= 2
+    # all 32 asked before the first round started: they share it
+    assert rounds == 1
     conn.close()
     run_sync(db.close())
 
@@ -97,31 +98,46 @@ def test_an_isolated_leader_never_serves_a_stale_linearizable_read() -> None:
         run_sync(db.close())
 
 
-def _markers(cluster: InProcessCluster, database: str) -> int:
-    probe = cowsqlpy.connect(cluster.addresses, database=database, autocommit=True, read_consistency="serializable")
+def _barriers(cluster: InProcessCluster) -> int:
+    probe = cowsqlpy.connect(cluster.addresses, database=BARRIER_DATABASE, autocommit=True,
+                             read_consistency="serializable")
     try:
-        tables = probe.execute("SELECT name FROM sqlite_master WHERE name = 'cowsqlpy_commit_markers'").fetchall()
-        return probe.execute("SELECT count(*) FROM cowsqlpy_commit_markers").fetchone()[0] if tables else 0
+        tables = probe.execute("SELECT name FROM sqlite_master WHERE name = 'barrier'").fetchall()
+        return probe.execute("SELECT n FROM barrier").fetchone()[0] if tables else 0
     finally:
         probe.close()
 
 
 @pytest.mark.parametrize("consistency", ["linearizable", "serializable"])
 def test_dbapi_reads_follow_read_consistency(cluster: InProcessCluster, consistency: str) -> None:
-    """Linearizable (the default) reads commit barriers, seen as this client's marker row;
-    serializable reads write nothing."""
+    """Linearizable (the default) reads commit barriers (the barrier database's counter
+    moves); serializable reads write nothing."""
     database = f"consistency-{consistency}"
-    setup = cowsqlpy.connect(cluster.addresses, database=database, autocommit=True, group_commit=False,
-                             read_consistency="serializable")
+    setup = cowsqlpy.connect(cluster.addresses, database=database, autocommit=True, read_consistency="serializable")
     setup.execute("CREATE TABLE t (v INTEGER)")
-    setup.execute("INSERT INTO t VALUES (3)")  # no group commit: no marker row
+    setup.execute("INSERT INTO t VALUES (3)")
     setup.close()
-    assert _markers(cluster, database) == 0
+    before = _barriers(cluster)
     options = {} if consistency == "linearizable" else {"read_consistency": consistency}
     conn = cowsqlpy.connect(cluster.addresses, database=database, autocommit=True, **options)
     assert conn.execute("SELECT v FROM t").fetchall() == [(3,)]
     conn.close()
-    assert _markers(cluster, database) == (1 if consistency == "linearizable" else 0)
+    assert _barriers(cluster) - before == (1 if consistency == "linearizable" else 0)
+
+
+def test_a_linearizable_read_does_not_wait_for_an_open_write_transaction(cluster: InProcessCluster) -> None:
+    """The barrier writes to its own database: a reader on another connection of this
+    process neither blocks on the writer's open transaction nor sees its rows."""
+    writer = cowsqlpy.connect(cluster.addresses, database="open-tx")
+    writer.execute("CREATE TABLE t (v INTEGER)")
+    writer.commit()
+    writer.execute("INSERT INTO t VALUES (1)")  # a write transaction stays open
+    reader = cowsqlpy.connect(cluster.addresses, database="open-tx", autocommit=True)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    writer.commit()
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    reader.close()
+    writer.close()
 
 
 def test_read_consistency_is_checked() -> None:

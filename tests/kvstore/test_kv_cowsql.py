@@ -620,14 +620,14 @@ def test_failover_keeps_every_acknowledged_put(tmp_path):
 @pytest.mark.parametrize("read", ["linearizable", "serializable"])
 def test_reads_take_a_barrier_unless_serializable(cowsql_cluster: Any, read: str) -> None:
     """A linearizable get (the default) commits a read barrier, a Raft entry of its own
-    (`Database.batches`); a serializable one runs on the leader with none."""
+    (`Database.barrier`); a serializable one runs on the leader with none."""
     h = kvstore.open(cowsql_url(cowsql_cluster, _db(), private=1, **({} if read == "linearizable" else {"read": read})))
     try:
         h.put(b"k", b"v")
-        before = h.core.db.batches
+        before = h.core.db.barrier.rounds
         assert h.get(b"k") == b"v"
         assert h.get(b"missing") is None
-        assert h.core.db.batches - before == (2 if read == "linearizable" else 0)
+        assert h.core.db.barrier.rounds - before == (2 if read == "linearizable" else 0)
     finally:
         h.close()
 

@@ -1,0 +1,108 @@
+"""Read barriers: what makes a read on this engine linearizable.
+
+The engine serves a query on whichever node believes it leads and has no
+read-index, so a leader that was deposed and has not noticed yet can serve a
+stale read. A barrier commits a write that really changes a page (a no-op write
+makes no WAL frame and skips Raft) after the read began; once its commit is
+acknowledged, the node that committed it has applied every entry before it, so a
+read that node then serves sees every write acknowledged before the read began.
+(A new leader applies its whole log before its first query, so the read may also
+follow the leader; a node that did not commit the barrier may not serve it.)
+
+The barrier writes go to a database of their own (`BARRIER_DATABASE`): Raft
+orders the entries of every database of a node in one log, and the engine's
+write lock is per database, so barriers never wait for, or deadlock with, an
+application's open write transaction. Reads that arrive while a barrier is in
+flight share the next one, as etcd batches ReadIndex requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .client import LeaderTracker, Session
+from .errors import ConnectionLostError, LeadershipLostError, NoDatabaseError, NotLeaderError
+from .retry import RetryPolicy, retrying
+
+log = logging.getLogger("cowsqlpy.barrier")
+
+BARRIER_DATABASE = "cowsqlpy-read-barrier"
+BARRIER_SCHEMA = "CREATE TABLE IF NOT EXISTS barrier (id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL)"
+BARRIER_WRITE = "INSERT INTO barrier (id, n) VALUES (0, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1"
+
+_GONE = (NotLeaderError, ConnectionLostError, NoDatabaseError, LeadershipLostError)
+
+
+class ReadBarrier:
+    """Batched read barriers for one cluster, seen from one event loop."""
+
+    def __init__(self, tracker: LeaderTracker, policy: RetryPolicy) -> None:
+        self.tracker = tracker
+        self.policy = policy
+        self.rounds = 0  # barriers committed (tests, metrics)
+        self._session: Session | None = None
+        self._running: asyncio.Future[str] | None = None  # the round in flight
+        self._next: asyncio.Future[str] | None = None  # the round that starts after it
+
+    async def wait(self) -> str:
+        """Return once a barrier that started after this call has committed; the
+        address of the node it committed on.
+
+        :raises OperationalError: no leader could commit one within the retry policy.
+        """
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            if self._running is None:
+                asyncio.ensure_future(self._run_rounds())
+        return await asyncio.shield(self._next)
+
+    async def _run_rounds(self) -> None:
+        while self._next is not None:
+            self._running, self._next = self._next, None
+            try:
+                address = await retrying(self._commit_one, self.policy, on_reconnect=self._reconnect,
+                                         what="read barrier")
+            except Exception as exc:  # handed to every waiter of the round
+                self._running.set_exception(exc)
+            except BaseException:
+                self._running.cancel()
+                raise
+            else:
+                self.rounds += 1
+                self._running.set_result(address)
+            finally:
+                self._running = None
+
+    async def _commit_one(self) -> str:
+        session = self._session
+        if session is None or session.closed:
+            session = Session(await self.tracker.connect(), self.policy)
+            try:
+                await session.open(BARRIER_DATABASE)
+                await session.exec_sql(BARRIER_SCHEMA)
+            except BaseException:
+                session.close()
+                raise
+            self._session = session
+        try:
+            await session.exec_sql(BARRIER_WRITE)
+        except ConnectionLostError as exc:
+            # the write's outcome is unknown; another round decides (a barrier is idempotent)
+            await self._reconnect()
+            raise NotLeaderError(f"read barrier reply lost: {exc.message}") from exc
+        except _GONE:
+            await self._reconnect()
+            raise
+        return session.address
+
+    async def _reconnect(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self.tracker.forget()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
