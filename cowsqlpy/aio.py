@@ -135,6 +135,18 @@ def check_returning(stmt: Statement, features: EngineFeatures) -> None:
         )
 
 
+_EXACT_TYPES = frozenset({str, int, float, bytes, bool, type(None), _dt.datetime, _dt.date})
+
+
+def plain_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`values` with str subclasses (StrEnum members, SQLAlchemy's quoted_name) as
+    plain str: the Cython codec takes exact str only (the pure one takes both)."""
+    for v in values:
+        if type(v) not in _EXACT_TYPES:
+            return tuple(str.__str__(v) if isinstance(v, str) else v for v in values)
+    return values
+
+
 def _returns_rows(stmt: Statement) -> bool | None:
     if stmt.returning and stmt.is_write:
         return True
@@ -530,7 +542,7 @@ class Connection:
 
     async def _execute(self, cursor: Cursor, sql: str, parameters: object) -> None:
         stmt = check_single(sql, self._features)
-        values = bind(stmt, parameters)
+        values = plain_values(bind(stmt, parameters))
         await self._settle()
         if stmt.is_tx_control:
             await self._tx_control(stmt, sql)
@@ -819,7 +831,7 @@ class Cursor:
         stmt = check_single(sql, conn._features)
         if _returns_rows(stmt) is not False or stmt.is_tx_control:
             raise ProgrammingError("executemany() can only run DML statements that return no rows")
-        seq = [bind(stmt, p) for p in seq_of_parameters]
+        seq = [plain_values(bind(stmt, p)) for p in seq_of_parameters]
         async with conn._op:
             await self._reset()
             await conn._executemany(self, stmt, sql, seq)

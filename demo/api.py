@@ -69,6 +69,8 @@ MAX_TTL = 7 * 24 * 3600         # ?ttl= upper bound (seconds)
 MAX_WATCH_TIMEOUT = 300.0       # ?timeout= upper bound for a long poll (seconds)
 DEFAULT_WATCH_TIMEOUT = 30.0
 MAX_WATCH_EVENTS = 1000         # events per long-poll answer (whole revisions)
+MAX_WATCHES = 256               # concurrent watches (long polls and streams) per node
+MAX_INT = (1 << 63) - 1         # integer parameters are SQLite INTEGERs
 SSE_HEARTBEAT = 15.0
 HEALTH_TIMEOUT = 2.0
 RETRY_AFTER = "1"
@@ -205,17 +207,18 @@ def _query(request: BaseRequest, allowed: set[str]) -> dict[str, str]:
     return out
 
 
-def _int(q: dict[str, str], name: str, lo: int, hi: int | None = None) -> int | None:
+def _int(q: dict[str, str], name: str, lo: int, hi: int = MAX_INT) -> int | None:
     s = q.get(name)
     if s is None:
         return None
     try:
-        v = int(s)
+        v = int(s) if len(s) <= 20 else None  # int() of a huge digit string is slow
     except ValueError:
-        raise _bad(f"{name} must be an integer, got {s!r}", "bad_parameter") from None
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise _bad(f"{name} must be {rng}, got {v}", "bad_parameter")
+        v = None
+    if v is None:
+        raise _bad(f"{name} must be an integer in [{lo}, {hi}], got {s[:40]!r}", "bad_parameter")
+    if not lo <= v <= hi:
+        raise _bad(f"{name} must be in [{lo}, {hi}], got {v}", "bad_parameter")
     return v
 
 
@@ -252,14 +255,18 @@ def _param_key(s: str, name: str) -> bytes:
 
 def parse_range(q: dict[str, str]) -> tuple[bytes, bytes]:
     """``?prefix=`` or ``?start=[&end=]`` as an etcd-convention (start, end), never
-    reaching below :data:`MIN_USER_KEY` (the registry)."""
+    reaching below :data:`MIN_USER_KEY` (the registry): a prefix below it (``%00``)
+    is clamped like ``start``, to an empty range."""
     if "prefix" in q:
         if "start" in q or "end" in q:
             raise _bad("give either prefix or start/end, not both", "bad_parameter")
         p = _param_key(q["prefix"], "prefix")
         if not p:
             return MIN_USER_KEY, RANGE_ALL
-        return p, prefix_end(p)
+        end = prefix_end(p)
+        if end != RANGE_ALL and end <= MIN_USER_KEY:
+            return MIN_USER_KEY, MIN_USER_KEY  # holds no user key
+        return max(p, MIN_USER_KEY), end
     if "start" not in q:
         raise _bad("a listing needs ?prefix= or ?start= (and optional &end=)", "bad_parameter")
     start = max(_param_key(q["start"], "start"), MIN_USER_KEY)
@@ -575,6 +582,10 @@ class Api:
         timeout = _float(q, "timeout", 0.0, MAX_WATCH_TIMEOUT)
         if sse and timeout is not None:
             raise _bad("timeout applies to the long poll (watch=1) only", "bad_parameter")
+        if len(self._streams) >= MAX_WATCHES:
+            raise HTTPFailure(429, "too_many_watches",
+                              f"this node serves at most {MAX_WATCHES} watches at once",
+                              headers={"Retry-After": RETRY_AFTER})
         stream = AsyncWatchStream(start, end, self.core)
         await self.core.add_watch(stream, rev)
         self._streams.add(stream)

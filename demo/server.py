@@ -10,9 +10,12 @@ import json
 import logging
 import os
 import socket
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from cowsqlpy.runtime import background_loop, enable_busy_poll, run_sync
 from kvstore.backends.cowsql import CowsqlCore
@@ -44,6 +47,49 @@ def check_port_free(address: str, what: str) -> None:
             why = "is already in use (another demo node, or dqlite-demo, still running?)" \
                 if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc.strerror}"
             raise OSError(exc.errno, f"{what} {address} {why}") from None
+
+
+#: seconds a connection has to send its first request's headers (slow clients are cut)
+HEADER_TIMEOUT = 10.0
+#: HTTP connections a node keeps at once; more are closed at accept
+MAX_HTTP_CONNECTIONS = 2000
+
+
+class _JsonErrors(RequestHandler):
+    """aiohttp's connection handler with the demo's rules: its own parser errors (bad
+    request line, oversized headers, ...) answered as JSON like every other error, a
+    deadline for the first request's headers, and a cap on open connections."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        server = self._manager
+        if server is not None and len(server.connections) > MAX_HTTP_CONNECTIONS:
+            log.warning("HTTP: %d connections open, closing a new one", MAX_HTTP_CONNECTIONS)
+            self.force_close()
+            return
+        asyncio.get_running_loop().call_later(HEADER_TIMEOUT, self._first_request_due)
+
+    def _first_request_due(self) -> None:
+        if self._request_count == 0 and self.transport is not None:
+            self.force_close()  # slowloris: no complete request line and headers yet
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if a response started
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "error"
+        code = "internal" if status >= 500 else "bad_request" if status == 400 else phrase.lower().replace(" ", "_")
+        body = json.dumps({"error": code, "message": message or phrase}).encode()
+        resp = web.Response(status=status, body=body, content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class _DemoServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrors(self, loop=self._loop, **self._kwargs)
 
 
 class DemoNode:
@@ -96,7 +142,7 @@ class DemoNode:
         self._keepalive = asyncio.ensure_future(self._keepalive_loop(me))
         self.api = Api(core, self.app, me, enable_busy_poll(background_loop(), self.busy_poll))
         host, port = split_address(self.api_address, "--api")
-        self._web = web.Server(self.api.handle, access_log=None, keepalive_timeout=75)
+        self._web = _DemoServer(self.api.handle, access_log=None, keepalive_timeout=75)
         self._server = await background_loop().create_server(
             self._web, host, port, reuse_address=True, backlog=1024)
 

@@ -170,14 +170,18 @@ class Nemesis:
                 return self._heal_one()
             for _ in range(10):
                 fault = self.rng.choice(self.faults)
-                step = self._inject(fault)
+                step = self.inject(fault)
                 if step is not None:
                     return step
             return (
                 self._heal_one() if active else self._record("noop", "-", "no fault applicable now")
             )
 
-    def _inject(self, fault: str) -> Step | None:
+    def inject(self, fault: str) -> Step | None:
+        """Inject `fault` now (one of `faults`); None when it cannot apply now (too
+        many nodes down, a network fault already active, no leader to target)."""
+        if fault not in self.faults:
+            raise ValueError(f"{fault!r} is not one of this nemesis's faults {self.faults}")
         c = self.cluster
         if fault in ("kill", "stop", "restart", "pause"):
             if not self._may_take_down():

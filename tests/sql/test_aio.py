@@ -138,9 +138,9 @@ def test_sqlite3_transaction_rules(run: Run, cluster: Cluster, dbname: str) -> N
             assert conn.in_transaction
             await conn.rollback()
             with pytest.raises(AttributeError, match="set_autocommit"):
-                conn.autocommit = True  # type: ignore[misc]  # assignment cannot await a commit
+                conn.autocommit = True  # assignment cannot await a commit
             with pytest.raises(AttributeError):
-                conn.isolation = None  # type: ignore[attr-defined]
+                conn.isolation = None
             with pytest.raises(ValueError):
                 await conn.set_isolation_level("SNAPSHOT")
             with pytest.raises(cowsqlpy.Error):
