@@ -9,6 +9,8 @@ cowsqlpy/Go ratio of successful ops/s.
     .venv/bin/python bench/bench_client.py [--duration 10] [--workers 1,8,32] [--anchor cowsql-benchmark]
 
 ``--anchor dqlite-benchmark`` runs Canonical's tool (libdqlite 1.11.1) instead, for history.
+cowsqlpy's reads run serializable, as the Go client's do; kvreadwrite runs once more with
+linearizable reads (cowsqlpy's default, a shared read barrier) to show their cost.
 """
 
 from __future__ import annotations
@@ -121,10 +123,11 @@ def run_go(workload: str, workers: int, duration: int) -> Tally:
 # -- cowsqlpy ------------------------------------------------------------------------
 
 
-def cowsqlpy_worker(addresses: list[str], workload: str, deadline: float, seed: int, out: Tally) -> None:
+def cowsqlpy_worker(addresses: list[str], workload: str, deadline: float, seed: int, out: Tally,
+                    consistency: str) -> None:
     rng = random.Random(seed)
     keys: list[str] = []
-    conn = cowsqlpy.connect(addresses, database="bench", autocommit=True)
+    conn = cowsqlpy.connect(addresses, database="bench", autocommit=True, read_consistency=consistency)
     cur = conn.cursor()
     try:
         while time.monotonic() < deadline:
@@ -149,7 +152,7 @@ def cowsqlpy_worker(addresses: list[str], workload: str, deadline: float, seed: 
         conn.close()
 
 
-def run_cowsqlpy(workload: str, workers: int, duration: int) -> Tally:
+def run_cowsqlpy(workload: str, workers: int, duration: int, consistency: str) -> Tally:
     """The same shape as cowsql-benchmark's run: the driver process embeds the first
     node (it bootstraps, so it leads), two more nodes run as their own processes."""
     base = Path(tempfile.mkdtemp(prefix="bench-py-"))
@@ -176,7 +179,7 @@ def run_cowsqlpy(workload: str, workers: int, duration: int) -> Tally:
         stop_at = time.monotonic() + duration
         tallies = [Tally() for _ in range(workers)]
         threads = [
-            threading.Thread(target=cowsqlpy_worker, args=(addresses, workload, stop_at, i, tallies[i]))
+            threading.Thread(target=cowsqlpy_worker, args=(addresses, workload, stop_at, i, tallies[i], consistency))
             for i in range(workers)
         ]
         for t in threads:
@@ -225,26 +228,37 @@ def main() -> None:
 
     print(f"# cowsqlpy client on {describe_engine(ENGINE_NAME, engine_version())} vs {ANCHOR}, {args.duration} s per run, "
           f"{os.cpu_count()} cores, codec={codec.IMPLEMENTATION}\n")
-    print("| workload | workers | op | Go ok/s | Go failed/s | Go p50/p99 ms | cowsqlpy ok/s | cowsqlpy failed/s | cowsqlpy p50/p99 ms | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("cowsqlpy reads serializable (as the Go client's); the last three columns rerun "
+          "kvreadwrite with linearizable reads (cowsqlpy's default).\n")
+    print("| workload | workers | op | Go ok/s | Go failed/s | Go p50/p99 ms | cowsqlpy ok/s | cowsqlpy failed/s "
+          "| cowsqlpy p50/p99 ms | ratio | linearizable ok/s | linearizable p50/p99 ms | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for workload in args.workloads.split(","):
         for workers in (int(w) for w in args.workers.split(",")):
             go = run_go(workload, workers, args.duration)
-            py = run_cowsqlpy(workload, workers, args.duration)
+            py = run_cowsqlpy(workload, workers, args.duration, "serializable")
+            lin = run_cowsqlpy(workload, workers, args.duration, "linearizable") if workload == "kvreadwrite" else None
             for op in ("exec", "query"):
                 if not go.latencies[op] and not py.latencies[op]:
                     continue
                 g_ok, p_ok = len(go.latencies[op]) / args.duration, len(py.latencies[op]) / args.duration
                 ratio = p_ok / g_ok if g_ok else float("inf")
+                lin_cells = "| - | - | - |"
+                if lin is not None:
+                    l_ok = len(lin.latencies[op]) / args.duration
+                    lin_cells = (f"| {l_ok:,.0f} | {pct(lin.latencies[op], .5):.2f} / {pct(lin.latencies[op], .99):.2f} "
+                                 f"| {l_ok / g_ok if g_ok else float('inf'):.2f} |")
                 print(
                     f"| {workload} | {workers} | {'write' if op == 'exec' else 'read'} "
                     f"| {g_ok:,.0f} | {go.errors[op] / args.duration:,.0f} | {pct(go.latencies[op], .5):.2f} / {pct(go.latencies[op], .99):.2f} "
                     f"| {p_ok:,.0f} | {py.errors[op] / args.duration:,.0f} | {pct(py.latencies[op], .5):.2f} / {pct(py.latencies[op], .99):.2f} "
-                    f"| {ratio:.2f} |",
+                    f"| {ratio:.2f} " + lin_cells,
                     flush=True,
                 )
-            for side, tally in (("Go", go), ("cowsqlpy", py)):
+            for side, tally in (("Go", go), ("cowsqlpy", py), ("cowsqlpy linearizable", lin)):
+                if tally is None:
+                    continue
                 if tally.error_kinds:
                     top = sorted(tally.error_kinds.items(), key=lambda kv: -kv[1])[:2]
                     notes.append(f"{workload}/{workers} {side} errors: " + "; ".join(f"{n}x {m}" for m, n in top))
