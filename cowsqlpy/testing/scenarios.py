@@ -68,6 +68,7 @@ class RunReport:
     elapsed: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)  # check -> the checker's result object
+    history: list[Operation] = field(default_factory=list, repr=False)  # as checked (after patching)
 
     @property
     def ok(self) -> bool:
@@ -241,6 +242,7 @@ def _register_checks(report: RunReport, ops: list[Operation]) -> None:
 def _finish(report: RunReport, history: History, ops: list[Operation], nemesis: Nemesis | None,
             started: float, save_dir: str | None) -> None:
     report.operations = len(ops)
+    report.history = ops
     report.stats = {s: sum(1 for o in ops if o.status == s) for s in (OK, FAIL, UNKNOWN)}
     report.nemesis_log = nemesis.format_log() if nemesis else ""
     report.elapsed = time.monotonic() - started
@@ -423,6 +425,7 @@ def kv_workload(open_client: Callable[[int], Any], seed: int, *, name: str = "kv
         report.add("linearizable-writes", writes.ok, writes.describe(model))
         report.results["linearizable-writes"] = writes
     _finish(report, history, ops, nemesis, started, save_dir)
+    report.history = patched
     report.stats["watch_events"] = len(records[0].events)
     return report
 
