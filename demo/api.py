@@ -591,8 +591,8 @@ class Api:
         self._streams.add(stream)
         try:
             if not sse:
-                events = await stream.batch(DEFAULT_WATCH_TIMEOUT if timeout is None
-                                            else timeout)
+                events = await self._long_poll(request, stream, DEFAULT_WATCH_TIMEOUT
+                                               if timeout is None else timeout)
                 if events is None:
                     raise _unavailable("the node is shutting down", "shutting_down")
                 nxt = events[-1].revision + 1 if events else (rev or await self._next_rev())
@@ -601,6 +601,21 @@ class Api:
         finally:
             self._streams.discard(stream)
             stream.cancel()
+
+    @staticmethod
+    async def _long_poll(request: BaseRequest, stream: AsyncWatchStream, timeout: float
+                         ) -> list[Event] | None:
+        """`stream.batch(timeout)`, ended early (None) when the client goes away, so a
+        dropped long poll does not hold one of the MAX_WATCHES slots until its timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            events = await stream.batch(max(0.0, min(left, 1.0)))
+            if events or events is None or left <= 1.0:
+                return events
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return None
 
     async def _next_rev(self) -> int:
         r = await self.core.range(MIN_USER_KEY, b"", 0, 0, False, True)
