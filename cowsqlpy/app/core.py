@@ -1,47 +1,19 @@
-"""The turnkey node an application embeds: bootstrap or join, role balancing, hand-over.
-
-    app = cowsqlpy.App("/var/lib/myapp", "10.0.0.1:9001")                    # first node
-    app = cowsqlpy.App("/var/lib/myapp", "10.0.0.2:9001", cluster=["10.0.0.1:9001"])
-    app.ready(timeout=30)
-    conn = app.open("mydb")          # PEP 249 connection that follows the leader
-    ...
-    app.close()                      # hands leadership and its role over, then stops
-
-The counterpart of go-dqlite's ``app`` package (see docs/app.md for the
-differences). One core: every long operation is a coroutine run on the
-background event loop (``cowsqlpy._loop``); ``ready()``/``handover()``/``close()``
-wait for it, ``ready_async()``/``handover_async()``/``close_async()`` await it
-from any event loop.
-
-What lives in the data dir, beside the engine's own files:
-
-* ``cowsqlpy-app.sqlite`` (apsw): table ``identity`` (node id, address, the
-  cluster's id, whether the join is still pending) and table ``servers`` (the
-  node store, refreshed from the leader on every roles tick).
-
-The cluster's id is a random UUID kept in the replicated database
-``__cowsqlpy__`` (created by the first App that finds none, so a cluster
-started by go-dqlite gets one too). It lets an App refuse a data dir that
-belongs to another cluster.
-"""
+"""App: the node lifecycle (bootstrap or join, the roles loop, hand-over, close)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import re
-import threading
 import uuid
-from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from . import protocol
-from ._loop import background_loop, run_sync, wait_event
-from .client import Client, Session, SyncClient, find_leader
-from .errors import ClusterMismatchError, Error, NodeIdentityError, NoLeaderError
-from .node import (
+from .. import protocol
+from .._loop import background_loop, run_sync, wait_event
+from ..client import Client, Session, SyncClient, find_leader
+from ..errors import ClusterMismatchError, Error, NodeIdentityError, NoLeaderError
+from ..node import (
     BOOTSTRAP_ID,
     DialFunc,
     Node,
@@ -50,24 +22,16 @@ from .node import (
     _resolve_port_zero,
     generate_id,
 )
-from .protocol import SPARE, STANDBY, VOTER, NodeInfo
-from .retry import DEFAULT_POLICY, RetryPolicy, retrying
-from .store import SqliteNodeStore
+from ..protocol import SPARE, VOTER, NodeInfo
+from ..retry import DEFAULT_POLICY, RetryPolicy, retrying
+from ..store import SqliteNodeStore
+from .files import STATE_FILE, Identity, check_foreign_dir
+from .roles import NodeState, RolesPlanner, role_name
 
 T = TypeVar("T")
 
-STATE_FILE = "cowsqlpy-app.sqlite"
 INTERNAL_DATABASE = "__cowsqlpy__"
-MIN_VOTERS = 3  # below this cluster size only one node votes (as go-dqlite)
 HANDOVER_TIMEOUT = 60.0
-
-_ROLE_NAMES = {VOTER: "voter", STANDBY: "stand-by", SPARE: "spare"}
-_ENGINE_FILE = re.compile(r"^(metadata[12]|open-\d+|snapshot-.*|\d+-\d+)$")
-_GO_DQLITE_FILES = ("info.yaml", "cluster.yaml")
-
-
-def role_name(role: int | None) -> str:
-    return _ROLE_NAMES.get(role, f"role {role}") if role is not None else "unknown"
 
 
 async def _in_background(coro: Coroutine[Any, Any, T]) -> T:
@@ -76,177 +40,6 @@ async def _in_background(coro: Coroutine[Any, Any, T]) -> T:
     if asyncio.get_running_loop() is loop:
         return await coro
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-
-
-# -- Role decisions (pure; a port of go-dqlite's app/roles.go) ---------------------
-
-
-@dataclass(frozen=True)
-class NodeState:
-    """One node as the leader sees it: its membership entry and, if it answered
-    the probe, its failure domain and weight (None = offline)."""
-
-    info: NodeInfo
-    failure_domain: int | None = None
-    weight: int | None = None
-    online: bool = False
-
-
-class RolesPlanner:
-    """Decides role changes from a probed cluster state.
-
-    Keeps `voters` voters and `standbys` stand-bys among online nodes; the
-    leader is never demoted. Candidates are ordered by failure domains not yet
-    covered by the role's current holders, then stand-bys before spares, then
-    by weight, then by id (so the choice is deterministic).
-    """
-
-    def __init__(self, voters: int, standbys: int, state: Sequence[NodeState]) -> None:
-        self.voters = voters
-        self.standbys = standbys
-        self.state = list(state)
-
-    def _get(self, node_id: int) -> NodeState | None:
-        return next((s for s in self.state if s.info.id == node_id), None)
-
-    def nodes(self, role: int, online: bool) -> list[NodeState]:
-        return [s for s in self.state if s.info.role == role and s.online == online]
-
-    def _sorted(self, candidates: list[NodeState], holders: list[NodeState]) -> list[NodeInfo]:
-        domains = {h.failure_domain for h in holders if h.online}
-        rank: dict[int | None, int] = {STANDBY: 0, SPARE: 1}  # a stand-by is caught up already: it goes first
-        ordered = sorted(
-            candidates,
-            key=lambda s: (s.failure_domain in domains, rank.get(s.info.role, 2), s.weight or 0, s.info.id),
-        )
-        return [s.info for s in ordered]
-
-    def assume(self, node_id: int) -> int | None:
-        """The role a (re)starting node should take itself, or None."""
-        if len(self.state) < MIN_VOTERS:
-            return None
-        me = self._get(node_id)
-        if me is None or me.info.role in (VOTER, STANDBY):
-            return None
-        online_voters = len(self.nodes(VOTER, True))
-        if online_voters >= self.voters and len(self.nodes(STANDBY, True)) >= self.standbys:
-            return None
-        return VOTER if online_voters < self.voters else STANDBY
-
-    def handover(self, node_id: int) -> tuple[int | None, list[NodeInfo]]:
-        """The role `node_id` should give away before it stops, and who should take it."""
-        me = self._get(node_id)
-        if me is None or me.info.role not in (VOTER, STANDBY):
-            return None, []
-        peers = [s for s in self.nodes(me.info.role, True) if s.info.id != node_id]
-        candidates = self.nodes(SPARE, True)
-        if me.info.role == VOTER:
-            candidates = self.nodes(STANDBY, True) + candidates
-        candidates = [c for c in candidates if c.info.id != node_id]
-        if not candidates:
-            return None, []
-        return me.info.role, self._sorted(candidates, peers)
-
-    def adjust(self, leader_id: int) -> tuple[int | None, list[NodeInfo]]:
-        """One change the leader should make: (role, candidates in order), or (None, [])."""
-        if len(self.state) == 1:
-            return None, []
-        if len(self.state) < MIN_VOTERS:
-            # A cluster this small keeps one voter: the leader.
-            extra = [s.info for s in self.state if s.info.role == VOTER and s.info.id != leader_id]
-            return (SPARE, extra[:1]) if extra else (None, [])
-        online_voters = self.nodes(VOTER, True)
-        online_standbys = self.nodes(STANDBY, True)
-        offline_voters = self.nodes(VOTER, False)
-        offline_standbys = self.nodes(STANDBY, False)
-        if len(online_voters) < self.voters:
-            candidates = self.nodes(STANDBY, True) + self.nodes(SPARE, True)
-            return (VOTER, self._sorted(candidates, online_voters)) if candidates else (None, [])
-        if len(online_voters) > self.voters:
-            return SPARE, self._demotable(online_voters, leader_id)
-        if offline_voters:
-            return SPARE, [s.info for s in offline_voters]
-        if len(online_standbys) < self.standbys:
-            candidates = self.nodes(SPARE, True)
-            return (STANDBY, self._sorted(candidates, online_standbys)) if candidates else (None, [])
-        if len(online_standbys) > self.standbys:
-            return SPARE, self._demotable(online_standbys, leader_id)
-        if offline_standbys:
-            return SPARE, [s.info for s in offline_standbys]
-        return None, []
-
-    def _demotable(self, holders: list[NodeState], leader_id: int) -> list[NodeInfo]:
-        # Demote the heaviest first; prefer keeping failure domains spread.
-        rest = [s for s in holders if s.info.id != leader_id]
-        domain_count: dict[int | None, int] = {}
-        for s in holders:
-            domain_count[s.failure_domain] = domain_count.get(s.failure_domain, 0) + 1
-        ordered = sorted(rest, key=lambda s: (-domain_count[s.failure_domain], -(s.weight or 0), -s.info.id))
-        return [s.info for s in ordered]
-
-
-# -- The data dir -----------------------------------------------------------------
-
-
-class _Identity:
-    """identity table in the App's state file: id, address, cluster id, join pending."""
-
-    def __init__(self, path: str) -> None:
-        import apsw
-
-        self._db = apsw.Connection(path)
-        self._db.setbusytimeout(5000)
-        self._lock = threading.Lock()
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS identity (k INTEGER PRIMARY KEY CHECK (k = 1), "
-            "id INTEGER NOT NULL, address TEXT NOT NULL, cluster TEXT, join_pending INTEGER NOT NULL)"
-        )
-
-    def load(self) -> tuple[int, str, str | None, bool] | None:
-        with self._lock:
-            row = self._db.execute("SELECT id, address, cluster, join_pending FROM identity").fetchone()
-        if row is None:
-            return None
-        return int(row[0]) & ((1 << 64) - 1), row[1], row[2], bool(row[3])
-
-    def save(self, node_id: int, address: str, join_pending: bool) -> None:
-        signed = node_id - (1 << 64) if node_id >= 1 << 63 else node_id
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO identity (k, id, address, cluster, join_pending) VALUES (1, ?, ?, NULL, ?)",
-                (signed, address, int(join_pending)),
-            )
-
-    def set_cluster(self, cluster_id: str) -> None:
-        with self._lock, self._db:
-            self._db.execute("UPDATE identity SET cluster = ?", (cluster_id,))
-
-    def joined(self) -> None:
-        with self._lock, self._db:
-            self._db.execute("UPDATE identity SET join_pending = 0")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-def _check_foreign(data_dir: str) -> None:
-    """Refuse a data dir that holds engine state but no App identity."""
-    try:
-        names = os.listdir(data_dir)
-    except FileNotFoundError:
-        return
-    if any(n in _GO_DQLITE_FILES for n in names):
-        raise NodeIdentityError(
-            f"data dir {data_dir} belongs to a go-dqlite app (it has info.yaml/cluster.yaml); "
-            "cowsqlpy.App will not adopt it"
-        )
-    engine = sorted(n for n in names if _ENGINE_FILE.match(n))
-    if engine:
-        raise NodeIdentityError(
-            f"data dir {data_dir} holds engine data ({', '.join(engine[:3])}...) but no "
-            f"{STATE_FILE}: it was not created by cowsqlpy.App; use an empty dir"
-        )
 
 
 async def _cluster_id(session: Session, *, create: bool) -> str | None:
@@ -330,8 +123,8 @@ class App:
 
         state_path = os.path.join(self.data_dir, STATE_FILE)
         if not os.path.exists(state_path):
-            _check_foreign(self.data_dir)
-        self._identity = _Identity(state_path)
+            check_foreign_dir(self.data_dir)
+        self._identity = Identity(state_path)
         try:
             self._store = SqliteNodeStore(state_path)
             try:
@@ -421,7 +214,7 @@ class App:
 
     def open(self, database: str, **options: Any) -> Any:
         """A PEP 249 connection to `database` that follows the leader (see cowsqlpy.connect)."""
-        from .dbapi import connect
+        from ..dbapi import connect
 
         options.setdefault("policy", self.policy)
         return connect(store=self._store, database=database, **options)
@@ -766,4 +559,4 @@ class _SeedStore:
         self._nodes = list(nodes)
 
 
-__all__ = ["App", "RolesPlanner", "NodeState", "STATE_FILE", "INTERNAL_DATABASE"]
+__all__ = ["App", "INTERNAL_DATABASE", "HANDOVER_TIMEOUT"]
