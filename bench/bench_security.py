@@ -2,11 +2,11 @@
 whose nodes run (one process each) without a front ("direct"), behind a plain guarded
 front ("front") and behind a mutual-TLS front with Raft through TLS too ("tls").
 
-    .venv/bin/python bench/bench_security.py [--duration 5] [--workers 1,8,32] [--modes direct,front,tls]
+    .venv/bin/python bench/bench_security.py [--duration 5] [--repeat 3] [--workers 1,8,32] [--modes direct,front,tls]
 
 The workloads are go-cowsql's (as bench/bench_client.py: 32-byte keys, 1 KiB values).
 cowsql-benchmark has no TLS option, so the go-cowsql TLS anchor is not in this run.
-Reported: ok ops/s per cell and the ratios front/direct and tls/front.
+Reported: median ok ops/s per cell and the ratios front/direct and tls/front.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -165,31 +166,40 @@ def main() -> None:
     ap.add_argument("--workers", default="1,8,32")
     ap.add_argument("--workloads", default="kvwrite,kvreadwrite")
     ap.add_argument("--modes", default="direct,front,tls")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs per cell and mode (medians reported)"
+    )
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-sec-"))
     tls = make_cert(base / "cert")
     modes = args.modes.split(",")
-    results: dict[tuple[str, str, int], tuple[float, float, float]] = {}
+    samples: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
+    clusters: dict[str, BenchCluster] = {}
     try:
+        # Every cluster stays up; each cell runs the modes back to back in rotating order,
+        # --repeat times, so disk and CPU drift spread over all modes alike.
         for mode in modes:
-            cluster = BenchCluster(mode, base / mode, tls if mode == "tls" else None)
-            try:
-                for workload in args.workloads.split(","):
-                    for workers in (int(w) for w in args.workers.split(",")):
-                        results[mode, workload, workers] = run(
-                            cluster, workload, workers, args.duration
-                        )
-                        print(
-                            f"{mode} {workload} {workers}: {results[mode, workload, workers]}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-            finally:
-                cluster.close()
+            clusters[mode] = BenchCluster(mode, base / mode, tls if mode == "tls" else None)
+        turn = 0
+        for workload in args.workloads.split(","):
+            for workers in (int(w) for w in args.workers.split(",")):
+                for _ in range(args.repeat):
+                    for mode in modes[turn % len(modes) :] + modes[: turn % len(modes)]:
+                        got = run(clusters[mode], workload, workers, args.duration)
+                        samples.setdefault((mode, workload, workers), []).append(got)
+                        print(f"{mode} {workload} {workers}: {got}", file=sys.stderr, flush=True)
+                    turn += 1
     finally:
+        for cluster in clusters.values():
+            cluster.close()
         shutil.rmtree(base, ignore_errors=True)
+    results = {
+        key: tuple(statistics.median(v[k] for v in values) for k in range(3))
+        for key, values in samples.items()
+    }
     print(
-        f"# DB-API through 3 node processes, {args.duration:g} s per cell, {os.cpu_count()} cores\n"
+        f"# DB-API through 3 node processes, {args.duration:g} s per run, median of {args.repeat}, "
+        f"{os.cpu_count()} cores\n"
     )
     print(
         "| workload | workers | op | "
