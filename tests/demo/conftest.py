@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.sections.append((f"demo cluster logs ({c.base})", c.logs()))
 
 
-def artifacts_dir() -> Path:
-    """Where tests leave files for people to look at (git-ignored)."""
-    d = Path(__file__).resolve().parents[2] / "artifacts" / "demo"
+def artifacts_dir(tmp_path: Path) -> Path:
+    """Where a test leaves files for people to look at: under pytest's temp dir
+    (never the working tree), or $COWSQLPY_ARTIFACTS when set."""
+    root = os.environ.get("COWSQLPY_ARTIFACTS")
+    d = Path(root) / "demo" if root else tmp_path / "artifacts"
     d.mkdir(parents=True, exist_ok=True)
     return d

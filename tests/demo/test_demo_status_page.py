@@ -63,7 +63,7 @@ def test_status_page_shows_three_nodes_and_the_leader(demo3: DemoCluster, tmp_pa
     assert "LEADER" in dom.stdout
     assert "config/color" in dom.stdout      # recent writes
 
-    shot = artifacts_dir() / "status-page.png"
+    shot = artifacts_dir(tmp_path) / "status-page.png"
     res = _chromium(["--virtual-time-budget=10000", "--window-size=1200,800",
                      f"--screenshot={shot}", page], tmp_path / "p2")
     assert res.returncode == 0, res.stderr[-2000:]
