@@ -212,7 +212,11 @@ def check_sql(sql: str, returning_safe: bool) -> str | None:
             name = _unquote(kind, text).lower()
             if name in FORBIDDEN_NAMES:
                 return f"{name} reaches outside the database"
-            if name.startswith("pragma_") and name[7:] not in PRAGMA_INFO:
+            if (
+                name.startswith("pragma_")
+                and name[7:] not in PRAGMA_INFO
+                and name not in PRAGMA_INFO
+            ):
                 return f"table-valued {name} is not on the allow-list"
             if kind == "word" and name == "returning" and not returning_safe:
                 return "RETURNING crashes this engine version"

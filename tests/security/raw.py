@@ -70,6 +70,13 @@ class Raw:
             return None
         return self.reply()
 
+    def result(self, data: bytes) -> tuple[int, object] | None:
+        """Send a request and read its whole reply: every ROWS part up to DONE."""
+        reply = self.call(data)
+        while reply is not None and reply[0] == protocol.ROWS and not reply[1][2]:  # type: ignore[index]
+            reply = self.reply()
+        return reply
+
     def close(self) -> None:
         self.sock.close()
 
