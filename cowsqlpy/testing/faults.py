@@ -41,6 +41,7 @@ class _Link:
                 faults = self.proxy._faults_for(self.target)
                 if faults.drop:
                     self.tainted = True
+                    self.proxy._count_dropped(len(data))
                     continue
                 if faults.delay:
                     time.sleep(faults.delay)
@@ -96,6 +97,7 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._closed = False
         self.accepted = 0
+        self.dropped_bytes = 0  # swallowed by drop(), all links, ever
         self.address: str | None = None
         self._listener: socket.socket | None = None
         if target is not None:
@@ -156,6 +158,10 @@ class FaultProxy:
             holed = [link for link in self._links if link.tainted]
         for link in holed:
             link.close(reset=True)
+
+    def _count_dropped(self, n: int) -> None:
+        with self._lock:
+            self.dropped_bytes += n
 
     @property
     def connections(self) -> int:
