@@ -29,8 +29,8 @@ crash being abrupt.
 
 from __future__ import annotations
 
-from .cluster import READY_PREFIX, Cluster, HarnessError, cluster, live_clusters
+from .cluster import READY_PREFIX, Cluster, HarnessError, cluster, form_cluster, live_clusters
 from .faults import FaultProxy
 from .wait import wait_for
 
-__all__ = ["READY_PREFIX", "Cluster", "FaultProxy", "HarnessError", "cluster", "live_clusters", "wait_for"]
+__all__ = ["READY_PREFIX", "Cluster", "FaultProxy", "HarnessError", "cluster", "form_cluster", "live_clusters", "wait_for"]

@@ -22,7 +22,7 @@ from ..retry import RetryPolicy
 from .faults import FaultProxy
 from .wait import wait_for
 
-__all__ = ["Cluster", "HarnessError", "cluster", "live_clusters"]
+__all__ = ["Cluster", "HarnessError", "cluster", "form_cluster", "live_clusters"]
 
 READY_PREFIX = "cowsqlpy-node ready"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,6 +58,20 @@ class _Member:
     paused: bool = False
     log_offset: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def form_cluster(nodes: list[Any], timeout: float = 15.0) -> None:
+    """Make running bare `Node`s one cluster of voters: wait until ``nodes[0]`` (id 1 or
+    `BOOTSTRAP_ID`, on an empty dir) leads, then add every other node as a voter.
+
+    :raises TimeoutError: the first node did not lead within `timeout`.
+    """
+    first = nodes[0]
+    with SyncClient([first.address]) as admin:
+        wait_for(lambda: (lambda ldr: ldr is not None and ldr.id == first.id)(admin.leader()), timeout,
+                 f"node {first.id} to lead")
+        for node in nodes[1:]:
+            admin.add(node.id, node.address, VOTER)
 
 
 class Cluster:
@@ -169,9 +183,7 @@ class Cluster:
         return result
 
     def _add_bare_voters(self) -> None:
-        with self.client() as c:
-            for m in self.members[1:]:
-                c.add(m.node_id, m.address, VOTER)  # type: ignore[arg-type]
+        form_cluster([m.node for m in self.members])
 
     def _app_options(self) -> dict[str, Any]:
         return dict(

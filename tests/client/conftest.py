@@ -14,41 +14,20 @@ from cowsqlpy.node import Node
 from cowsqlpy.retry import DEFAULT_POLICY
 from cowsqlpy.runtime import run_sync
 from cowsqlpy.store import MemoryNodeStore
+from cowsqlpy.testing import Cluster, wait_for
 from tests import rawwire
-from tests.node.conftest import LATENCY, wait_for
+from tests.node.conftest import LATENCY
 
 
-class InProcessCluster:
-    """Three engine nodes in this process, formed into one cluster of voters."""
+class InProcessCluster(Cluster):
+    """The harness's cluster of three bare engine nodes in this process (ids 1..3, all
+    voters), with two shortcuts these tests use."""
 
     def __init__(self, base: Path, size: int = 3) -> None:
-        self.nodes = [Node(i, "127.0.0.1:0", base / f"n{i}", network_latency=LATENCY) for i in range(1, size + 1)]
-        for n in self.nodes:
-            n.start()
-        wait_for(lambda: rawwire.leader(self.nodes[0].address)[0] == 1, what="bootstrap")
-        admin = cowsqlpy.SyncClient([self.nodes[0].address])
-        for n in self.nodes[1:]:
-            admin.add(n.id, n.address, cowsqlpy.VOTER)
-        admin.close()
-
-    @property
-    def addresses(self) -> list[str]:
-        return [n.address for n in self.nodes]
+        super().__init__(size, app=False, base_dir=base, network_latency=LATENCY)
 
     def leader(self) -> Node:
-        def find() -> Node | None:
-            for n in self.nodes:
-                if n.running:
-                    lid, _ = rawwire.leader(n.address)
-                    if lid:
-                        return self.nodes[lid - 1]
-            return None
-
-        return wait_for(find, what="a leader")  # type: ignore[return-value]
-
-    def close(self) -> None:
-        for n in self.nodes:
-            n.close()
+        return self.nodes[self.wait_leader()]  # type: ignore[no-any-return]
 
     def database(self, name: str, *, group_commit: bool = True) -> Database:
         """The async core of database `name` (made on the background loop)."""

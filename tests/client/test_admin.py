@@ -8,8 +8,9 @@ from pathlib import Path
 import cowsqlpy
 from cowsqlpy.node import Node
 from cowsqlpy.store import SqliteNodeStore
+from cowsqlpy.testing import wait_for
 from tests.client.conftest import InProcessCluster
-from tests.node.conftest import LATENCY, wait_for
+from tests.node.conftest import LATENCY
 
 
 def test_membership_roles_and_transfer(fresh_cluster: InProcessCluster, tmp_path: Path) -> None:

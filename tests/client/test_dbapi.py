@@ -12,8 +12,8 @@ import pytest
 
 import cowsqlpy
 from cowsqlpy import Connection
+from cowsqlpy.testing import wait_for
 from tests.client.conftest import InProcessCluster
-from tests.node.conftest import wait_for
 
 Connect = Callable[..., Connection]
 

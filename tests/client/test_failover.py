@@ -11,8 +11,8 @@ import pytest
 
 import cowsqlpy
 from cowsqlpy.node import Node
+from cowsqlpy.testing import wait_for
 from tests.client.conftest import InProcessCluster
-from tests.node.conftest import wait_for
 
 
 def test_leader_stopped_during_writes(fresh_cluster: InProcessCluster) -> None:

@@ -5,22 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from cowsqlpy import protocol
 from cowsqlpy.node import Node
-from cowsqlpy.testing import wait_for
-from tests import rawwire
+from cowsqlpy.testing import form_cluster
 
 # Short timeouts so elections take well under a second on loopback.
 LATENCY = 0.02
-
-
-def form_cluster(nodes: list[Node]) -> None:
-    """Wait for nodes[0] to lead, then ADD and promote the others to voters."""
-    first = nodes[0]
-    wait_for(lambda: rawwire.leader(first.address)[0] == first.id, what="bootstrap leader")
-    for n in nodes[1:]:
-        rawwire.must(first.address, protocol.ADD, n.id, n.address)
-        rawwire.must(first.address, protocol.ASSIGN, n.id, protocol.VOTER)
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from cowsqlpy import protocol
 from cowsqlpy.node import BOOTSTRAP_ID, Node, NodeInfo, reconfigure_membership
+from cowsqlpy.testing import wait_for
 from tests import rawwire
-from tests.node.conftest import wait_for
 
 
 def write_and_count(address: str, rows: int, db: str = "test") -> int:

@@ -23,8 +23,8 @@ from cowsqlpy.node import (
     engine_version,
     generate_id,
 )
+from cowsqlpy.testing import form_cluster, wait_for
 from tests import rawwire
-from tests.node.conftest import form_cluster, wait_for
 
 
 def test_engine_version_and_ids() -> None:
