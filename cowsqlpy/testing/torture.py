@@ -73,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.run_seconds <= 0:
         parser.error("--minutes and --run-seconds must be positive")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO)
+    else:  # node logs stay in the clusters' log files; keep the terminal to the summary
+        logging.getLogger().addHandler(logging.NullHandler())
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big") >> 1
     save_dir = args.save_dir or tempfile.mkdtemp(prefix="cowsqlpy-torture-")
     names = args.scenario or sorted(SCENARIOS)
