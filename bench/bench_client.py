@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cowsqlpy  # noqa: E402
 from cowsqlpy import codec  # noqa: E402
+from cowsqlpy.tls import TLSConfig  # noqa: E402
 
 KEY_SIZE, VALUE_SIZE = 32, 1024
 SCHEMA = "CREATE TABLE IF NOT EXISTS model (key TEXT, value TEXT, UNIQUE(key))"
@@ -124,10 +125,11 @@ def run_go(workload: str, workers: int, duration: int) -> Tally:
 
 
 def cowsqlpy_worker(addresses: list[str], workload: str, deadline: float, seed: int, out: Tally,
-                    consistency: str) -> None:
+                    consistency: str, tls: TLSConfig | None = None) -> None:
     rng = random.Random(seed)
     keys: list[str] = []
-    conn = cowsqlpy.connect(addresses, database="bench", autocommit=True, read_consistency=consistency)
+    conn = cowsqlpy.connect(addresses, database="bench", autocommit=True, read_consistency=consistency,
+                            tls=tls)
     cur = conn.cursor()
     try:
         while time.monotonic() < deadline:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cowsqlpy  # noqa: E402
-from bench.bench_client import KEY_SIZE, READ, SCHEMA, WRITE, free_port, rand_seq, rand_value  # noqa: E402
+from bench.bench_client import SCHEMA, Tally, cowsqlpy_worker, free_port  # noqa: E402
 from cowsqlpy import protocol  # noqa: E402
 from cowsqlpy.tls import TLSConfig, make_cert  # noqa: E402
 
@@ -107,48 +106,32 @@ class BenchCluster:
                 p.kill()
 
 
-def worker(
-    cluster: BenchCluster, workload: str, deadline: float, seed: int, counts: list[int]
-) -> None:
-    rng = random.Random(seed)
-    keys: list[str] = []
-    conn = cowsqlpy.connect(cluster.addresses, database="bench", autocommit=True, tls=cluster.tls)
-    cur = conn.cursor()
-    try:
-        while time.monotonic() < deadline:
-            read = workload == "kvreadwrite" and keys and rng.random() < 0.5
-            try:
-                if read:
-                    cur.execute(READ, (rng.choice(keys),))
-                    cur.fetchone()
-                else:
-                    key = rand_seq(KEY_SIZE, rng)
-                    cur.execute(WRITE, (key, rand_value(rng)))
-                    keys.append(key)
-            except cowsqlpy.Error:
-                counts[2] += 1
-                continue
-            counts[1 if read else 0] += 1
-    finally:
-        conn.close()
-
-
 def run(
-    cluster: BenchCluster, workload: str, workers: int, duration: float
+    cluster: BenchCluster, workload: str, workers: int, duration: float, consistency: str
 ) -> tuple[float, float, float]:
-    """(writes/s, reads/s, errors/s)"""
+    """(writes/s, reads/s, failed attempts/s) of `workers` DB-API threads (bench_client's)."""
     stop_at = time.monotonic() + duration
-    counts = [[0, 0, 0] for _ in range(workers)]
+    tallies = [Tally() for _ in range(workers)]
     threads = [
-        threading.Thread(target=worker, args=(cluster, workload, stop_at, i, counts[i]))
+        threading.Thread(
+            target=cowsqlpy_worker,
+            args=(cluster.addresses, workload, stop_at, i, tallies[i], consistency, cluster.tls),
+        )
         for i in range(workers)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(duration + 60)
-    w, r, e = (sum(c[k] for c in counts) / duration for k in range(3))
-    return w, r, e
+    total = Tally()
+    for t in tallies:
+        total.merge(t)
+    errors = sum(total.errors.values())
+    return (
+        len(total.latencies["exec"]) / duration,
+        len(total.latencies["query"]) / duration,
+        errors / duration,
+    )
 
 
 def _ratio(cells: dict[str, float], a: str, b: str) -> str:
@@ -166,6 +149,12 @@ def main() -> None:
     ap.add_argument("--workers", default="1,8,32")
     ap.add_argument("--workloads", default="kvwrite,kvreadwrite")
     ap.add_argument("--modes", default="direct,front,tls")
+    ap.add_argument(
+        "--read-consistency",
+        default="serializable",
+        choices=("serializable", "linearizable"),
+        help="of the kvreadwrite reads (serializable: one round trip, as go-cowsql's)",
+    )
     ap.add_argument(
         "--repeat", type=int, default=3, help="runs per cell and mode (medians reported)"
     )
@@ -185,7 +174,9 @@ def main() -> None:
             for workers in (int(w) for w in args.workers.split(",")):
                 for _ in range(args.repeat):
                     for mode in modes[turn % len(modes) :] + modes[: turn % len(modes)]:
-                        got = run(clusters[mode], workload, workers, args.duration)
+                        got = run(
+                            clusters[mode], workload, workers, args.duration, args.read_consistency
+                        )
                         samples.setdefault((mode, workload, workers), []).append(got)
                         print(f"{mode} {workload} {workers}: {got}", file=sys.stderr, flush=True)
                     turn += 1
@@ -199,7 +190,7 @@ def main() -> None:
     }
     print(
         f"# DB-API through 3 node processes, {args.duration:g} s per run, median of {args.repeat}, "
-        f"{os.cpu_count()} cores\n"
+        f"{args.read_consistency} reads, {os.cpu_count()} cores\n"
     )
     print(
         "| workload | workers | op | "
