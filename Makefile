@@ -5,7 +5,7 @@ setup:
 	./scripts/setup.sh
 
 test: setup
-	.venv/bin/python -m pytest -q
+	./scripts/test.sh
 
 demo: setup
 	.venv/bin/python -m demo.local

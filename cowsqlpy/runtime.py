@@ -10,7 +10,8 @@ loop through these names:
   `RuntimeError` when called from that loop's own thread.
 - `call_soon(factory)`: schedule a coroutine there without waiting.
 - `shutting_down()`: whether the interpreter is exiting (background work should stop).
-- `new_event_loop()`: a uvloop loop when uvloop is installed, else the stock one.
+- `new_event_loop()`: a uvloop loop when uvloop is installed, else the stock one
+  (``COWSQLPY_LOOP=asyncio`` forces the stock one, for the background loop too).
 - `wait_event(event, timeout)`: await an `asyncio.Event` with a timeout; whether it was set.
 - `enable_busy_poll(loop, window)` / `busy_poll_of(loop)` / `BusyPoll` /
   `MAX_BUSY_POLL`: keep a loop polling for `window` seconds after network activity

@@ -15,4 +15,10 @@ pytest_plugins = ["cowsqlpy.pytest_plugin"]
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from cowsqlpy import codec
 
-    return [f"cowsqlpy codec: {codec.IMPLEMENTATION} (COWSQLPY_PUREPYTHON={os.environ.get('COWSQLPY_PUREPYTHON', '')})"]
+    from cowsqlpy.runtime import new_event_loop
+
+    loop = new_event_loop()
+    kind = type(loop).__module__.split(".")[0]
+    loop.close()
+    return [f"cowsqlpy codec: {codec.IMPLEMENTATION} (COWSQLPY_PUREPYTHON={os.environ.get('COWSQLPY_PUREPYTHON', '')}), "
+            f"event loop: {kind} (COWSQLPY_LOOP={os.environ.get('COWSQLPY_LOOP', '')})"]
