@@ -28,6 +28,7 @@ from .errors import Error
 from .protocol import SPARE, STANDBY, VOTER, NodeInfo
 from .retry import RetryPolicy
 from .store import MemoryNodeStore, NodeStore, NotANodeStoreError, SqliteNodeStore
+from .tls import TLSConfig
 
 READY_PREFIX = "cowsqlpy-node ready"
 
@@ -121,7 +122,8 @@ class Shell:
     """The logic of the ``cowsql`` shell, separate from its terminal I/O."""
 
     def __init__(self, store: NodeStore, database: str, *, fmt: str = "tabular",
-                 out: TextIO = sys.stdout, err: TextIO = sys.stderr, policy: RetryPolicy | None = None) -> None:
+                 out: TextIO = sys.stdout, err: TextIO = sys.stderr, policy: RetryPolicy | None = None,
+                 tls: TLSConfig | None = None) -> None:
         from .dbapi import connect
 
         if fmt not in ("tabular", "json"):
@@ -131,8 +133,8 @@ class Shell:
         self.format = fmt
         self.out, self.err = out, err
         self.policy = policy or RetryPolicy(deadline=10.0)
-        self.client = SyncClient(store, policy=self.policy)
-        self.conn = connect(store=store, database=database, autocommit=True, policy=self.policy)
+        self.client = SyncClient(store, policy=self.policy, tls=tls)
+        self.conn = connect(store=store, database=database, autocommit=True, policy=self.policy, tls=tls)
         self.errors = 0
 
     def close(self) -> None:
@@ -345,10 +347,16 @@ def shell_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-f", "--format", choices=("tabular", "json"), default="tabular")
     parser.add_argument("-c", "--command", help="run this SQL or dot-command and exit")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to find a leader (default 10)")
+    parser.add_argument("--cert", help="cluster TLS certificate (mutual TLS, as go-cowsql's --cert)")
+    parser.add_argument("--key", help="private key of --cert")
+    parser.add_argument("--ca", help="CA bundle to trust (default: --cert itself)")
     parser.add_argument("database")
     args = parser.parse_args(argv)
+    if (args.cert is None) != (args.key is None) or (args.ca and not args.cert):
+        parser.error("--cert and --key go together (and --ca needs them)")
+    tls = TLSConfig(args.cert, args.key, args.ca) if args.cert else None
     store = _store_from(args.servers)
-    shell = Shell(store, args.database, fmt=args.format, policy=RetryPolicy(deadline=args.timeout))
+    shell = Shell(store, args.database, fmt=args.format, policy=RetryPolicy(deadline=args.timeout), tls=tls)
     try:
         if args.command is not None:
             shell.run_text(args.command)

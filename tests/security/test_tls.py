@@ -177,3 +177,31 @@ def test_dbapi_over_tls(tls_node: GuardedNode, cluster_cert: TLSConfig) -> None:
             plain.cursor().execute("SELECT 1")
     finally:
         plain.close()
+
+
+def test_cowsqlpy_shell_with_cert_and_key(tls_node: GuardedNode, cluster_cert: TLSConfig) -> None:
+    import sys
+
+    def shell(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cowsqlpy",
+                "shell",
+                "-s",
+                tls_node.address,
+                *args,
+                "sh",
+                "-c",
+                "CREATE TABLE IF NOT EXISTS s (x); INSERT INTO s VALUES (5); SELECT count(*) FROM s;",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    done = shell("--cert", str(cluster_cert.cert), "--key", str(cluster_cert.key), "--timeout", "5")
+    assert done.returncode == 0 and "1" in done.stdout, done
+    without = shell("--timeout", "1")
+    assert without.returncode != 0
