@@ -117,7 +117,7 @@ from ..types import (
 )
 from ..watch import WatchStream
 from . import cowsql_schema as S
-from ._core import CoreBackedKV
+from .core_kv import CoreBackedKV
 
 log = logging.getLogger("kvstore.cowsql")
 T = TypeVar("T")

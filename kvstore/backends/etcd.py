@@ -56,7 +56,7 @@ from ..types import (
     TxnResult,
 )
 from ..watch import WatchStream
-from ._core import CoreBackedKV
+from .core_kv import CoreBackedKV
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0

@@ -16,7 +16,7 @@ import urllib.parse
 from .. import mvcc
 from ..errors import InvalidArgument
 from ..replica import Replica, raise_if_error
-from ._core import ReplicaKV
+from .replica_kv import ReplicaKV
 
 REAP_PERIOD = 0.1
 

@@ -53,7 +53,7 @@ from ..errors import (
     OperationTimeout,
 )
 from ..replica import Replica, raise_if_error
-from ._core import ReplicaKV
+from .replica_kv import ReplicaKV
 
 log = logging.getLogger("kvstore.raft")
 

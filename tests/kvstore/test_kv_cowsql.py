@@ -635,3 +635,14 @@ def test_reads_take_a_barrier_unless_serializable(cowsql_cluster: Any, read: str
 def test_read_option_is_checked(cowsql_cluster: Any) -> None:
     with pytest.raises(kvstore.InvalidArgument, match="read"):
         kvstore.open(cowsql_url(cowsql_cluster, _db(), read="eventual"))
+
+
+def test_the_backend_imports_without_msgpack_or_the_replica() -> None:
+    """cowsql:// needs neither msgpack nor the MVCC replica (mem:/raft:// do)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kvstore, kvstore.backends.cowsql; "
+            "print(sorted(m for m in ('msgpack', 'kvstore.mvcc', 'kvstore.replica', 'pysyncobj') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
