@@ -321,6 +321,13 @@ class _Body:
         return int(n)
 
 
+# Per request type, the fields with a table of allowed values (index, field).
+_ALLOWED: dict[int, tuple[tuple[int, P.Field], ...]] = {
+    code: tuple((i, f) for i, f in enumerate(layout.fields) if f.allowed is not None)
+    for code, layout in P.REQUESTS.items()
+}
+
+
 class _Bad(Exception):
     """A body that does not follow its layout (internal to this module)."""
 
@@ -347,6 +354,10 @@ class ConnectionGuard:
     def check(self, rtype: int, schema: int, body: bytes) -> Decision:
         """FORWARD, PIPE or a Refusal for one request frame (its header fields and body)."""
         self.requests += 1
+        if rtype in _STMT_TYPES and not schema and len(body) == 8 and rtype != P.FINALIZE:
+            # The hot path: EXEC/QUERY of a prepared statement without params.
+            if _U32.unpack_from(body, 4)[0] in self.live:
+                return FORWARD
         name = P.REQUEST_NAMES.get(rtype, f"request type {rtype}")
         try:
             return self._check(rtype, schema, body, name)
@@ -385,12 +396,13 @@ class ConnectionGuard:
                 cur.params(schema, self.features.max_params)
         if cur.pos != len(body):
             raise _Bad(f"{len(body) - cur.pos} bytes after the end of the layout")
-        for field, value in zip(layout.fields, values, strict=False):
-            if rtype == P.DESCRIBE:
-                if value not in self.features.describe_formats:
-                    return _refused(f"DESCRIBE format {value} aborts this engine version")
-            elif field.allowed is not None and value not in field.allowed:
-                return _refused(f"{name} {field.name}={value}: {field.why}")
+        if rtype == P.DESCRIBE:
+            if values[0] not in self.features.describe_formats:
+                return _refused(f"DESCRIBE format {values[0]} aborts this engine version")
+        else:
+            for index, field in _ALLOWED[rtype]:
+                if values[index] not in field.allowed:  # type: ignore[operator]
+                    return _refused(f"{name} {field.name}={values[index]}: {field.why}")
         if rtype in _STMT_TYPES:
             stmt_id = values[1]
             assert isinstance(stmt_id, int)
