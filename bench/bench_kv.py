@@ -250,16 +250,16 @@ def raft_backend(base: str) -> Backend:
                    "3 pysyncobj members (2 in the bench process, 1 child); N threads via member 0")
 
 
-def cowsql_backend(base: str) -> Backend:
+def cowsql_backend(base: str, read: str = "linearizable") -> Backend:
     st: dict[str, Any] = {}
 
     def setup() -> None:
         from cowsqlpy.testing import Cluster
-        c = Cluster(3, app=False, network_latency=0.02, base_dir=os.path.join(base, "cowsql"))
+        c = Cluster(3, app=False, network_latency=0.02, base_dir=os.path.join(base, f"cowsql-{read}"))
         st["cluster"] = c
-        url = f"cowsql://{','.join(c.addresses)}/bench"
+        url = f"cowsql://{','.join(c.addresses)}/bench?read={read}"
         st["a"] = kvstore.open(url)
-        st["b"] = kvstore.open(url + "?private=1")  # its own core: polls like another process
+        st["b"] = kvstore.open(url + "&private=1")  # its own core: polls like another process
         for i in range(KEYS):
             st["a"].put(b"bench/%d" % i, VALUE)
 
@@ -273,14 +273,17 @@ def cowsql_backend(base: str) -> Backend:
     def run(op: str, conc: int, duration: float, max_ops: int) -> Result:
         return run_on_core(st, op, conc, duration, max_ops)
 
-    return Backend("cowsql", setup, teardown, run,
-                   "3 in-process libdqlite 1.11.1 nodes; the cowsql:// backend's async core "
-                   "(group commit), N asyncio tasks; watch: event seen by a second core")
+    name = "cowsql" if read == "linearizable" else f"cowsql-{read}"
+    return Backend(name, setup, teardown, run,
+                   f"3 in-process cowsql 1.15 nodes; the cowsql:// backend's async core "
+                   f"(group commit), {read} reads, N asyncio tasks; watch: event seen by a second core")
 
 
 def make_backends(base: str) -> list[Backend]:
-    """The reference (etcd) first; add new backends (cowsql) here."""
-    return [etcd_backend(base), raft_backend(base), cowsql_backend(base)]
+    """The reference (etcd, linearizable gets) first; cowsql with linearizable reads (its
+    default, like for like with etcd) and with serializable ones (no read barrier)."""
+    return [etcd_backend(base), raft_backend(base), cowsql_backend(base),
+            cowsql_backend(base, "serializable")]
 
 
 # ----------------------------------------------------------------- main
