@@ -87,7 +87,9 @@ def check_read_consistency(value: object) -> bool:
     """Whether `connect(read_consistency=value)` asks for linearizable reads.
     :raises ValueError: neither "linearizable" nor "serializable"."""
     if value not in (LINEARIZABLE, SERIALIZABLE):
-        raise ValueError(f"read_consistency must be {LINEARIZABLE!r} or {SERIALIZABLE!r}, got {value!r}")
+        raise ValueError(
+            f"read_consistency must be {LINEARIZABLE!r} or {SERIALIZABLE!r}, got {value!r}"
+        )
     return value == LINEARIZABLE
 
 
@@ -240,9 +242,18 @@ async def connect(
     linearizable = check_read_consistency(read_consistency)
     node_store = node_store_of(servers, store, database)
     loop = asyncio.get_running_loop()
-    key, db = acquire_database(loop, node_store, store is not None, database, policy, group_commit, tls)
-    conn = Connection(db, key, loop, autocommit=mode, isolation_level=level, features=features,
-                      linearizable=linearizable)
+    key, db = acquire_database(
+        loop, node_store, store is not None, database, policy, group_commit, tls
+    )
+    conn = Connection(
+        db,
+        key,
+        loop,
+        autocommit=mode,
+        isolation_level=level,
+        features=features,
+        linearizable=linearizable,
+    )
     try:
         db.release(await db.acquire())
     except BaseException:

@@ -291,3 +291,21 @@ def test_shell_refuses_a_file_that_is_not_a_node_store_in_one_line(
     assert path.read_bytes() == before  # nothing written into someone else's file
     with pytest.raises(NotANodeStoreError):
         SqliteNodeStore(path, create=False)
+
+
+def test_str_subclass_parameters_are_sent_as_text(connect: Connect) -> None:
+    """StrEnum members (and SQLAlchemy's quoted_name) are str: sqlite3 takes them."""
+    import enum
+
+    class Color(enum.StrEnum):
+        RED = "red"
+
+    class Name(str):
+        pass
+
+    conn = connect(autocommit=True)
+    conn.execute("CREATE TABLE t (c TEXT, n TEXT)")
+    conn.execute("INSERT INTO t VALUES (?, ?)", (Color.RED, Name("x")))
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(Color.RED, Name("y"))])
+    rows = conn.execute("SELECT c, n FROM t WHERE c = ? ORDER BY n", (Color.RED,)).fetchall()
+    assert rows == [("red", "x"), ("red", "y")] and all(type(v) is str for row in rows for v in row)
