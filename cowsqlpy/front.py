@@ -46,6 +46,7 @@ from ._loop import new_event_loop
 from .guard import FORWARD, HANDSHAKES, PIPE, ConnectionGuard, Refusal, failure_frame
 from .tls import ClientTLS, TLSConfig, make_server_context
 from .versions import EngineFeatures
+from .wire import connect_abstract
 
 log = logging.getLogger("cowsqlpy.front")
 
@@ -667,15 +668,7 @@ class Front:
         try:
             async with asyncio.timeout(self.limits.engine_connect_timeout):
                 if self.engine_address.startswith("@"):
-                    # uvloop refuses abstract names in create_unix_connection (EINVAL).
-                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                    sock.setblocking(False)
-                    try:
-                        await loop.sock_connect(sock, "\0" + self.engine_address[1:])
-                    except BaseException:
-                        sock.close()
-                        raise
-                    await loop.create_unix_connection(lambda: engine, sock=sock)
+                    await connect_abstract(loop, lambda: engine, self.engine_address[1:])
                 else:
                     await loop.create_connection(
                         lambda: engine, *_split_address(self.engine_address)

@@ -13,7 +13,7 @@ import collections
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from . import codec, protocol
@@ -50,6 +50,22 @@ REPLY: dict[int, int] = {
 _STREAM_HIGH_WATER = 8
 _PART = protocol.PART.to_bytes(8, "little")
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+
+async def connect_abstract(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], name: str) -> None:
+    """Connect `factory()` to the abstract Unix socket `name` (an '@name' address).
+
+    uvloop's create_unix_connection refuses abstract names (EINVAL), so the socket is
+    connected first and handed over. :raises OSError: cannot connect.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, "\0" + name)
+        await loop.create_unix_connection(factory, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
 
 class _Waiter:
     """The reply (or stream of ROWS replies) owed to one request."""
@@ -95,7 +111,7 @@ class WireConnection(asyncio.Protocol):
         try:
             async with asyncio.timeout(timeout):
                 if address.startswith("@"):
-                    await loop.create_unix_connection(lambda: conn, "\0" + address[1:])
+                    await connect_abstract(loop, lambda: conn, address[1:])
                 else:
                     host, _, port = address.rpartition(":")
                     if not host or not port.isdigit():
