@@ -40,7 +40,7 @@ def assert_clean(report: RunReport) -> None:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_kv_cowsql_under_nemesis(net_cluster: Cluster, seed: int, tmp_path) -> None:
-    report = kv_workload(cowsql_opener(net_cluster, f"kv{seed}"), seed, name="kv-cowsql", duration=8.0,
+    report = kv_workload(cowsql_opener(net_cluster, f"kv{seed}"), seed, name="kv-cowsql", duration=6.0,
                          nemesis=Nemesis(net_cluster, seed), save_dir=str(tmp_path))
     assert_clean(report)
 

@@ -23,7 +23,7 @@ def assert_clean(report: RunReport) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_register_under_network_and_node_faults(net_cluster: Cluster, seed: int, tmp_path) -> None:
     nemesis = Nemesis(net_cluster, seed)
-    report = sql_register(net_cluster, seed, duration=8.0, nemesis=nemesis, save_dir=str(tmp_path))
+    report = sql_register(net_cluster, seed, duration=6.0, nemesis=nemesis, save_dir=str(tmp_path))
     assert report.stats["ok"] > 100, report.summary()
     assert_clean(report)
 
@@ -38,7 +38,7 @@ def test_register_under_sigkill_and_sigstop(proc_cluster: Cluster, tmp_path) -> 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_bank_under_faults(net_cluster: Cluster, seed: int, tmp_path) -> None:
-    report = sql_bank(net_cluster, seed, duration=8.0, nemesis=Nemesis(net_cluster, seed), save_dir=str(tmp_path))
+    report = sql_bank(net_cluster, seed, duration=6.0, nemesis=Nemesis(net_cluster, seed), save_dir=str(tmp_path))
     assert report.stats["ok"] > 50, report.summary()
     assert_clean(report)
 
@@ -46,7 +46,7 @@ def test_bank_under_faults(net_cluster: Cluster, seed: int, tmp_path) -> None:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_list_append_under_faults(net_cluster: Cluster, seed: int, tmp_path) -> None:
     nemesis = Nemesis(net_cluster, seed, faults=[*NETWORK_FAULTS, "kill", "restart", "transfer"])
-    report = sql_list_append(net_cluster, seed, duration=8.0, nemesis=nemesis, save_dir=str(tmp_path))
+    report = sql_list_append(net_cluster, seed, duration=6.0, nemesis=nemesis, save_dir=str(tmp_path))
     assert report.stats["ok"] > 50, report.summary()
     # Queries inside a transaction take no read barrier (docs/client.md): a read-only
     # transaction on a deposed leader can be stale, which Elle sees as a -realtime cycle
