@@ -195,34 +195,37 @@ async def _probe(address: str, policy: RetryPolicy, tls: ClientTLS | None) -> tu
     return None, leader_address
 
 
+#: How long the last known leader gets to answer before every node is asked too. A live
+#: node answers LEADER in well under a millisecond on a LAN; a frozen one (SIGSTOP, a
+#: stalled VM) accepts the connection and never answers, and must not hold discovery
+#: for a whole attempt timeout.
+HINT_GRACE = 0.05
+
+
 async def find_leader(
     store: NodeStore, policy: RetryPolicy = DEFAULT_POLICY, *, hint: str | None = None, tls: ClientTLS | None = None
 ) -> WireConnection:
     """A connection to the node that reports itself as leader (one sweep, no retry).
 
-    `hint` (the last known leader) is tried first. Then every node of the
-    store is probed at once; a node that names another leader sends us there.
+    `hint` (the last known leader) is asked first; if it has not answered within
+    `HINT_GRACE`, every other node of the store is asked at once too, and the first
+    node that leads wins; a node that names another leader sends us there.
     `tls`: dial every node over mutual TLS.
 
     :raises NoLeaderError: no node led or pointed at a leader.
     """
-    if hint:
-        try:
-            conn, _ = await _probe(hint, policy, tls)
-            if conn is not None:
-                return conn
-        except Error:
-            pass
     nodes = dial_order(store.get())
-    if not nodes:
+    if not nodes and not hint:
         raise NoLeaderError("the node store is empty")
-    tasks = [asyncio.ensure_future(_probe(n.address, policy, tls)) for n in nodes]
-    pointed: set[str] = set()
     errors: list[str] = []
-    try:
-        for next_done in asyncio.as_completed(tasks):
+    pointed: set[str] = set()
+    tasks: list[asyncio.Future[tuple[WireConnection | None, str]]] = []
+    winner: WireConnection | None = None
+
+    def first_leader(done: Iterable[asyncio.Future[tuple[WireConnection | None, str]]]) -> WireConnection | None:
+        for task in done:
             try:
-                conn, leader_address = await next_done
+                conn, leader_address = task.result()
             except Error as exc:
                 errors.append(str(exc))
                 continue
@@ -230,7 +233,21 @@ async def find_leader(
                 return conn
             if leader_address:
                 pointed.add(leader_address)
-        for address in pointed - {n.address for n in nodes}:
+        return None
+
+    try:
+        if hint:
+            tasks.append(asyncio.ensure_future(_probe(hint, policy, tls)))
+            done, _ = await asyncio.wait(tasks, timeout=HINT_GRACE)
+            if (winner := first_leader(done)) is not None:
+                return winner
+        tasks += [asyncio.ensure_future(_probe(n.address, policy, tls)) for n in nodes if n.address != hint]
+        pending = {t for t in tasks if not t.done()}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if (winner := first_leader(done)) is not None:
+                return winner
+        for address in pointed - {hint, *(n.address for n in nodes)}:
             try:
                 conn, _ = await _probe(address, policy, tls)
             except Error as exc:
@@ -239,9 +256,15 @@ async def find_leader(
             if conn is not None:
                 return conn
     finally:
-        # Only the leader keeps its connection; a probe cancelled here closes its own.
+        # Only the winner keeps its connection: a probe cancelled here closes its own, and
+        # another node that also claimed to lead (a deposed leader) is let go.
         for t in tasks:
-            t.cancel()
+            if not t.done():
+                t.cancel()
+            elif not t.cancelled() and t.exception() is None:
+                conn, _ = t.result()
+                if conn is not None and conn is not winner:
+                    conn.close()
     detail = "; ".join(errors[:3])
     raise NoLeaderError(f"no available leader among {[n.address for n in nodes]}" + (f" ({detail})" if detail else ""))
 

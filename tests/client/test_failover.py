@@ -240,3 +240,31 @@ def test_a_frozen_leader_does_not_stall_the_next_request(tmp_path: Path) -> None
             assert conn.execute("SELECT n FROM t ORDER BY n").fetchall() == [(1,), (2,)]
         finally:
             conn.close()
+
+
+def test_a_frozen_last_leader_does_not_hold_up_discovery(cluster) -> None:
+    """The last known leader accepts connections but never answers (a SIGSTOPped or
+    stalled process): discovery asks the other nodes after HINT_GRACE instead of
+    waiting its attempt timeout (an hour here)."""
+    import asyncio
+
+    from cowsqlpy.client import find_leader
+    from cowsqlpy.retry import RetryPolicy
+    from cowsqlpy.runtime import run_sync
+    from cowsqlpy.store import MemoryNodeStore
+    from cowsqlpy.testing import FaultProxy
+
+    frozen = FaultProxy(cluster.addresses[0])
+    frozen.drop()
+    policy = RetryPolicy(attempt_timeout=3600.0, connect_timeout=5.0)
+
+    async def discover() -> str:
+        async with asyncio.timeout(60):  # far below the attempt timeout: not a speed check
+            conn = await find_leader(MemoryNodeStore(cluster.addresses), policy, hint=frozen.address)
+        conn.close()
+        return conn.address
+
+    try:
+        assert run_sync(discover()) == cluster.leader().address
+    finally:
+        frozen.close()
