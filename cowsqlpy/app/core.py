@@ -7,7 +7,7 @@ import logging
 import os
 import uuid
 from collections.abc import Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import protocol
 from .._loop import background_loop, run_sync, wait_event
@@ -27,6 +27,9 @@ from ..retry import DEFAULT_POLICY, RetryPolicy, retrying
 from ..store import SqliteNodeStore
 from .files import STATE_FILE, Identity, check_foreign_dir
 from .roles import NodeState, RolesPlanner, role_name
+
+if TYPE_CHECKING:
+    from ..dbapi import Connection
 
 T = TypeVar("T")
 
@@ -212,11 +215,17 @@ class App:
     async def ready_async(self, timeout: float | None = None) -> None:
         await _in_background(self._ready(timeout))
 
-    def open(self, database: str, **options: Any) -> Any:
-        """A PEP 249 connection to `database` that follows the leader (see cowsqlpy.connect)."""
+    def open(self, database: str, **options: Any) -> Connection:
+        """A PEP 249 connection to `database` that follows the leader (see cowsqlpy.connect).
+
+        The cluster runs this process's engine (an App's peers share its Raft), so the
+        connection takes that engine's row of the version table (``engine=``).
+        """
         from ..dbapi import connect
+        from ..node import ENGINE_NAME
 
         options.setdefault("policy", self.policy)
+        options.setdefault("engine", ENGINE_NAME)
         return connect(store=self._store, database=database, **options)
 
     def leader(self) -> NodeInfo | None:

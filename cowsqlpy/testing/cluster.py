@@ -297,9 +297,12 @@ class Cluster:
         return SyncClient(list(self.addresses), policy=RetryPolicy(deadline=deadline, attempt_timeout=2.0, connect_timeout=1.0))
 
     def connect(self, database: str, **options: Any) -> Any:
-        """A DB-API connection to `database` over all nodes; closed with the cluster."""
+        """A DB-API connection to `database` over all nodes (with this engine's row of the
+        version table); closed with the cluster."""
         from ..dbapi import connect
+        from ..node import ENGINE_NAME
 
+        options.setdefault("engine", ENGINE_NAME)
         conn = connect(list(self.addresses), database=database, **options)
         self._connections.append(conn)
         return conn

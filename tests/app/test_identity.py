@@ -131,3 +131,25 @@ def test_planner_handover_gives_role_to_standby_before_spare() -> None:
                    (4, SPARE, True, 0, 0), (5, STANDBY, True, 0, 0))
     role, candidates = RolesPlanner(3, 1, state).handover(1)
     assert role == VOTER and [c.id for c in candidates] == [5, 4]
+
+
+def test_open_takes_the_engine_row_of_this_process(app_factory) -> None:
+    """An App's cluster runs this process's engine: its connections do not fall back to
+    the oldest engine's guards, and remote-style connections do."""
+    import cowsqlpy
+    from cowsqlpy.node import engine_features
+    from cowsqlpy.versions import CLIENT_TARGET
+
+    app = app_factory("a")
+    app.ready(20)
+    conn = app.open("engine-row", autocommit=True)
+    try:
+        assert conn.features == engine_features()
+        conn.execute("CREATE TABLE t (x)")
+    finally:
+        conn.close()
+    remote = cowsqlpy.connect([app.address], database="engine-row")
+    try:
+        assert remote.features == CLIENT_TARGET
+    finally:
+        remote.close()
