@@ -4,6 +4,7 @@ FsError out. Every metadata operation is one engine transaction."""
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import socket
@@ -88,11 +89,16 @@ def components(path: str) -> list[bytes]:
     return names
 
 
+@functools.lru_cache(maxsize=256)
 def _resolve_sql(depth: int) -> str:
+    """One query from a directory (first parameter) down `depth` names to the inode's row."""
+    node_columns = ", ".join(f"n.{c.strip()}" for c in NODE_COLUMNS.split(","))
+    if depth == 0:
+        return f"SELECT {node_columns} FROM fs_node n WHERE n.ino = ?"
     tables = ", ".join(f"fs_edge e{i}" for i in range(depth))
     conds = ["e0.parent = ? AND e0.name = ?"]
     conds += [f"e{i}.parent = e{i - 1}.ino AND e{i}.name = ?" for i in range(1, depth)]
-    return f"SELECT e{depth - 1}.ino FROM {tables} WHERE {' AND '.join(conds)}"
+    return f"SELECT {node_columns} FROM {tables}, fs_node n WHERE {' AND '.join(conds)} AND n.ino = e{depth - 1}.ino"
 
 
 class FileSystem:
@@ -198,15 +204,22 @@ class FileSystem:
 
     # -- lookups --
 
-    def _lookup_ino(self, conn: Any, names: list[bytes]) -> int:
-        ino = ROOT_INO
-        for start in range(0, len(names), MAX_DEPTH_PER_QUERY):
+    def _lookup(self, conn: Any, names: list[bytes]) -> Node:
+        """The inode `names` lead to from the root, in one query per MAX_DEPTH_PER_QUERY names."""
+        ino, start = ROOT_INO, 0
+        while True:
             part = names[start:start + MAX_DEPTH_PER_QUERY]
             row = conn.execute(_resolve_sql(len(part)), (ino, *part)).fetchone()
             if row is None:
                 raise FsError(errno.ENOENT)
-            ino = int(row[0])
-        return ino
+            node = _node(row)
+            start += len(part)
+            if start >= len(names):
+                return node
+            ino = node.ino
+
+    def _lookup_ino(self, conn: Any, names: list[bytes]) -> int:
+        return self._lookup(conn, names).ino
 
     def _get(self, conn: Any, ino: int) -> Node:
         row = conn.execute(f"SELECT {NODE_COLUMNS} FROM fs_node WHERE ino = ?", (ino,)).fetchone()
@@ -215,13 +228,13 @@ class FileSystem:
         return _node(row)
 
     def _resolve(self, conn: Any, path: str) -> Node:
-        return self._get(conn, self._lookup_ino(conn, components(path)))
+        return self._lookup(conn, components(path))
 
     def _parent(self, conn: Any, path: str) -> tuple[Node, bytes]:
         names = components(path)
         if not names:
             raise FsError(errno.EINVAL, "the root has no parent")
-        parent = self._get(conn, self._lookup_ino(conn, names[:-1]))
+        parent = self._lookup(conn, names[:-1])
         if not parent.is_dir:
             raise FsError(errno.ENOTDIR)
         return parent, names[-1]
