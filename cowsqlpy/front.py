@@ -39,7 +39,9 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import protocol as P
 from ._loop import new_event_loop
@@ -275,7 +277,8 @@ class _ClientSide(_Link):
             self.closed = True
             return
         self.counted = True
-        self.guard = ConnectionGuard(self.front.features, may_connect=True)
+        admin = self.front._is_admin(transport)
+        self.guard = ConnectionGuard(self.front.features, may_connect=admin, admin=admin)
 
     def eof_received(self) -> bool | None:
         """The client finished sending: answer what it sent in whole frames, then close."""
@@ -438,7 +441,13 @@ class Front:
     :param tls: mutual TLS with the cluster certificate; None: plain TCP.
     :param limits: connection, time and size bounds.
     :param allow_remote: without TLS, admit peers that are not on loopback.
-    :raises ValueError: bad address or limits; ssl.SSLError/OSError: unusable certificate.
+    :param admin: with TLS, which client certificates (`ssl.SSLSocket.getpeercert()`
+        dicts) may send admin requests (`guard.ADMIN_REQUESTS`) and CONNECT (Raft): e.g.
+        ``lambda cert: tls.subject_cn(cert) == "node"`` with a CA that signs node and
+        client certificates. None: every certificate the CA signed (go-cowsql's scheme,
+        where nodes and clients share one certificate).
+    :raises ValueError: bad address or limits, `admin` without TLS; ssl.SSLError/OSError:
+        unusable certificate.
     """
 
     def __init__(
@@ -450,7 +459,11 @@ class Front:
         tls: TLSConfig | None = None,
         limits: Limits | None = None,
         allow_remote: bool = False,
+        admin: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
+        if admin is not None and tls is None:
+            raise ValueError("admin= needs tls= (rights come from client certificates)")
+        self.admin = admin
         self._host, self._port = _split_address(address)
         if not engine_address.startswith("@"):
             _split_address(engine_address)
@@ -633,6 +646,16 @@ class Front:
         self.stats.accepted += 1
         self.stats.open = len(self._clients)
         return None
+
+    def _is_admin(self, transport: asyncio.BaseTransport) -> bool:
+        if self.admin is None:
+            return True
+        cert = transport.get_extra_info("peercert")
+        try:
+            return bool(cert) and bool(self.admin(cert))
+        except Exception:  # noqa: BLE001 - a failing rights callback grants nothing
+            log.exception("front %s: the admin callback failed", self.address)
+            return False
 
     def _forget(self, client: _ClientSide) -> None:
         self._clients.discard(client)

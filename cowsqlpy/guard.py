@@ -49,6 +49,8 @@ _STMT_TYPES = frozenset({P.EXEC, P.QUERY, P.FINALIZE})
 _FIXED_VALUES = frozenset({P.INTEGER, P.FLOAT, P.NULL, P.BOOLEAN})
 _TEXT_VALUES = frozenset({P.TEXT, P.ISO8601})
 _ENGINE_VFS = frozenset({"", "volatile"})
+#: requests that change the cluster or copy a whole database (`ConnectionGuard(admin=...)`)
+ADMIN_REQUESTS: Final = frozenset({P.ADD, P.ASSIGN, P.REMOVE, P.TRANSFER, P.WEIGHT, P.DUMP})
 
 
 @dataclass(frozen=True)
@@ -338,11 +340,13 @@ class ConnectionGuard:
     :param features: the engine version's switches.
     :param may_connect: this connection may hand itself to Raft with CONNECT (a peer
         authenticated by TLS, or a permitted address when TLS is off).
+    :param admin: this connection may send the admin requests (`ADMIN_REQUESTS`).
     """
 
-    def __init__(self, features: EngineFeatures, *, may_connect: bool) -> None:
+    def __init__(self, features: EngineFeatures, *, may_connect: bool, admin: bool = True) -> None:
         self.features = features
         self.may_connect = may_connect
+        self.admin = admin
         self.requests = 0
         self.live: set[int] = set()
         self._schema1 = features.max_params > P.MAX_PARAMS  # the engine reads params schema 1
@@ -381,6 +385,8 @@ class ConnectionGuard:
             if rtype == P.HEARTBEAT:
                 return _refused("HEARTBEAT is not served to clients")
             return _refused(f"unknown request type {rtype}")
+        if rtype in ADMIN_REQUESTS and not self.admin:
+            return _refused(f"{name} needs an admin certificate")
         if schema and not (self._schema1 and (rtype in _PARAM_TYPES or rtype == P.PREPARE)):
             return _malformed(name, f"schema {schema} is not read by this engine for {name}")
         cur = _Body(body, name)
@@ -446,6 +452,7 @@ def failure_frame(refusal: Refusal) -> bytes:
 __all__ = [
     "REFUSED",
     "MALFORMED",
+    "ADMIN_REQUESTS",
     "HANDSHAKES",
     "FORWARD",
     "PIPE",

@@ -24,6 +24,7 @@ import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 #: the DNS name `make_cert` puts first; clients check servers against it
 DEFAULT_NAME = "cowsql"
@@ -72,6 +73,15 @@ def dns_names(cert: str | os.PathLike[str]) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return list(san.get_values_for_type(x509.DNSName))
+
+
+def subject_cn(peercert: dict[str, Any]) -> str | None:
+    """The subject common name of a `getpeercert()` dict (for `Front(admin=...)`)."""
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
 
 
 def _base(purpose: int, config: TLSConfig) -> ssl.SSLContext:
