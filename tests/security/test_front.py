@@ -12,7 +12,7 @@ import pytest
 import cowsqlpy
 from cowsqlpy import protocol as P
 from cowsqlpy.errors import OperationalError
-from cowsqlpy.front import Limits
+from cowsqlpy.front import Front, Limits
 from cowsqlpy.node import engine_features
 from cowsqlpy.testing import wait_for
 
@@ -219,3 +219,32 @@ def test_idle_and_silent_connections_are_closed(guarded_factory) -> None:  # typ
         assert silent.reply() is None
     assert node.front.stats.closed_idle == 2
     node.assert_serving()
+
+
+def test_front_start_errors_and_bad_limits() -> None:
+    import socket as _socket
+
+    with _socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        front = Front(f"127.0.0.1:{taken.getsockname()[1]}", "127.0.0.1:1", engine_features())
+        with pytest.raises(OSError):
+            front.start()
+    for bad in (
+        dict(max_connections=0),
+        dict(max_frame=-1),
+        dict(idle_timeout=0),
+        dict(handshake_timeout=0),
+    ):
+        with pytest.raises(ValueError):
+            Limits(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Front("no-port", "127.0.0.1:1", engine_features())
+
+
+def test_front_stop_closes_relayed_connections(guarded_factory) -> None:  # type: ignore[no-untyped-def]
+    node = guarded_factory()
+    with Raw(node.address) as raw:
+        assert raw.call(frame(P.LEADER, u64(0)))[0] == P.SERVER  # type: ignore[index]
+        node.front.stop()
+        assert raw.reply() is None
