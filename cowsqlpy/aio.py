@@ -452,7 +452,8 @@ class Connection:
                 await active.materialize()
 
     async def _begin(self, sql: str) -> None:
-        self._tx, self._tx_writes, self._tx_savepoint = await self._db.begin(sql), False, None
+        session = await self._db.begin(sql, linearizable=self._linearizable)
+        self._tx, self._tx_writes, self._tx_savepoint = session, False, None
 
     def _implicit_begin_sql(self, stmt: Statement) -> str | None:
         """The BEGIN to send before `stmt`, or None."""

@@ -515,9 +515,15 @@ class Database:
 
     # -- transactions -------------------------------------------------------------
 
-    async def begin(self, sql: str = BEGIN) -> Session:
-        """Take the write lock and open a transaction on a leader session."""
-        session, _ = await self._begin(sql, None)
+    async def begin(self, sql: str = BEGIN, *, linearizable: bool = False) -> Session:
+        """Take the write lock and open a transaction on a leader session.
+
+        `linearizable`: open it after a read barrier, on the node that committed it, so
+        its reads see every write acknowledged before the call; without it a
+        transaction that only reads sees what a deposed leader had applied (its commit
+        then writes nothing and goes through no quorum).
+        """
+        session, _ = await self._begin(sql, None, linearizable=linearizable)
         return session
 
     async def begin_reading(
@@ -528,13 +534,18 @@ class Database:
         return await self._begin(BEGIN, (query, params), prepared)
 
     async def _begin(
-        self, sql: str, read: tuple[str, Sequence[Any]] | None, prepared: bool = False
+        self, sql: str, read: tuple[str, Sequence[Any]] | None, prepared: bool = False, *,
+        linearizable: bool = False,
     ) -> tuple[Session, list[tuple[Any, ...]]]:
         await self.write_lock.acquire()
         try:
 
             async def attempt() -> tuple[Session, list[tuple[Any, ...]]]:
+                barrier_node = await self.read_barrier() if linearizable else None
                 session = await self.acquire()
+                if barrier_node is not None and session.address != barrier_node:
+                    self.release(session)
+                    raise NotLeaderError(f"the leader moved from {barrier_node} after the read barrier")
                 try:
                     await self._ensure_markers(session)  # DDL must not join the transaction
                     if read is None:

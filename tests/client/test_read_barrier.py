@@ -143,3 +143,20 @@ def test_a_linearizable_read_does_not_wait_for_an_open_write_transaction(cluster
 def test_read_consistency_is_checked() -> None:
     with pytest.raises(ValueError, match="read_consistency"):
         cowsqlpy.connect(["127.0.0.1:1"], database="x", read_consistency="eventual")
+
+
+@pytest.mark.parametrize("consistency", ["linearizable", "serializable"])
+def test_transactions_open_after_a_barrier_when_linearizable(cluster: InProcessCluster, consistency: str) -> None:
+    """A transaction that only reads commits nothing through a quorum, so a linearizable
+    connection opens every transaction after a barrier; a serializable one does not."""
+    database = f"tx-consistency-{consistency}"
+    setup = cowsqlpy.connect(cluster.addresses, database=database, autocommit=True, read_consistency="serializable")
+    setup.execute("CREATE TABLE t (v INTEGER)")
+    setup.execute("INSERT INTO t VALUES (5)")
+    setup.close()
+    conn = cowsqlpy.connect(cluster.addresses, database=database, autocommit=False, read_consistency=consistency)
+    before = _barriers(cluster)
+    assert conn.execute("SELECT v FROM t").fetchall() == [(5,)]  # PEP 249 mode: BEGIN DEFERRED first
+    conn.commit()
+    conn.close()
+    assert _barriers(cluster) - before == (1 if consistency == "linearizable" else 0)
