@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +116,20 @@ class History:
     def unknown(self, op: Operation, error: object = None) -> None:
         """The operation may or may not have taken effect."""
         self._complete(op, UNKNOWN, None, None if error is None else str(error))
+
+    def call(self, client: str, inp: Any, fn: Callable[[], Any],
+             definite: Callable[[BaseException], bool] = lambda exc: False) -> Operation:
+        """Record `fn()` as one operation: ok with its result, or, if it raises an
+        `Exception`, failed when ``definite(exc)`` (it certainly applied nothing)
+        else unknown. The exception is recorded, not raised; returns the operation."""
+        op = self.invoke(client, inp)
+        try:
+            out = fn()
+        except Exception as exc:
+            self.fail(op, repr(exc)) if definite(exc) else self.unknown(op, repr(exc))
+            return op
+        self.ok(op, out)
+        return op
 
     @contextmanager
     def record(

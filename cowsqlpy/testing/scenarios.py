@@ -44,7 +44,7 @@ from .workloads import (
     sql_register_apply,
 )
 
-__all__ = ["RunReport", "client_policy", "converged", "kv_workload", "patch_with_watch", "read_anomaly_only", "sql_bank",
+__all__ = ["RunReport", "client_policy", "converged", "kv_definite", "kv_workload", "patch_with_watch", "read_anomaly_only", "sql_bank",
            "sql_list_append", "sql_register"]
 
 #: per-client retry policy: long enough to ride out an election, short enough
@@ -131,6 +131,16 @@ def _with_nemesis(nemesis: Nemesis | None, duration: float, interval: float, run
     nemesis.heal_all()
 
 
+def _sql_definite(inp: dict[str, Any]) -> Callable[[BaseException], bool]:
+    return (lambda exc: True) if inp["f"] == "read" else sql_error_is_definite
+
+
+def kv_definite(inp: dict[str, Any]) -> Callable[[BaseException], bool]:
+    """How a failed KV op of `inp` is recorded: a read applied nothing; a write per
+    `kv_error_is_definite`."""
+    return (lambda exc: True) if inp["f"] in ("get", "range") else kv_error_is_definite
+
+
 def _connect(cluster: Cluster, database: str, i: int, autocommit: bool) -> Any:
     """A DB-API connection with its own driver core (own pool and leader view), the
     addresses rotated so clients start their leader search at different nodes."""
@@ -202,31 +212,31 @@ def sql_register(cluster: Cluster, seed: int, *, duration: float = 8.0, clients:
             inp = {"f": "write", "key": key, "value": next(counter)}
         else:
             inp = {"f": "cas", "key": key, "old": last_seen.get(key, 0), "new": next(counter)}
-        op = history.invoke(f"c{i}", inp)
-        try:
-            out = sql_register_apply(conns[i], inp)
-        except Exception as exc:  # recorded and classified
-            definite = inp["f"] == "read" or sql_error_is_definite(exc)
-            history.fail(op, repr(exc)) if definite else history.unknown(op, repr(exc))
+        op = history.call(f"c{i}", inp, lambda: sql_register_apply(conns[i], inp), _sql_definite(inp))
+        if op.status != OK:
             return
-        history.ok(op, out)
+        out = op.output
         if inp["f"] == "read" and out is not None:
             last_seen[key] = out
         elif inp["f"] == "write" or (inp["f"] == "cas" and out):
             last_seen[key] = inp["value"] if inp["f"] == "write" else inp["new"]
 
     _with_nemesis(nemesis, duration, interval, lambda: _run_clients(clients, duration, body, seed))
-    # after healing: one read of every key, which every acknowledged write must explain
-    for k in range(keys):
-        inp = {"f": "read", "key": f"k{k}"}
-        op = history.invoke("final", inp)
-        history.ok(op, sql_register_apply(setup, inp))
+    _final_reads(history, [{"f": "read", "key": f"k{k}"} for k in range(keys)], lambda inp: sql_register_apply(setup, inp))
     ops = history.operations()
     _register_checks(report, ops)
     ok, detail = converged(cluster, database)
     report.add("converged", ok, detail)
     _finish(report, history, ops, nemesis, started, save_dir)
     return report
+
+
+def _final_reads(history: History, inputs: list[dict[str, Any]], apply: Callable[[dict[str, Any]], Any]) -> None:
+    """After healing, one read of every key (client "final"), which every acknowledged
+    write must explain; a failure here is an error of the run, not a recorded op."""
+    for inp in inputs:
+        op = history.invoke("final", inp)
+        history.ok(op, apply(inp))
 
 
 def _register_checks(report: RunReport, ops: list[Operation]) -> None:
@@ -382,22 +392,13 @@ def kv_workload(open_client: Callable[[int], Any], seed: int, *, name: str = "kv
 
         def body(i: int, rng: random.Random) -> None:
             inp = gens[i].next()
-            op = history.invoke(f"c{i}", inp)
-            try:
-                out = kv_apply(handles[i], inp)
-            except Exception as exc:  # recorded and classified
-                read = inp["f"] in ("get", "range")
-                history.fail(op, repr(exc)) if read or kv_error_is_definite(exc) else history.unknown(op, repr(exc))
-                return
-            history.ok(op, out)
-            if i == 0 and not resumed and rng.random() < 0.05 and "rev" in out:
+            op = history.call(f"c{i}", inp, lambda: kv_apply(handles[i], inp), kv_definite(inp))
+            out = op.output
+            if i == 0 and op.status == OK and not resumed and rng.random() < 0.05 and "rev" in out:
                 resumed.append((out["rev"], own.watch_prefix(prefix, start_revision=out["rev"])))
 
         _with_nemesis(nemesis, duration, interval, lambda: _run_clients(clients, duration, body, seed))
-        for k in range(keys):
-            inp = {"f": "get", "key": f"{prefix}{k}"}
-            op = history.invoke("final", inp)
-            history.ok(op, kv_apply(own, inp))
+        _final_reads(history, [{"f": "get", "key": f"{prefix}{k}"} for k in range(keys)], lambda inp: kv_apply(own, inp))
         end = own.revision()
         records = [WatchRecord(prefix, prefix + "\x7f", rev0 + 1, _drain(full, end), last_revision=end),
                    WatchRecord(f"{prefix}0", None, 0, _drain(one_key, end),

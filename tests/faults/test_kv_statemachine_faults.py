@@ -23,9 +23,9 @@ from cowsqlpy.testing import Cluster
 from cowsqlpy.testing.history import History
 from cowsqlpy.testing.linearizability import KVModel, check
 from cowsqlpy.testing.nemesis import Nemesis
-from cowsqlpy.testing.scenarios import converged, patch_with_watch
+from cowsqlpy.testing.scenarios import converged, kv_definite, patch_with_watch
 from cowsqlpy.testing.watchcheck import WatchRecord, check_watches, format_violations
-from cowsqlpy.testing.workloads import event_json, kv_apply, kv_error_is_definite
+from cowsqlpy.testing.workloads import event_json, kv_apply
 
 from .test_kv_faults import cowsql_opener
 
@@ -61,14 +61,7 @@ class ClusterKV(RuleBasedStateMachine):
         return f"v{self.values}"
 
     def run(self, client: int, inp: dict[str, Any]) -> None:
-        op = self.history.invoke(f"c{client}", inp)
-        try:
-            out = kv_apply(self.handles[client], inp)
-        except kvstore.KVError as exc:
-            read = inp["f"] in ("get", "range")
-            self.history.fail(op, repr(exc)) if read or kv_error_is_definite(exc) else self.history.unknown(op, repr(exc))
-            return
-        self.history.ok(op, out)
+        self.history.call(f"c{client}", inp, lambda: kv_apply(self.handles[client], inp), kv_definite(inp))
 
     # two rules, so operations and nemesis steps come about equally often
     @rule(kind=st.sampled_from(["put", "put", "get", "get", "range", "delete", "txn"]), client=CLIENTS, key=KEYS,

@@ -35,14 +35,8 @@ def test_reads_on_an_isolated_leader(net_cluster: Cluster, read_consistency: str
         history = History()
 
         def run(conn: object, client: str, inp: dict) -> None:
-            op = history.invoke(client, inp)
-            try:
-                out = sql_register_apply(conn, inp)
-            except Exception as exc:
-                definite = inp["f"] == "read" or sql_error_is_definite(exc)
-                history.fail(op, repr(exc)) if definite else history.unknown(op, repr(exc))
-                return
-            history.ok(op, out)
+            definite = (lambda exc: True) if inp["f"] == "read" else sql_error_is_definite
+            history.call(client, inp, lambda: sql_register_apply(conn, inp), definite)
 
         run(old, "writer", {"f": "write", "key": "x", "value": 0})
         run(old, "old-leader", {"f": "read", "key": "x"})  # the reader's session sits on the leader

@@ -23,6 +23,8 @@ from cowsqlpy.testing.linearizability import (
 )
 from cowsqlpy.testing.workloads import KVOpGenerator, kv_apply
 
+from .gen import timeline
+
 
 def op(
     i: int,
@@ -274,17 +276,8 @@ def simulate(
     """Clients issue ops one after another with random overlapping intervals; each op takes
     effect at a random point inside its interval; `run` executes it on the real store at
     that point, in linearization order."""
-    pending: list[tuple[float, int, dict[str, Any], float, float, str]] = []
-    n = 0
-    for c in range(clients):
-        t = rng.random()
-        for _ in range(per_client):
-            call = t + rng.random()
-            ret = call + rng.random() * 3
-            point = rng.uniform(call, ret)
-            pending.append((point, n, make_op(c), call, ret, f"c{c}"))
-            n += 1
-            t = ret
+    pending = [(point, n, make_op(c), call, ret, f"c{c}")
+               for n, (c, call, ret, point) in enumerate(timeline(rng, clients, per_client))]
     ops = []
     for _point, i, inp, call, ret, client in sorted(pending):
         out = run(inp)
@@ -391,9 +384,17 @@ def test_mutated_register_histories_agree_with_brute_force(
     assert check(bad, RegisterModel()).ok == brute_force(bad, RegisterModel())
 
 
-def mem_kv_run() -> tuple[Any, Any, int]:
+def mem_kv_history(rng: random.Random, clients: int, per_client: int, keys: int, unknown: float
+                   ) -> tuple[list[Operation], int]:
+    """A simulated history run on a real mem: store, and the store's revision before it."""
+    gens = [KVOpGenerator(rng, keys=keys, client=f"c{c}") for c in range(clients)]
     kv = kvstore.open(f"mem:lin-{uuid.uuid4().hex[:8]}")
-    return kv, lambda inp: kv_apply(kv, inp), kv.revision()
+    try:
+        rev = kv.revision()
+        ops = simulate(rng, clients, per_client, lambda c: gens[c].next(), lambda inp: kv_apply(kv, inp), unknown)
+    finally:
+        kv.close()
+    return ops, rev
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -406,13 +407,7 @@ def mem_kv_run() -> tuple[Any, Any, int]:
 def test_generated_kv_histories_from_the_mem_store_pass(
     seed: int, clients: int, per_client: int, unknown: float
 ) -> None:
-    rng = random.Random(seed)
-    gens = [KVOpGenerator(rng, keys=3, client=f"c{c}") for c in range(clients)]
-    kv, run, rev = mem_kv_run()
-    try:
-        ops = simulate(rng, clients, per_client, lambda c: gens[c].next(), run, unknown)
-    finally:
-        kv.close()
+    ops, rev = mem_kv_history(random.Random(seed), clients, per_client, 3, unknown)
     result = check(ops, KVModel(initial_revision=rev))
     assert result.ok, result.describe()
 
@@ -423,12 +418,7 @@ def test_mutated_kv_histories_agree_with_brute_force(
     seed: int, clients: int, per_client: int
 ) -> None:
     rng = random.Random(seed)
-    gens = [KVOpGenerator(rng, keys=2, client=f"c{c}") for c in range(clients)]
-    kv, run, rev = mem_kv_run()
-    try:
-        ops = simulate(rng, clients, per_client, lambda c: gens[c].next(), run, 0.15)
-    finally:
-        kv.close()
+    ops, rev = mem_kv_history(rng, clients, per_client, 2, 0.15)
     bad = mutate(
         rng,
         ops,
@@ -456,12 +446,7 @@ def test_large_histories_timed(capsys: pytest.CaptureFixture[str]) -> None:
     bad = check(stale, RegisterModel())
     assert not bad.ok and len(bad.counterexample) <= 8, bad.describe()
 
-    gens = [KVOpGenerator(rng, keys=6, client=f"c{c}") for c in range(6)]
-    kv, run, rev = mem_kv_run()
-    try:
-        kv_ops = simulate(rng, 6, 350, lambda c: gens[c].next(), run, 0.01)
-    finally:
-        kv.close()
+    kv_ops, rev = mem_kv_history(rng, 6, 350, 6, 0.01)
     started = time.monotonic()
     kv_result = check(kv_ops, KVModel(initial_revision=rev))
     kv_time = time.monotonic() - started

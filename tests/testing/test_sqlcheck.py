@@ -13,6 +13,8 @@ from cowsqlpy.testing.bank import check_bank
 from cowsqlpy.testing.history import FAIL, OK, UNKNOWN, Operation
 from cowsqlpy.testing.listappend import check_list_append, tarjan_scc
 
+from .gen import timeline
+
 _ids = iter(range(10**9))
 
 
@@ -158,21 +160,16 @@ def simulate_strict(
     state: dict[str, list[int]] = {}
     planned = []
     counter = 0
-    for _c in range(clients):
-        t = rng.random()
-        for _ in range(per_client):
-            call = t + rng.random()
-            ret = call + rng.random() * 2
-            mops: list[list[Any]] = []
-            for _ in range(rng.randint(1, 4)):
-                k = f"k{rng.randrange(keys)}"
-                if rng.random() < 0.5:
-                    counter += 1
-                    mops.append(["append", k, counter])
-                else:
-                    mops.append(["r", k, None])
-            planned.append((rng.uniform(call, ret), call, ret, mops))
-            t = ret
+    for _c, call, ret, point in timeline(rng, clients, per_client, 2.0):
+        mops: list[list[Any]] = []
+        for _ in range(rng.randint(1, 4)):
+            k = f"k{rng.randrange(keys)}"
+            if rng.random() < 0.5:
+                counter += 1
+                mops.append(["append", k, counter])
+            else:
+                mops.append(["r", k, None])
+        planned.append((point, call, ret, mops))
     ops = []
     for _point, call, ret, mops in sorted(planned):
         out = []
