@@ -2,7 +2,7 @@
 whose nodes run (one process each) without a front ("direct"), behind a plain guarded
 front ("front") and behind a mutual-TLS front with Raft through TLS too ("tls").
 
-    .venv/bin/python bench/bench_security.py [--duration 5] [--repeat 3] [--workers 1,8,32] [--modes direct,front,tls]
+    .venv/bin/python bench/bench_security.py [--duration 5] [--repeat 3] [--workers 1,8,32] [--modes direct,front,tls] [--nodes 3]
 
 The workloads are go-cowsql's (as bench/bench_client.py: 32-byte keys, 1 KiB values).
 cowsql-benchmark has no TLS option, so the go-cowsql TLS anchor is not in this run.
@@ -65,11 +65,12 @@ def node_main(argv: list[str]) -> None:
 
 
 class BenchCluster:
-    def __init__(self, mode: str, base: Path, tls: TLSConfig | None) -> None:
+    def __init__(self, mode: str, base: Path, tls: TLSConfig | None, nodes: int = 3) -> None:
         self.tls = tls
-        self.addresses = [f"127.0.0.1:{free_port()}" for _ in NODE_IDS]
+        ids = NODE_IDS[:nodes]
+        self.addresses = [f"127.0.0.1:{free_port()}" for _ in ids]
         self.procs = []
-        for i, (node_id, address) in enumerate(zip(NODE_IDS, self.addresses, strict=True)):
+        for i, (node_id, address) in enumerate(zip(ids, self.addresses, strict=True)):
             cmd = [
                 sys.executable,
                 __file__,
@@ -90,7 +91,7 @@ class BenchCluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError("no leader")
                 time.sleep(0.1)
-            for node_id, address in zip(NODE_IDS[1:], self.addresses[1:], strict=True):
+            for node_id, address in zip(ids[1:], self.addresses[1:], strict=True):
                 admin.add(node_id, address, protocol.VOTER)
         setup = cowsqlpy.connect(self.addresses, database="bench", autocommit=True, tls=tls)
         setup.cursor().execute(SCHEMA)
@@ -150,6 +151,13 @@ def main() -> None:
     ap.add_argument("--workloads", default="kvwrite,kvreadwrite")
     ap.add_argument("--modes", default="direct,front,tls")
     ap.add_argument(
+        "--nodes",
+        type=int,
+        default=3,
+        choices=(1, 3),
+        help="1: no Raft traffic, only the client path through the front",
+    )
+    ap.add_argument(
         "--read-consistency",
         default="serializable",
         choices=("serializable", "linearizable"),
@@ -168,7 +176,9 @@ def main() -> None:
         # Every cluster stays up; each cell runs the modes back to back in rotating order,
         # --repeat times, so disk and CPU drift spread over all modes alike.
         for mode in modes:
-            clusters[mode] = BenchCluster(mode, base / mode, tls if mode == "tls" else None)
+            clusters[mode] = BenchCluster(
+                mode, base / mode, tls if mode == "tls" else None, args.nodes
+            )
         turn = 0
         for workload in args.workloads.split(","):
             for workers in (int(w) for w in args.workers.split(",")):
@@ -189,7 +199,7 @@ def main() -> None:
         for key, values in samples.items()
     }
     print(
-        f"# DB-API through 3 node processes, {args.duration:g} s per run, median of {args.repeat}, "
+        f"# DB-API through {args.nodes} node process(es), {args.duration:g} s per run, median of {args.repeat}, "
         f"{args.read_consistency} reads, {os.cpu_count()} cores\n"
     )
     print(
