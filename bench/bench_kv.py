@@ -13,7 +13,7 @@ replicated backend, as ratios to a 3-member etcd cluster.
   member 1 (etcd: a client of member 1).
 
 Every load loop is bounded by ``--duration`` seconds and ``--max-ops``.
-To add a backend (cowsql), append a ``Backend`` to ``make_backends``.
+To add a backend, append a ``Backend`` to ``make_backends``.
 """
 
 from __future__ import annotations

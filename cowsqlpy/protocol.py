@@ -1,4 +1,4 @@
-"""dqlite client wire protocol (libdqlite 1.11.1): constants and the one table of message layouts.
+"""The dqlite/cowsql client wire protocol: constants and the one table of message layouts.
 
 Both codecs (`cowsqlpy._ccodec`, Cython, and `cowsqlpy._codec_py`, its pure-Python twin)
 interpret `REQUESTS` and `RESPONSES`; nothing else in the project spells out a layout.
@@ -6,7 +6,7 @@ The helpers below the tables (argument binding, result shaping, datetime text, e
 messages) are called by both codecs so that behaviour and messages cannot drift; none of
 them is on a hot path.
 
-Facts come from `reference/dqlite-wire-protocol.md` (sections cited as §N).
+Facts are in docs/protocol.md (sections cited as §N).
 """
 
 from __future__ import annotations

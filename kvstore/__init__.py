@@ -7,7 +7,7 @@
 
 Backends (``kvstore.open(url)`` dispatches on the scheme, see
 :mod:`kvstore.backends`): ``mem:``, ``raft://HOST:PORT?peers=...``,
-``etcd://HOST:PORT[,...]``, ``cowsql://...`` (not available yet).
+``etcd://HOST:PORT[,...]``, ``cowsql://HOST:PORT[,...]/DATABASE``.
 See ``docs/kvstore.md``.
 """
 

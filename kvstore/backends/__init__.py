@@ -1,7 +1,8 @@
 """Backend registry: one table from URL scheme to the module and class that
-implement it. Modules are imported lazily, so a backend whose module does not
-exist yet (``cowsql``) or whose dependencies are missing gives a clear
-:class:`~kvstore.errors.BackendUnavailable` only when it is opened.
+implement it. Modules are imported lazily, so a backend whose dependencies are
+missing (``raft`` without pysyncobj, ``etcd`` without aetcd, ``cowsql`` without
+cowsqlpy's client) gives a clear :class:`~kvstore.errors.BackendUnavailable` only
+when it is opened.
 
 Each backend module exposes ``open_url(url: str) -> KV``.
 """

@@ -1,7 +1,7 @@
 """Backend fixtures for the kvstore contract suite.
 
 Every contract test takes the ``env`` fixture and runs once per backend in
-``BACKENDS``. To add a backend (e.g. cowsql): write a fixture returning an
+``BACKENDS`` (mem, raft, etcd, cowsql). To add one: write a fixture returning an
 ``Env`` named ``<backend>_env`` below and append the name to ``BACKENDS``.
 """
 
