@@ -87,6 +87,8 @@ class Cluster:
     :param roles_adjustment_frequency, voters, standbys: passed to every App.
     :param fault_proxies: in-process only: each node dials its peers through its
         own `FaultProxy` (``cluster.proxies[i]``, `isolate()`, `heal()`).
+    :param snapshot_params: in-process only: (threshold, trailing) Raft entries, e.g.
+        (64, 128) for a snapshot every 64 entries (trailing must not be below threshold) (snapshot-heavy load for crash tests).
     :param base_dir: where node dirs go (default: a fresh temp dir, removed on close).
     :param ready_timeout: seconds to wait for the cluster to form.
     :raises HarnessError: the cluster did not form (the message has the logs).
@@ -106,11 +108,12 @@ class Cluster:
         base_dir: str | os.PathLike[str] | None = None,
         ready_timeout: float = 30.0,
         extra_args: list[str] | None = None,
+        snapshot_params: tuple[int, int] | None = None,
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one node")
-        if processes and (not app or fault_proxies):
-            raise HarnessError("processes=True runs Apps and cannot take in-process fault proxies")
+        if processes and (not app or fault_proxies or snapshot_params):
+            raise HarnessError("processes=True runs Apps and cannot take in-process fault proxies or snapshot_params")
         self.n = n
         self.processes = processes
         self.use_app = app
@@ -119,6 +122,7 @@ class Cluster:
         self.voters = voters
         self.standbys = standbys
         self.ready_timeout = ready_timeout
+        self.snapshot_params = snapshot_params
         self.extra_args = list(extra_args or [])
         self._own_dir = base_dir is None
         self.base_dir = tempfile.mkdtemp(prefix="cowsqlpy-cluster-") if base_dir is None else os.fspath(base_dir)
@@ -191,6 +195,7 @@ class Cluster:
             standbys=self.standbys,
             roles_adjustment_frequency=self.roles_adjustment_frequency,
             network_latency=self.network_latency,
+            snapshot_params=self.snapshot_params,
         )
 
     def _start(self, m: _Member, join: list[str] | None) -> None:
@@ -231,7 +236,8 @@ class Cluster:
             from ..node import Node
 
             m.node_id = m.index + 1  # id 1 bootstraps
-            m.node = Node(m.node_id, address, m.dir, network_latency=self.network_latency, dial=m.proxy)
+            m.node = Node(m.node_id, address, m.dir, network_latency=self.network_latency, dial=m.proxy,
+                          snapshot_params=self.snapshot_params)
             m.node.start()
             m.address = m.node.address
             logger.info("node%d (id %d) started at %s", m.index, m.node_id, m.address)

@@ -8,6 +8,7 @@ import pytest
 from cowsqlpy.testing import Cluster
 from cowsqlpy.testing.nemesis import NETWORK_FAULTS, Nemesis
 from cowsqlpy.testing.scenarios import RunReport, sql_bank, sql_list_append, sql_register
+from cowsqlpy.testing.workloads import sql_register_apply
 
 from .conftest import SEEDS
 
@@ -55,3 +56,21 @@ def test_list_append_under_faults(net_cluster: Cluster, seed: int, tmp_path) -> 
         pytest.xfail(f"read-only transactions are serializable, not strict (no barrier), seed={seed}:\n"
                      + report.checks["strict-serializable"])
     assert_clean(report)
+
+
+def test_register_kill_during_snapshot_heavy_load(tmp_path) -> None:
+    """Snapshots every 64 entries while nodes are killed and restarted on their data
+    dirs; then the whole cluster is killed and restarted: every acknowledged write is
+    still there (the final reads before and after agree)."""
+    seed = SEEDS[0]
+    with Cluster(3, snapshot_params=(64, 128)) as cluster:
+        nemesis = Nemesis(cluster, seed, faults=["kill", "restart", "stop"])
+        report = sql_register(cluster, seed, duration=8.0, interval=1.0, nemesis=nemesis, save_dir=str(tmp_path))
+        assert report.stats["ok"] > 200, report.summary()  # enough entries for several snapshots
+        assert_clean(report)
+        print(nemesis.format_log())
+        before = {o.input["key"]: o.output for o in report.history if o.client == "final"}
+        cluster.restart_all(graceful=False)
+        conn = cluster.connect(f"reg{seed}", autocommit=True)
+        after = {k: sql_register_apply(conn, {"f": "read", "key": k}) for k in before}
+        assert after == before, nemesis.format_log()
