@@ -113,10 +113,10 @@ def connect_args(url: URL) -> dict[str, Any]:
                 ) from None
         elif name == "group_commit":
             kwargs["group_commit"] = _flag(name, value)
-        elif name == "engine":
-            kwargs["engine"] = value
+        elif name in ("engine", "read_consistency"):
+            kwargs[name] = value  # checked by the driver (ValueError, which SQLAlchemy passes on)
         else:
-            known = ", ".join(["server", *_POLICY_FIELDS, "group_commit", "engine"])
+            known = ", ".join(["server", *_POLICY_FIELDS, "group_commit", "engine", "read_consistency"])
             raise exc.ArgumentError(f"cowsql URL: unknown option {name!r} (known: {known})")
     if policy:
         kwargs["policy"] = RetryPolicy(**policy)

@@ -57,10 +57,11 @@ def engine(cluster: Cluster, dbname: str) -> Iterator[sa.Engine]:
 def test_urls_name_servers_database_and_retry_options() -> None:
     u = make_url(
         "cowsql://127.0.0.1:9001,127.0.0.1:9002/app?deadline=7.5&max_tries=3&server=127.0.0.1:9003&group_commit=off"
+        "&read_consistency=serializable"
     )
     args = connect_args(u)
     assert args["servers"] == ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
-    assert args["database"] == "app" and args["group_commit"] is False
+    assert args["database"] == "app" and args["group_commit"] is False and args["read_consistency"] == "serializable"
     assert args["policy"] == RetryPolicy(deadline=7.5, max_tries=3)
     # SQLAlchemy's own parser: one host:port, or several in brackets (alembic.ini can hold either).
     assert connect_args(sa.make_url("cowsql://127.0.0.1:9001/app"))["servers"] == ["127.0.0.1:9001"]

@@ -1,0 +1,305 @@
+"""SQLAlchemy through our dialect against sqlalchemy-dqlite, and the async driver
+against the sync driver, on one 3-node cluster (nodes in child processes).
+
+ORM cells (same models, same statements, explicit primary keys so neither side
+needs RETURNING): a bulk INSERT of --rows rows (``session.execute(insert(Item),
+rows)``), --commits single-row ORM commits, --gets ``session.get()`` reads by
+primary key. sqlalchemy-dqlite needs Python >= 3.13: it runs this same file
+with ``--orm-worker`` under --peer-python (a venv with sqlalchemy-dqlite).
+
+Driver cells: --concurrency writers (autocommit INSERTs) and readers (point
+SELECTs), each with its own connection, for --duration seconds: threads on the
+sync driver, tasks on one uvloop loop with the async driver.
+
+    .venv/bin/python bench/bench_sqlalchemy.py [--peer-python /tmp/venv313/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+ROOT = Path(__file__).resolve().parents[1]
+WHEN = dt.datetime(2026, 1, 2, 3, 4, 5)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(40))
+    qty: Mapped[int]
+    at: Mapped[dt.datetime] = mapped_column(sa.DateTime)
+    done: Mapped[bool] = mapped_column(sa.Boolean)
+
+
+def row(i: int) -> dict[str, Any]:
+    return {"id": i, "name": f"item-{i}", "qty": i, "at": WHEN, "done": i % 2 == 0}
+
+
+# -- ORM cells (also run by the peer's Python) ------------------------------------------------
+
+
+def orm_cells(engine: sa.Engine, rows: int, commits: int, gets: int) -> dict[str, float]:
+    """Seconds per cell; raises on any error."""
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    with Session(engine) as s:
+        s.execute(sa.insert(Item), [row(i) for i in range(rows)])
+        s.commit()
+    out["bulk_insert"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with Session(engine) as s:
+        for i in range(rows, rows + commits):
+            s.add(Item(**row(i)))
+            s.commit()
+    out["single_commits"] = time.perf_counter() - start
+
+    keys = random.Random(7).sample(range(rows), min(gets, rows))
+    start = time.perf_counter()
+    with Session(engine) as s:
+        for k in keys:
+            item = s.get(Item, k)
+            if item is None or item.qty != k:
+                raise AssertionError(f"session.get({k}) gave {item!r}")
+    out["gets"] = time.perf_counter() - start
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(Item)).scalar_one()
+    if total != rows + commits:
+        raise AssertionError(f"{total} rows, expected {rows + commits}")
+    return out
+
+
+def orm_worker(args: argparse.Namespace) -> None:
+    engine = sa.create_engine(args.url)
+    try:
+        print(json.dumps(orm_cells(engine, args.rows, args.commits, args.gets)))
+    finally:
+        engine.dispose()
+
+
+# -- driver cells ------------------------------------------------------------------------------------
+
+
+_cells = iter(range(1, 1_000_000))
+
+
+def fresh_keys(worker: int) -> int:
+    """The first key of `worker`'s own range in a new cell (writes never collide)."""
+    return (next(_cells) * 1_000 + worker) * 1_000_000
+
+
+def sync_cell(
+    addresses: list[str], db: str, kind: str, workers: int, duration: float, keys: int
+) -> tuple[int, int]:
+    import cowsqlpy
+
+    conns = [cowsqlpy.connect(addresses, database=db, autocommit=True) for _ in range(workers)]
+    counts = [0] * workers
+    errors = [0] * workers
+    barrier = threading.Barrier(workers + 1)
+    stop = threading.Event()
+
+    starts = [fresh_keys(w) for w in range(workers)]
+
+    def work(w: int) -> None:
+        conn, rng, n = conns[w], random.Random(w), starts[w]
+        cur = conn.cursor()
+        barrier.wait()
+        while not stop.is_set():
+            try:
+                if kind == "write":
+                    cur.execute("INSERT INTO kv (k, v) VALUES (?, ?)", (n, "x" * 100))
+                else:
+                    cur.execute("SELECT v FROM kv WHERE k = ?", (rng.randrange(keys),))
+                    cur.fetchone()
+                counts[w] += 1
+            except cowsqlpy.Error:
+                errors[w] += 1
+            n += 1
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    time.sleep(duration)
+    stop.set()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    return sum(counts), sum(errors)
+
+
+async def async_cell(
+    addresses: list[str], db: str, kind: str, workers: int, duration: float, keys: int
+) -> tuple[int, int]:
+    import cowsqlpy
+    import cowsqlpy.aio
+
+    conns = [
+        await cowsqlpy.aio.connect(addresses, database=db, autocommit=True) for _ in range(workers)
+    ]
+    counts = [0] * workers
+    errors = [0] * workers
+    deadline = time.monotonic() + duration
+
+    starts = [fresh_keys(w) for w in range(workers)]
+
+    async def work(w: int) -> None:
+        conn, rng, n = conns[w], random.Random(w), starts[w]
+        cur = conn.cursor()
+        while time.monotonic() < deadline:
+            try:
+                if kind == "write":
+                    await cur.execute("INSERT INTO kv (k, v) VALUES (?, ?)", (n, "x" * 100))
+                else:
+                    await cur.execute("SELECT v FROM kv WHERE k = ?", (rng.randrange(keys),))
+                    await cur.fetchone()
+                counts[w] += 1
+            except cowsqlpy.Error:
+                errors[w] += 1
+            n += 1
+
+    await asyncio.gather(*(work(w) for w in range(workers)))
+    for c in conns:
+        await c.close()
+    return sum(counts), sum(errors)
+
+
+# -- main -----------------------------------------------------------------------------------------------
+
+
+def timed_peer(args: argparse.Namespace, address: str) -> dict[str, float] | str:
+    cmd = [
+        args.peer_python,
+        __file__,
+        "--orm-worker",
+        "--url",
+        f"dqlite://{address}/bench_peer",
+        "--rows",
+        str(args.rows),
+        "--commits",
+        str(args.commits),
+        "--gets",
+        str(args.gets),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or ["exit " + str(proc.returncode)])[-1]
+    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--commits", type=int, default=1_000)
+    parser.add_argument("--gets", type=int, default=10_000)
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per driver cell")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--peer-python", help="a Python >= 3.13 with sqlalchemy-dqlite (skipped if absent)"
+    )
+    parser.add_argument("--orm-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.orm_worker:
+        orm_worker(args)
+        return
+
+    sys.path.insert(0, str(ROOT))
+    import uvloop
+
+    import cowsqlpy
+    from cowsqlpy.sqlalchemy import create_engine
+    from cowsqlpy.testing import Cluster
+
+    levels = [int(x) for x in args.concurrency.split(",")]
+    print(
+        f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, SQLAlchemy {sa.__version__}"
+    )
+    with Cluster(3, processes=True) as cluster:
+        addresses = cluster.addresses
+        print(f"cluster: 3 nodes in child processes {addresses}")
+
+        ours: dict[str, dict[str, float]] = {}
+        for consistency in ("linearizable", "serializable"):
+            url = (
+                f"cowsql://{','.join(addresses)}/bench_{consistency}?read_consistency={consistency}"
+            )
+            engine = create_engine(url)
+            try:
+                ours[consistency] = orm_cells(engine, args.rows, args.commits, args.gets)
+            finally:
+                engine.dispose()
+        peer: dict[str, float] | str = "not run (no --peer-python)"
+        if args.peer_python:
+            leader = cluster.leader_index()
+            peer = timed_peer(args, addresses[leader if leader is not None else 0])
+        ops = {
+            "bulk_insert": args.rows,
+            "single_commits": args.commits,
+            "gets": min(args.gets, args.rows),
+        }
+        print(
+            "\nORM rows/s       cowsql (linearizable)  cowsql (serializable)  sqlalchemy-dqlite  ratios lin/ser"
+        )
+        for cell, n in ops.items():
+            lin, ser = n / ours["linearizable"][cell], n / ours["serializable"][cell]
+            if isinstance(peer, dict):
+                theirs = n / peer[cell]
+                print(
+                    f"{cell:<16} {lin:>14,.0f} {ser:>22,.0f} {theirs:>18,.0f}   {lin / theirs:5.2f}x {ser / theirs:5.2f}x"
+                )
+            else:
+                print(f"{cell:<16} {lin:>14,.0f} {ser:>22,.0f}   {peer}")
+
+        setup = cowsqlpy.connect(addresses, database="bench_drivers", autocommit=True)
+        setup.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)")
+        keys = 10_000
+        setup.executemany(
+            "INSERT OR IGNORE INTO kv (k, v) VALUES (?, ?)", [(k, "x" * 100) for k in range(keys)]
+        )
+        setup.close()
+        print(
+            f"\ndrivers ({args.duration:g} s per cell)   sync ops/s (errors)   async ops/s (errors)   async/sync"
+        )
+        for kind in ("write", "read"):
+            for n in levels:
+                s_ops, s_err = sync_cell(addresses, "bench_drivers", kind, n, args.duration, keys)
+                run: Callable[..., Any] = uvloop.run
+                a_ops, a_err = run(
+                    async_cell(addresses, "bench_drivers", kind, n, args.duration, keys)
+                )
+                s_rate, a_rate = s_ops / args.duration, a_ops / args.duration
+                print(
+                    f"{kind:>5} x{n:<3}                {s_rate:>10,.0f} ({s_err})        "
+                    f"{a_rate:>10,.0f} ({a_err})          {a_rate / s_rate:5.2f}x"
+                )
+
+
+if __name__ == "__main__":
+    main()
