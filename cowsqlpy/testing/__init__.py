@@ -20,6 +20,12 @@ and `FaultProxy`, a TCP proxy that can drop, delay, refuse or cut connections,
 usable as a client address or as a node's ``dial`` (``Cluster(...,
 fault_proxies=True)`` puts one under every in-process node's Raft links).
 
+Beyond single faults: `Nemesis` (``cowsqlpy.testing.nemesis``) draws seeded
+random process, network and membership faults; `History` records what clients
+did; ``linearizability``, ``watchcheck``, ``bank`` and ``listappend`` check
+histories; ``scenarios`` has ready workloads; ``python -m
+cowsqlpy.testing.torture --minutes N`` runs them for long (docs/consistency.md).
+
 In-process ``kill(i)`` is the closest honest equivalent of SIGKILL an embedded
 node allows: the engine is stopped with no hand-over and no demotion, but its
 stop still closes sockets cleanly (peers see EOF at once, not a silent peer)
