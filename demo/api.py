@@ -25,7 +25,8 @@ from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.web_request import BaseRequest
 
 from cowsqlpy.runtime import BusyPoll, wait_event
-from kvstore.backends.cowsql import CowsqlCore, OutcomeUnknown
+from kvstore import OutcomeUnknownError
+from kvstore.backends.cowsql import CowsqlCore
 from kvstore.errors import (
     ClosedError,
     CompactedError,
@@ -122,7 +123,7 @@ def map_error(exc: BaseException) -> HTTPFailure:
         return _bad(str(exc))
     if isinstance(exc, LeaseNotFound):
         return HTTPFailure(409, "lease_not_found", str(exc))
-    if isinstance(exc, OutcomeUnknown):
+    if isinstance(exc, OutcomeUnknownError):
         return _unavailable(f"{exc} (re-read the key before retrying)", "outcome_unknown")
     if isinstance(exc, (OperationTimeout, TimeoutError, ClosedError)):
         return _unavailable(f"no quorum or no leader reachable: {exc}", "no_quorum")

@@ -34,6 +34,7 @@ from .errors import (
     LeaseNotFound,
     LockTimeout,
     OperationTimeout,
+    OutcomeUnknownError,
     RetriesExhausted,
     RevisionError,
     UnsupportedScheme,
@@ -98,6 +99,6 @@ __all__ = [
     "KVError", "InvalidArgument", "InvalidKey", "InvalidType", "InvalidTxn", "ValueTooLarge",
     "UnsupportedScheme", "BackendUnavailable", "ConfigurationError", "RevisionError",
     "CompactedError", "FutureRevisionError", "LeaseNotFound", "KeyExists", "VersionMismatch",
-    "LockTimeout", "OperationTimeout", "RetriesExhausted", "ClosedError", "BackendError",
+    "LockTimeout", "OperationTimeout", "OutcomeUnknownError", "RetriesExhausted", "ClosedError", "BackendError",
     "WatchOverflow",
 ]

@@ -130,6 +130,16 @@ class BackendError(KVError):
         self.code = code
 
 
+class OutcomeUnknownError(BackendError):
+    """Leadership or the connection was lost while a write was being committed and
+    the backend could not find out in time whether it committed (the counterpart of
+    `cowsqlpy.OutcomeUnknownError`). The write may or may not be applied; re-read
+    before retrying. ``code`` is ``"outcome_unknown"``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "outcome_unknown")
+
+
 #: Stable error codes used inside replicated state machines (``kvstore.mvcc``)
 #: to report deterministic failures; one table, no string matching.
 ERROR_CODES: dict[str, type[KVError]] = {}
@@ -137,7 +147,7 @@ ERROR_CODES: dict[str, type[KVError]] = {}
 
 def _register(code: str, cls: type[KVError]) -> None:
     if code in ERROR_CODES:
-        raise RuntimeError(f"duplicate kvstore error code {code!r}")
+        raise ValueError(f"kvstore error code {code!r} already maps to {ERROR_CODES[code].__name__}")
     ERROR_CODES[code] = cls
 
 

@@ -30,7 +30,7 @@ handle that names them, asyncio on cowsqlpy's background loop):
   the new leader (`cowsqlpy.database.Database.commit`): committed, and the saved
   results are delivered; or certainly not committed (TransactionLostError), and
   the batch is evaluated again. If no leader can say within the retry deadline,
-  every op of the batch fails with :class:`OutcomeUnknown`: never a false ack,
+  every op of the batch fails with :class:`~kvstore.errors.OutcomeUnknownError`: never a false ack,
   never a blind retry.
 * **Reads** are single SQL statements on the leader (one snapshot: the meta row
   and the rows together), so a range is consistent with the revision it
@@ -76,14 +76,9 @@ from typing import Any, TypeVar
 
 from cowsqlpy.client import Session, as_store
 from cowsqlpy.database import SESSION_GONE, Database
-from cowsqlpy.errors import (
-    BusyError,
-    OutcomeUnknownError,
-    TransactionLostError,
-)
-from cowsqlpy.errors import (
-    Error as EngineError,
-)
+from cowsqlpy.errors import BusyError, TransactionLostError
+from cowsqlpy.errors import Error as EngineError
+from cowsqlpy.errors import OutcomeUnknownError as EngineOutcomeUnknown
 from cowsqlpy.retry import RetryPolicy
 from cowsqlpy.runtime import background_loop, run_sync, wait_event
 from cowsqlpy.sqltext import literal
@@ -97,6 +92,7 @@ from ..errors import (
     KVError,
     LeaseNotFound,
     OperationTimeout,
+    OutcomeUnknownError,
 )
 from ..types import (
     RANGE_ALL,
@@ -144,25 +140,15 @@ KNOWN_KEYS = 10_000             # key states kept for one-round-trip puts (see _
 KNOWN_BYTES = 8 << 20           # ... and their values' bytes
 
 
-class OutcomeUnknown(BackendError):
-    """Leadership or the connection was lost while the write was being committed
-    and the committer could not find out in time whether it committed. The write
-    may or may not be applied; re-read before retrying. ``code`` is
-    ``"outcome_unknown"``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "outcome_unknown")
-
-
-def _unknown(exc: OutcomeUnknownError) -> OutcomeUnknown:
-    return OutcomeUnknown("cowsql: leadership was lost during COMMIT and no leader could say "
+def _unknown(exc: EngineOutcomeUnknown) -> OutcomeUnknownError:
+    return OutcomeUnknownError("cowsql: leadership was lost during COMMIT and no leader could say "
                           f"within the deadline whether it committed ({exc})")
 
 
 def _kv_error(exc: EngineError) -> KVError:
     """The kvstore error for an engine error that survived the retry policy."""
-    if isinstance(exc, OutcomeUnknownError):
-        return OutcomeUnknown(f"cowsql: {exc}")
+    if isinstance(exc, EngineOutcomeUnknown):
+        return OutcomeUnknownError(f"cowsql: {exc}")
     if exc.retry in ("reconnect", "same_leader"):
         return OperationTimeout(f"cowsql: no usable leader within the retry deadline: {exc}")
     return BackendError(f"cowsql: {exc}", exc.code)
@@ -783,7 +769,7 @@ class CowsqlCore:
                 # no part of the batch can commit alone; a lost reply is resolved
                 # through the batch's log token (or the driver's commit marker)
                 await self.db.commit(session, stmts, check=b.committed if b.log else None)
-            except OutcomeUnknownError as exc:
+            except EngineOutcomeUnknown as exc:
                 raise _unknown(exc) from exc
             except TransactionLostError:
                 continue       # lost before COMMIT was applied: nothing committed
@@ -835,7 +821,7 @@ class CowsqlCore:
         try:
             if not await self.db.write(S.PUT_KNOWN, (*b.log[0], self._known_rev), b.committed):
                 return False   # the guard: the general path re-reads and forgets stale states
-        except OutcomeUnknownError as exc:
+        except EngineOutcomeUnknown as exc:
             raise _unknown(exc) from exc
         except EngineError as exc:   # nothing written (BUSY, leader change): the general path
             log.debug("one-round-trip put not taken: %r", exc)

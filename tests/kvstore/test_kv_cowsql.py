@@ -281,7 +281,7 @@ def test_plain_puts_leave_the_meta_row_alone(kv):
 
 
 def test_commit_outcome_unresolvable_is_reported_not_acked(kv, monkeypatch):
-    """The reply is lost and no leader can be asked within the deadline: OutcomeUnknown."""
+    """The reply is lost and no leader can be asked within the deadline: OutcomeUnknownError."""
     core = kv.core
     real_exec_sql = Session.exec_sql
 
@@ -295,7 +295,7 @@ def test_commit_outcome_unresolvable_is_reported_not_acked(kv, monkeypatch):
 
     monkeypatch.setattr(Session, "exec_sql", unreachable)
     monkeypatch.setattr(core.db, "policy", dataclasses.replace(core.db.policy, deadline=1.0))
-    with pytest.raises(kvstore.backends.cowsql.OutcomeUnknown):
+    with pytest.raises(kvstore.OutcomeUnknownError):
         kv.put(b"never", b"1")
     monkeypatch.undo()
     assert kv.get(b"never") is None
@@ -588,7 +588,7 @@ def test_failover_keeps_every_acknowledged_put(tmp_path):
                     kv.put(key, val)
                     with lock:
                         acked[key] = val
-                except kvstore.backends.cowsql.OutcomeUnknown:
+                except kvstore.OutcomeUnknownError:
                     unknown.append(key)
                 except BaseException as e:  # noqa: BLE001 - asserted below
                     errors.append(e)
