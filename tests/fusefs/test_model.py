@@ -27,7 +27,8 @@ from .posix import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 DIRS = ["", "", "p", "p/q"]  # each case starts with p/q, r and a few files
 NAMES = ["a", "b", "c", "q", "r"]
-PATHS = st.builds(lambda d, n: f"{d}/{n}" if d else n, st.sampled_from(DIRS), st.sampled_from(NAMES))
+ANY_PATH = st.builds(lambda d, n: f"{d}/{n}" if d else n, st.sampled_from(DIRS), st.sampled_from(NAMES))
+PATHS = st.sampled_from(["a", "p/b"]) | ANY_PATH  # half of the draws name a file that exists at the start
 DATA = st.binary(max_size=2000) | st.builds(lambda n, b: bytes([b]) * n, st.integers(0, 150_000), st.integers(0, 255))
 OFFSETS = st.sampled_from([0, 1, 4095, 65535, 65536, 100_000, 200_000])
 MODES = st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777])
