@@ -154,8 +154,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         app = App(args.dir, args.address, cluster=args.join or None)
         app.ready(timeout=max(60.0, args.io_timeout))
         servers = [app.address, *args.join, *servers]
-    if not servers:
-        print("give --cluster (or --embed-node)", file=sys.stderr)
+    if not servers and not (args.view == "kv" and args.kv_url):
+        print("give --cluster (or --embed-node, or --kv-url with --view kv)", file=sys.stderr)
         return 2
     options = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.entry_timeout,
                            negative_timeout=args.entry_timeout, allow_other=args.allow_other, debug=args.debug,

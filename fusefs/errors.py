@@ -6,6 +6,7 @@ import errno
 import logging
 
 import cowsqlpy
+import kvstore
 
 log = logging.getLogger("fusefs.errors")
 
@@ -32,7 +33,13 @@ def to_errno(exc: BaseException) -> int:
         return errno.ENOSPC
     if isinstance(exc, cowsqlpy.IntegrityError):
         return errno.EEXIST  # a name that another mount created between our check and insert
-    if isinstance(exc, cowsqlpy.Error):
+    if isinstance(exc, kvstore.ValueTooLarge):
+        return errno.EFBIG
+    if isinstance(exc, kvstore.InvalidKey):
+        return errno.ENAMETOOLONG
+    if isinstance(exc, kvstore.KeyExists):
+        return errno.EEXIST
+    if isinstance(exc, cowsqlpy.Error | kvstore.KVError):
         log.warning("cluster error, answering EIO: %r", exc)
         return errno.EIO
     log.error("unexpected error, answering EIO", exc_info=exc)
