@@ -65,12 +65,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -169,9 +170,21 @@ def _live_kv(r: Sequence[Any], off: int = 0) -> KeyValue:
 
 
 # =============================================================== ops and batches
+class OpKind(enum.Enum):
+    """The writes the committer batches; each is `_Batch.op_<value>`."""
+
+    TXN = "txn"
+    GRANT = "grant"
+    REVOKE = "revoke"
+    KEEPALIVE = "keepalive"
+    EXPIRE = "expire"
+    COMPACT = "compact"
+    CHUNK = "chunk"  # one window of a physical compaction
+
+
 @dataclass(eq=False)
 class _Op:
-    kind: str           # txn grant revoke keepalive expire compact chunk
+    kind: OpKind
     args: tuple[Any, ...]
     size: int = 0
     future: asyncio.Future[Any] = field(
@@ -223,7 +236,7 @@ class _Batch:
         valued: set[bytes] = set()    # keys whose value an op reads
         leases: set[int] = set()
         for op in ops:
-            if op.kind == "txn":
+            if op.kind is OpKind.TXN:
                 compares, success, failure = op.args
                 for c in compares:
                     if not c.range_end:
@@ -235,9 +248,9 @@ class _Batch:
                             leases.add(o.lease)
                     elif not o.end:
                         (keys if isinstance(o, DeleteRange) and not o.prev_kv else valued).add(o.key)
-            elif op.kind in ("revoke", "keepalive"):
+            elif op.kind in (OpKind.REVOKE, OpKind.KEEPALIVE):
                 leases.add(op.args[0])
-            elif op.kind == "expire" and op.args[0] is not None:
+            elif op.kind is OpKind.EXPIRE and op.args[0] is not None:
                 leases.update(op.args[0])
         return self._fetch_sql(sorted(valued), sorted(leases), meta=True,
                                bare=sorted(keys - valued))
@@ -390,7 +403,7 @@ class _Batch:
     # ---------------------------------------------------------------- ops
     async def apply(self, op: _Op) -> Any:
         try:
-            return await getattr(self, "op_" + op.kind)(*op.args)
+            return await _HANDLERS[op.kind](self, *op.args)
         except KVError as e:
             return _Failed(e)
 
@@ -584,6 +597,18 @@ class _Batch:
 
 
 # =============================================================== the core
+_HANDLERS: dict[OpKind, Callable[..., Awaitable[Any]]] = {
+    OpKind.TXN: _Batch.op_txn,
+    OpKind.GRANT: _Batch.op_grant,
+    OpKind.REVOKE: _Batch.op_revoke,
+    OpKind.KEEPALIVE: _Batch.op_keepalive,
+    OpKind.EXPIRE: _Batch.op_expire,
+    OpKind.COMPACT: _Batch.op_compact,
+    OpKind.CHUNK: _Batch.op_chunk,
+}
+assert set(_HANDLERS) == set(OpKind)
+
+
 class CowsqlCore:
     """The async store: committer, reads, watch poller, lease reaper, compactor.
     All coroutines run on cowsqlpy's background loop (``self.loop``)."""
@@ -690,7 +715,7 @@ class CowsqlCore:
             await self.db.rollback(session)
 
     # ---------------------------------------------------------------- writes
-    def submit(self, kind: str, *args: Any, size: int = 0) -> asyncio.Future[Any]:
+    def submit(self, kind: OpKind, *args: Any, size: int = 0) -> asyncio.Future[Any]:
         if self._closed:
             raise ClosedError("cowsql: the store is closed")
         op = _Op(kind, args, size)
@@ -809,7 +834,7 @@ class CowsqlCore:
         round trip instead of two, and a prepared statement). The guard inserts
         nothing if the revision moved since (another process wrote); the put then
         takes the general path. Whether it was committed."""
-        if op.kind != "txn" or op.args[0] or len(op.args[1]) != 1 or not self._known_rev:
+        if op.kind is not OpKind.TXN or op.args[0] or len(op.args[1]) != 1 or not self._known_rev:
             return False
         put = op.args[1][0]
         if not isinstance(put, Put) or put.lease or put.key not in self._known:
@@ -850,7 +875,7 @@ class CowsqlCore:
     async def txn(self, compare: Sequence[Compare], success: Sequence[Op],
                   failure: Sequence[Op]) -> TxnResult:
         size = sum(len(o.key) + len(o.value) for o in (*success, *failure) if isinstance(o, Put))
-        res: TxnResult = await self.submit("txn", compare, success, failure, size=size)
+        res: TxnResult = await self.submit(OpKind.TXN, compare, success, failure, size=size)
         return res
 
     async def put(self, key: bytes, value: bytes, lease: int = 0, prev_kv: bool = False
@@ -867,23 +892,23 @@ class CowsqlCore:
         return r.kvs[0] if r.kvs else None
 
     async def compact(self, revision: int) -> None:
-        await self.submit("compact", revision)
+        await self.submit(OpKind.COMPACT, revision)
 
     async def grant(self, ttl: int) -> tuple[int, int]:
-        res: tuple[int, int] = await self.submit("grant", ttl)
+        res: tuple[int, int] = await self.submit(OpKind.GRANT, ttl)
         return res
 
     async def revoke(self, lease: int) -> None:
-        await self.submit("revoke", lease)
+        await self.submit(OpKind.REVOKE, lease)
 
     async def keepalive(self, lease: int) -> int:
-        res: int = await self.submit("keepalive", lease)
+        res: int = await self.submit(OpKind.KEEPALIVE, lease)
         return res
 
     async def expire(self, ids: list[int] | None = None) -> None:
         """Expire leases now: ``ids`` (revoked if they exist) or, with None, every
         lease whose deadline passed on the leader's clock (the reaper's pass)."""
-        await self.submit("expire", ids)
+        await self.submit(OpKind.EXPIRE, ids)
 
     # ---------------------------------------------------------------- reads
     async def _query(self, sql: str, params: Sequence[Any], *, linearizable: bool = False
@@ -1106,7 +1131,7 @@ class CowsqlCore:
                 lo = max(done, rows[0][0] or target)
                 while lo <= target and not self._closed:   # windows of successors, up to C
                     hi = min(target + 1, lo + COMPACT_WINDOW)
-                    await self.submit("chunk", lo, hi, target)
+                    await self.submit(OpKind.CHUNK, lo, hi, target)
                     lo = hi
                 done = target
         except KVError as exc:
