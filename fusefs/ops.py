@@ -41,6 +41,7 @@ XATTR_SIZE_MAX = 65536
 FALLOC_FL_KEEP_SIZE = 1
 UTIME_NOW = "now"  # utimens: set to the current time; None: leave as is
 BLOCK = 4096
+NO_CAPABILITIES = b"security.capability"  # never stored: answering it costs no query
 MAX_DEPTH_PER_QUERY = 120  # a path deeper than this resolves in several queries
 HEARTBEAT_SECONDS = 10.0
 SESSION_EXPIRY_NS = int(3 * HEARTBEAT_SECONDS * 1e9)
@@ -785,7 +786,7 @@ class FileSystem:
         raw = os.fsencode(name)
         if not raw or len(raw) > XATTR_NAME_MAX:
             raise FsError(errno.ERANGE)
-        if not raw.startswith((b"user.", b"trusted.", b"security.")):
+        if not raw.startswith((b"user.", b"trusted.", b"security.")) or raw == NO_CAPABILITIES:
             raise FsError(errno.EOPNOTSUPP)
         return raw
 
@@ -808,6 +809,8 @@ class FileSystem:
         self.store.transaction(tx)
 
     def getxattr(self, path: str, name: str) -> bytes:
+        if os.fsencode(name) == NO_CAPABILITIES:
+            raise FsError(errno.ENODATA)  # the kernel asks before every write; file capabilities are refused
         raw = self._xattr_name(name)
 
         def q(conn: Any) -> bytes:

@@ -1,0 +1,80 @@
+"""The command: mkfs, fsck, background mount, umount, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cowsqlpy
+from cowsqlpy.testing import Cluster, wait_for
+
+from .conftest import ROOT, _mounted, check_fs, lazy_unmount
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "fusefs", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_mkfs_creates_checks_and_refuses_other_databases(fs_cluster: Cluster) -> None:
+    servers = ",".join(fs_cluster.addresses)
+    first = cli("mkfs", "--cluster", servers, "--capacity", "64M", "--chunk-size", "32K")
+    assert first.returncode == 0 and "created" in first.stdout and "chunk 32768 B, capacity 67108864 B" in first.stdout
+    again = cli("mkfs", "--cluster", servers)
+    assert again.returncode == 0 and "found" in again.stdout
+    conn = fs_cluster.connect("app", autocommit=True)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    refused = cli("mkfs", "--cluster", servers, "--database", "app")
+    assert refused.returncode == 1 and "not a filesystem" in refused.stderr
+    bad = cli("mkfs", "--cluster", servers, "--database", "x", "--chunk-size", "1000")
+    assert bad.returncode == 1 and "power of two" in bad.stderr
+    assert cli("fsck", "--cluster", servers).returncode == 0
+
+
+def test_fsck_finds_planted_damage(fs_cluster: Cluster) -> None:
+    servers = ",".join(fs_cluster.addresses)
+    assert cli("mkfs", "--cluster", servers).returncode == 0
+    conn = cowsqlpy.connect(fs_cluster.addresses, database="fs", autocommit=True)
+    try:
+        conn.execute("INSERT INTO fs_edge (parent, name, ino) VALUES (1, X'6c6f7374', 999)")  # entry to nowhere
+        conn.execute("INSERT INTO fs_chunk (ino, idx, data) VALUES (998, 0, X'00')")  # chunk of no inode
+    finally:
+        conn.close()
+    result = cli("fsck", "--cluster", servers)
+    assert result.returncode == 1
+    assert "entry pointing at no inode" in result.stdout and "chunk without an inode" in result.stdout
+    assert "used_bytes differs" not in result.stdout
+
+
+def test_background_mount_flushes_on_sigterm(fs_cluster: Cluster, tmp_path: Path) -> None:
+    servers = ",".join(fs_cluster.addresses)
+    assert cli("mkfs", "--cluster", servers).returncode == 0
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        up = cli("mount", "--cluster", servers, "--log-file", str(tmp_path / "log"), str(mnt))
+        assert up.returncode == 0, up.stderr
+        pid = int(up.stdout.split("pid ")[1].split(",")[0])
+        assert _mounted(mnt)
+        fd = os.open(mnt / "f", os.O_CREAT | os.O_WRONLY)
+        os.write(fd, b"buffered until close")  # in the daemon's write-back buffer, not yet in the database
+        os.kill(pid, signal.SIGTERM)  # libfuse unmounts, destroy flushes every open file
+        wait_for(lambda: not _mounted(mnt), 30, "unmounted")
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30, "daemon exited")
+        assert check_fs(fs_cluster.addresses) == []
+        up = cli("mount", "--cluster", servers, "--log-file", str(tmp_path / "log"), str(mnt))
+        assert up.returncode == 0, up.stderr
+        assert (mnt / "f").read_bytes() == b"buffered until close"  # flushed by the unmount
+        down = cli("umount", str(mnt))
+        assert down.returncode == 0, down.stderr
+        wait_for(lambda: not _mounted(mnt), 30, "unmounted")
+    finally:
+        lazy_unmount(mnt)
+    assert check_fs(fs_cluster.addresses) == []
