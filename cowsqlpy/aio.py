@@ -550,7 +550,10 @@ class Connection:
                 return
             raise
         self._active = stream
-        cursor._set_stream(stream)
+        try:
+            await cursor._take_stream(stream)
+        except SESSION_GONE as exc:
+            raise self._lose_tx(exc) from exc
 
     async def _execute(self, cursor: Cursor, sql: str, parameters: object) -> None:
         stmt = check_single(sql, self._features)
@@ -577,12 +580,13 @@ class Connection:
             cursor._set_result(stmt, await self._db.execute(sql, values, coalesce=coalesce))
             return
         try:
-            cursor._set_stream(await self._db.query(sql, values, linearizable=self._linearizable))
+            stream = await self._db.query(sql, values, linearizable=self._linearizable)
         except Error as exc:
             if returns_rows is None and exc.code == 1:
                 cursor._set_result(stmt, await self._db.execute(sql, values, coalesce=False))
                 return
             raise
+        await cursor._take_stream(stream)
 
     async def _write_returning(
         self, cursor: Cursor, stmt: Statement, sql: str, values: Sequence[Any]
@@ -751,9 +755,22 @@ class Cursor:
             if not many and stmt.main_verb in ("INSERT", "REPLACE"):
                 self.lastrowid = last_id
 
-    def _set_stream(self, stream: ResultStream) -> None:
+    async def _take_stream(self, stream: ResultStream) -> None:
+        """Take a started result: its description, its first page into the buffer,
+        and a look at what follows. A result of one page (a point read) then ends
+        here: its session goes back to the pool at once, and fetching it needs no
+        further step on the loop (for the sync face: no thread hop)."""
+        self._set_description(stream)
         self._stream = stream
         self._has_result = True
+        if await self._fill():
+            following = await stream.next_batch()  # the end, or the next page, kept for later
+            if following is None:
+                self._stream = None
+            else:
+                stream.first = following
+
+    def _set_description(self, stream: ResultStream) -> None:
         first = stream.first or []
         codes: list[str | None] = []
         for i in range(len(stream.columns)):
@@ -800,7 +817,7 @@ class Cursor:
         out: list[Row] = []
         while len(out) < want:
             if self._pos >= len(self._rows):
-                if not (yield NEED_PAGE):
+                if self._stream is None or not (yield NEED_PAGE):
                     break
                 continue
             take = self._rows[self._pos : self._pos + int(min(want - len(out), len(self._rows)))]

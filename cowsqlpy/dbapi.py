@@ -123,7 +123,12 @@ def connect(
     )
     return Connection(
         aio.Connection(
-            db, key, background_loop(), autocommit=mode, isolation_level=level, features=features,
+            db,
+            key,
+            background_loop(),
+            autocommit=mode,
+            isolation_level=level,
+            features=features,
             linearizable=linearizable,
         )
     )
@@ -207,11 +212,13 @@ class Connection:
 
     def commit(self) -> None:
         self._check_open()
-        run_sync(self._core.commit())
+        if self._core.in_transaction:  # nothing to do otherwise: no trip to the loop
+            run_sync(self._core.commit())
 
     def rollback(self) -> None:
         self._check_open()
-        run_sync(self._core.rollback())
+        if self._core.in_transaction:
+            run_sync(self._core.rollback())
 
     def close(self) -> None:
         """Roll back an open transaction and release everything. Idempotent."""
@@ -331,7 +338,7 @@ class Cursor:
 
     def close(self) -> None:
         if not self._cur._closed:
-            if shutting_down():
+            if shutting_down() or self._cur._stream is None:  # nothing left on the loop
                 self._cur._closed = True
                 return
             run_sync(self._cur.close())
