@@ -77,10 +77,10 @@ from typing import Any, TypeVar
 
 from cowsqlpy.client import Session, as_store
 from cowsqlpy.database import SESSION_GONE, Database
-from cowsqlpy.errors import BusyError, TransactionLostError
+from cowsqlpy.errors import BusyError, ConnectionLostError, TransactionLostError
 from cowsqlpy.errors import Error as EngineError
 from cowsqlpy.errors import OutcomeUnknownError as EngineOutcomeUnknown
-from cowsqlpy.retry import RetryPolicy
+from cowsqlpy.retry import RetryPolicy, retrying
 from cowsqlpy.runtime import background_loop, run_sync, wait_event
 from cowsqlpy.sqltext import literal
 
@@ -659,8 +659,7 @@ class CowsqlCore:
 
     # ---------------------------------------------------------------- schema
     async def _ensure_schema(self) -> None:
-        deadline = time.monotonic() + self.policy.deadline
-        while True:
+        async def attempt() -> None:
             session, _ = await self._begin()
             try:
                 for stmt in S.SCHEMA:
@@ -677,21 +676,20 @@ class CowsqlCore:
                         await session.exec_sql(stmt)
             except BaseException as exc:
                 await self._abandon(session, exc)
-                if isinstance(exc, EngineError) and exc.retry != "never" \
-                        and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                    continue
-                raise self._map(exc) from exc
+                raise
             if version != S.SCHEMA_VERSION:   # newer (or unknown): never touch it
                 await self.db.rollback(session)
                 raise BackendError(f"cowsql: database {self.database!r} has kvstore schema "
                                    f"{version}, this code knows {S.SCHEMA_VERSION}")
             try:
                 await self.db.commit(session)
-                return
-            except EngineError as exc:   # idempotent DDL: any failure may be retried
-                if time.monotonic() >= deadline:
-                    raise _kv_error(exc) from exc
+            except EngineError as exc:   # idempotent DDL: an unknown outcome may be retried too
+                raise ConnectionLostError(f"kvstore schema commit: {exc.message}") from exc
+
+        try:
+            await retrying(attempt, self.policy, what="kvstore schema")
+        except EngineError as exc:
+            raise _kv_error(exc) from exc
 
     @staticmethod
     def _map(exc: BaseException) -> BaseException:
@@ -761,49 +759,48 @@ class CowsqlCore:
     async def _run_batch(self, batch: list[_Op]) -> None:
         if len(batch) == 1 and await self._put_known(batch[0]):
             return
-        deadline = time.monotonic() + self.policy.deadline
-        attempt = 0
-        while True:
-            attempt += 1
-            if attempt > 1:
-                if time.monotonic() >= deadline:
-                    raise OperationTimeout("cowsql: no leader accepted the write within the "
-                                           "retry deadline")
-                await asyncio.sleep(self.policy.delay(min(attempt - 1, 6)))
-            b = _Batch()
-            first, *rest = b.plan(batch)
-            session, rows = await self._begin(first)   # BEGIN and the state read: one round trip
-            try:
-                b.s = session
-                await b.load(rows, rest)
-                results = [await b.apply(op) for op in batch]
-                stmts = b.statements()
-                if not stmts:
-                    await self.db.rollback(session)   # read-only: nothing to commit
-                    self._remember(b)
-                    self._deliver(batch, results, b)
-                    return
-            except BaseException as exc:
-                await self._abandon(session, exc)
-                if isinstance(exc, (*SESSION_GONE, BusyError)):
-                    log.debug("batch attempt %d before commit: %r; retrying", attempt, exc)
-                    continue   # nothing was applied: evaluate again on the leader
-                raise
-            try:
-                # the writes and COMMIT in one request: a failing write stops it, so
-                # no part of the batch can commit alone; a lost reply is resolved
-                # through the batch's log token (or the driver's commit marker)
-                await self.db.commit(session, stmts, check=b.committed if b.log else None)
-            except EngineOutcomeUnknown as exc:
-                raise _unknown(exc) from exc
-            except TransactionLostError:
-                continue       # lost before COMMIT was applied: nothing committed
-            except BaseException as exc:
-                await self._abandon(session, exc)
-                raise
-            self._remember(b)
-            self._deliver(batch, results, b)
-            return
+        try:
+            await retrying(lambda: self._try_batch(batch), self.policy, what="kvstore batch")
+        except (*SESSION_GONE, BusyError, ConnectionLostError) as exc:
+            raise OperationTimeout("cowsql: no leader accepted the write within the retry "
+                                   f"deadline ({exc})") from exc
+
+    async def _try_batch(self, batch: list[_Op]) -> None:
+        """Evaluate and commit `batch` once. Raises a retryable engine error when nothing
+        was applied (the batch is evaluated again on the leader), `OutcomeUnknownError`
+        when the commit's outcome cannot be told."""
+        b = _Batch()
+        first, *rest = b.plan(batch)
+        session, rows = await self._begin(first)   # BEGIN and the state read: one round trip
+        try:
+            b.s = session
+            await b.load(rows, rest)
+            results = [await b.apply(op) for op in batch]
+            stmts = b.statements()
+            if not stmts:
+                await self.db.rollback(session)   # read-only: nothing to commit
+                self._remember(b)
+                self._deliver(batch, results, b)
+                return
+        except BaseException as exc:
+            await self._abandon(session, exc)
+            if isinstance(exc, SESSION_GONE) and exc.retry == "never":
+                raise ConnectionLostError(f"kvstore batch before COMMIT: {exc.message}") from exc
+            raise   # before COMMIT nothing was applied: a retryable error re-evaluates
+        try:
+            # the writes and COMMIT in one request: a failing write stops it, so
+            # no part of the batch can commit alone; a lost reply is resolved
+            # through the batch's log token (or the driver's commit marker)
+            await self.db.commit(session, stmts, check=b.committed if b.log else None)
+        except EngineOutcomeUnknown as exc:
+            raise _unknown(exc) from exc
+        except TransactionLostError as exc:   # lost before COMMIT was applied: nothing committed
+            raise ConnectionLostError(f"kvstore batch transaction lost: {exc.message}") from exc
+        except BaseException as exc:
+            await self._abandon(session, exc)
+            raise
+        self._remember(b)
+        self._deliver(batch, results, b)
 
     def _remember(self, b: _Batch) -> None:
         """Keep the committed batch's key states (all of them as of ``b.rev``); those
@@ -916,18 +913,17 @@ class CowsqlCore:
         """One read statement on the leader; re-run from scratch (reads are
         idempotent) when the leader changes part-way through the result.
         `linearizable`: after a read barrier (for reads users see)."""
-        deadline = time.monotonic() + self.policy.deadline
-        while True:
-            try:
-                stream = await self.db.query(sql, params, prepared=True, linearizable=linearizable)
-                out: list[tuple[Any, ...]] = []
-                while (batch := await stream.next_batch()) is not None:
-                    out.extend(batch)
-                return out
-            except EngineError as exc:
-                if exc.retry == "never" or time.monotonic() >= deadline:
-                    raise _kv_error(exc) from exc
-                await asyncio.sleep(0.02)
+        async def attempt() -> list[tuple[Any, ...]]:
+            stream = await self.db.query(sql, params, prepared=True, linearizable=linearizable)
+            out: list[tuple[Any, ...]] = []
+            while (batch := await stream.next_batch()) is not None:
+                out.extend(batch)
+            return out
+
+        try:
+            return await retrying(attempt, self.policy, what="kvstore read")
+        except EngineError as exc:
+            raise _kv_error(exc) from exc
 
     async def range(self, start: bytes, end: bytes, limit: int = 0, revision: int = 0,
                     keys_only: bool = False, count_only: bool = False) -> RangeResult:
