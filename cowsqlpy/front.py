@@ -39,6 +39,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -476,6 +477,7 @@ class Front:
         self._server_ctx = make_server_context(tls) if tls is not None else None
         self._client_tls = ClientTLS.of(tls) if tls is not None else None
         self._clients: set[_ClientSide] = set()
+        self._dialled: weakref.WeakSet[_Link] = weakref.WeakSet()  # Raft pipes from `dial`
         self._per_host: collections.Counter[str] = collections.Counter()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -532,6 +534,8 @@ class Front:
             self._server = None
         for c in list(self._clients):
             c.refuse_and_close(None)
+        for link in list(self._dialled):
+            link.close()
         await asyncio.sleep(0)
 
     # -- thread face --
@@ -629,6 +633,7 @@ class Front:
             far.close()
             raise
         near.piping = far.piping = True
+        self._dialled.add(far)
         return engine_end
 
     # -- connection bookkeeping (loop thread) --
