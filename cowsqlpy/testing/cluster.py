@@ -14,7 +14,12 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..dbapi import Connection
+    from ..node import Node
 
 from ..client import SyncClient
 from ..protocol import STANDBY, VOTER, NodeInfo
@@ -50,8 +55,8 @@ class _Member:
     log_path: str
     address: str | None = None
     proc: subprocess.Popen[bytes] | None = None
-    app: Any = None  # cowsqlpy.App (in-process)
-    node: Any = None  # cowsqlpy.node.Node (in-process, app=False)
+    app: App | None = None  # in-process
+    node: Node | None = None  # in-process, app=False
     node_id: int | None = None
     handler: logging.Handler | None = None
     proxy: FaultProxy | None = None
@@ -60,7 +65,7 @@ class _Member:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def form_cluster(nodes: list[Any], timeout: float = 15.0) -> None:
+def form_cluster(nodes: list[Node], timeout: float = 15.0) -> None:
     """Make running bare `Node`s one cluster of voters: wait until ``nodes[0]`` (id 1 or
     `BOOTSTRAP_ID`, on an empty dir) leads, then add every other node as a voter.
 
@@ -135,7 +140,7 @@ class Cluster:
             for m in self.members:
                 m.proxy = FaultProxy()
         self._closed = False
-        self._connections: list[Any] = []
+        self._connections: list[Connection] = []
         _LIVE.add(self)
         try:
             self._form()
@@ -187,7 +192,7 @@ class Cluster:
         return result
 
     def _add_bare_voters(self) -> None:
-        form_cluster([m.node for m in self.members])
+        form_cluster([m.node for m in self.members if m.node is not None])
 
     def _app_options(self) -> dict[str, Any]:
         return dict(
@@ -272,11 +277,13 @@ class Cluster:
         return [m.address for m in self.members if m.address]
 
     @property
-    def apps(self) -> list[Any]:
+    def apps(self) -> list[App | None]:
+        """The in-process Apps by index (None for a process member or a bare node)."""
         return [m.app for m in self.members]
 
     @property
-    def nodes(self) -> list[Any]:
+    def nodes(self) -> list[Node | None]:
+        """The bare in-process Nodes by index (``app=False``; None otherwise)."""
         return [m.node for m in self.members]
 
     @property
@@ -302,7 +309,7 @@ class Cluster:
         """A blocking admin client over every node's address (close it after use)."""
         return SyncClient(list(self.addresses), policy=RetryPolicy(deadline=deadline, attempt_timeout=2.0, connect_timeout=1.0))
 
-    def connect(self, database: str, **options: Any) -> Any:
+    def connect(self, database: str, **options: Any) -> Connection:
         """A DB-API connection to `database` over all nodes (with this engine's row of the
         version table); closed with the cluster."""
         from ..dbapi import connect

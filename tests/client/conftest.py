@@ -27,7 +27,9 @@ class InProcessCluster(Cluster):
         super().__init__(size, app=False, base_dir=base, network_latency=LATENCY)
 
     def leader(self) -> Node:
-        return self.nodes[self.wait_leader()]  # type: ignore[no-any-return]
+        node = self.nodes[self.wait_leader()]
+        assert node is not None
+        return node
 
     def database(self, name: str, *, group_commit: bool = True) -> Database:
         """The async core of database `name` (made on the background loop)."""
