@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cowsqlpy.client import Session, as_store
+from cowsqlpy.store import NodeStore
 from cowsqlpy.database import SESSION_GONE, Database
 from cowsqlpy.errors import BusyError, ConnectionLostError, TransactionLostError
 from cowsqlpy.errors import Error as EngineError
@@ -613,7 +614,7 @@ class CowsqlCore:
     """The async store: committer, reads, watch poller, lease reaper, compactor.
     All coroutines run on cowsqlpy's background loop (``self.loop``)."""
 
-    def __init__(self, servers: list[str], database: str, timeout: float,
+    def __init__(self, servers: list[str] | NodeStore, database: str, timeout: float,
                  auto_compact: int = 0, linearizable: bool = True) -> None:
         self.servers = servers
         self.linearizable = linearizable  # user-facing reads after a read barrier
