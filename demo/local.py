@@ -19,41 +19,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from .__main__ import READY_PREFIX
 from .server import check_port_free
-from .testing import node_command
-
-
-class Proc:
-    def __init__(self, index: int, api: str, db: str, data_dir: Path, join: str | None) -> None:
-        self.index, self.api, self.db, self.dir, self.join = index, api, db, data_dir, join
-        self.log = data_dir.parent / f"node{index}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd, env = node_command(self.api, self.db, self.dir, self.join)
-        with open(self.log, "ab") as log:
-            # own process group: the terminal's Ctrl-C reaches only us, we stop the nodes
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.api}/_health", timeout=2) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def served(self) -> bool:
-        return self.log.exists() and READY_PREFIX.encode() in self.log.read_bytes()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+from .testing import DemoProcess
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -80,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True, exist_ok=True)
     first_db = f"{args.host}:{args.db_port}"
-    procs = [Proc(i + 1, f"{args.host}:{args.api_port + i}", f"{args.host}:{args.db_port + i}",
-                  base / f"node{i + 1}", None if i == 0 else first_db)
+    procs = [DemoProcess(i + 1, base, f"{args.host}:{args.api_port + i}", f"{args.host}:{args.db_port + i}",
+                         None if i == 0 else first_db, own_session=True)
              for i in range(args.nodes)]
     for pr in procs:
         for addr, what in ((pr.api, "HTTP API port"), (pr.db, "engine port")):
@@ -100,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     def shutdown() -> None:
         print("\nstopping the nodes (each hands over before it exits)...", flush=True)
         for pr in reversed(procs):
-            if pr.alive():
+            if pr.running:
                 assert pr.proc is not None
                 pr.proc.send_signal(signal.SIGTERM)
                 try:
@@ -117,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         started = 1
         while not stop.is_set():
             for pr in procs:
-                if pr.proc is not None and not pr.alive():
+                if pr.proc is not None and not pr.running:
                     print(f"demo.local: node {pr.index} exited with code {pr.proc.returncode}; "
                           f"its log ({pr.log}):\n{_tail(pr.log)}", file=sys.stderr)
                     shutdown()

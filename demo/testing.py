@@ -15,6 +15,8 @@ from typing import Any
 from cowsqlpy.testing import wait_for
 from kvstore.testing import free_ports
 
+from .__main__ import READY_PREFIX
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,12 +46,18 @@ def request(method: str, url: str, data: bytes | None = None, headers: dict[str,
 
 
 class DemoProcess:
+    """One ``python -m demo`` node: data in ``base/node<index>``, log beside it.
+
+    `own_session`: start it in a process group of its own, so a terminal's Ctrl-C
+    reaches only the launcher, which then stops the nodes (`demo.local`)."""
+
     def __init__(self, index: int, base: Path, api: str, db: str, join: str | None,
-                 options: list[str]) -> None:
+                 options: list[str] | None = None, *, own_session: bool = False) -> None:
         self.index, self.api, self.db, self.join = index, api, db, join
         self.dir = base / f"node{index}"
         self.log = base / f"node{index}.log"
-        self.options = options
+        self.options = list(options or [])
+        self.own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +70,8 @@ class DemoProcess:
         cmd, env = node_command(self.api, self.db, self.dir, self.join, self.options)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
+                                         stdin=subprocess.DEVNULL, env=env, cwd=ROOT,
+                                         start_new_session=self.own_session)
 
     @property
     def running(self) -> bool:
@@ -73,6 +82,10 @@ class DemoProcess:
             return request("GET", self.url + "/_health", timeout=2.0)[0] == 200
         except OSError:
             return False
+
+    def served(self) -> bool:
+        """Its log says the node is up (the line `python -m demo` prints when ready)."""
+        return self.log.exists() and READY_PREFIX.encode() in self.log.read_bytes()
 
     def kill(self) -> None:
         """SIGKILL, and reap."""
