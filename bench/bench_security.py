@@ -38,15 +38,27 @@ def node_main(argv: list[str]) -> None:
     from cowsqlpy.front import Front
     from cowsqlpy.node import Node, engine_features
 
-    mode, node_id, public, data_dir = argv[0], int(argv[1]), argv[2], argv[3]
-    tls = TLSConfig(argv[4], argv[5]) if mode == "tls" else None
+    mode, node_id, public, data_dir, busy_poll = (
+        argv[0],
+        int(argv[1]),
+        argv[2],
+        argv[3],
+        float(argv[4]),
+    )
+    tls = TLSConfig(argv[5], argv[6]) if mode == "tls" else None
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     front = None
     if mode == "direct":
         node = Node(node_id, public, data_dir, network_latency=0.02)
     else:
         internal = f"127.0.0.1:{free_port()}"
-        front = Front(public, internal, engine_features(), tls=tls)
+        front = Front(
+            public,
+            internal,
+            engine_features(),
+            tls=tls,
+            busy_poll=busy_poll,
+        )
         front.start()
         node = Node(
             node_id,
@@ -65,7 +77,9 @@ def node_main(argv: list[str]) -> None:
 
 
 class BenchCluster:
-    def __init__(self, mode: str, base: Path, tls: TLSConfig | None, nodes: int = 3) -> None:
+    def __init__(
+        self, mode: str, base: Path, tls: TLSConfig | None, nodes: int = 3, busy_poll: float = 0.0
+    ) -> None:
         self.tls = tls
         ids = NODE_IDS[:nodes]
         self.addresses = [f"127.0.0.1:{free_port()}" for _ in ids]
@@ -79,6 +93,7 @@ class BenchCluster:
                 str(node_id),
                 address,
                 str(base / f"n{i}"),
+                str(busy_poll),
             ]
             if tls is not None:
                 cmd += [str(tls.cert), str(tls.key)]
@@ -151,6 +166,13 @@ def main() -> None:
     ap.add_argument("--workloads", default="kvwrite,kvreadwrite")
     ap.add_argument("--modes", default="direct,front,tls")
     ap.add_argument(
+        "--front-busy-poll",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="Front(busy_poll=) of the fronted modes (default 0: off)",
+    )
+    ap.add_argument(
         "--nodes",
         type=int,
         default=3,
@@ -177,7 +199,7 @@ def main() -> None:
         # --repeat times, so disk and CPU drift spread over all modes alike.
         for mode in modes:
             clusters[mode] = BenchCluster(
-                mode, base / mode, tls if mode == "tls" else None, args.nodes
+                mode, base / mode, tls if mode == "tls" else None, args.nodes, args.front_busy_poll
             )
         turn = 0
         for workload in args.workloads.split(","):

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import protocol as P
-from ._loop import new_event_loop
+from ._loop import BusyPoll, enable_busy_poll, new_event_loop
 from .guard import FORWARD, HANDSHAKES, PIPE, ConnectionGuard, Refusal, failure_frame
 from .tls import ClientTLS, TLSConfig, make_server_context
 from .versions import EngineFeatures
@@ -200,6 +200,8 @@ class _EngineSide(_Link):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
+        if client.front.poller is not None:
+            client.front.poller.touch()
         if self.piping or client.transport is None:
             super().data_received(data)
             return
@@ -309,6 +311,8 @@ class _ClientSide(_Link):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self.front.poller is not None:
+            self.front.poller.touch()
         self.last_activity = time.monotonic()
         if self.piping:
             super().data_received(data)
@@ -447,6 +451,9 @@ class Front:
         ``lambda cert: tls.subject_cn(cert) == "node"`` with a CA that signs node and
         client certificates. None: every certificate the CA signed (go-cowsql's scheme,
         where nodes and clients share one certificate).
+    :param busy_poll: seconds the front's loop polls instead of sleeping after network
+        activity (0: off; see `cowsqlpy.runtime`): saves a thread wake-up per hop at the
+        price of CPU.
     :raises ValueError: bad address or limits, `admin` without TLS; ssl.SSLError/OSError:
         unusable certificate.
     """
@@ -461,7 +468,10 @@ class Front:
         limits: Limits | None = None,
         allow_remote: bool = False,
         admin: Callable[[dict[str, Any]], bool] | None = None,
+        busy_poll: float = 0.0,
     ) -> None:
+        self.busy_poll = busy_poll
+        self.poller: BusyPoll | None = None
         if admin is not None and tls is None:
             raise ValueError("admin= needs tls= (rights come from client certificates)")
         self.admin = admin
@@ -497,6 +507,8 @@ class Front:
         """Listen on the public address (on the running loop). :raises OSError: bind failed."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        if self.busy_poll:
+            self.poller = enable_busy_poll(loop, self.busy_poll)
         self._server = await loop.create_server(
             lambda: _ClientSide(self),
             self._host,

@@ -32,11 +32,20 @@ class GuardedNode:
     abstract-socket bind address at once here, so TCP it is)."""
 
     def __init__(
-        self, base: Path, limits: Limits | None = None, tls: TLSConfig | None = None
+        self,
+        base: Path,
+        limits: Limits | None = None,
+        tls: TLSConfig | None = None,
+        busy_poll: float = 0.0,
     ) -> None:
         self.engine_address = f"127.0.0.1:{_free_port()}"
         self.front = Front(
-            "127.0.0.1:0", self.engine_address, engine_features(), limits=limits, tls=tls
+            "127.0.0.1:0",
+            self.engine_address,
+            engine_features(),
+            limits=limits,
+            tls=tls,
+            busy_poll=busy_poll,
         )
         self.front.start()
         self.address = self.front.address

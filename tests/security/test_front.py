@@ -248,3 +248,9 @@ def test_front_stop_closes_relayed_connections(guarded_factory) -> None:  # type
         assert raw.call(frame(P.LEADER, u64(0)))[0] == P.SERVER  # type: ignore[index]
         node.front.stop()
         assert raw.reply() is None
+
+
+def test_busy_polling_front_serves(guarded_factory) -> None:  # type: ignore[no-untyped-def]
+    node = guarded_factory(busy_poll=0.0001)
+    node.assert_serving()
+    assert node.front.poller is not None and node.front.poller.spins > 0
