@@ -128,8 +128,8 @@ class RegisterModel(Model):
 class KVModel(Model):
     """etcd's key/value model with global revisions (one object: not partitioned).
 
-    State: the store revision and, per key, (value, create_revision,
-    mod_revision, version). Inputs and outputs (keys and values are JSON
+    State: the store revision, per key (value, create_revision, mod_revision,
+    version, lease) and the live lease ids. Inputs and outputs (keys and values are JSON
     values, e.g. str):
 
     * ``{"f": "get", "key": k}`` -> ``{"value": v|None, "mod": int, "rev": int}``
@@ -142,6 +142,9 @@ class KVModel(Model):
       ``["put", k, v]``, ``["get", k]``, ``["delete", k]`` ->
       ``{"ok": bool, "rev": int, "results": [...]}`` (a get's result is the value,
       a delete's the count, a put's None).
+    * ``{"f": "grant", "ttl": s}`` -> ``{"id": int}``; ``{"f": "revoke", "id": int}``
+      (deletes the lease's keys in one revision); a put may name ``"lease": id``.
+      Leases never expire in this model: give them a TTL longer than the run.
 
     A write that changes nothing (a delete of nothing, a txn whose branch writes
     nothing) takes no revision, as in etcd. ``initial_revision`` None: taken
@@ -158,18 +161,19 @@ class KVModel(Model):
 
     def init(self) -> Hashable:
         rev = self.initial_revision
-        items = tuple(sorted((_freeze(k), (_freeze(v), 1, 1, 1)) for k, v in self.initial.items()))
-        return (rev, items)
+        items = tuple(sorted((_freeze(k), (_freeze(v), 1, 1, 1, 0)) for k, v in self.initial.items()))
+        return (rev, items, ())
 
     def is_read(self, inp: Any) -> bool:
-        if inp["f"] in ("get", "range"):
+        # a grant of unknown outcome is as harmless: no one can name the lease it made
+        if inp["f"] in ("get", "range", "grant"):
             return True
         if inp["f"] == "txn":
             return all(o[0] == "get" for o in [*inp.get("then", ()), *inp.get("else", ())])
         return False
 
     def step(self, state: Any, inp: Any, output: Any) -> Iterable[Hashable]:
-        rev, items = state
+        rev, items, leases = state
         if output is not None and not isinstance(output, dict):
             return ()  # a malformed output is no possible output
         store = dict(items)
@@ -184,7 +188,7 @@ class KVModel(Model):
                 return ()
             if "mod" in output and output["mod"] != (0 if cur is None else cur[2]):
                 return ()
-            return ((output.get("rev", rev) if rev is None else rev, items),)
+            return ((output.get("rev", rev) if rev is None else rev, items, leases),)
         if f == "range":
             if output is None:
                 return (state,)
@@ -196,17 +200,31 @@ class KVModel(Model):
                 want
             ):
                 return ()
-            return ((output.get("rev", rev) if rev is None else rev, items),)
+            return ((output.get("rev", rev) if rev is None else rev, items, leases),)
         if f == "put":
+            lease = inp.get("lease", 0)
+            if lease and lease not in leases:
+                return ()
             return self._finish(
-                rev, store, [("put", inp["key"], inp["value"])], output, lambda _results: True
+                rev, store, leases, [("put", inp["key"], inp["value"], lease)], output, lambda _results: True
             )
+        if f == "grant":
+            if output is None:
+                return (state,)
+            if not isinstance(output.get("id"), int) or output["id"] in leases:
+                return ()
+            return ((rev, items, tuple(sorted((*leases, output["id"])))),)
+        if f == "revoke":
+            if inp["id"] not in leases:
+                return ()
+            rest = tuple(x for x in leases if x != inp["id"])
+            return self._finish(rev, store, rest, [("revoke", inp["id"])], output, lambda _results: True)
         if f == "delete":
 
             def check_delete(results: list[Any]) -> bool:
                 return output is None or "deleted" not in output or results[0] == output["deleted"]
 
-            return self._finish(rev, store, [("delete", inp["key"])], output, check_delete)
+            return self._finish(rev, store, leases, [("delete", inp["key"])], output, check_delete)
         if f == "txn":
             ok = all(
                 _compare(store.get(_freeze(c[0])), c[1], c[2], c[3]) for c in inp.get("cmp", ())
@@ -222,13 +240,14 @@ class KVModel(Model):
                     or _freeze(output["results"]) == _freeze(results)
                 )
 
-            return self._finish(rev, store, [tuple(o) for o in branch], output, check_txn)
+            return self._finish(rev, store, leases, [tuple(o) for o in branch], output, check_txn)
         raise ValueError(f"kv model: unknown op {f!r}")
 
     def _finish(
         self,
         rev: int | None,
         store: dict[Any, Any],
+        leases: tuple[int, ...],
         ops: Sequence[tuple[Any, ...]],
         output: Any,
         check_results: Callable[[list[Any]], bool],
@@ -238,7 +257,10 @@ class KVModel(Model):
             if output is None or "rev" not in output:
                 return ()  # cannot place a write before the revision is known
             changes = any(
-                o[0] == "put" or (o[0] == "delete" and _freeze(o[1]) in store) for o in ops
+                o[0] == "put"
+                or (o[0] == "delete" and _freeze(o[1]) in store)
+                or (o[0] == "revoke" and any(v[4] == o[1] for v in store.values()))
+                for o in ops
             )
             rev = output["rev"] - (1 if changes else 0)
         new_rev = rev + 1
@@ -246,12 +268,18 @@ class KVModel(Model):
         changed = False
         new = dict(store)
         for o in ops:
+            if o[0] == "revoke":
+                doomed = [k for k, v in new.items() if v[4] == o[1]]
+                for k in doomed:
+                    del new[k]
+                changed = changed or bool(doomed)
+                continue
             key = _freeze(o[1])
             if o[0] == "put":
                 cur = new.get(key)
                 create = new_rev if cur is None else cur[1]
                 version = 1 if cur is None else cur[3] + 1
-                new[key] = (_freeze(o[2]), create, new_rev, version)
+                new[key] = (_freeze(o[2]), create, new_rev, version, o[3] if len(o) > 3 else 0)
                 changed = True
                 results.append(None)
             elif o[0] == "delete":
@@ -272,10 +300,10 @@ class KVModel(Model):
                 return ()
             if not check_results(results):
                 return ()
-        return ((final_rev, tuple(sorted(new.items()))),)
+        return ((final_rev, tuple(sorted(new.items())), leases),)
 
 
-def _compare(cur: tuple[Any, int, int, int] | None, target: str, op: str, x: Any) -> bool:
+def _compare(cur: tuple[Any, int, int, int, int] | None, target: str, op: str, x: Any) -> bool:
     if target == "value":
         if cur is None:
             return False  # etcd: a value compare on an absent key is false

@@ -394,6 +394,7 @@ def kv_workload(open_client: Callable[[int], Any], seed: int, *, name: str = "kv
             inp = gens[i].next()
             op = history.call(f"c{i}", inp, lambda: kv_apply(handles[i], inp), kv_definite(inp))
             out = op.output
+            gens[i].observe(inp, out)
             if i == 0 and op.status == OK and not resumed and rng.random() < 0.05 and "rev" in out:
                 resumed.append((out["rev"], own.watch_prefix(prefix, start_revision=out["rev"])))
 

@@ -52,7 +52,12 @@ def kv_apply(kv: Any, inp: dict[str, Any]) -> dict[str, Any]:
         r = kv.get_range(_b(inp["start"]), _b(inp["end"]))
         return {"kvs": [[_s(x.key), _s(x.value)] for x in r.kvs], "rev": r.revision}
     if f == "put":
-        return {"rev": kv.put(_b(inp["key"]), _b(inp["value"])).revision}
+        return {"rev": kv.put(_b(inp["key"]), _b(inp["value"]), lease=inp.get("lease") or None).revision}
+    if f == "grant":
+        return {"id": kv.grant(inp["ttl"]).id}
+    if f == "revoke":
+        kv.revoke(inp["id"])
+        return {}
     if f == "delete":
         k = _b(inp["key"])
         d = kv.delete_range(k, k + b"\0")
@@ -126,21 +131,36 @@ def event_json(event: Any) -> dict[str, Any]:
 
 class KVOpGenerator:
     """Random `KVModel` operations over a few keys under `prefix`; every put
-    writes a value never written before."""
+    writes a value never written before. With `leases`, also grants (a TTL far
+    longer than any run: the model has no expiry), puts on a granted lease and
+    revokes; tell it what a grant returned with `observe`."""
 
-    def __init__(
-        self, rng: random.Random, prefix: str = "k/", keys: int = 4, client: str = "c"
-    ) -> None:
-        self.rng, self.prefix, self.client = rng, prefix, client
+    LEASE_TTL = 3600
+
+    def __init__(self, rng: random.Random, prefix: str = "k/", keys: int = 4, client: str = "c",
+                 leases: bool = True) -> None:
+        self.rng, self.prefix, self.client, self.use_leases = rng, prefix, client, leases
         self.keys = [f"{prefix}{i}" for i in range(keys)]
+        self.leases: list[int] = []
         self._n = 0
 
     def value(self) -> str:
         self._n += 1
         return f"{self.client}-{self._n}"
 
+    def observe(self, inp: dict[str, Any], output: Any) -> None:
+        """Feed back an acknowledged op's output (a grant's lease id)."""
+        if inp["f"] == "grant" and isinstance(output, dict) and "id" in output:
+            self.leases.append(output["id"])
+
     def next(self) -> dict[str, Any]:
         r, key = self.rng.random(), self.rng.choice(self.keys)
+        if self.use_leases and r < 0.06:
+            if not self.leases:
+                return {"f": "grant", "ttl": self.LEASE_TTL}
+            if r < 0.02:
+                return {"f": "revoke", "id": self.leases.pop(self.rng.randrange(len(self.leases)))}
+            return {"f": "put", "key": key, "value": self.value(), "lease": self.rng.choice(self.leases)}
         if r < 0.35:
             return {"f": "get", "key": key}
         if r < 0.65:
@@ -150,13 +170,9 @@ class KVOpGenerator:
         if r < 0.80:
             return {"f": "range", "start": self.prefix, "end": self.prefix + "\x7f"}
         other = self.rng.choice(self.keys)
-        cmp = self.rng.choice(
-            [
-                [key, "version", "=", self.rng.randint(0, 2)],
-                [key, "mod", ">", self.rng.randint(0, 5)],
-                [key, "create", "=", 0],
-            ]
-        )
+        cmp = self.rng.choice([[key, "version", "=", self.rng.randint(0, 2)],
+                               [key, "mod", ">", self.rng.randint(0, 5)],
+                               [key, "create", "=", 0]])
         then: list[list[Any]] = [["put", key, self.value()]]
         if other != key:
             then.append(["get", other])

@@ -272,19 +272,23 @@ def simulate(
     make_op: Any,
     run: Any,
     unknown_rate: float = 0.0,
+    observe: Any = None,
 ) -> list[Operation]:
     """Clients issue ops one after another with random overlapping intervals; each op takes
     effect at a random point inside its interval; `run` executes it on the real store at
-    that point, in linearization order."""
-    pending = [(point, n, make_op(c), call, ret, f"c{c}")
-               for n, (c, call, ret, point) in enumerate(timeline(rng, clients, per_client))]
+    that point, in linearization order (ops are drawn in that order too, so a client can
+    use what it learnt: `observe(client, input, output)` sees each acknowledged result)."""
+    slots = sorted((point, n, c, call, ret) for n, (c, call, ret, point) in enumerate(timeline(rng, clients, per_client)))
     ops = []
-    for _point, i, inp, call, ret, client in sorted(pending):
+    for _point, i, c, call, ret in slots:
+        inp = make_op(c)
         out = run(inp)
-        o = Operation(i, client, inp, call, ret, OK, out)
         if rng.random() < unknown_rate:
-            o = Operation(i, client, inp, call, None, UNKNOWN, None)
-        ops.append(o)
+            ops.append(Operation(i, f"c{c}", inp, call, None, UNKNOWN, None))
+            continue
+        ops.append(Operation(i, f"c{c}", inp, call, ret, OK, out))
+        if observe is not None:
+            observe(c, inp, out)
     return sorted(ops, key=lambda o: o.id)
 
 
@@ -391,7 +395,8 @@ def mem_kv_history(rng: random.Random, clients: int, per_client: int, keys: int,
     kv = kvstore.open(f"mem:lin-{uuid.uuid4().hex[:8]}")
     try:
         rev = kv.revision()
-        ops = simulate(rng, clients, per_client, lambda c: gens[c].next(), lambda inp: kv_apply(kv, inp), unknown)
+        ops = simulate(rng, clients, per_client, lambda c: gens[c].next(), lambda inp: kv_apply(kv, inp), unknown,
+                       lambda c, inp, out: gens[c].observe(inp, out))
     finally:
         kv.close()
     return ops, rev
@@ -457,3 +462,19 @@ def test_large_histories_timed(capsys: pytest.CaptureFixture[str]) -> None:
             f"kv whole-store: {len(kv_ops)} ops checked in {kv_time:.2f}s; "
             f"counter-example of {len(bad.counterexample)} ops found in {bad.elapsed:.2f}s"
         )
+
+
+def test_kv_leases_grant_put_revoke() -> None:
+    m = KVModel(initial_revision=1)
+    h = [
+        op(0, {"f": "grant", "ttl": 60}, 0, 1, {"id": 7}),
+        op(1, {"f": "put", "key": "a", "value": "1", "lease": 7}, 2, 3, {"rev": 2}),
+        op(2, {"f": "put", "key": "b", "value": "1"}, 4, 5, {"rev": 3}),
+        op(3, {"f": "revoke", "id": 7}, 6, 7, {}),
+        op(4, {"f": "range", "start": "a", "end": "z"}, 8, 9, {"kvs": [["b", "1"]], "rev": 4}),
+    ]
+    assert check(h, m).ok  # the revoke deleted a in one revision (4)
+    h[4] = op(4, {"f": "get", "key": "a"}, 8, 9, {"value": "1", "mod": 2, "rev": 4})
+    assert not check(h, m).ok  # a outlived its lease
+    h[1] = op(1, {"f": "put", "key": "a", "value": "1", "lease": 8}, 2, 3, {"rev": 2})
+    assert not check(h[:2], m).ok  # a put on a lease that was never granted
