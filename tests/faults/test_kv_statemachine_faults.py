@@ -1,5 +1,6 @@
 """A hypothesis state machine: several clients on several nodes interleave KV operations
-(put, get, range, delete, txn with compares) with nemesis steps (kill or restart the
+(put, get, range, delete, txn with compares, lease grant / put on a lease / revoke)
+with nemesis steps (kill or restart the
 leader, partitions, one-way cuts, bridges, delays, leadership transfer, demotion, heal).
 
 At teardown, after healing: the history (plus a read of every key) is linearizable
@@ -16,7 +17,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    multiple,
+    rule,
+    run_state_machine_as_test,
+)
 
 import kvstore
 from cowsqlpy.testing import Cluster
@@ -39,6 +48,7 @@ FAULTS = ["kill", "restart", "stop", "partition-leader-minority", "partition-lea
 
 class ClusterKV(RuleBasedStateMachine):
     cluster: Cluster
+    leases = Bundle("leases")
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,6 +89,19 @@ class ClusterKV(RuleBasedStateMachine):
             inp = {"f": "txn", "cmp": [[key, "version", "=", version]], "then": [["put", key, self.value()]],
                    "else": [["get", key]]}
         self.run(client, inp)
+
+    @rule(target=leases, client=CLIENTS)
+    def grant(self, client: int) -> Any:
+        op = self.history.call(f"c{client}", {"f": "grant", "ttl": 3600}, lambda: kv_apply(self.handles[client], {"f": "grant", "ttl": 3600}))
+        return op.output["id"] if op.status == "ok" else multiple()
+
+    @rule(client=CLIENTS, key=KEYS, lease=leases)
+    def put_on_lease(self, client: int, key: str, lease: int) -> None:
+        self.run(client, {"f": "put", "key": key, "value": self.value(), "lease": lease})
+
+    @rule(client=CLIENTS, lease=consumes(leases))
+    def revoke(self, client: int, lease: int) -> None:
+        self.run(client, {"f": "revoke", "id": lease})
 
     @rule(fault=st.sampled_from([*FAULTS, "heal"]))
     def nemesis_step(self, fault: str) -> None:
@@ -128,5 +151,5 @@ class ClusterKV(RuleBasedStateMachine):
 def test_kv_state_machine_under_faults(net_cluster: Cluster) -> None:
     machine = type("BoundClusterKV", (ClusterKV,), {"cluster": net_cluster})
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=4, stateful_step_count=30, deadline=None,
+        max_examples=6, stateful_step_count=30, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
