@@ -45,6 +45,14 @@ def test_kv_cowsql_under_nemesis(net_cluster: Cluster, seed: int, tmp_path) -> N
     assert_clean(report)
 
 
+def test_kv_cowsql_under_sigkill_and_sigstop(proc_cluster: Cluster, tmp_path) -> None:
+    seed = SEEDS[0]
+    nemesis = Nemesis(proc_cluster, seed, faults=["kill", "pause", "restart", "transfer"])
+    report = kv_workload(cowsql_opener(proc_cluster, f"kvp{seed}"), seed, name="kv-cowsql-processes", duration=8.0,
+                         interval=1.5, nemesis=nemesis, save_dir=str(tmp_path))
+    assert_clean(report)
+
+
 def test_kv_raft_reference(tmp_path) -> None:
     with RaftCluster(tmp_path, 3) as raft:
         report = kv_workload(lambda i: raft.handles[i % 3], SEEDS[0], name="kv-raft", duration=6.0,
