@@ -19,9 +19,9 @@ from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cowsqlpy import _codec_py as py  # noqa: E402
 from cowsqlpy import codec  # noqa: E402
 from cowsqlpy import protocol as P  # noqa: E402
+from cowsqlpy.protocol import pure as py  # noqa: E402
 
 COLUMNS = ["id", "name", "score", "payload", "note"]
 

@@ -1,4 +1,4 @@
-"""Typed stub of the Cython codec (native/_ccodec.pyx); same API as cowsqlpy._codec_py."""
+"""Typed stub of the Cython codec (native/_ccodec.pyx); same API as cowsqlpy.protocol.pure."""
 
 from collections.abc import Sequence
 from typing import Any

@@ -1,6 +1,6 @@
 """The wire codec: picks the Cython implementation or its pure-Python twin, in one place.
 
-* ``COWSQLPY_PUREPYTHON=1`` forces the pure-Python twin (`cowsqlpy._codec_py`).
+* ``COWSQLPY_PUREPYTHON=1`` forces the pure-Python twin (`cowsqlpy.protocol.pure`).
 * Otherwise the Cython module (`cowsqlpy._ccodec`) is used. If it cannot be imported the
   twin is used and a warning names the cause, unless ``COWSQLPY_REQUIRE_CYTHON=1`` (the test
   suite sets it by default), which turns the failure into ImportError.
@@ -23,7 +23,7 @@ from cowsqlpy.protocol import Failure, NodeInfo
 
 log = logging.getLogger("cowsqlpy.codec")
 
-MODULES = {"cython": "cowsqlpy._ccodec", "python": "cowsqlpy._codec_py"}
+MODULES = {"cython": "cowsqlpy._ccodec", "python": "cowsqlpy.protocol.pure"}
 
 
 def load(name: str) -> ModuleType:
@@ -52,7 +52,7 @@ def _select() -> tuple[str, ModuleType]:
 IMPLEMENTATION, _impl = _select()
 
 if TYPE_CHECKING:
-    from cowsqlpy._codec_py import (
+    from cowsqlpy.protocol.pure import (
         FrameReader,
         decode_response,
         decode_rows,
@@ -68,7 +68,7 @@ else:
     decode_response = _impl.decode_response
     decode_rows = _impl.decode_rows
 
-from cowsqlpy._codec_py import decode_request, encode_response, encode_rows  # noqa: E402
+from cowsqlpy.protocol.pure import decode_request, encode_response, encode_rows  # noqa: E402
 
 __all__ = [
     "IMPLEMENTATION",

@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 # cython: auto_pickle=False, autotestdict=False
-"""Cython wire codec: the fast twin of `cowsqlpy._codec_py`, with the same API and behaviour.
+"""Cython wire codec: the fast twin of `cowsqlpy.protocol.pure`, with the same API and behaviour.
 
 Both interpret the layouts in `cowsqlpy.protocol` and call its helpers for argument binding,
 result shaping, datetime text and error messages (all off the hot path). What is written
@@ -169,7 +169,7 @@ cdef int _w_blob(Writer* w, object value) except -1:
 
 
 cdef int _w_param(Writer* w, object value, Py_ssize_t i) except -1:
-    """Encode one param; return its type code. Same precedence as _codec_py._infer_type."""
+    """Encode one param; return its type code. Same precedence as protocol.pure._infer_type."""
     cdef object tp = type(value)
     cdef long long integer
     cdef int rc
@@ -260,7 +260,7 @@ def handshake():
 
 
 def encode_params(params):
-    """The parameter tuple alone; b"" for None or no params. See _codec_py.encode_params."""
+    """The parameter tuple alone; b"" for None or no params. See protocol.pure.encode_params."""
     cdef Writer w = Writer(NULL, 0, 0)
     try:
         _w_params(&w, params)
@@ -270,7 +270,7 @@ def encode_params(params):
 
 
 def encode_request(rtype, *args):
-    """One request frame laid out per protocol.REQUESTS. See _codec_py.encode_request."""
+    """One request frame laid out per protocol.REQUESTS. See protocol.pure.encode_request."""
     layout, values = _bind_request(rtype, args)
     cdef tuple kinds = _REQUEST_KINDS[layout.code]
     cdef Writer w = Writer(NULL, 0, 0)
@@ -299,7 +299,7 @@ def encode_request(rtype, *args):
 cdef class FrameReader:
     """Splits a byte stream from a server into (response type, body) frames.
 
-    See _codec_py.FrameReader: one bytearray, whole frames cut from its front
+    See protocol.pure.FrameReader: one bytearray, whole frames cut from its front
     (O(1) in CPython), so a big frame arriving in small chunks costs linear time.
     """
 
@@ -450,7 +450,7 @@ cdef tuple _rows(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos):
 
 
 def decode_rows(body):
-    """Decode a ROWS body into (columns, rows, done). See _codec_py.decode_rows.
+    """Decode a ROWS body into (columns, rows, done). See protocol.pure.decode_rows.
 
     Engine quirk (dqlite#882): NULL in a BOOLEAN column arrives as False.
     """
@@ -493,7 +493,7 @@ cdef list _files(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos):
 
 
 def decode_response(rtype, body, format=1):
-    """Decode a response body per protocol.RESPONSES. See _codec_py.decode_response."""
+    """Decode a response body per protocol.RESPONSES. See protocol.pure.decode_response."""
     layout = _RESPONSES.get(rtype)
     if layout is None:
         raise ProtocolError(f"unknown response type {rtype!r}")

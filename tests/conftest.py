@@ -14,7 +14,6 @@ pytest_plugins = ["cowsqlpy.pytest_plugin"]
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from cowsqlpy import codec
-
     from cowsqlpy.runtime import new_event_loop
 
     loop = new_event_loop()

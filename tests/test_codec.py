@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from cowsqlpy import _codec_py as py
 from cowsqlpy import codec
 from cowsqlpy import protocol as P
 from cowsqlpy.errors import DataError, ProgrammingError, ProtocolError
+from cowsqlpy.protocol import pure as py
 
 ROOT = Path(__file__).resolve().parents[1]
 API = (

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cowsqlpy import _codec_py as py
 from cowsqlpy import protocol as P
 from cowsqlpy.errors import ProtocolError
+from cowsqlpy.protocol import pure as py
 from tests.test_codec import load_impl
 
 # No deadline: tests must not depend on timing; bodies of a few KiB are slow to generate.

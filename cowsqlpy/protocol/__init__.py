@@ -1,6 +1,6 @@
 """The dqlite/cowsql client wire protocol: constants and the one table of message layouts.
 
-Both codecs (`cowsqlpy._ccodec`, Cython, and `cowsqlpy._codec_py`, its pure-Python twin)
+Both codecs (`cowsqlpy._ccodec`, Cython, and `cowsqlpy.protocol.pure`, its pure-Python twin)
 interpret `REQUESTS` and `RESPONSES`; nothing else in the project spells out a layout.
 The helpers below the tables (argument binding, result shaping, datetime text, error
 messages) are called by both codecs so that behaviour and messages cannot drift; none of

@@ -76,7 +76,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cowsqlpy.client import Session, as_store
-from cowsqlpy.store import NodeStore
 from cowsqlpy.database import SESSION_GONE, Database
 from cowsqlpy.errors import BusyError, ConnectionLostError, TransactionLostError
 from cowsqlpy.errors import Error as EngineError
@@ -84,6 +83,7 @@ from cowsqlpy.errors import OutcomeUnknownError as EngineOutcomeUnknown
 from cowsqlpy.retry import RetryPolicy, retrying
 from cowsqlpy.runtime import background_loop, run_sync, wait_event
 from cowsqlpy.sqltext import literal
+from cowsqlpy.store import NodeStore
 
 from ..errors import (
     BackendError,
