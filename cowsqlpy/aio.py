@@ -206,6 +206,41 @@ def shared_database(key: tuple[Any, ...]) -> Database:
 # -- Connection ----------------------------------------------------------------------------------
 
 
+def new_connection(
+    loop_key: object,
+    loop: asyncio.AbstractEventLoop,
+    servers: Iterable[str] | str | NodeStore | None,
+    store: NodeStore | None,
+    database: str,
+    autocommit: object,
+    isolation_level: object,
+    policy: RetryPolicy,
+    group_commit: bool,
+    engine: str | None,
+    read_consistency: str,
+    tls: TLSConfig | None,
+) -> Connection:
+    """Check `connect`'s arguments and make a connection run by `loop` (nothing is
+    dialled), on the `Database` core shared under `loop_key`: both faces' `connect`."""
+    mode = check_autocommit(autocommit)
+    level = check_isolation_level(isolation_level)
+    features = engine_features(engine)
+    linearizable = check_read_consistency(read_consistency)
+    node_store = node_store_of(servers, store, database)
+    key, db = acquire_database(
+        loop_key, node_store, store is not None, database, policy, group_commit, tls
+    )
+    return Connection(
+        db,
+        key,
+        loop,
+        autocommit=mode,
+        isolation_level=level,
+        features=features,
+        linearizable=linearizable,
+    )
+
+
 async def connect(
     servers: Iterable[str] | str | NodeStore | None = None,
     *,
@@ -236,24 +271,22 @@ async def connect(
     """
     if servers is not None and store is None and isinstance(servers, NodeStore):
         servers, store = None, servers
-    mode = check_autocommit(autocommit)
-    level = check_isolation_level(isolation_level)
-    features = engine_features(engine)
-    linearizable = check_read_consistency(read_consistency)
-    node_store = node_store_of(servers, store, database)
     loop = asyncio.get_running_loop()
-    key, db = acquire_database(
-        loop, node_store, store is not None, database, policy, group_commit, tls
-    )
-    conn = Connection(
-        db,
-        key,
+    conn = new_connection(
         loop,
-        autocommit=mode,
-        isolation_level=level,
-        features=features,
-        linearizable=linearizable,
+        loop,
+        servers,
+        store,
+        database,
+        autocommit,
+        isolation_level,
+        policy,
+        group_commit,
+        engine,
+        read_consistency,
+        tls,
     )
+    db = conn._db
     try:
         db.release(await db.acquire())
     except BaseException:

@@ -113,23 +113,20 @@ def connect(
     :raises ValueError, TypeError: bad `autocommit` or `isolation_level` (as sqlite3),
         unknown `engine`, bad `read_consistency` (see `cowsqlpy.aio.connect`).
     """
-    mode = aio.check_autocommit(autocommit)
-    level = aio.check_isolation_level(isolation_level)
-    features = aio.engine_features(engine)
-    linearizable = aio.check_read_consistency(read_consistency)
-    node_store = aio.node_store_of(servers, store, database)
-    key, db = aio.acquire_database(
-        None, node_store, store is not None, database, policy, group_commit, tls
-    )
     return Connection(
-        aio.Connection(
-            db,
-            key,
+        aio.new_connection(
+            None,
             background_loop(),
-            autocommit=mode,
-            isolation_level=level,
-            features=features,
-            linearizable=linearizable,
+            servers,
+            store,
+            database,
+            autocommit,
+            isolation_level,
+            policy,
+            group_commit,
+            engine,
+            read_consistency,
+            tls,
         )
     )
 

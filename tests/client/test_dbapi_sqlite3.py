@@ -19,16 +19,11 @@ from cowsqlpy import Connection
 from cowsqlpy.dbapi import LEGACY_TRANSACTION_CONTROL
 from cowsqlpy.store import NotANodeStoreError, SqliteNodeStore
 from cowsqlpy.testing import Cluster
+from tests.sql import conftest as sql_fixtures
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+cluster = sql_fixtures.cluster  # the module's 3-node cluster
 Connect = Callable[..., Connection]
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(3, app=False, base_dir=tmp_path_factory.mktemp("dbapi-sqlite3"))
-    yield c
-    c.close()
 
 
 @pytest.fixture
