@@ -51,7 +51,8 @@ def node_main(argv: list[str]) -> None:
     if mode == "direct":
         node = Node(node_id, public, data_dir, network_latency=0.02)
     else:
-        internal = f"127.0.0.1:{free_port()}"
+        # An abstract socket: cowsql serves it to this process (the front) only.
+        internal = f"@cowsqlpy-bench-{os.getpid()}"
         front = Front(
             public,
             internal,
