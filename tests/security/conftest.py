@@ -28,8 +28,8 @@ def _free_port() -> int:
 class GuardedNode:
     """An engine node in a child process behind a `Front` in this process.
 
-    The engine listens on an internal loopback port (cowsql 1.15 closes connections on an
-    abstract-socket bind address at once here, so TCP it is)."""
+    The engine listens on an internal loopback port: cowsql serves an abstract-socket bind
+    address only to its own process, and here the front is in another one."""
 
     def __init__(
         self,
