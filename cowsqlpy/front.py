@@ -10,9 +10,10 @@ address; the front accepts on the public address, optionally with mutual TLS
   Replies are relayed as they come; the front follows their frame boundaries (multi-part
   ROWS included) to keep requests and replies matched and to learn prepared statement ids.
 * a Raft peer: it sends the handshake and then CONNECT (type 11) as its first request; the
-  front passes it and becomes a byte pipe. With TLS every peer has shown the cluster
-  certificate; without TLS there is nothing to authenticate and CONNECT passes from any
-  admitted address (loopback only, unless ``allow_remote``).
+  front passes it and becomes a byte pipe. With TLS every peer has shown a certificate
+  the CA signed (and, with ``admin=``, an admin one); without TLS there is nothing to
+  authenticate and CONNECT passes from any admitted address (loopback only, unless
+  ``allow_remote``).
 
 Limits (`Limits`): connections in total and per peer address, handshake and idle
 timeouts, request frame size. Without TLS, non-loopback peers are refused unless
@@ -21,8 +22,13 @@ timeouts, request frame size. Without TLS, non-loopback peers are refused unless
 Run it on an asyncio loop (``await front.start_async()`` / ``await front.stop_async()``)
 or on its own thread (``front.start()`` / ``front.stop()``), e.g. beside a `Node`::
 
-    node = Node(id, "10.0.0.5:9001", data_dir, bind_address="@cowsql-1", dial=front.dial)
     front = Front("10.0.0.5:9001", "@cowsql-1", engine_features(), tls=TLSConfig(...))
+    front.start()
+    node = Node(id, "10.0.0.5:9001", data_dir, bind_address="@cowsql-1", dial=front.dial)
+    node.start()
+
+An abstract socket ('@name') is the internal address to use: cowsql serves it only to
+connections from its own process, i.e. the front.
 
 `Front.dial` is the node's Raft dial hook when TLS is on: it opens a TLS connection to a
 peer's public address and hands the engine one end of a local socket pair.
