@@ -24,8 +24,8 @@ from cowsqlpy.database import MARKER_PROBE, MARKER_WRITE
 from cowsqlpy.errors import ConnectionLostError, LeadershipLostError
 from cowsqlpy.testing import Cluster
 from kvstore import CompactedError, DeleteRange, Put, Version
-from kvstore.backends import cowsql_schema as S
 from kvstore.backends.cowsql import CowsqlKV
+from kvstore.backends.cowsql import schema as S
 from kvstore.testing import wait_until
 
 
@@ -66,7 +66,7 @@ def test_group_commit_keeps_waves_of_ops_together(kv, monkeypatch):
     """Clients that send their next op a moment after the last one was acknowledged
     (as HTTP clients do) come back one by one; the committer waits for the wave
     instead of committing its first op alone, so each wave is one batch."""
-    monkeypatch.setattr(kvstore.backends.cowsql, "GATHER_WAIT", 0.5)  # the mechanism, not the timing
+    monkeypatch.setattr(kvstore.backends.cowsql.tuning, "GATHER_WAIT", 0.5)  # the mechanism, not the timing
     core, clients, rounds = kv.core, 8, 12
 
     async def client(i: int) -> None:
@@ -171,7 +171,7 @@ def test_commit_check_reads_the_batch_token(kv):
     """A batch's check finds its own first log row by token; another token is
     "not committed"; a row at or below the compact revision that is not there
     any more is "cannot tell" (None), never "not committed"."""
-    from kvstore.backends.cowsql import _Batch
+    from kvstore.backends.cowsql.batch import _Batch
 
     kv.put(b"tok", b"1")
     kv.put(b"tok", b"2")
@@ -252,13 +252,13 @@ def test_a_write_by_another_core_fails_the_guard(kv, cowsql_cluster, monkeypatch
 
 
 def test_known_key_states_are_bounded(kv, monkeypatch):
-    monkeypatch.setattr(kvstore.backends.cowsql, "KNOWN_KEYS", 3)
+    monkeypatch.setattr(kvstore.backends.cowsql.tuning, "KNOWN_KEYS", 3)
     core = kv.core
     for i in range(5):
         kv.put(b"b/%d" % i, b"x" * (i + 1))
     assert list(core._known) == [b"b/2", b"b/3", b"b/4"]   # the most recently written
     assert core._known_bytes == 3 + 4 + 5
-    monkeypatch.setattr(kvstore.backends.cowsql, "KNOWN_BYTES", 8)
+    monkeypatch.setattr(kvstore.backends.cowsql.tuning, "KNOWN_BYTES", 8)
     kv.put(b"b/5", b"y" * 6)
     assert list(core._known) == [b"b/5"] and core._known_bytes == 6
 
@@ -395,7 +395,7 @@ def test_schema_1_database_is_migrated_in_place(cowsql_cluster):
 def test_idle_reapers_leave_the_write_lock_alone(kv, monkeypatch):
     """With no lease due a reaper pass is a plain read: about one write transaction
     a second (the pass record), not one per pass; a due lease is still expired."""
-    monkeypatch.setattr(kvstore.backends.cowsql, "REAP_INTERVAL", 0.02)
+    monkeypatch.setattr(kvstore.backends.cowsql.tuning, "REAP_INTERVAL", 0.02)
     time.sleep(0.6)  # the reaper's current (default) sleep ends
     b0 = kv.core.batches
     time.sleep(1.0)  # ~50 passes
@@ -406,7 +406,7 @@ def test_idle_reapers_leave_the_write_lock_alone(kv, monkeypatch):
 
 
 def test_auto_compact_keeps_the_last_n_revisions(cowsql_cluster, monkeypatch):
-    monkeypatch.setattr(kvstore.backends.cowsql, "AUTO_COMPACT_INTERVAL", 0.05)
+    monkeypatch.setattr(kvstore.backends.cowsql.tuning, "AUTO_COMPACT_INTERVAL", 0.05)
     with kvstore.open(cowsql_url(cowsql_cluster, _db(), private=1, auto_compact=30)) as kv:
         for i in range(100):
             kv.put(b"k%d" % (i % 5), b"%d" % i)
@@ -437,7 +437,7 @@ def _log_rows(kv: CowsqlKV) -> int:
 
 
 def test_physical_compaction_in_chunks(kv, monkeypatch):
-    monkeypatch.setattr(kvstore.backends.cowsql, "COMPACT_WINDOW", 7)
+    monkeypatch.setattr(kvstore.backends.cowsql.tuning, "COMPACT_WINDOW", 7)
     for i in range(40):
         kv.put(b"hot", b"%d" % i)
     kv.put(b"gone", b"x")
