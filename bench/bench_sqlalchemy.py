@@ -9,7 +9,8 @@ with ``--orm-worker`` under --peer-python (a venv with sqlalchemy-dqlite).
 
 Driver cells: --concurrency writers (autocommit INSERTs) and readers (point
 SELECTs), each with its own connection, for --duration seconds: threads on the
-sync driver, tasks on one uvloop loop with the async driver.
+sync driver, tasks on one uvloop loop with the async driver; --repeat runs a
+cell, the two drivers alternating, medians reported (this machine's load drifts).
 
     .venv/bin/python bench/bench_sqlalchemy.py [--peer-python /tmp/venv313/bin/python]
 """
@@ -22,6 +23,7 @@ import datetime as dt
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import threading
@@ -102,6 +104,7 @@ def orm_worker(args: argparse.Namespace) -> None:
 
 
 _cells = iter(range(1, 1_000_000))
+WARM_UP = "SELECT v FROM kv WHERE k = 0"
 
 
 def fresh_keys(worker: int) -> int:
@@ -125,6 +128,9 @@ def sync_cell(
     def work(w: int) -> None:
         conn, rng, n = conns[w], random.Random(w), starts[w]
         cur = conn.cursor()
+        cur.execute(
+            WARM_UP
+        ).fetchall()  # sessions and the read barrier set up before the clock starts
         barrier.wait()
         while not stop.is_set():
             try:
@@ -162,6 +168,8 @@ async def async_cell(
     ]
     counts = [0] * workers
     errors = [0] * workers
+    for c in conns:  # sessions and the read barrier set up before the clock starts
+        await (await c.execute(WARM_UP)).fetchall()
     deadline = time.monotonic() + duration
 
     starts = [fresh_keys(w) for w in range(workers)]
@@ -220,6 +228,9 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=10_000)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per driver cell")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs a driver cell (sync and async alternating)"
+    )
     parser.add_argument(
         "--peer-python", help="a Python >= 3.13 with sqlalchemy-dqlite (skipped if absent)"
     )
@@ -285,19 +296,36 @@ def main() -> None:
         )
         setup.close()
         print(
-            f"\ndrivers ({args.duration:g} s per cell)   sync ops/s (errors)   async ops/s (errors)   async/sync"
+            f"\ndrivers ({args.duration:g} s a run, {args.repeat} runs a cell, alternating; medians)"
+        )
+        print(
+            "cell       sync ops/s   async ops/s   async/sync: median (pairs)   errors sync/async"
         )
         for kind in ("write", "read"):
             for n in levels:
-                s_ops, s_err = sync_cell(addresses, "bench_drivers", kind, n, args.duration, keys)
-                run: Callable[..., Any] = uvloop.run
-                a_ops, a_err = run(
-                    async_cell(addresses, "bench_drivers", kind, n, args.duration, keys)
-                )
-                s_rate, a_rate = s_ops / args.duration, a_ops / args.duration
+                sync_rates: list[float] = []
+                async_rates: list[float] = []
+                errors = [0, 0]
+                for r in range(args.repeat):
+                    for side in ("sync", "async") if r % 2 == 0 else ("async", "sync"):
+                        if side == "sync":
+                            done, failed = sync_cell(
+                                addresses, "bench_drivers", kind, n, args.duration, keys
+                            )
+                            sync_rates.append(done / args.duration)
+                            errors[0] += failed
+                        else:
+                            run: Callable[..., Any] = uvloop.run
+                            done, failed = run(
+                                async_cell(addresses, "bench_drivers", kind, n, args.duration, keys)
+                            )
+                            async_rates.append(done / args.duration)
+                            errors[1] += failed
+                pairs = [a / s for a, s in zip(async_rates, sync_rates, strict=True)]
                 print(
-                    f"{kind:>5} x{n:<3}                {s_rate:>10,.0f} ({s_err})        "
-                    f"{a_rate:>10,.0f} ({a_err})          {a_rate / s_rate:5.2f}x"
+                    f"{kind:>5} x{n:<3} {statistics.median(sync_rates):>11,.0f} {statistics.median(async_rates):>13,.0f}"
+                    f"   {statistics.median(pairs):5.2f}x ({' '.join(f'{p:.2f}' for p in pairs)})"
+                    f"   {errors[0]}/{errors[1]}"
                 )
 
 
