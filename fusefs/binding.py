@@ -12,6 +12,7 @@ libfuse 3, with the small fixes mfusepy needs:
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import functools
 import logging
 import os
@@ -33,16 +34,43 @@ UTIME_OMIT_NS = (1 << 30) - 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _Context(ctypes.Structure):
+    _fields_ = [("fuse", ctypes.c_void_p)]  # the head of struct fuse_context
+
+
+class KernelCache:
+    """Tells the kernel that a path's cached attributes and pages are stale
+    (libfuse 3's fuse_invalidate_path, which mfusepy does not wrap)."""
+
+    def __init__(self) -> None:
+        self._lib = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
+        self._lib.fuse_get_context.restype = ctypes.POINTER(_Context)
+        self._lib.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self._fuse: int | None = None
+
+    def bind(self) -> None:
+        """Call from inside a FUSE callback (init): remembers this mount's struct fuse."""
+        self._fuse = self._lib.fuse_get_context().contents.fuse
+
+    def invalidate(self, paths: list[str]) -> None:
+        if self._fuse is None:
+            return
+        for path in paths:
+            self._lib.fuse_invalidate_path(self._fuse, os.fsencode(path))  # -ENOENT: nothing cached
+
+
 @dataclass(frozen=True)
 class MountOptions:
     """What the kernel may cache (seconds), and who may use the mount.
 
-    attr_timeout 0 by default: libfuse's path API gives each hard-link name its own
-    kernel node, so a cached nlink or ctime would go stale after link/unlink through
-    another name (and after changes made by other mounts)."""
+    libfuse's path API gives each hard-link name its own kernel node, so after a
+    link/unlink through one name the daemon invalidates the others' cached attributes;
+    open() invalidates a file's attributes and pages when another mount changed it
+    (close-to-open). A stat of a file another mount changed may be attr_timeout old.
+    No negative caching: a name another mount created is seen at once."""
 
-    attr_timeout: float = 0.0
-    entry_timeout: float = 0.0
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
     negative_timeout: float = 0.0
     allow_other: bool = False
     debug: bool = False
@@ -119,6 +147,9 @@ class Operations(mfusepy.Operations):
     def __init__(self, fs: Any, options: MountOptions) -> None:
         self.fs = fs
         self.options = options
+        self.kernel = KernelCache()
+        if hasattr(fs, "on_stale"):
+            fs.on_stale = self.kernel.invalidate
 
     @staticmethod
     def _ctx() -> tuple[int, int]:
@@ -126,6 +157,7 @@ class Operations(mfusepy.Operations):
         return uid, gid
 
     def init_with_config(self, conn_info: Any, config: Any) -> None:
+        self.kernel.bind()
         if config is not None:
             config.attr_timeout = self.options.attr_timeout
             config.entry_timeout = self.options.entry_timeout
@@ -227,6 +259,8 @@ class Operations(mfusepy.Operations):
     @_errno
     def open(self, path: str, fi: Any) -> int:
         fh, keep = self.fs.open(path, fi.flags)
+        if not keep:  # changed since this mount last saw it: drop the kernel's attributes too
+            self.kernel.invalidate([path])
         return self._opened(fi, fh, keep)
 
     @_errno

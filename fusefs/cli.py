@@ -75,8 +75,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="the embedded node's address")
     p.add_argument("--dir", help="the embedded node's data directory")
     p.add_argument("--join", type=_addresses, default=[], help="addresses of the cluster the embedded node joins")
-    p.add_argument("--attr-timeout", type=float, default=0.0)
-    p.add_argument("--entry-timeout", type=float, default=0.0)
+    p.add_argument("--attr-timeout", type=float, default=1.0, help="seconds the kernel caches attributes (default 1)")
+    p.add_argument("--entry-timeout", type=float, default=1.0, help="seconds the kernel caches names (default 1)")
     p.add_argument("--allow-other", action="store_true")
     p.add_argument("--debug", action="store_true", help="libfuse debug output")
     p.add_argument("--log-file", help="log here (background mode: default /tmp/cowsqlfs-PID.log)")
@@ -158,7 +158,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print("give --cluster (or --embed-node, or --kv-url with --view kv)", file=sys.stderr)
         return 2
     options = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.entry_timeout,
-                           negative_timeout=args.entry_timeout, allow_other=args.allow_other, debug=args.debug,
+                           allow_other=args.allow_other, debug=args.debug,
                            fsname=f"cowsqlfs:{args.database}" if args.view == "fs" else "cowsqlfs:kv")
     store = None
     try:

@@ -11,7 +11,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,9 @@ class FileSystem:
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._sustained: set[int] = set()  # inodes unlinked while this mount has them open
+        # Called with the paths whose cached attributes went stale although their own entry
+        # was not touched (the other names of a hard-linked inode); the binding tells the kernel.
+        self.on_stale: Callable[[list[str]], None] | None = None
         self._seen: dict[int, tuple[int, int, int]] = {}  # ino -> (mtime, ctime, size) this mount's page cache holds
         self.sid = self._start_session(mountpoint)
         self.reclaimed = self.reclaim_dead_sessions()
@@ -370,8 +373,25 @@ class FileSystem:
         if cur.rowcount == 0:
             raise FsError(errno.ENOSPC)
 
+    def _names_of(self, conn: Any, ino: int, limit: int = 8) -> list[str]:
+        paths = []
+        for parent, name in conn.execute("SELECT parent, name FROM fs_edge WHERE ino = ? LIMIT ?", (ino, limit)).fetchall():
+            rows = conn.execute(
+                "WITH RECURSIVE up(child, name, lvl) AS (SELECT ?, ?, 0 UNION ALL SELECT e.parent, e.name, up.lvl + 1"
+                f" FROM fs_edge e JOIN up ON e.ino = up.child WHERE up.child != {ROOT_INO} AND up.lvl < 4096)"
+                " SELECT name FROM up ORDER BY lvl DESC", (parent, name)).fetchall()
+            paths.append("/" + "/".join(os.fsdecode(bytes(r[0])) for r in rows))
+        return paths
+
+    def _stale(self, inos: list[int]) -> None:
+        if not inos or self.on_stale is None:
+            return
+        paths = self.store.read(lambda c: [p for ino in inos for p in self._names_of(c, ino)])
+        if paths:
+            self.on_stale(paths)
+
     def link(self, path: str, existing: str) -> None:
-        def tx(conn: Any) -> None:
+        def tx(conn: Any) -> int:
             node = self._resolve(conn, existing)
             if node.is_dir:
                 raise FsError(errno.EPERM)
@@ -384,8 +404,9 @@ class FileSystem:
             conn.execute("INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)", (parent.ino, name, node.ino))
             conn.execute("UPDATE fs_node SET nlink = nlink + 1, ctime = ? WHERE ino = ?", (now, node.ino))
             conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino))
+            return node.ino
 
-        self.store.transaction(tx)
+        self._stale([self.store.transaction(tx)])
 
     # -- removing --
 
@@ -422,7 +443,7 @@ class FileSystem:
             self._delete_inode(conn, node.ino)
 
     def unlink(self, path: str) -> None:
-        def tx(conn: Any) -> None:
+        def tx(conn: Any) -> list[int]:
             parent, name = self._parent(conn, path)
             ino = self._child(conn, parent.ino, name)
             if ino is None:
@@ -434,8 +455,9 @@ class FileSystem:
             conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (parent.ino, name))
             conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino))
             self._drop_link(conn, node, now)
+            return [node.ino] if node.nlink > 1 else []
 
-        self.store.transaction(tx)
+        self._stale(self.store.transaction(tx))
 
     def _check_empty(self, conn: Any, ino: int) -> None:
         if conn.execute("SELECT 1 FROM fs_edge WHERE parent = ? LIMIT 1", (ino,)).fetchone() is not None:
@@ -470,7 +492,8 @@ class FileSystem:
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise FsError(errno.EINVAL)
 
-        def tx(conn: Any) -> None:
+        def tx(conn: Any) -> list[int]:
+            stale: list[int] = []
             src_parent, src_name = self._parent(conn, old)
             dst_parent, dst_name = self._parent(conn, new)
             src_ino = self._child(conn, src_parent.ino, src_name)
@@ -490,7 +513,7 @@ class FileSystem:
                     and self._is_ancestor(conn, dst.ino, src_parent.ino):
                 raise FsError(errno.EINVAL)
             if dst is not None and dst.ino == src.ino:
-                return  # two names of one file: POSIX says do nothing
+                return stale  # two names of one file: POSIX says do nothing
             now = time.time_ns()
             if flags & RENAME_EXCHANGE:
                 assert dst is not None
@@ -512,6 +535,8 @@ class FileSystem:
                         conn.execute("UPDATE fs_node SET nlink = nlink - 1 WHERE ino = ?", (dst_parent.ino,))
                     conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (dst_parent.ino, dst_name))
                     self._drop_link(conn, dst, now)
+                    if dst.nlink > 1 and not dst.is_dir:
+                        stale.append(dst.ino)
                 conn.execute(
                     "UPDATE fs_edge SET parent = ?, name = ? WHERE parent = ? AND name = ?",
                     (dst_parent.ino, dst_name, src_parent.ino, src_name),
@@ -522,8 +547,9 @@ class FileSystem:
                 conn.execute("UPDATE fs_node SET ctime = ? WHERE ino = ?", (now, src.ino))
             conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino IN (?, ?)",
                          (now, now, src_parent.ino, dst_parent.ino))
+            return stale
 
-        self.store.transaction(tx)
+        self._stale(self.store.transaction(tx))
 
     # -- attributes --
 
@@ -534,16 +560,22 @@ class FileSystem:
             raise FsError(errno.EBADF)
         return self._resolve(conn, path)
 
+    @staticmethod
+    def _shared(node: Node) -> list[int]:
+        """The inode when other names of it may hold stale cached attributes."""
+        return [node.ino] if node.nlink > 1 and not node.is_dir else []
+
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> None:
-        def tx(conn: Any) -> None:
+        def tx(conn: Any) -> list[int]:
             node = self._target(conn, path, fh)
             conn.execute("UPDATE fs_node SET mode = ?, ctime = ? WHERE ino = ?",
                          (stat.S_IFMT(node.mode) | (mode & 0o7777), time.time_ns(), node.ino))
+            return self._shared(node)
 
-        self.store.transaction(tx)
+        self._stale(self.store.transaction(tx))
 
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> None:
-        def tx(conn: Any) -> None:
+        def tx(conn: Any) -> list[int]:
             node = self._target(conn, path, fh)
             mode = node.mode
             if (uid != -1 or gid != -1) and stat.S_ISREG(mode):
@@ -555,20 +587,22 @@ class FileSystem:
                 "UPDATE fs_node SET uid = ?, gid = ?, mode = ?, ctime = ? WHERE ino = ?",
                 (node.uid if uid == -1 else uid, node.gid if gid == -1 else gid, mode, time.time_ns(), node.ino),
             )
+            return self._shared(node)
 
-        self.store.transaction(tx)
+        self._stale(self.store.transaction(tx))
 
     def utimens(self, path: str | None, atime: TimeSpec, mtime: TimeSpec, fh: int | None = None) -> None:
         now = time.time_ns()
 
-        def tx(conn: Any) -> None:
+        def tx(conn: Any) -> list[int]:
             node = self._target(conn, path, fh)
             a = node.atime if atime is None else now if atime == UTIME_NOW else int(atime)
             m = node.mtime if mtime is None else now if mtime == UTIME_NOW else int(mtime)
             conn.execute("UPDATE fs_node SET atime = ?, mtime = ?, ctime = ? WHERE ino = ?", (a, m, now, node.ino))
+            return self._shared(node)
 
         ino = self._flush_target(path, fh)
-        self.store.transaction(tx)
+        self._stale(self.store.transaction(tx))
         if ino is not None and mtime is not None:
             self._forget(ino)
 
@@ -595,9 +629,11 @@ class FileSystem:
         with self._lock:
             self._seen.pop(ino, None)
 
-    def _flushed(self, ino: int, stamp: tuple[int, int, int]) -> None:
+    def _flushed(self, ino: int, stamp: tuple[int, int, int], nlink: int) -> None:
         with self._lock:
             self._seen[ino] = stamp
+        if nlink > 1:
+            self._stale([ino])
 
     def _attach(self, node: Node, flags: int) -> tuple[int, bool]:
         """A handle on `node`; returns (fh, keep_cache): the page cache may stay when the
@@ -723,7 +759,7 @@ class FileSystem:
         ino = self._flush_target(path, fh)
         cs = self.chunk_size
 
-        def tx(conn: Any) -> int:
+        def tx(conn: Any) -> Node:
             node = self._target(conn, path, fh)
             if node.is_dir:
                 raise FsError(errno.EISDIR)
@@ -750,14 +786,16 @@ class FileSystem:
                          (length, freed, now, now, node.ino))
             if freed:
                 conn.execute("UPDATE fs_superblock SET used_bytes = used_bytes - ? WHERE id = 1", (freed,))
-            return node.ino
+            return node
 
-        done = self.store.transaction(tx)
+        node = self.store.transaction(tx)
+        done = node.ino
         with self._lock:
             f = self._open.get(done if ino is None else ino)
         if f is not None:
             f.truncated(length)
         self._forget(done)
+        self._stale(self._shared(node))
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         if mode & ~FALLOC_FL_KEEP_SIZE:

@@ -64,7 +64,8 @@ class OpenFile:
         self.mtime: int | None = None  # the last buffered write's time, until flushed
         self.last_read_end = -1
         self.max_dirty_chunks = 16
-        self.on_flushed: Callable[[int, tuple[int, int, int]], None] | None = None
+        # (ino, (mtime, ctime, size), nlink) after each flush
+        self.on_flushed: Callable[[int, tuple[int, int, int], int], None] | None = None
 
     # -- reads --
 
@@ -180,8 +181,8 @@ class OpenFile:
             mtime = self.mtime or time.time_ns()
             size = self.size
 
-            def tx(conn: Any) -> tuple[int, tuple[int, int, int]] | None:
-                row = conn.execute("SELECT size FROM fs_node WHERE ino = ?", (self.ino,)).fetchone()
+            def tx(conn: Any) -> tuple[int, tuple[int, int, int], int] | None:
+                row = conn.execute("SELECT size, nlink FROM fs_node WHERE ino = ?", (self.ino,)).fetchone()
                 if row is None:
                     return None  # removed by another mount meanwhile: nothing to keep
                 new_size = max(int(row[0]), size)
@@ -209,7 +210,7 @@ class OpenFile:
                     (new_size, delta, mtime, mtime, self.ino),
                 )
                 used = conn.execute("SELECT used_bytes FROM fs_superblock WHERE id = 1").fetchone()[0]
-                return int(used), (mtime, mtime, new_size)
+                return int(used), (mtime, mtime, new_size), int(row[1])
 
             result = self.store.transaction(tx)
             growth, self.growth = self.growth, 0
@@ -222,7 +223,7 @@ class OpenFile:
             if result is not None:
                 self.size = result[1][2]
                 if self.on_flushed is not None:
-                    self.on_flushed(self.ino, result[1])
+                    self.on_flushed(self.ino, result[1], result[2])
 
     def discard(self) -> None:
         """Drop unflushed data (the inode is gone)."""

@@ -85,8 +85,9 @@ def test_git(fs_mount: Mount) -> None:
 def test_sqlite3(fs_mount: Mount) -> None:
     sqlite = tool("sqlite3")
     db = str(fs_mount.path / "app.db")
-    script = b"CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);" + b"".join(
-        b"INSERT INTO t (v) VALUES ('row %d');" % i for i in range(500))
+    rows = [b"INSERT INTO t (v) VALUES ('row %d');" % i for i in range(500)]
+    # 20 transactions of their own (journal, fsync, lock each), then one of 480 rows
+    script = b"CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);" + b"".join(rows[:20]) + b"BEGIN;" + b"".join(rows[20:]) + b"COMMIT;"
     run(sqlite, db, input=script)
     run(sqlite, db, input=b"BEGIN; UPDATE t SET v = v || '!'; COMMIT; PRAGMA journal_mode=WAL; INSERT INTO t (v) VALUES ('wal');")
     out = run(sqlite, db, "SELECT count(*), sum(length(v)) FROM t; PRAGMA integrity_check;").stdout.decode().split()
