@@ -2,7 +2,7 @@
 against the sync driver, on one 3-node cluster (nodes in child processes).
 
 ORM cells (same models, same statements, explicit primary keys so neither side
-needs RETURNING): a bulk INSERT of --rows rows (``session.execute(insert(Item),
+needs RETURNING; --orm-repeat runs a side in alternating order, medians): a bulk INSERT of --rows rows (``session.execute(insert(Item),
 rows)``), --commits single-row ORM commits, --gets ``session.get()`` reads by
 primary key. sqlalchemy-dqlite needs Python >= 3.13: it runs this same file
 with ``--orm-worker`` under --peer-python (a venv with sqlalchemy-dqlite).
@@ -198,7 +198,7 @@ async def async_cell(
 # -- main -----------------------------------------------------------------------------------------------
 
 
-def timed_peer(args: argparse.Namespace, address: str) -> dict[str, float] | str:
+def timed_peer(args: argparse.Namespace, address: str) -> dict[str, float]:
     cmd = [
         args.peer_python,
         __file__,
@@ -214,7 +214,7 @@ def timed_peer(args: argparse.Namespace, address: str) -> dict[str, float] | str
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
-        return (proc.stderr.strip().splitlines() or ["exit " + str(proc.returncode)])[-1]
+        raise RuntimeError("sqlalchemy-dqlite run failed: " + proc.stderr[-2000:])
     result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 
@@ -228,6 +228,9 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=10_000)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per driver cell")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument(
+        "--orm-repeat", type=int, default=2, help="ORM runs a side (alternating order)"
+    )
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs a driver cell (sync and async alternating)"
     )
@@ -256,37 +259,52 @@ def main() -> None:
         addresses = cluster.addresses
         print(f"cluster: 3 nodes in child processes {addresses}")
 
-        ours: dict[str, dict[str, float]] = {}
-        for consistency in ("linearizable", "serializable"):
-            url = (
-                f"cowsql://{','.join(addresses)}/bench_{consistency}?read_consistency={consistency}"
-            )
+        leader = cluster.leader_index()
+        sides = ["linearizable", "serializable"] + (
+            ["sqlalchemy-dqlite"] if args.peer_python else []
+        )
+
+        def orm_run(side: str) -> dict[str, float]:
+            if side == "sqlalchemy-dqlite":
+                return timed_peer(args, addresses[leader if leader is not None else 0])
+            url = f"cowsql://{','.join(addresses)}/bench_{side}?read_consistency={side}"
             engine = create_engine(url)
             try:
-                ours[consistency] = orm_cells(engine, args.rows, args.commits, args.gets)
+                return orm_cells(engine, args.rows, args.commits, args.gets)
             finally:
                 engine.dispose()
-        peer: dict[str, float] | str = "not run (no --peer-python)"
-        if args.peer_python:
-            leader = cluster.leader_index()
-            peer = timed_peer(args, addresses[leader if leader is not None else 0])
+
         ops = {
             "bulk_insert": args.rows,
             "single_commits": args.commits,
             "gets": min(args.gets, args.rows),
         }
+        rates: dict[str, dict[str, list[float]]] = {
+            side: {cell: [] for cell in ops} for side in sides
+        }
+        for r in range(args.orm_repeat):
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                seconds = orm_run(side)
+                for cell, n in ops.items():
+                    rates[side][cell].append(n / seconds[cell])
         print(
-            "\nORM rows/s       cowsql (linearizable)  cowsql (serializable)  sqlalchemy-dqlite  ratios lin/ser"
+            f"\nORM rows/s ({args.orm_repeat} runs a side, alternating; medians; ratios against sqlalchemy-dqlite)"
         )
-        for cell, n in ops.items():
-            lin, ser = n / ours["linearizable"][cell], n / ours["serializable"][cell]
-            if isinstance(peer, dict):
-                theirs = n / peer[cell]
-                print(
-                    f"{cell:<16} {lin:>14,.0f} {ser:>22,.0f} {theirs:>18,.0f}   {lin / theirs:5.2f}x {ser / theirs:5.2f}x"
-                )
-            else:
-                print(f"{cell:<16} {lin:>14,.0f} {ser:>22,.0f}   {peer}")
+        print(
+            "cell             cowsql linearizable   cowsql serializable   sqlalchemy-dqlite   lin/peer  ser/peer"
+        )
+        for cell in ops:
+            med = {side: statistics.median(rates[side][cell]) for side in sides}
+            line = f"{cell:<16} {med['linearizable']:>19,.0f} {med['serializable']:>21,.0f}"
+            if args.peer_python:
+                peer = med["sqlalchemy-dqlite"]
+                line += f" {peer:>19,.0f}   {med['linearizable'] / peer:6.2f}x  {med['serializable'] / peer:6.2f}x"
+            print(line)
+        for side in sides:
+            print(
+                f"  {side}: "
+                + "; ".join(f"{c} " + " ".join(f"{v:,.0f}" for v in rates[side][c]) for c in ops)
+            )
 
         setup = cowsqlpy.connect(addresses, database="bench_drivers", autocommit=True)
         setup.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)")
