@@ -1,0 +1,306 @@
+"""fusefs benchmark: fio (psync) and a metadata run on the fusefs mount (3-node cluster on
+loopback), a pass-through filesystem on the same binding (mfusepy: the ceiling for a
+Python FUSE layer), the local disk, and the raw engine (64 KiB blobs through
+cowsqlpy.connect in 1 MiB transactions into the same cluster) as the physical floor.
+
+    .venv/bin/python bench/bench_fusefs.py [--size 64] [--files 1000]
+
+Every run is bounded by its size; fio needs Debian `fio`. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+import cowsqlpy  # noqa: E402
+from cowsqlpy.testing import Cluster, wait_for  # noqa: E402
+
+MiB = 1 << 20
+
+
+# -- the pass-through filesystem (child process) ------------------------------------------
+
+def passthrough(source: str, mountpoint: str) -> None:
+    import mfusepy
+
+    from fusefs.binding import FUSE3
+
+    class Passthrough(mfusepy.Operations):
+        use_ns = True
+
+        def _p(self, path: str) -> str:
+            return os.path.join(source, path.lstrip("/"))
+
+        def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
+            st = os.fstat(fh) if fh is not None else os.lstat(self._p(path))
+            return {k: getattr(st, k) for k in ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size",
+                                                 "st_blocks")} | {
+                "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns}
+
+        def readdir(self, path: str, fh: int) -> list[str]:
+            return [".", "..", *os.listdir(self._p(path))]
+
+        def open(self, path: str, flags: int) -> int:
+            return os.open(self._p(path), flags & ~os.O_DIRECT)
+
+        def create(self, path: str, mode: int, fi: Any = None) -> int:
+            return os.open(self._p(path), os.O_CREAT | os.O_RDWR, mode)
+
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            return os.pread(fh, size, offset)
+
+        def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+            return os.pwrite(fh, data, offset)
+
+        def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+            os.truncate(self._p(path), length)
+            return 0
+
+        def fsync(self, path: str, datasync: int, fh: int) -> int:
+            os.fsync(fh)
+            return 0
+
+        def flush(self, path: str, fh: int) -> int:
+            return 0
+
+        def release(self, path: str, fh: int) -> int:
+            os.close(fh)
+            return 0
+
+        def unlink(self, path: str) -> int:
+            os.unlink(self._p(path))
+            return 0
+
+        def mkdir(self, path: str, mode: int) -> int:
+            os.mkdir(self._p(path), mode)
+            return 0
+
+        def rmdir(self, path: str) -> int:
+            os.rmdir(self._p(path))
+            return 0
+
+        def utimens(self, path: str, times: Any = None, fh: Any = None) -> int:
+            return 0
+
+        def chmod(self, path: str, mode: int, fh: Any = None) -> int:
+            os.chmod(self._p(path), mode)
+            return 0
+
+        def statfs(self, path: str) -> dict[str, int]:
+            sv = os.statvfs(source)
+            return {k: getattr(sv, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                                                 "f_files", "f_ffree", "f_namemax")}
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except OSError as exc:
+                raise mfusepy.FuseOSError(exc.errno or errno.EIO) from exc
+        return call
+
+    ops = Passthrough()
+    for name in ("getattr", "readdir", "open", "create", "read", "write", "truncate", "fsync", "release",
+                 "unlink", "mkdir", "rmdir", "chmod", "statfs"):
+        setattr(ops, name, wrap(getattr(ops, name)))
+    FUSE3(ops, mountpoint, foreground=True, default_permissions=True, attr_timeout=1.0, entry_timeout=1.0)
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+def fio(directory: Path, name: str, rw: str, bs: str, size_mib: int, *, direct: bool = False,
+        invalidate: bool = True, end_fsync: bool = False, runtime: int = 20) -> dict[str, float]:
+    cmd = ["fio", f"--name={name}", f"--directory={directory}", "--ioengine=psync", f"--rw={rw}", f"--bs={bs}",
+           f"--size={size_mib}M", f"--direct={int(direct)}", f"--invalidate={int(invalidate)}", "--numjobs=1",
+           "--output-format=json", f"--runtime={runtime}", "--time_based=0", "--filename=fio.dat"]
+    if end_fsync:
+        cmd.append("--end_fsync=1")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"fio failed: {out.stderr}")
+    job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
+    side = job["write"] if "write" in rw else job["read"]
+    return {"MiB/s": side["bw_bytes"] / MiB, "IOPS": side["iops"]}
+
+
+def metadata(directory: Path, files: int, workers: int) -> dict[str, float]:
+    base = directory / f"meta{workers}"
+    base.mkdir()
+    names = [base / f"f{i:06d}" for i in range(files)]
+
+    def timed(fn: Callable[[Path], Any]) -> float:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fn, names))
+        return files / (time.perf_counter() - start)
+
+    create = timed(lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)))
+    stat = timed(os.stat)
+    start = time.perf_counter()
+    listed = len(os.listdir(base))
+    readdir = listed / (time.perf_counter() - start)
+    unlink = timed(os.unlink)
+    base.rmdir()
+    return {"create/s": create, "stat/s": stat, "readdir entries/s": readdir, "unlink/s": unlink}
+
+
+def raw_engine(servers: list[str], total_mib: int) -> dict[str, float]:
+    conn = cowsqlpy.connect(servers, database="rawbench")
+    conn.execute("CREATE TABLE IF NOT EXISTS blobs (id INTEGER PRIMARY KEY, data BLOB)")
+    blob = os.urandom(64 << 10)
+    start = time.perf_counter()
+    for _ in range(total_mib):
+        conn.executemany("INSERT INTO blobs (data) VALUES (?)", [(blob,)] * 16)
+        conn.commit()
+    write = total_mib / (time.perf_counter() - start)
+    start = time.perf_counter()
+    got = sum(len(r[0]) for r in conn.execute("SELECT data FROM blobs"))
+    read = got / MiB / (time.perf_counter() - start)
+    conn.execute("DELETE FROM blobs")
+    conn.commit()
+    auto = cowsqlpy.connect(servers, database="rawbench", autocommit=True)
+    auto.execute("CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, v TEXT)")
+
+    def inserts(workers: int, n: int) -> float:
+        conns = [cowsqlpy.connect(servers, database="rawbench", autocommit=True) for _ in range(workers)]
+
+        def run(c: Any) -> None:
+            for _ in range(n // workers):
+                c.execute("INSERT INTO rows (v) VALUES ('x')")
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=run, args=(c,)) for c in conns]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rate = n / (time.perf_counter() - start)
+        for c in conns:
+            c.close()
+        return rate
+
+    one, eight = inserts(1, 500), inserts(8, 1000)
+    auto.close()
+    conn.close()
+    return {"blob write MiB/s": write, "blob read MiB/s": read, "insert/s 1": one, "insert/s 8": eight}
+
+
+class Mounted:
+    def __init__(self, cmd: list[str], path: Path, log: Path) -> None:
+        self.path = path
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        wait_for(lambda: os.path.ismount(path) or self.proc.poll() is not None, 60, f"mount {path}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mount failed, see {log}")
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
+
+
+def target_runs(path: Path, size: int, files: int) -> dict[str, float]:
+    r: dict[str, float] = {}
+    r["seq write MiB/s"] = fio(path, "w", "write", "1M", size, end_fsync=True)["MiB/s"]
+    r["seq read cold MiB/s"] = fio(path, "r", "read", "1M", size, invalidate=True)["MiB/s"]
+    r["seq read cached MiB/s"] = fio(path, "r", "read", "1M", size, invalidate=False)["MiB/s"]
+    r["rand 4k read cached IOPS"] = fio(path, "rr", "randread", "4k", size, invalidate=False, runtime=10)["IOPS"]
+    r["rand 4k read direct IOPS"] = fio(path, "rd", "randread", "4k", size, direct=True, runtime=10)["IOPS"]
+    os.unlink(path / "fio.dat")
+    for workers in (1, 8):
+        for k, v in metadata(path, files, workers).items():
+            r[f"{k} ({workers} w)"] = v
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=64, help="MiB per fio file (the issue asks 256)")
+    ap.add_argument("--files", type=int, default=1000, help="files per metadata run (the issue asks 10,000)")
+    ap.add_argument("--engine-mib", type=int, default=32)
+    args = ap.parse_args()
+    if shutil.which("fio") is None:
+        sys.exit("fio is not installed (Debian fio)")
+    work = Path(tempfile.mkdtemp(prefix="bench-fusefs-"))
+    mounts: list[Mounted] = []
+    cluster = Cluster(3, processes=True, base_dir=work / "cluster")
+    try:
+        servers = cluster.addresses
+        conn = cowsqlpy.connect(servers, database="fs")
+        from fusefs import mkfs
+
+        mkfs(conn, capacity=(4 * args.size + 256) * MiB)
+        conn.close()
+        results: dict[str, dict[str, float]] = {}
+        results["engine"] = raw_engine(servers, args.engine_mib)
+        for name in ("fusefs", "passthrough", "local"):
+            path = work / name
+            path.mkdir()
+            if name == "fusefs":
+                mounts.append(Mounted([sys.executable, "-m", "fusefs", "mount", "--foreground", "--cluster",
+                                       ",".join(servers), str(path)], path, work / "fusefs.log"))
+            elif name == "passthrough":
+                (work / "pt-source").mkdir()
+                mounts.append(Mounted([sys.executable, __file__, "passthrough", str(work / "pt-source"), str(path)],
+                                      path, work / "pt.log"))
+            results[name] = target_runs(path, args.size, args.files)
+            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+        report(results, args)
+    finally:
+        for m in mounts:
+            m.close()
+        cluster.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    fs, pt, local, eng = results["fusefs"], results["passthrough"], results["local"], results["engine"]
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+          f"fio {args.size} MiB, {args.files} files per metadata run, engine {args.engine_mib} MiB\n")
+    print("| figure | fusefs | pass-through | local disk |")
+    print("|---|---:|---:|---:|")
+    for k in fs:
+        print(f"| {k} | {fs[k]:,.1f} | {pt[k]:,.1f} | {local[k]:,.1f} |")
+    print(f"\nraw engine: {', '.join(f'{k} {v:,.1f}' for k, v in eng.items())}\n")
+    targets = [
+        ("seq write / engine blob write", fs["seq write MiB/s"] / eng["blob write MiB/s"], 0.8),
+        ("seq read cold / engine blob read", fs["seq read cold MiB/s"] / eng["blob read MiB/s"], 0.5),
+        ("re-read unchanged / pass-through cached", fs["seq read cached MiB/s"] / pt["seq read cached MiB/s"], 0.5),
+        ("rand 4k cached / pass-through", fs["rand 4k read cached IOPS"] / pt["rand 4k read cached IOPS"], 0.5),
+        ("creates 1 w / engine insert 1", fs["create/s (1 w)"] / eng["insert/s 1"], 0.8),
+        ("creates 8 w / engine insert 1", fs["create/s (8 w)"] / eng["insert/s 1"], 3.0),
+        ("stat / pass-through stat", fs["stat/s (1 w)"] / pt["stat/s (1 w)"], 0.5),
+    ]
+    print("| target | ratio | wanted | met |")
+    print("|---|---:|---:|---|")
+    for name, ratio, want in targets:
+        print(f"| {name} | {ratio:.2f} | >= {want} | {'yes' if ratio >= want else 'no'} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "passthrough":
+        passthrough(sys.argv[2], sys.argv[3])
+    else:
+        main()
