@@ -216,6 +216,20 @@ class _EngineSide(_Link):
         start = 0
         pos = 0
         n = len(data)
+        if not self._left and not self._header:
+            # Fast path: whole reply frames, the usual case; a cut one is left to the loop below.
+            while pos + 8 <= n:
+                words, rtype, _, _ = _HEADER.unpack_from(data, pos)
+                end = pos + 8 + words * 8
+                if end > n:
+                    break
+                if rtype != P.ROWS or data[end - 8 : end] != _PART:
+                    kept = data[pos + 8 : pos + 16] if rtype == P.STMT else b""
+                    refusals = client.reply_done(rtype, kept)
+                    if refusals:
+                        client.transport.write(data[start:end] + refusals)
+                        start = end
+                pos = end
         while pos < n:
             if self._left == 0:
                 take = min(8 - len(self._header), n - pos)
@@ -323,6 +337,14 @@ class _ClientSide(_Link):
         if self.piping:
             super().data_received(data)
             return
+        if (
+            self.handshaken
+            and not self.buf
+            and self.engine is not None
+            and self.engine.transport is not None
+        ):
+            self.process(data)  # nothing buffered: check the frames in place
+            return
         self.buf += data
         if not self.handshaken:
             if len(self.buf) < 8:
@@ -342,12 +364,13 @@ class _ClientSide(_Link):
             return
         self.process()
 
-    def process(self) -> None:
-        """Check every whole frame in the buffer; forward or refuse each one in order."""
+    def process(self, data: bytes | None = None) -> None:
+        """Check every whole frame in the buffer (or in `data`, when nothing is buffered);
+        forward or refuse each one in order."""
         assert (
             self.engine is not None and self.engine.transport is not None and self.guard is not None
         )
-        buf = self.buf
+        buf: bytes | bytearray = self.buf if data is None else data
         out: list[bytes] = []
         pos = 0
         limit = self.front.limits.max_frame
@@ -361,7 +384,7 @@ class _ClientSide(_Link):
             end = pos + 8 + size
             if len(buf) < end:
                 break
-            frame = bytes(buf[pos:end])
+            frame = bytes(buf[pos:end]) if data is None else data[pos:end]
             pos = end
             decision = self.guard.check(rtype, schema, frame[8:])
             if decision == FORWARD:
@@ -384,9 +407,12 @@ class _ClientSide(_Link):
                     self.pending.append(failure_frame(decision))
                 elif self.transport is not None:
                     self.transport.write(failure_frame(decision))
-        del buf[:pos]
+        if data is None:
+            del self.buf[:pos]
+        elif pos < len(data):
+            self.buf += data[pos:]  # a frame cut short waits for the rest
         if out:
-            self.engine.transport.write(b"".join(out))
+            self.engine.transport.write(out[0] if len(out) == 1 else b"".join(out))
         self.finish_if_done()
 
     def reply_done(self, rtype: int, kept: bytes) -> bytes:
