@@ -243,6 +243,25 @@ class FileSystem:
             raise FsError(errno.ENOTDIR)
         return parent, names[-1]
 
+    def _entry(self, conn: Any, path: str) -> tuple[Node, bytes, int | None]:
+        """(parent directory, last name, the inode that name holds or None) in one query."""
+        names = components(path)
+        if not names:
+            raise FsError(errno.EINVAL, "the root has no parent")
+        *dirs, name = names
+        if len(dirs) > MAX_DEPTH_PER_QUERY:
+            parent, name = self._parent(conn, path)
+            return parent, name, self._child(conn, parent.ino, name)
+        sql = _resolve_sql(len(dirs)).replace(" FROM ", ", c.ino FROM ", 1).replace(
+            " WHERE ", " LEFT JOIN fs_edge c ON c.parent = n.ino AND c.name = ? WHERE ", 1)
+        row = conn.execute(sql, (name, ROOT_INO, *dirs)).fetchone()
+        if row is None:
+            raise FsError(errno.ENOENT)
+        parent = _node(row[:-1])
+        if not parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        return parent, name, None if row[-1] is None else int(row[-1])
+
     def _child(self, conn: Any, parent: int, name: bytes) -> int | None:
         row = conn.execute("SELECT ino FROM fs_edge WHERE parent = ? AND name = ?", (parent, name)).fetchone()
         return None if row is None else int(row[0])
@@ -316,8 +335,8 @@ class FileSystem:
     # -- creating --
 
     def _make(self, conn: Any, path: str, mode: int, uid: int, gid: int, rdev: int = 0) -> Node:
-        parent, name = self._parent(conn, path)
-        if self._child(conn, parent.ino, name) is not None:
+        parent, name, taken = self._entry(conn, path)
+        if taken is not None:
             raise FsError(errno.EEXIST)
         cur = conn.execute(
             "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1 AND used_inodes < max_inodes")
@@ -397,8 +416,8 @@ class FileSystem:
                 raise FsError(errno.EPERM)
             if node.nlink >= LINK_MAX:
                 raise FsError(errno.EMLINK)
-            parent, name = self._parent(conn, path)
-            if self._child(conn, parent.ino, name) is not None:
+            parent, name, taken = self._entry(conn, path)
+            if taken is not None:
                 raise FsError(errno.EEXIST)
             now = time.time_ns()
             conn.execute("INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)", (parent.ino, name, node.ino))
@@ -444,8 +463,7 @@ class FileSystem:
 
     def unlink(self, path: str) -> None:
         def tx(conn: Any) -> list[int]:
-            parent, name = self._parent(conn, path)
-            ino = self._child(conn, parent.ino, name)
+            parent, name, ino = self._entry(conn, path)
             if ino is None:
                 raise FsError(errno.ENOENT)
             node = self._get(conn, ino)
@@ -465,8 +483,7 @@ class FileSystem:
 
     def rmdir(self, path: str) -> None:
         def tx(conn: Any) -> None:
-            parent, name = self._parent(conn, path)
-            ino = self._child(conn, parent.ino, name)
+            parent, name, ino = self._entry(conn, path)
             if ino is None:
                 raise FsError(errno.ENOENT)
             node = self._get(conn, ino)
@@ -494,13 +511,11 @@ class FileSystem:
 
         def tx(conn: Any) -> list[int]:
             stale: list[int] = []
-            src_parent, src_name = self._parent(conn, old)
-            dst_parent, dst_name = self._parent(conn, new)
-            src_ino = self._child(conn, src_parent.ino, src_name)
+            src_parent, src_name, src_ino = self._entry(conn, old)
+            dst_parent, dst_name, dst_ino = self._entry(conn, new)
             if src_ino is None:
                 raise FsError(errno.ENOENT)
             src = self._get(conn, src_ino)
-            dst_ino = self._child(conn, dst_parent.ino, dst_name)
             dst = None if dst_ino is None else self._get(conn, dst_ino)
             if flags & RENAME_NOREPLACE and dst is not None:
                 raise FsError(errno.EEXIST)

@@ -216,6 +216,6 @@ def test_mount_behaves_as_a_local_filesystem(fs_mount: Mount, tmp_path: Path) ->
     local.mkdir()
     ROOTS.update(mount=fs_mount.path, local=local, servers=fs_mount.servers)
     run_state_machine_as_test(SameAsLocal, settings=settings(
-        max_examples=20, stateful_step_count=30, deadline=None, derandomize=True,
+        max_examples=20, stateful_step_count=30, deadline=None, derandomize=True, database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]))
     assert check_fs(fs_mount.servers) == []
