@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "reply instead of sleeping (a sleeping thread is slow to wake on a "
                         "virtual machine; costs CPU only under load; 0: off; at most "
                         f"{MAX_BUSY_POLL * 1e6:.0f})")
+    p.add_argument("--read", choices=("linearizable", "serializable"), default="linearizable",
+                   help="GET and range consistency: linearizable (default, as etcd: each read "
+                        "after a shared read barrier) or serializable (no barrier: faster, but "
+                        "a deposed leader can serve a stale read)")
     p.add_argument("--log-level", default=os.environ.get("COWSQLPY_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
     if args.compact_retention < 0:
@@ -80,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     roles_adjustment_frequency=args.roles_adjustment_frequency,
                     request_timeout=args.request_timeout,
                     compact_retention=args.compact_retention,
-                    busy_poll=args.busy_poll / 1e6)
+                    busy_poll=args.busy_poll / 1e6,
+                    linearizable_reads=args.read == "linearizable")
     try:
         node.start_app()
     except (Error, ValueError, OSError) as exc:

@@ -98,8 +98,9 @@ class DemoNode:
     def __init__(self, api: str, db: str, data_dir: str, *, join: list[str] | None = None,
                  network_latency: float | None = None, roles_adjustment_frequency: float = 5.0,
                  request_timeout: float = 5.0, compact_retention: int = DEFAULT_COMPACT_RETENTION,
-                 busy_poll: float = DEFAULT_BUSY_POLL) -> None:
+                 busy_poll: float = DEFAULT_BUSY_POLL, linearizable_reads: bool = True) -> None:
         self.api_address, self.db_address = api, db
+        self.linearizable_reads = linearizable_reads
         self.busy_poll = busy_poll
         self.compact_retention = compact_retention
         self.data_dir = data_dir
@@ -134,7 +135,8 @@ class DemoNode:
 
     async def _start_http(self) -> None:
         assert self.app is not None
-        core = CowsqlCore(self.app.store, DATABASE, self.request_timeout, self.compact_retention)
+        core = CowsqlCore(self.app.store, DATABASE, self.request_timeout, self.compact_retention,
+                          self.linearizable_reads)
         await core.start()
         self.core = core
         me = NodeIdentity(self.app.id, self.db_address, self.api_address)

@@ -309,3 +309,14 @@ def test_bad_numeric_options_exit_2(option: str, value: str, message: str,
         main(["--api", "127.0.0.1:1", "--db", "127.0.0.1:2", option, value])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_read_option_is_checked(tmp_path) -> None:
+    """--read takes linearizable or serializable only (an error before anything starts)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "demo", "--api", "127.0.0.1:1", "--db", "127.0.0.1:2",
+                           "--dir", str(tmp_path), "--read", "eventual"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--read" in proc.stderr
