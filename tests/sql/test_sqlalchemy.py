@@ -19,7 +19,7 @@ from cowsqlpy.retry import RetryPolicy
 from cowsqlpy.sqlalchemy import INTERNAL_TABLES, connect_args, create_engine, make_url
 from cowsqlpy.sqlalchemy.aio import CowsqlAioDialect
 from cowsqlpy.sqlalchemy.dialect import INTERNAL_DATABASE, CowsqlDialect
-from cowsqlpy.testing import Cluster
+from cowsqlpy.testing import Cluster, wait_for
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -61,7 +61,11 @@ def test_urls_name_servers_database_and_retry_options() -> None:
     )
     args = connect_args(u)
     assert args["servers"] == ["127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"]
-    assert args["database"] == "app" and args["group_commit"] is False and args["read_consistency"] == "serializable"
+    assert (
+        args["database"] == "app"
+        and args["group_commit"] is False
+        and args["read_consistency"] == "serializable"
+    )
     assert args["policy"] == RetryPolicy(deadline=7.5, max_tries=3)
     # SQLAlchemy's own parser: one host:port, or several in brackets (alembic.ini can hold either).
     assert connect_args(sa.make_url("cowsql://127.0.0.1:9001/app"))["servers"] == ["127.0.0.1:9001"]
@@ -331,3 +335,32 @@ def test_async_engine_orm_streaming_and_autocommit(run: Run, cluster: Cluster, d
             await engine.dispose()
 
     run(main())
+
+
+def test_engine_follows_a_leader_change(cluster: Cluster, dbname: str) -> None:
+    """Pooled DB-API connections point at the old leader after a transfer: the driver's
+    retry policy (from the URL) takes the next statement to the new one, no error."""
+    engine = create_engine(url(cluster, dbname, query="deadline=20"))
+    try:
+        Base.metadata.create_all(engine)
+        with Session(engine) as s:
+            s.add(Event(id=1, name="before"))
+            s.commit()
+        with cowsqlpy.SyncClient(cluster.addresses) as admin:
+            leader = admin.leader()
+            assert leader is not None
+            admin.transfer(
+                next(i + 1 for i, a in enumerate(cluster.addresses) if a != leader.address)
+            )
+
+            def moved() -> bool:
+                now = admin.leader()
+                return now is not None and now.address != leader.address
+
+            wait_for(moved, 15, "the new leader")
+        with Session(engine) as s:
+            s.add(Event(id=2, name="after"))
+            s.commit()
+            assert sorted(s.scalars(select(Event.name))) == ["after", "before"]
+    finally:
+        engine.dispose()
