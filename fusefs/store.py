@@ -15,6 +15,9 @@ import cowsqlpy
 from .errors import FsError, as_fs_error
 
 T = TypeVar("T")
+# what a leader change does to a request; a read (changing nothing) may always run again
+TRANSIENT = (cowsqlpy.OutcomeUnknownError, cowsqlpy.NoLeaderError, cowsqlpy.NotLeaderError,
+             cowsqlpy.ConnectionLostError, cowsqlpy.TransactionLostError)
 
 
 def io_policy(io_timeout: float) -> cowsqlpy.RetryPolicy:
@@ -70,12 +73,21 @@ class Store:
             self._idle.put(conn)
 
     def read(self, fn: Callable[[Any], T]) -> T:
-        """Run `fn(conn)` outside a transaction (reads on the leader); errors become FsError."""
-        with self.connection() as conn:
-            try:
-                return fn(conn)
-            except Exception as exc:
-                raise as_fs_error(exc) from exc
+        """Run `fn(conn)` outside a transaction (reads on the leader); errors become FsError.
+
+        A read cut by a leader change is run again until the I/O deadline (reads change nothing).
+        """
+        deadline = time.monotonic() + self.io_timeout
+        while True:
+            with self.connection() as conn:
+                try:
+                    return fn(conn)
+                except TRANSIENT as exc:
+                    if time.monotonic() >= deadline:
+                        raise as_fs_error(exc) from exc
+                except Exception as exc:
+                    raise as_fs_error(exc) from exc
+            time.sleep(0.05)
 
     def transaction(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(conn)` inside BEGIN IMMEDIATE ... COMMIT: one engine transaction.

@@ -92,7 +92,8 @@ def unmount(m: Mount) -> None:
 
 @pytest.fixture
 def fs_cluster(fuse_available: None, cluster_factory: Callable[..., Cluster]) -> Cluster:
-    return cluster_factory(3)
+    # elections at ~1.5 s: on a loaded 2-core machine a shorter timeout deposes leaders at random
+    return cluster_factory(3, network_latency=0.1)
 
 
 def make_fs(servers: list[str], database: str = "fs", **options: int) -> None:
