@@ -36,7 +36,7 @@ from cowsqlpy.testing.scenarios import converged, kv_definite, patch_with_watch
 from cowsqlpy.testing.watchcheck import WatchRecord, check_watches, format_violations
 from cowsqlpy.testing.workloads import event_json, kv_apply
 
-from .test_kv_faults import cowsql_opener
+from .child import cowsql_opener
 
 pytestmark = pytest.mark.slow
 
