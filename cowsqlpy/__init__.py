@@ -1,13 +1,14 @@
-"""cowsqlpy: replicated SQLite (the dqlite engine) embedded in Python.
+"""cowsqlpy: replicated SQLite (the cowsql engine) embedded in Python.
 
-`import cowsqlpy` needs no engine library: the client, the DB-API driver and the
-node stores work anywhere; only `cowsqlpy.node.Node` loads libdqlite.
+`import cowsqlpy` needs no engine library: the client, the DB-API and asyncio drivers
+and the node stores work anywhere; only `cowsqlpy.node.Node` loads libcowsql.
 """
 
 from .client import Client, NodeMetadata, SyncClient
 from .dbapi import (
     BINARY,
     DATETIME,
+    LEGACY_TRANSACTION_CONTROL,
     NUMBER,
     ROWID,
     STRING,
@@ -46,11 +47,11 @@ from .errors import (
 )
 from .protocol import SPARE, STANDBY, VOTER, NodeInfo
 from .retry import RetryPolicy
-from .store import MemoryNodeStore, NodeStore, SqliteNodeStore
+from .store import MemoryNodeStore, NodeStore, NotANodeStoreError, SqliteNodeStore
 
 
 def __getattr__(name: str) -> object:
-    # The engine-backed names load libdqlite only when asked for.
+    # The engine-backed names load libcowsql only when asked for.
     if name in ("Node", "BOOTSTRAP_ID", "generate_id", "reconfigure_membership", "engine_version"):
         from . import node
 
@@ -68,7 +69,8 @@ __all__ = [
     "connect", "Connection", "Cursor", "apilevel", "paramstyle", "threadsafety",
     "Binary", "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks", "TimestampFromTicks",
     "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID",
-    "RetryPolicy", "NodeStore", "MemoryNodeStore", "SqliteNodeStore",
+    "RetryPolicy", "NodeStore", "MemoryNodeStore", "SqliteNodeStore", "NotANodeStoreError",
+    "LEGACY_TRANSACTION_CONTROL",
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
     "BusyError", "ConnectionLostError", "LeadershipLostError", "NoLeaderError", "NotLeaderError",

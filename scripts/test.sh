@@ -15,4 +15,5 @@ echo "== pass 1: Cython codec, uvloop"
 echo "== pass 2: pure-Python codec, stock asyncio"
 COWSQLPY_PUREPYTHON=1 COWSQLPY_LOOP=asyncio "$PY" -m pytest -q "$@" \
   tests/test_codec.py tests/test_codec_properties.py tests/test_pure_codec.py tests/test_implementations.py \
-  tests/client tests/sql/test_aio.py tests/kvstore tests/demo/test_demo_api.py
+  tests/client tests/sql/test_aio.py tests/sql/test_sqlalchemy.py tests/sql/test_alembic.py tests/kvstore \
+  tests/demo/test_demo_api.py
