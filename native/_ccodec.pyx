@@ -129,8 +129,9 @@ cdef inline int _w_f64(Writer* w, double d) except -1:
     return 0
 
 
-cdef int _w_text(Writer* w, str value) except -1:
-    """Text with NUL and padding. Returns 1 if it holds a NUL, 2 if it is not UTF-8."""
+cdef int _w_text(Writer* w, object value) except -1:
+    """Text with NUL and padding (str subclasses too: `object`, as a typed `str` would
+    refuse them). Returns 1 if it holds a NUL, 2 if it is not UTF-8."""
     cdef Py_ssize_t n
     cdef const char* s
     try:

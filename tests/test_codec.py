@@ -522,3 +522,19 @@ def test_selector_require_cython_fails_instead_of_falling_back() -> None:
     proc = _selector({"COWSQLPY_REQUIRE_CYTHON": "1"}, BLOCK_CYTHON)
     assert proc.returncode != 0
     assert "ImportError: COWSQLPY_REQUIRE_CYTHON=1" in proc.stderr
+
+
+def test_str_and_int_subclasses_encode_as_their_base(impl: ModuleType) -> None:
+    """An enum.StrEnum member (or SQLAlchemy's quoted_name) is text, an IntEnum an integer,
+    in both codecs alike (the Cython one once refused str subclasses)."""
+    import enum
+
+    class Color(enum.StrEnum):
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    assert impl.encode_params([Color.RED, Level.HIGH]) == impl.encode_params(["red", 3])
+    frame = impl.encode_request(P.EXEC_SQL, 0, Color.RED, [])
+    assert frame == impl.encode_request(P.EXEC_SQL, 0, "red", [])
