@@ -1,4 +1,7 @@
-"""A hypothesis state machine: several clients on several nodes interleave KV operations
+"""Run by tests/faults/test_kv_statemachine.py in a child process (in-process engines;
+see tests/faults/child.py): ``python -m tests.faults.kv_machine``.
+
+A hypothesis state machine: several clients on several nodes interleave KV operations
 (put, get, range, delete, txn with compares, lease grant / put on a lease / revoke)
 with nemesis steps (kill or restart the
 leader, partitions, one-way cuts, bridges, delays, leadership transfer, demotion, heal).
@@ -11,10 +14,11 @@ its seed and the checker's counter-example."""
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 import uuid
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -37,8 +41,6 @@ from cowsqlpy.testing.watchcheck import WatchRecord, check_watches, format_viola
 from cowsqlpy.testing.workloads import event_json, kv_apply
 
 from .child import cowsql_opener
-
-pytestmark = pytest.mark.slow
 
 KEYS = st.sampled_from([f"s/{i}" for i in range(3)])
 CLIENTS = st.integers(0, 2)
@@ -148,8 +150,16 @@ class ClusterKV(RuleBasedStateMachine):
                     pass
 
 
-def test_kv_state_machine_under_faults(net_cluster: Cluster) -> None:
-    machine = type("BoundClusterKV", (ClusterKV,), {"cluster": net_cluster})
-    run_state_machine_as_test(machine, settings=settings(
-        max_examples=6, stateful_step_count=30, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+def main() -> int:
+    """Run the machine on a fresh in-process cluster; 0 when every example passed."""
+    faulthandler.enable()
+    with Cluster(3, fault_proxies=True) as cluster:
+        machine = type("BoundClusterKV", (ClusterKV,), {"cluster": cluster})
+        run_state_machine_as_test(machine, settings=settings(
+            max_examples=4, stateful_step_count=25, deadline=None, database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
