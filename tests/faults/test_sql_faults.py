@@ -53,12 +53,8 @@ def test_bank_under_faults(seed: int, tmp_path) -> None:
 def test_list_append_under_faults(seed: int, tmp_path) -> None:
     faults = [*NETWORK_FAULTS, "kill", "restart", "transfer"]
     report = run_scenario(tmp_path, scenario="sql_list_append", seed=seed, faults=faults)
-    # Queries inside a transaction take no read barrier (docs/client.md): a read-only
-    # transaction on a deposed leader can be stale, which Elle sees as a -realtime cycle
-    # while plain serializability holds. That is documented behaviour, reported as such.
-    if not report["ok"] and set(report["failed"]) == {"strict-serializable"}:
-        pytest.xfail(f"read-only transactions are serializable, not strict (no barrier), seed={seed}:\n"
-                     + report["checks"]["strict-serializable"])
+    # strict serializability: every transaction of a linearizable connection opens after
+    # a read barrier, so a -realtime cycle here (a stale read-only transaction) fails
     assert_clean(report)
 
 
