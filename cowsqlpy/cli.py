@@ -384,6 +384,12 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--network-latency", type=float, default=None, metavar="SECONDS")
     parser.add_argument("--failure-domain", type=int, default=None)
     parser.add_argument("--handover-timeout", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument("--cert", help="cluster certificate (PEM): mutual TLS for clients and Raft "
+                                       "(go-cowsql's scheme; python -m cowsqlpy.tls make-cert)")
+    parser.add_argument("--key", help="private key of --cert (PEM)")
+    parser.add_argument("--ca", help="CA that signs peers' certificates (default: --cert itself)")
+    parser.add_argument("--guard", action="store_true",
+                        help="put the guarded front before the engine without TLS too (docs/security.md)")
     parser.add_argument("--log-level", default=os.environ.get("COWSQLPY_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
 
@@ -397,6 +403,12 @@ def node_main(argv: Sequence[str] | None = None) -> int:
 
     from .app import App
     from .errors import NodeIdentityError
+    from .tls import TLSConfig
+
+    if bool(args.cert) != bool(args.key) or (args.ca and not args.cert):
+        print("cowsqlpy-node: --cert and --key go together (and --ca needs them)", file=sys.stderr, flush=True)
+        return 2
+    tls = TLSConfig(args.cert, args.key, args.ca) if args.cert else None
 
     try:
         app = App(
@@ -405,6 +417,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
             voters=args.voters, standbys=args.standbys,
             roles_adjustment_frequency=args.roles_adjustment_frequency,
             network_latency=args.network_latency, failure_domain=args.failure_domain,
+            tls=tls, guard=args.guard,
         )
     except (Error, ValueError, OSError) as exc:
         print(f"cowsqlpy-node: {exc}", file=sys.stderr, flush=True)

@@ -15,18 +15,24 @@ untrusted clients should talk to a node run in its own process
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import EngineUnavailableError, NodeError, NodeStateError
 from .protocol import SPARE, STANDBY, VOTER, NodeInfo
 from .versions import COWSQL, EngineFeatures, describe_engine, features_for
+
+if TYPE_CHECKING:
+    from .front import Front, Limits
+    from .tls import TLSConfig
 
 log = logging.getLogger("cowsqlpy.node")
 
@@ -130,6 +136,18 @@ def _check_address(address: str, *, allow_auto: bool = False) -> str:
     return address
 
 
+def _is_loopback_address(address: str) -> bool:
+    if address.startswith("@"):
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _free_port(host: str) -> int:
     family = socket.AF_INET6 if host.startswith("[") else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
@@ -229,6 +247,10 @@ class Node:
         block_size: int | None = None,
         auto_recovery: bool | None = None,
         role_management: RoleTargets | None = None,
+        tls: TLSConfig | None = None,
+        guard: bool = False,
+        front_limits: Limits | None = None,
+        allow_remote: bool = False,
     ) -> None:
         self._id = _check_id(id)
         self._address = _resolve_port_zero(_check_address(address))
@@ -244,6 +266,11 @@ class Node:
         self._block_size: int | None = None
         self._auto_recovery: bool | None = None
         self._role_management: RoleTargets | None = None
+        self._tls = tls
+        self._guard = guard or tls is not None
+        self._front_limits = front_limits
+        self._allow_remote = allow_remote
+        self._front: Front | None = None
         self.dial_calls = 0
         """How many Raft connections the engine asked `dial` for."""
         self.bind_address = bind_address
@@ -257,6 +284,9 @@ class Node:
         self.block_size = block_size
         self.auto_recovery = auto_recovery
         self.role_management = role_management
+        if self._guard and bind_address is not None:
+            raise ValueError("bind_address cannot be set with tls= or guard=: the front takes the public "
+                             "address and the engine an internal one")
         os.makedirs(self._data_dir, exist_ok=True)
         if not os.access(self._data_dir, os.W_OK | os.X_OK):
             raise PermissionError(13, "data dir is not writable", self._data_dir)
@@ -440,8 +470,11 @@ class Node:
 
     def _call_dial(self, address: str) -> socket.socket:
         self.dial_calls += 1
-        assert self._dial is not None
-        sock = self._dial(address)
+        dial = self._dial
+        if dial is None:  # TLS: the front dials peers' fronts over mutual TLS
+            assert self._front is not None
+            dial = self._front.dial
+        sock = dial(address)
         if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
             if isinstance(sock, socket.socket):
                 sock.close()
@@ -465,6 +498,7 @@ class Node:
             raise NodeStateError("node is already running")
         binding = _engine()
         ffi, lib = binding.ffi, binding.lib
+        self._start_front()
         out = ffi.new("cowsql_node **")
         rv = lib.cowsql_node_create(self._id, self._address.encode(), self._data_dir.encode(), out)
         handle = _Handle(ffi, lib, out[0])
@@ -478,6 +512,7 @@ class Node:
         except BaseException:
             if handle.ptr != ffi.NULL:
                 handle.release()
+            self._stop_front()
             raise
         handle.running = True
         self._handle = handle
@@ -492,7 +527,7 @@ class Node:
                 raise NodeError(f"cannot set {what}: {h.errmsg() or 'error ' + str(rv)}", rv)
 
         # The engine asserts on start without a listener: always bind.
-        bind = self._bind_address or self._address
+        bind = self._front_engine_address or self._bind_address or self._address
         check(lib.cowsql_node_set_bind_address(h.ptr, bind.encode()), f"bind address {bind} (in use?)")
         if self._network_latency is not None:
             ms = max(1, round(self._network_latency * 1000))
@@ -516,12 +551,46 @@ class Node:
             if not self.checkpoint_threshold_applied:
                 log.warning("node %d: this libcowsql build's layout is not recognised; the WAL "
                             "checkpoint threshold stays at the engine default", self._id)
-        if self._dial is not None:
+        if self._dial is not None or self._tls is not None:
             _install_dial_callback(ffi)
             self._ffi_self = ffi.new_handle(self)
             check(lib.cowsql_node_set_connect_func(h.ptr, lib.cowsqlpy_dial, self._ffi_self), "dial function")
         else:
             check(lib.cowsql_node_set_connect_func(h.ptr, lib.cowsqlpy_connect_nodelay, ffi.NULL), "dial function")
+
+    # -- the front (TLS and the guard) ----------------------------------------------
+
+    @property
+    def front(self) -> Front | None:
+        """The guarded public listener while running with ``tls=`` or ``guard=True``."""
+        return self._front
+
+    @property
+    def _front_engine_address(self) -> str | None:
+        return self._front.engine_address if self._front is not None else None
+
+    def _start_front(self) -> None:
+        """With ``tls=`` or ``guard=True``: the front takes the public address and the
+        engine an abstract socket of this process (cowsql serves those to its own
+        process only), so every client and peer goes through the guard."""
+        if not self._guard:
+            if not _is_loopback_address(self._bind_address or self._address):
+                log.warning("node %d listens on %s without TLS or the guard: any peer that reaches "
+                            "it can read, write and change the cluster, and bad frames can abort "
+                            "this process (docs/security.md)", self._id, self._bind_address or self._address)
+            return
+        from .front import Front
+
+        internal = f"@cowsqlpy-{os.getpid()}-{self._id:x}-{secrets.token_hex(4)}"
+        front = Front(self._address, internal, engine_features(), tls=self._tls, limits=self._front_limits,
+                      allow_remote=self._allow_remote)
+        front.start()  # raises OSError when the public address is taken
+        self._front = front
+
+    def _stop_front(self) -> None:
+        front, self._front = self._front, None
+        if front is not None:
+            front.stop()
 
     def stop(self) -> None:
         """Stop the engine thread and free it; the data dir stays.
@@ -535,6 +604,7 @@ class Node:
         handle, self._handle = self._handle, None
         rv, msg = handle.stop()
         handle.release()
+        self._stop_front()
         self._ffi_self = None
         log.info("node %d stopped", self._id)
         if rv != 0:

@@ -25,6 +25,7 @@ from ..node import (
 from ..protocol import SPARE, VOTER, NodeInfo
 from ..retry import DEFAULT_POLICY, RetryPolicy, retrying
 from ..store import SqliteNodeStore
+from ..tls import TLSConfig, client_tls
 from .files import STATE_FILE, Identity, check_foreign_dir
 from .roles import NodeState, RolesPlanner, role_name
 
@@ -106,6 +107,8 @@ class App:
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         policy: RetryPolicy = DEFAULT_POLICY,
         dial: DialFunc | None = None,
+        tls: TLSConfig | None = None,
+        guard: bool = False,
     ) -> None:
         if isinstance(voters, bool) or not isinstance(voters, int) or voters < 1 or voters % 2 == 0:
             raise ValueError(f"voters must be a positive odd number, got {voters!r}")
@@ -121,6 +124,8 @@ class App:
         self.standbys = standbys
         self.roles_adjustment_frequency = float(roles_adjustment_frequency)
         self.policy = policy
+        self.tls = tls  # mutual TLS for the node (its front and Raft) and every client call
+        self._client_tls = client_tls(tls)
         self.log = logger or logging.getLogger("cowsqlpy.app")
         os.makedirs(self.data_dir, exist_ok=True)
 
@@ -158,6 +163,8 @@ class App:
                     failure_domain=failure_domain,
                     snapshot_params=snapshot_params,
                     dial=dial,
+                    tls=tls,
+                    guard=guard,
                 )
                 self._node.start()
             except BaseException:
@@ -226,6 +233,8 @@ class App:
 
         options.setdefault("policy", self.policy)
         options.setdefault("engine", ENGINE_NAME)
+        if self.tls is not None:
+            options.setdefault("tls", self.tls)
         return connect(store=self._store, database=database, **options)
 
     def leader(self) -> NodeInfo | None:
@@ -237,11 +246,11 @@ class App:
 
     def client(self) -> SyncClient:
         """A blocking admin client over this node's store (close it after use)."""
-        return SyncClient(self._store, policy=self.policy)
+        return SyncClient(self._store, policy=self.policy, tls=self._client_tls)
 
     def async_client(self) -> Client:
         """An asyncio admin client over this node's store, for the caller's event loop."""
-        return Client(self._store, policy=self.policy)
+        return Client(self._store, policy=self.policy, tls=self._client_tls)
 
     def handover(self, timeout: float = HANDOVER_TIMEOUT) -> None:
         """Give this node's role and leadership to others (call before stopping it).
@@ -294,7 +303,7 @@ class App:
         policy = RetryPolicy(connect_timeout=2.0, attempt_timeout=2.0)
         try:
             async with asyncio.timeout(3.0):
-                conn = await find_leader(_SeedStore(seeds), policy)
+                conn = await find_leader(_SeedStore(seeds), policy, tls=self._client_tls)
                 session = Session(conn, policy)
                 try:
                     theirs = await _cluster_id(session, create=False)
@@ -311,10 +320,10 @@ class App:
 
     async def _leader_session(self, policy: RetryPolicy | None = None) -> Session:
         policy = policy or self.policy
-        return Session(await find_leader(self._store, policy), policy)
+        return Session(await find_leader(self._store, policy, tls=self._client_tls), policy)
 
     async def _leader(self) -> NodeInfo | None:
-        async with Client(self._store, policy=self.policy) as client:
+        async with Client(self._store, policy=self.policy, tls=self._client_tls) as client:
             return await client.leader()
 
     async def _sleep(self, seconds: float) -> None:
@@ -380,7 +389,7 @@ class App:
         me = next((s for s in servers if s.id == self._id), None)
         if me is None or me.role != VOTER:
             return
-        local = await Session.connect(self._address, self.policy)
+        local = await Session.connect(self._address, self.policy, self._client_tls)
         try:
             _, leader_address = await local.call(protocol.LEADER)
         finally:
@@ -397,7 +406,7 @@ class App:
         self._join_pending = False
 
     async def _verify_cluster(self, leader: str) -> None:
-        session = Session(await find_leader(self._store, self.policy, hint=leader), self.policy)
+        session = Session(await find_leader(self._store, self.policy, hint=leader, tls=self._client_tls), self.policy)
         try:
             theirs = await _cluster_id(session, create=True)
         finally:
@@ -423,7 +432,7 @@ class App:
             async with sem:
                 for attempt in (1, 2):  # one retry: a slow probe must not demote a live node
                     try:
-                        session = await Session.connect(info.address, policy)
+                        session = await Session.connect(info.address, policy, self._client_tls)
                         try:
                             domain, weight = await session.call(protocol.DESCRIBE, 0)
                         finally:

@@ -30,10 +30,10 @@ FEATURES = engine_features()
 
 
 class ChildNode:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cowsqlpy", "node", "--address", "127.0.0.1:0", "--dir", str(tmp / "node"),
-             "--network-latency", "0.02", "--log-level", "WARNING"],
+             "--network-latency", "0.02", "--log-level", "WARNING", *extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -235,3 +235,57 @@ def test_bad_frames(node: ChildNode, case: str) -> None:
 def test_the_row_is_for_this_engine() -> None:
     assert isinstance(FEATURES, EngineFeatures)
     assert FEATURES.name.startswith("cowsql 1.15")
+
+
+# -- the same inputs to a node run with --guard: it survives every one -----------------------
+
+
+@pytest.fixture
+def guarded_node(tmp_path: Path) -> Iterator[ChildNode]:
+    n = ChildNode(tmp_path, "--guard")
+    yield n
+    n.close()
+
+
+FATAL_INPUTS: dict[str, Callable[[ChildNode], object]] = {
+    "returning in autocommit": lambda n: _returning(n, "exec_sql"),
+    "describe format 1": lambda n: _send_raw(n, lambda s: _raw(s, protocol.DESCRIBE, struct.pack("<Q", 1))),
+    "a ~2 GiB frame header": lambda n: _send_raw(
+        n, lambda s: _raw(s, protocol.WEIGHT, b"\0" * 8, words=0x100D0A07)),
+    "random bytes": lambda n: _send_raw(n, BAD_FRAMES["random bytes"]),
+    "finalize twice": lambda n: _finalize_twice(n),
+    "pragma synchronous=full": lambda n: _pragma(n, "PRAGMA synchronous=full"),
+    "bare pragma wal_checkpoint": lambda n: _pragma(n, "PRAGMA wal_checkpoint"),
+}
+
+
+def _send_raw(node: ChildNode, send: Callable[[socket.socket], None]) -> None:
+    with _raw_socket(node.address) as sock:
+        send(sock)
+        _reply_within(sock, 1.0)
+
+
+def _finalize_twice(node: ChildNode) -> None:
+    with node.session() as s:
+        _, low, _ = s.must(protocol.PREPARE, 0, "SELECT 1")  # type: ignore[misc]
+        s.must(protocol.PREPARE, 0, "SELECT 2")
+        s.must(protocol.FINALIZE, 0, low)
+        s.request(protocol.FINALIZE, 0, low)
+
+
+def _pragma(node: ChildNode, sql: str) -> None:
+    with node.session() as s:
+        s.must(protocol.EXEC_SQL, 0, "CREATE TABLE IF NOT EXISTS t (x)", [])
+        s.request(protocol.EXEC_SQL, 0, sql, [])
+        s.request(protocol.EXEC_SQL, 0, "INSERT INTO t VALUES (1)", [])
+
+
+@pytest.mark.parametrize("case", sorted(FATAL_INPUTS))
+def test_a_guarded_node_survives(guarded_node: ChildNode, case: str) -> None:
+    """`python -m cowsqlpy node --guard`: the front before the engine refuses what the
+    version table says this engine cannot take; the node keeps serving."""
+    try:
+        FATAL_INPUTS[case](guarded_node)
+    except (OSError, EOFError):
+        pass  # the front may close a connection it will not serve
+    assert guarded_node.alive()
