@@ -1,0 +1,116 @@
+"""The operations layer without FUSE (runs where /dev/fuse is missing): errno values,
+write-back, sessions and orphans, against a real cluster."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import cowsqlpy
+from cowsqlpy.testing import Cluster
+from fusefs import FileSystem, FsError, NotAFilesystemError, Store, mkfs
+from fusefs.fsck import fsck
+
+
+@pytest.fixture
+def servers(cluster_factory: Callable[..., Cluster]) -> list[str]:
+    cluster = cluster_factory(3, network_latency=0.1)
+    conn = cowsqlpy.connect(cluster.addresses, database="fs")
+    try:
+        mkfs(conn, capacity=2 << 20)
+    finally:
+        conn.close()
+    return list(cluster.addresses)
+
+
+@pytest.fixture
+def fs(servers: list[str]) -> Iterator[FileSystem]:
+    store = Store(servers, "fs", io_timeout=10)
+    filesystem = FileSystem(store, "/test")
+    yield filesystem
+    filesystem.close()
+    store.close()
+    conn = cowsqlpy.connect(servers, database="fs")
+    try:
+        assert fsck(conn) == []
+    finally:
+        conn.close()
+
+
+def code(fn: Callable[..., object], *args: object) -> int | None:
+    with pytest.raises(FsError) as info:
+        fn(*args)
+    return info.value.errno
+
+
+def test_errno_values(fs: FileSystem) -> None:
+    fs.mkdir("/d", 0o755, 0, 0)
+    fs.mknod("/d/f", 0o100644, 0, 0, 0)
+    assert code(fs.getattr, "/nope") == errno.ENOENT
+    assert code(fs.mkdir, "/d", 0o755, 0, 0) == errno.EEXIST
+    assert code(fs.rmdir, "/d") == errno.ENOTEMPTY
+    assert code(fs.unlink, "/d") == errno.EISDIR
+    assert code(fs.rmdir, "/d/f") == errno.ENOTDIR
+    assert code(fs.mkdir, "/d/f/x", 0o755, 0, 0) == errno.ENOTDIR
+    assert code(fs.mkdir, "/" + "x" * 256, 0o755, 0, 0) == errno.ENAMETOOLONG
+    assert code(fs.rename, "/d", "/d/sub", 0) == errno.EINVAL
+    assert code(fs.rename, "/d/f", "/d", 0) == errno.EISDIR
+    assert code(fs.rename, "/d/f", "/d/g", 3) == errno.EINVAL  # NOREPLACE | EXCHANGE
+    assert code(fs.link, "/d/l", "/d") == errno.EPERM
+    assert code(fs.readlink, "/d/f") == errno.EINVAL
+    assert code(fs.truncate, "/d/f", 1 << 50) == errno.EFBIG
+    assert code(fs.getxattr, "/d/f", "user.x") == errno.ENODATA
+    assert code(fs.setxattr, "/d/f", "system.posix_acl_access", b"", 0) == errno.EOPNOTSUPP
+    fs.setxattr("/d/f", "user.x", b"1", 1)
+    assert code(fs.setxattr, "/d/f", "user.x", b"1", 1) == errno.EEXIST
+    assert code(fs.setxattr, "/d/f", "user.y", b"1", 2) == errno.ENODATA
+
+
+def test_write_back_and_capacity(fs: FileSystem) -> None:
+    fh = fs.create("/f", 0o644, os.O_WRONLY, 0, 0)
+    fs.write(fh, b"a" * 100_000, 0)
+    assert fs.getattr("/f")["st_size"] == 100_000  # the buffered size, before any flush
+    assert fs.read(fh, 10, 99_995) == b"aaaaa"
+    fs.write(fh, b"z", 3 << 20 if False else 500_000)  # a hole in between
+    fs.release(fh)
+    fh, keep = fs.open("/f", os.O_RDONLY)
+    assert keep  # this mount wrote it last: the page cache may stay
+    assert fs.read(fh, 8, 499_996) == b"\0\0\0\0z"
+    fs.release(fh)
+    big = fs.create("/big", 0o644, os.O_WRONLY, 0, 0)
+    with pytest.raises(FsError) as info:
+        for i in range(40):
+            fs.write(big, os.urandom(64 << 10), i << 16)
+    assert info.value.errno == errno.ENOSPC
+    fs.release(big)
+    fs.unlink("/big")
+    assert fs.statfs()["f_bavail"] * 4096 >= (2 << 20) - 200_000
+
+
+def test_unlinked_open_file_is_kept_then_freed(fs: FileSystem, servers: list[str]) -> None:
+    fh = fs.create("/o", 0o644, os.O_RDWR, 0, 0)
+    fs.write(fh, b"orphan", 0)
+    fs.unlink("/o")
+    assert code(fs.getattr, "/o") == errno.ENOENT
+    assert fs.read(fh, 6, 0) == b"orphan"
+    conn = cowsqlpy.connect(servers, database="fs")
+    try:
+        assert conn.execute("SELECT count(*) FROM fs_sustained").fetchone() == (1,)
+        fs.release(fh)
+        assert conn.execute("SELECT count(*) FROM fs_sustained").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM fs_node WHERE nlink = 0").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_refuses_a_database_without_filesystem(cluster_factory: Callable[..., Cluster]) -> None:
+    cluster = cluster_factory(3, network_latency=0.1)
+    store = Store(cluster.addresses, "empty", io_timeout=5)
+    try:
+        with pytest.raises(NotAFilesystemError):
+            FileSystem(store)
+    finally:
+        store.close()
