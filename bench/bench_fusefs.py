@@ -37,6 +37,7 @@ MiB = 1 << 20
 
 # -- the pass-through filesystem (child process) ------------------------------------------
 
+
 def passthrough(source: str, mountpoint: str) -> None:
     import mfusepy
 
@@ -50,9 +51,18 @@ def passthrough(source: str, mountpoint: str) -> None:
 
         def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
             st = os.fstat(fh) if fh is not None else os.lstat(self._p(path))
-            return {k: getattr(st, k) for k in ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size",
-                                                 "st_blocks")} | {
-                "st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns}
+            return {
+                k: getattr(st, k)
+                for k in (
+                    "st_mode",
+                    "st_ino",
+                    "st_nlink",
+                    "st_uid",
+                    "st_gid",
+                    "st_size",
+                    "st_blocks",
+                )
+            } | {"st_atime": st.st_atime_ns, "st_mtime": st.st_mtime_ns, "st_ctime": st.st_ctime_ns}
 
         def readdir(self, path: str, fh: int) -> list[str]:
             return [".", "..", *os.listdir(self._p(path))]
@@ -105,8 +115,19 @@ def passthrough(source: str, mountpoint: str) -> None:
 
         def statfs(self, path: str) -> dict[str, int]:
             sv = os.statvfs(source)
-            return {k: getattr(sv, k) for k in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
-                                                 "f_files", "f_ffree", "f_namemax")}
+            return {
+                k: getattr(sv, k)
+                for k in (
+                    "f_bsize",
+                    "f_frsize",
+                    "f_blocks",
+                    "f_bfree",
+                    "f_bavail",
+                    "f_files",
+                    "f_ffree",
+                    "f_namemax",
+                )
+            }
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any) -> Any:
@@ -114,28 +135,74 @@ def passthrough(source: str, mountpoint: str) -> None:
                 return fn(*args)
             except OSError as exc:
                 raise mfusepy.FuseOSError(exc.errno or errno.EIO) from exc
+
         return call
 
     ops = Passthrough()
-    for name in ("getattr", "readdir", "open", "create", "read", "write", "truncate", "fsync", "release",
-                 "unlink", "mkdir", "rmdir", "chmod", "statfs"):
+    for name in (
+        "getattr",
+        "readdir",
+        "open",
+        "create",
+        "read",
+        "write",
+        "truncate",
+        "fsync",
+        "release",
+        "unlink",
+        "mkdir",
+        "rmdir",
+        "chmod",
+        "statfs",
+    ):
         setattr(ops, name, wrap(getattr(ops, name)))
-    FUSE3(ops, mountpoint, foreground=True, default_permissions=True, attr_timeout=1.0, entry_timeout=1.0)
+    FUSE3(
+        ops,
+        mountpoint,
+        foreground=True,
+        default_permissions=True,
+        attr_timeout=1.0,
+        entry_timeout=1.0,
+    )
 
 
 # -- runs -----------------------------------------------------------------------------------
 
-def fio(directory: Path, name: str, rw: str, bs: str, size_mib: int, *, direct: bool = False,
-        invalidate: bool = True, end_fsync: bool = False, runtime: int = 20) -> dict[str, float]:
-    cmd = ["fio", f"--name={name}", f"--directory={directory}", "--ioengine=psync", f"--rw={rw}", f"--bs={bs}",
-           f"--size={size_mib}M", f"--direct={int(direct)}", f"--invalidate={int(invalidate)}", "--numjobs=1",
-           "--output-format=json", f"--runtime={runtime}", "--time_based=0", "--filename=fio.dat"]
+
+def fio(
+    directory: Path,
+    name: str,
+    rw: str,
+    bs: str,
+    size_mib: int,
+    *,
+    direct: bool = False,
+    invalidate: bool = True,
+    end_fsync: bool = False,
+    runtime: int = 20,
+) -> dict[str, float]:
+    cmd = [
+        "fio",
+        f"--name={name}",
+        f"--directory={directory}",
+        "--ioengine=psync",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--size={size_mib}M",
+        f"--direct={int(direct)}",
+        f"--invalidate={int(invalidate)}",
+        "--numjobs=1",
+        "--output-format=json",
+        f"--runtime={runtime}",
+        "--time_based=0",
+        "--filename=fio.dat",
+    ]
     if end_fsync:
         cmd.append("--end_fsync=1")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"fio failed: {out.stderr}")
-    job = json.loads(out.stdout[out.stdout.index("{"):])["jobs"][0]
+    job = json.loads(out.stdout[out.stdout.index("{") :])["jobs"][0]
     side = job["write"] if "write" in rw else job["read"]
     return {"MiB/s": side["bw_bytes"] / MiB, "IOPS": side["iops"]}
 
@@ -172,7 +239,9 @@ def raw_engine(servers: list[str], total_mib: int) -> dict[str, float]:
             conn.executemany("INSERT INTO blobs (data) VALUES (?)", [(blob,)] * 16)
             conn.commit()
             done += 1
-        except cowsqlpy.TransactionLostError:  # a leader change on this loaded machine: nothing committed
+        except (
+            cowsqlpy.TransactionLostError
+        ):  # a leader change on this loaded machine: nothing committed
             continue
     write = total_mib / (time.perf_counter() - start)
     start = time.perf_counter()
@@ -184,7 +253,9 @@ def raw_engine(servers: list[str], total_mib: int) -> dict[str, float]:
     auto.execute("CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, v TEXT)")
 
     def inserts(workers: int, n: int) -> float:
-        conns = [cowsqlpy.connect(servers, database="rawbench", autocommit=True) for _ in range(workers)]
+        conns = [
+            cowsqlpy.connect(servers, database="rawbench", autocommit=True) for _ in range(workers)
+        ]
 
         def run(c: Any) -> None:
             for _ in range(n // workers):
@@ -204,7 +275,12 @@ def raw_engine(servers: list[str], total_mib: int) -> dict[str, float]:
     one, eight = inserts(1, 500), inserts(8, 1000)
     auto.close()
     conn.close()
-    return {"blob write MiB/s": write, "blob read MiB/s": read, "insert/s 1": one, "insert/s 8": eight}
+    return {
+        "blob write MiB/s": write,
+        "blob read MiB/s": read,
+        "insert/s 1": one,
+        "insert/s 8": eight,
+    }
 
 
 class Mounted:
@@ -212,7 +288,9 @@ class Mounted:
         self.path = path
         env = dict(os.environ, PYTHONPATH=ROOT)
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         wait_for(lambda: os.path.ismount(path) or self.proc.poll() is not None, 60, f"mount {path}")
         if self.proc.poll() is not None:
             raise RuntimeError(f"mount failed, see {log}")
@@ -231,8 +309,12 @@ def target_runs(path: Path, size: int, files: int) -> dict[str, float]:
     r["seq write MiB/s"] = fio(path, "w", "write", "1M", size, end_fsync=True)["MiB/s"]
     r["seq read cold MiB/s"] = fio(path, "r", "read", "1M", size, invalidate=True)["MiB/s"]
     r["seq read cached MiB/s"] = fio(path, "r", "read", "1M", size, invalidate=False)["MiB/s"]
-    r["rand 4k read cached IOPS"] = fio(path, "rr", "randread", "4k", size, invalidate=False, runtime=10)["IOPS"]
-    r["rand 4k read direct IOPS"] = fio(path, "rd", "randread", "4k", size, direct=True, runtime=10)["IOPS"]
+    r["rand 4k read cached IOPS"] = fio(
+        path, "rr", "randread", "4k", size, invalidate=False, runtime=10
+    )["IOPS"]
+    r["rand 4k read direct IOPS"] = fio(
+        path, "rd", "randread", "4k", size, direct=True, runtime=10
+    )["IOPS"]
     os.unlink(path / "fio.dat")
     for workers in (1, 8):
         for k, v in metadata(path, files, workers).items():
@@ -243,7 +325,9 @@ def target_runs(path: Path, size: int, files: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=64, help="MiB per fio file (the issue asks 256)")
-    ap.add_argument("--files", type=int, default=1000, help="files per metadata run (the issue asks 10,000)")
+    ap.add_argument(
+        "--files", type=int, default=1000, help="files per metadata run (the issue asks 10,000)"
+    )
     ap.add_argument("--engine-mib", type=int, default=32)
     args = ap.parse_args()
     if shutil.which("fio") is None:
@@ -265,12 +349,37 @@ def main() -> None:
             path = work / name
             path.mkdir()
             if name == "fusefs":
-                mounts.append(Mounted([sys.executable, "-m", "fusefs", "mount", "--foreground", "--cluster",
-                                       ",".join(servers), str(path)], path, work / "fusefs.log"))
+                mounts.append(
+                    Mounted(
+                        [
+                            sys.executable,
+                            "-m",
+                            "fusefs",
+                            "mount",
+                            "--foreground",
+                            "--cluster",
+                            ",".join(servers),
+                            str(path),
+                        ],
+                        path,
+                        work / "fusefs.log",
+                    )
+                )
             elif name == "passthrough":
                 (work / "pt-source").mkdir()
-                mounts.append(Mounted([sys.executable, __file__, "passthrough", str(work / "pt-source"), str(path)],
-                                      path, work / "pt.log"))
+                mounts.append(
+                    Mounted(
+                        [
+                            sys.executable,
+                            __file__,
+                            "passthrough",
+                            str(work / "pt-source"),
+                            str(path),
+                        ],
+                        path,
+                        work / "pt.log",
+                    )
+                )
             results[name] = target_runs(path, args.size, args.files)
             print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
         report(results, args)
@@ -282,9 +391,16 @@ def main() -> None:
 
 
 def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
-    fs, pt, local, eng = results["fusefs"], results["passthrough"], results["local"], results["engine"]
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
-          f"fio {args.size} MiB, {args.files} files per metadata run, engine {args.engine_mib} MiB\n")
+    fs, pt, local, eng = (
+        results["fusefs"],
+        results["passthrough"],
+        results["local"],
+        results["engine"],
+    )
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+        f"fio {args.size} MiB, {args.files} files per metadata run, engine {args.engine_mib} MiB\n"
+    )
     print("| figure | fusefs | pass-through | local disk |")
     print("|---|---:|---:|---:|")
     for k in fs:
@@ -292,9 +408,21 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
     print(f"\nraw engine: {', '.join(f'{k} {v:,.1f}' for k, v in eng.items())}\n")
     targets = [
         ("seq write / engine blob write", fs["seq write MiB/s"] / eng["blob write MiB/s"], 0.8),
-        ("seq read cold / engine blob read", fs["seq read cold MiB/s"] / eng["blob read MiB/s"], 0.5),
-        ("re-read unchanged / pass-through cached", fs["seq read cached MiB/s"] / pt["seq read cached MiB/s"], 0.5),
-        ("rand 4k cached / pass-through", fs["rand 4k read cached IOPS"] / pt["rand 4k read cached IOPS"], 0.5),
+        (
+            "seq read cold / engine blob read",
+            fs["seq read cold MiB/s"] / eng["blob read MiB/s"],
+            0.5,
+        ),
+        (
+            "re-read unchanged / pass-through cached",
+            fs["seq read cached MiB/s"] / pt["seq read cached MiB/s"],
+            0.5,
+        ),
+        (
+            "rand 4k cached / pass-through",
+            fs["rand 4k read cached IOPS"] / pt["rand 4k read cached IOPS"],
+            0.5,
+        ),
         ("creates 1 w / engine insert 1", fs["create/s (1 w)"] / eng["insert/s 1"], 0.8),
         ("creates 8 w / engine insert 1", fs["create/s (8 w)"] / eng["insert/s 1"], 3.0),
         ("stat / pass-through stat", fs["stat/s (1 w)"] / pt["stat/s (1 w)"], 0.5),

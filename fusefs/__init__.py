@@ -11,6 +11,13 @@ from .schema import FORMAT_VERSION, NotAFilesystemError, Superblock, mkfs, read_
 from .store import Store
 
 __all__ = [
-    "FileSystem", "FsError", "FORMAT_VERSION", "NotAFilesystemError", "Store", "Superblock",
-    "mkfs", "read_superblock", "to_errno",
+    "FileSystem",
+    "FsError",
+    "FORMAT_VERSION",
+    "NotAFilesystemError",
+    "Store",
+    "Superblock",
+    "mkfs",
+    "read_superblock",
+    "to_errno",
 ]

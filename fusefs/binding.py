@@ -105,7 +105,8 @@ class FUSE3(mfusepy.FUSE):
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         result: int = self.operations.rename(
-            old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags)
+            old.decode(self.encoding, self.errors), new.decode(self.encoding, self.errors), flags
+        )
         return result
 
     def _path(self, path: bytes | None) -> str | None:
@@ -114,18 +115,24 @@ class FUSE3(mfusepy.FUSE):
     # mfusepy drops the file handle of these three: an unlinked open file (hard_remove)
     # has no path, so they would fail on it.
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
-        result: int = self.operations.truncate(self._path(path), length, fip.contents.fh if fip else None)
+        result: int = self.operations.truncate(
+            self._path(path), length, fip.contents.fh if fip else None
+        )
         return result
 
     def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
-        result: int = self.operations.chmod(self._path(path), mode, fip.contents.fh if fip else None)
+        result: int = self.operations.chmod(
+            self._path(path), mode, fip.contents.fh if fip else None
+        )
         return result
 
     def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
         # mfusepy's _chown turns an overflowed -1 back into -1
         uid = -1 if ctypes.c_uint32(uid + 1).value == 0 else uid
         gid = -1 if ctypes.c_uint32(gid + 1).value == 0 else gid
-        result: int = self.operations.chown(self._path(path), uid, gid, fip.contents.fh if fip else None)
+        result: int = self.operations.chown(
+            self._path(path), uid, gid, fip.contents.fh if fip else None
+        )
         return result
 
     def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
@@ -163,7 +170,9 @@ class Operations(mfusepy.Operations):
             config.entry_timeout = self.options.entry_timeout
             config.negative_timeout = self.options.negative_timeout
             config.use_ino = 1
-            config.hard_remove = 1  # an unlinked open file is kept by the filesystem, not renamed to .fuse_hidden*
+            config.hard_remove = (
+                1  # an unlinked open file is kept by the filesystem, not renamed to .fuse_hidden*
+            )
 
     def destroy(self, path: str) -> None:
         self.fs.close()
@@ -238,7 +247,12 @@ class Operations(mfusepy.Operations):
         return 0
 
     @_errno
-    def utimens(self, path: str | None, times: tuple[TimeSpec, TimeSpec] | None = None, fh: int | None = None) -> int:
+    def utimens(
+        self,
+        path: str | None,
+        times: tuple[TimeSpec, TimeSpec] | None = None,
+        fh: int | None = None,
+    ) -> int:
         atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
         self.fs.utimens(path, atime, mtime, fh)
         return 0
@@ -328,8 +342,9 @@ def serve(fs: Any, mountpoint: str, options: MountOptions | None = None) -> None
     """Mount `fs` at `mountpoint` and serve it until unmounted (or SIGINT/SIGTERM/SIGHUP,
     which libfuse turns into a clean unmount); blocks. Multi-threaded, default_permissions."""
     options = options or MountOptions()
-    kwargs: dict[str, Any] = dict(foreground=True, default_permissions=True, fsname=options.fsname,
-                                  subtype="cowsqlfs")
+    kwargs: dict[str, Any] = dict(
+        foreground=True, default_permissions=True, fsname=options.fsname, subtype="cowsqlfs"
+    )
     if options.allow_other:
         kwargs["allow_other"] = True
     if options.debug:

@@ -46,23 +46,42 @@ def _addresses(text: str) -> list[str]:
 
 
 def _cluster_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--cluster", type=_addresses, required=required, default=[],
-                   help="cluster node addresses, comma-separated")
-    p.add_argument("--database", default="fs", help="database that holds the filesystem (default fs)")
-    p.add_argument("--io-timeout", type=float, default=30.0,
-                   help="seconds an operation waits for a quorum before EIO (default 30)")
+    p.add_argument(
+        "--cluster",
+        type=_addresses,
+        required=required,
+        default=[],
+        help="cluster node addresses, comma-separated",
+    )
+    p.add_argument(
+        "--database", default="fs", help="database that holds the filesystem (default fs)"
+    )
+    p.add_argument(
+        "--io-timeout",
+        type=float,
+        default=30.0,
+        help="seconds an operation waits for a quorum before EIO (default 30)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cowsqlfs", description="A POSIX filesystem served from a cowsqlpy cluster.")
+    ap = argparse.ArgumentParser(
+        prog="cowsqlfs", description="A POSIX filesystem served from a cowsqlpy cluster."
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0)
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("mkfs", parents=[common], help="create the filesystem (or check the one there)")
+    p = sub.add_parser(
+        "mkfs", parents=[common], help="create the filesystem (or check the one there)"
+    )
     _cluster_args(p)
-    p.add_argument("--capacity", type=size, default=DEFAULT_CAPACITY, help="bytes of data (default 1G)")
-    p.add_argument("--chunk-size", type=size, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk (default 64K)")
+    p.add_argument(
+        "--capacity", type=size, default=DEFAULT_CAPACITY, help="bytes of data (default 1G)"
+    )
+    p.add_argument(
+        "--chunk-size", type=size, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk (default 64K)"
+    )
     p.add_argument("--max-inodes", type=int, default=DEFAULT_MAX_INODES)
 
     p = sub.add_parser("mount", parents=[common], help="mount the filesystem")
@@ -74,14 +93,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-node", action="store_true", help="run a cluster node in this process")
     p.add_argument("--address", help="the embedded node's address")
     p.add_argument("--dir", help="the embedded node's data directory")
-    p.add_argument("--join", type=_addresses, default=[], help="addresses of the cluster the embedded node joins")
-    p.add_argument("--attr-timeout", type=float, default=1.0, help="seconds the kernel caches attributes (default 1)")
-    p.add_argument("--entry-timeout", type=float, default=1.0, help="seconds the kernel caches names (default 1)")
+    p.add_argument(
+        "--join",
+        type=_addresses,
+        default=[],
+        help="addresses of the cluster the embedded node joins",
+    )
+    p.add_argument(
+        "--attr-timeout",
+        type=float,
+        default=1.0,
+        help="seconds the kernel caches attributes (default 1)",
+    )
+    p.add_argument(
+        "--entry-timeout",
+        type=float,
+        default=1.0,
+        help="seconds the kernel caches names (default 1)",
+    )
     p.add_argument("--allow-other", action="store_true")
     p.add_argument("--debug", action="store_true", help="libfuse debug output")
     p.add_argument("--log-file", help="log here (background mode: default /tmp/cowsqlfs-PID.log)")
 
-    p = sub.add_parser("umount", parents=[common], help="unmount (fusermount3 -u; --lazy: umount -l)")
+    p = sub.add_parser(
+        "umount", parents=[common], help="unmount (fusermount3 -u; --lazy: umount -l)"
+    )
     p.add_argument("mountpoint")
     p.add_argument("--lazy", action="store_true")
 
@@ -101,9 +137,13 @@ def _connection(args: argparse.Namespace) -> Iterator[Any]:
 
 def cmd_mkfs(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
-        sb, created = mkfs(conn, capacity=args.capacity, chunk_size=args.chunk_size, max_inodes=args.max_inodes)
-    print(f"{'created' if created else 'found'} filesystem {sb.uuid} in database {args.database!r}: "
-          f"format {sb.format}, chunk {sb.chunk_size} B, capacity {sb.capacity} B")
+        sb, created = mkfs(
+            conn, capacity=args.capacity, chunk_size=args.chunk_size, max_inodes=args.max_inodes
+        )
+    print(
+        f"{'created' if created else 'found'} filesystem {sb.uuid} in database {args.database!r}: "
+        f"format {sb.format}, chunk {sb.chunk_size} B, capacity {sb.capacity} B"
+    )
     return 0
 
 
@@ -125,8 +165,13 @@ def _background(argv: Sequence[str], args: argparse.Namespace) -> int:
     """Start the mount as a child in its own session and wait until it is mounted."""
     log_file = args.log_file or f"/tmp/cowsqlfs-{os.getpid()}.log"
     with open(log_file, "ab") as out:
-        child = subprocess.Popen([sys.executable, "-m", "fusefs", *argv, "--foreground", "--log-file", log_file],
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "fusefs", *argv, "--foreground", "--log-file", log_file],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + args.io_timeout + 30
     while time.monotonic() < deadline:
         if os.path.ismount(args.mountpoint):
@@ -157,9 +202,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not servers and not (args.view == "kv" and args.kv_url):
         print("give --cluster (or --embed-node, or --kv-url with --view kv)", file=sys.stderr)
         return 2
-    options = MountOptions(attr_timeout=args.attr_timeout, entry_timeout=args.entry_timeout,
-                           allow_other=args.allow_other, debug=args.debug,
-                           fsname=f"cowsqlfs:{args.database}" if args.view == "fs" else "cowsqlfs:kv")
+    options = MountOptions(
+        attr_timeout=args.attr_timeout,
+        entry_timeout=args.entry_timeout,
+        allow_other=args.allow_other,
+        debug=args.debug,
+        fsname=f"cowsqlfs:{args.database}" if args.view == "fs" else "cowsqlfs:kv",
+    )
     store = None
     try:
         fs: Any
@@ -190,7 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
     log_file = getattr(args, "log_file", None)
-    logging.basicConfig(level=level, filename=log_file, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=level, filename=log_file, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         if args.command == "mkfs":
             return cmd_mkfs(args)
@@ -207,4 +258,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cowsqlpy.Error as exc:
         print(f"cowsqlfs: cluster error: {exc}", file=sys.stderr)
         return 1
-

@@ -78,16 +78,29 @@ class KVFileSystem:
         return self.kv.get_prefix(key + b"/", limit=1, keys_only=True).count > 0
 
     def _attrs(self, key: bytes, mode: int, size: int, mtime: int) -> dict[str, int]:
-        return {"st_ino": self._ino(key), "st_mode": mode, "st_nlink": 2 if stat.S_ISDIR(mode) else 1,
-                "st_uid": self.uid, "st_gid": self.gid, "st_size": size, "st_blocks": (size + 511) // 512,
-                "st_atime": mtime, "st_mtime": mtime, "st_ctime": mtime}
+        return {
+            "st_ino": self._ino(key),
+            "st_mode": mode,
+            "st_nlink": 2 if stat.S_ISDIR(mode) else 1,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_size": size,
+            "st_blocks": (size + 511) // 512,
+            "st_atime": mtime,
+            "st_mtime": mtime,
+            "st_ctime": mtime,
+        }
 
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
         if fh is not None and fh in self._handles:
             h = self._handles[fh]
             kv = self.kv.get_kv(h.key)
-            return self._attrs(h.key, stat.S_IFREG | 0o644, len(h.data),
-                               self._time(kv.mod_revision) if kv else time.time_ns())
+            return self._attrs(
+                h.key,
+                stat.S_IFREG | 0o644,
+                len(h.data),
+                self._time(kv.mod_revision) if kv else time.time_ns(),
+            )
         if path is None:
             raise FsError(errno.EBADF)
         key = _key(path)
@@ -105,14 +118,20 @@ class KVFileSystem:
         prefix = key + b"/" if key else b""
         entries: dict[bytes, int] = {}
         for kv in self.kv.get_prefix(prefix, keys_only=True).kvs:
-            name, sep, _ = kv.key[len(prefix):].partition(b"/")
+            name, sep, _ = kv.key[len(prefix) :].partition(b"/")
             if name and (sep or name not in entries):
                 entries[name] = stat.S_IFDIR if sep else stat.S_IFREG
         for d in self._dirs:
-            if d.startswith(prefix) and b"/" not in d[len(prefix):]:
-                entries[d[len(prefix):]] = stat.S_IFDIR
-        out = [(".", {"st_ino": self._ino(key), "st_mode": stat.S_IFDIR}), ("..", {"st_mode": stat.S_IFDIR})]
-        out += [(os.fsdecode(n), {"st_ino": self._ino(prefix + n), "st_mode": m}) for n, m in sorted(entries.items())]
+            if d.startswith(prefix) and b"/" not in d[len(prefix) :]:
+                entries[d[len(prefix) :]] = stat.S_IFDIR
+        out = [
+            (".", {"st_ino": self._ino(key), "st_mode": stat.S_IFDIR}),
+            ("..", {"st_mode": stat.S_IFDIR}),
+        ]
+        out += [
+            (os.fsdecode(n), {"st_ino": self._ino(prefix + n), "st_mode": m})
+            for n, m in sorted(entries.items())
+        ]
         return out
 
     def opendir(self, path: str) -> int:
@@ -124,8 +143,16 @@ class KVFileSystem:
         pass
 
     def statfs(self) -> dict[str, int]:
-        return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0,
-                "f_files": 0, "f_ffree": 0, "f_namemax": 255}
+        return {
+            "f_bsize": 4096,
+            "f_frsize": 4096,
+            "f_blocks": 0,
+            "f_bfree": 0,
+            "f_bavail": 0,
+            "f_files": 0,
+            "f_ffree": 0,
+            "f_namemax": 255,
+        }
 
     # -- namespace --
 
@@ -140,7 +167,8 @@ class KVFileSystem:
         if not self._is_dir(key):
             raise FsError(errno.ENOTDIR if self.kv.get_kv(key) is not None else errno.ENOENT)
         if self.kv.get_prefix(key + b"/", limit=1, keys_only=True).count or any(
-                d.startswith(key + b"/") for d in self._dirs):
+            d.startswith(key + b"/") for d in self._dirs
+        ):
             raise FsError(errno.ENOTEMPTY)
         self._dirs.discard(key)
 
@@ -168,7 +196,9 @@ class KVFileSystem:
             compare.append(CreateRevision(dst) == 0)
         result = self.kv.txn(compare, [Delete(src), Put(dst, kv.value)])
         if not result.succeeded:
-            raise FsError(errno.EEXIST if flags & RENAME_NOREPLACE and self.kv.get_kv(dst) else errno.EBUSY)
+            raise FsError(
+                errno.EEXIST if flags & RENAME_NOREPLACE and self.kv.get_kv(dst) else errno.EBUSY
+            )
 
     def _rename_dir(self, src: bytes, dst: bytes) -> None:
         if dst.startswith(src + b"/"):
@@ -179,16 +209,18 @@ class KVFileSystem:
             raise FsError(errno.ENOTEMPTY)
         kvs = self.kv.get_prefix(src + b"/", limit=MAX_RENAME_KEYS + 1).kvs
         if len(kvs) > MAX_RENAME_KEYS:
-            raise FsError(errno.EXDEV, "too many keys for one transaction")  # mv then copies and deletes
+            raise FsError(
+                errno.EXDEV, "too many keys for one transaction"
+            )  # mv then copies and deletes
         compare = [ModRevision(kv.key) == kv.mod_revision for kv in kvs]
         ops: list[Any] = []
         for kv in kvs:
-            ops += [Delete(kv.key), Put(dst + kv.key[len(src):], kv.value)]
+            ops += [Delete(kv.key), Put(dst + kv.key[len(src) :], kv.value)]
         if ops and not self.kv.txn(compare, ops).succeeded:
             raise FsError(errno.EBUSY)
         for d in [d for d in self._dirs if d == src or d.startswith(src + b"/")]:
             self._dirs.discard(d)
-            self._dirs.add(dst + d[len(src):])
+            self._dirs.add(dst + d[len(src) :])
         if not kvs:
             self._dirs.add(dst)
 
@@ -205,7 +237,9 @@ class KVFileSystem:
             raise FsError(errno.EPERM)
         self.release(self.create(path, mode, os.O_WRONLY | os.O_EXCL, uid, gid))
 
-    def utimens(self, path: str | None, atime: TimeSpec, mtime: TimeSpec, fh: int | None = None) -> None:
+    def utimens(
+        self, path: str | None, atime: TimeSpec, mtime: TimeSpec, fh: int | None = None
+    ) -> None:
         pass  # times follow the key's revisions; accepted so that touch and cp -p work
 
     def setxattr(self, *args: Any) -> None:
@@ -256,7 +290,7 @@ class KVFileSystem:
     def read(self, fh: int, size: int, offset: int) -> bytes:
         h = self._handle(fh)
         with h.lock:
-            return bytes(h.data[offset:offset + size])
+            return bytes(h.data[offset : offset + size])
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         h = self._handle(fh)
@@ -265,7 +299,7 @@ class KVFileSystem:
         with h.lock:
             if len(h.data) < offset:
                 h.data += b"\0" * (offset - len(h.data))
-            h.data[offset:offset + len(data)] = data
+            h.data[offset : offset + len(data)] = data
             h.dirty = True
         return len(data)
 

@@ -114,7 +114,9 @@ class FileSystem:
         self.store = store
         sb = store.read(read_superblock)
         if sb is None:
-            raise NotAFilesystemError(f"database {store.database!r} holds no filesystem: run mkfs first")
+            raise NotAFilesystemError(
+                f"database {store.database!r} holds no filesystem: run mkfs first"
+            )
         self.sb: Superblock = sb
         self.chunk_size = sb.chunk_size
         self.space = Space(sb.capacity, sb.used_bytes)
@@ -126,7 +128,9 @@ class FileSystem:
         # Called with the paths whose cached attributes went stale although their own entry
         # was not touched (the other names of a hard-linked inode); the binding tells the kernel.
         self.on_stale: Callable[[list[str]], None] | None = None
-        self._seen: dict[int, tuple[int, int, int]] = {}  # ino -> (mtime, ctime, size) this mount's page cache holds
+        self._seen: dict[
+            int, tuple[int, int, int]
+        ] = {}  # ino -> (mtime, ctime, size) this mount's page cache holds
         self.sid = self._start_session(mountpoint)
         self.reclaimed = self.reclaim_dead_sessions()
         self._stop = threading.Event()
@@ -150,8 +154,12 @@ class FileSystem:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                self.store.transaction(lambda c: c.execute(
-                    "UPDATE fs_session SET heartbeat_ns = ? WHERE sid = ?", (time.time_ns(), self.sid)))
+                self.store.transaction(
+                    lambda c: c.execute(
+                        "UPDATE fs_session SET heartbeat_ns = ? WHERE sid = ?",
+                        (time.time_ns(), self.sid),
+                    )
+                )
             except FsError as exc:
                 log.warning("session heartbeat failed: %s", exc)
 
@@ -162,14 +170,23 @@ class FileSystem:
         ran on this host under a pid that no longer exists. :returns: inodes freed.
         """
         host, now = socket.gethostname(), time.time_ns()
-        sessions = self.store.read(lambda c: c.execute("SELECT sid, host, pid, heartbeat_ns FROM fs_session").fetchall())
-        dead = [sid for sid, h, pid, beat in sessions
-                if sid != self.sid and (now - beat > SESSION_EXPIRY_NS or (h == host and not _pid_alive(pid)))]
+        sessions = self.store.read(
+            lambda c: c.execute("SELECT sid, host, pid, heartbeat_ns FROM fs_session").fetchall()
+        )
+        dead = [
+            sid
+            for sid, h, pid, beat in sessions
+            if sid != self.sid
+            and (now - beat > SESSION_EXPIRY_NS or (h == host and not _pid_alive(pid)))
+        ]
         freed = 0
         for sid in dead:
+
             def tx(conn: Any, sid: int = sid) -> int:
                 n = 0
-                for (ino,) in conn.execute("SELECT ino FROM fs_sustained WHERE sid = ?", (sid,)).fetchall():
+                for (ino,) in conn.execute(
+                    "SELECT ino FROM fs_sustained WHERE sid = ?", (sid,)
+                ).fetchall():
                     row = conn.execute("SELECT nlink FROM fs_node WHERE ino = ?", (ino,)).fetchone()
                     if row is not None and row[0] == 0:
                         self._delete_inode(conn, ino)
@@ -177,6 +194,7 @@ class FileSystem:
                 conn.execute("DELETE FROM fs_sustained WHERE sid = ?", (sid,))
                 conn.execute("DELETE FROM fs_session WHERE sid = ?", (sid,))
                 return n
+
             freed += self.store.transaction(tx)
         if dead:
             log.info("reclaimed %d sessions of gone mounts, %d orphaned inodes", len(dead), freed)
@@ -194,7 +212,9 @@ class FileSystem:
                 log.error("flush of inode %d at unmount failed: %s", f.ino, exc)
 
         def tx(conn: Any) -> None:
-            for (ino,) in conn.execute("SELECT ino FROM fs_sustained WHERE sid = ?", (self.sid,)).fetchall():
+            for (ino,) in conn.execute(
+                "SELECT ino FROM fs_sustained WHERE sid = ?", (self.sid,)
+            ).fetchall():
                 row = conn.execute("SELECT nlink FROM fs_node WHERE ino = ?", (ino,)).fetchone()
                 if row is not None and row[0] == 0:
                     self._delete_inode(conn, ino)
@@ -212,7 +232,7 @@ class FileSystem:
         """The inode `names` lead to from the root, in one query per MAX_DEPTH_PER_QUERY names."""
         ino, start = ROOT_INO, 0
         while True:
-            part = names[start:start + MAX_DEPTH_PER_QUERY]
+            part = names[start : start + MAX_DEPTH_PER_QUERY]
             row = conn.execute(_resolve_sql(len(part)), (ino, *part)).fetchone()
             if row is None:
                 raise FsError(errno.ENOENT)
@@ -252,8 +272,11 @@ class FileSystem:
         if len(dirs) > MAX_DEPTH_PER_QUERY:
             parent, name = self._parent(conn, path)
             return parent, name, self._child(conn, parent.ino, name)
-        sql = _resolve_sql(len(dirs)).replace(" FROM ", ", c.ino FROM ", 1).replace(
-            " WHERE ", " LEFT JOIN fs_edge c ON c.parent = n.ino AND c.name = ? WHERE ", 1)
+        sql = (
+            _resolve_sql(len(dirs))
+            .replace(" FROM ", ", c.ino FROM ", 1)
+            .replace(" WHERE ", " LEFT JOIN fs_edge c ON c.parent = n.ino AND c.name = ? WHERE ", 1)
+        )
         row = conn.execute(sql, (name, ROOT_INO, *dirs)).fetchone()
         if row is None:
             raise FsError(errno.ENOENT)
@@ -263,7 +286,9 @@ class FileSystem:
         return parent, name, None if row[-1] is None else int(row[-1])
 
     def _child(self, conn: Any, parent: int, name: bytes) -> int | None:
-        row = conn.execute("SELECT ino FROM fs_edge WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+        row = conn.execute(
+            "SELECT ino FROM fs_edge WHERE parent = ? AND name = ?", (parent, name)
+        ).fetchone()
         return None if row is None else int(row[0])
 
     def _attrs(self, node: Node) -> dict[str, int]:
@@ -275,10 +300,18 @@ class FileSystem:
             if f.mtime is not None:
                 mtime = ctime = f.mtime
         return {
-            "st_ino": node.ino, "st_mode": node.mode, "st_nlink": node.nlink, "st_uid": node.uid,
-            "st_gid": node.gid, "st_rdev": node.rdev, "st_size": size,
-            "st_blocks": (node.stored + 511) // 512, "st_blksize": self.chunk_size,
-            "st_atime": node.atime, "st_mtime": mtime, "st_ctime": ctime,
+            "st_ino": node.ino,
+            "st_mode": node.mode,
+            "st_nlink": node.nlink,
+            "st_uid": node.uid,
+            "st_gid": node.gid,
+            "st_rdev": node.rdev,
+            "st_size": size,
+            "st_blocks": (node.stored + 511) // 512,
+            "st_blksize": self.chunk_size,
+            "st_atime": node.atime,
+            "st_mtime": mtime,
+            "st_ctime": ctime,
         }
 
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
@@ -297,14 +330,21 @@ class FileSystem:
                 node = self._resolve(conn, path or "/")
             if not node.is_dir:
                 raise FsError(errno.ENOTDIR)
-            up = conn.execute("SELECT parent FROM fs_edge WHERE ino = ? LIMIT 1", (node.ino,)).fetchone()
-            entries = [(".", {"st_ino": node.ino, "st_mode": node.mode}),
-                       ("..", {"st_ino": int(up[0]) if up else node.ino, "st_mode": stat.S_IFDIR})]
+            up = conn.execute(
+                "SELECT parent FROM fs_edge WHERE ino = ? LIMIT 1", (node.ino,)
+            ).fetchone()
+            entries = [
+                (".", {"st_ino": node.ino, "st_mode": node.mode}),
+                ("..", {"st_ino": int(up[0]) if up else node.ino, "st_mode": stat.S_IFDIR}),
+            ]
             rows = conn.execute(
                 "SELECT e.name, n.ino, n.mode FROM fs_edge e JOIN fs_node n ON n.ino = e.ino WHERE e.parent = ? ORDER BY e.name",
                 (node.ino,),
             ).fetchall()
-            entries += [(os.fsdecode(bytes(name)), {"st_ino": ino, "st_mode": mode}) for name, ino, mode in rows]
+            entries += [
+                (os.fsdecode(bytes(name)), {"st_ino": ino, "st_mode": mode})
+                for name, ino, mode in rows
+            ]
             return entries
 
         return self.store.read(q)
@@ -314,7 +354,9 @@ class FileSystem:
             node = self._resolve(conn, path)
             if not stat.S_ISLNK(node.mode):
                 raise FsError(errno.EINVAL)
-            row = conn.execute("SELECT target FROM fs_symlink WHERE ino = ?", (node.ino,)).fetchone()
+            row = conn.execute(
+                "SELECT target FROM fs_symlink WHERE ino = ?", (node.ino,)
+            ).fetchone()
             if row is None:
                 raise FsError(errno.EIO, "symlink without target")
             return bytes(row[0])
@@ -329,8 +371,17 @@ class FileSystem:
         blocks = sb.capacity // BLOCK
         free = max(0, blocks - (used + BLOCK - 1) // BLOCK)
         ffree = max(0, sb.max_inodes - sb.used_inodes)
-        return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_blocks": blocks, "f_bfree": free, "f_bavail": free,
-                "f_files": sb.max_inodes, "f_ffree": ffree, "f_favail": ffree, "f_namemax": NAME_MAX}
+        return {
+            "f_bsize": BLOCK,
+            "f_frsize": BLOCK,
+            "f_blocks": blocks,
+            "f_bfree": free,
+            "f_bavail": free,
+            "f_files": sb.max_inodes,
+            "f_ffree": ffree,
+            "f_favail": ffree,
+            "f_namemax": NAME_MAX,
+        }
 
     # -- creating --
 
@@ -339,10 +390,13 @@ class FileSystem:
         if taken is not None:
             raise FsError(errno.EEXIST)
         cur = conn.execute(
-            "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1 AND used_inodes < max_inodes")
+            "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1 AND used_inodes < max_inodes"
+        )
         if cur.rowcount == 0:
             raise FsError(errno.ENOSPC, "no free inodes")
-        if parent.mode & stat.S_ISGID:  # setgid directory: the group is inherited, and by subdirectories the bit
+        if (
+            parent.mode & stat.S_ISGID
+        ):  # setgid directory: the group is inherited, and by subdirectories the bit
             gid = parent.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
@@ -353,7 +407,9 @@ class FileSystem:
             (mode, uid, gid, nlink, rdev, now, now, now),
         )
         ino = int(cur.lastrowid)
-        conn.execute("INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)", (parent.ino, name, ino))
+        conn.execute(
+            "INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)", (parent.ino, name, ino)
+        )
         conn.execute(
             "UPDATE fs_node SET nlink = nlink + ?, mtime = ?, ctime = ? WHERE ino = ?",
             (1 if stat.S_ISDIR(mode) else 0, now, now, parent.ino),
@@ -364,10 +420,14 @@ class FileSystem:
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise FsError(errno.EINVAL)
-        self.store.transaction(lambda c: self._make(c, path, kind | (mode & 0o7777), uid, gid, rdev))
+        self.store.transaction(
+            lambda c: self._make(c, path, kind | (mode & 0o7777), uid, gid, rdev)
+        )
 
     def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
-        self.store.transaction(lambda c: self._make(c, path, stat.S_IFDIR | (mode & 0o7777), uid, gid))
+        self.store.transaction(
+            lambda c: self._make(c, path, stat.S_IFDIR | (mode & 0o7777), uid, gid)
+        )
 
     def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
         raw = os.fsencode(target)
@@ -394,11 +454,15 @@ class FileSystem:
 
     def _names_of(self, conn: Any, ino: int, limit: int = 8) -> list[str]:
         paths = []
-        for parent, name in conn.execute("SELECT parent, name FROM fs_edge WHERE ino = ? LIMIT ?", (ino, limit)).fetchall():
+        for parent, name in conn.execute(
+            "SELECT parent, name FROM fs_edge WHERE ino = ? LIMIT ?", (ino, limit)
+        ).fetchall():
             rows = conn.execute(
                 "WITH RECURSIVE up(child, name, lvl) AS (SELECT ?, ?, 0 UNION ALL SELECT e.parent, e.name, up.lvl + 1"
                 f" FROM fs_edge e JOIN up ON e.ino = up.child WHERE up.child != {ROOT_INO} AND up.lvl < 4096)"
-                " SELECT name FROM up ORDER BY lvl DESC", (parent, name)).fetchall()
+                " SELECT name FROM up ORDER BY lvl DESC",
+                (parent, name),
+            ).fetchall()
             paths.append("/" + "/".join(os.fsdecode(bytes(r[0])) for r in rows))
         return paths
 
@@ -420,9 +484,16 @@ class FileSystem:
             if taken is not None:
                 raise FsError(errno.EEXIST)
             now = time.time_ns()
-            conn.execute("INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)", (parent.ino, name, node.ino))
-            conn.execute("UPDATE fs_node SET nlink = nlink + 1, ctime = ? WHERE ino = ?", (now, node.ino))
-            conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino))
+            conn.execute(
+                "INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)",
+                (parent.ino, name, node.ino),
+            )
+            conn.execute(
+                "UPDATE fs_node SET nlink = nlink + 1, ctime = ? WHERE ino = ?", (now, node.ino)
+            )
+            conn.execute(
+                "UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino)
+            )
             return node.ino
 
         self._stale([self.store.transaction(tx)])
@@ -449,13 +520,17 @@ class FileSystem:
             self._delete_inode(conn, node.ino)
             return
         if node.nlink > 1:
-            conn.execute("UPDATE fs_node SET nlink = nlink - 1, ctime = ? WHERE ino = ?", (now, node.ino))
+            conn.execute(
+                "UPDATE fs_node SET nlink = nlink - 1, ctime = ? WHERE ino = ?", (now, node.ino)
+            )
             return
         with self._lock:
             still_open = node.ino in self._open
         if still_open:
             conn.execute("UPDATE fs_node SET nlink = 0, ctime = ? WHERE ino = ?", (now, node.ino))
-            conn.execute("INSERT OR IGNORE INTO fs_sustained (sid, ino) VALUES (?, ?)", (self.sid, node.ino))
+            conn.execute(
+                "INSERT OR IGNORE INTO fs_sustained (sid, ino) VALUES (?, ?)", (self.sid, node.ino)
+            )
             with self._lock:
                 self._sustained.add(node.ino)
         else:
@@ -471,14 +546,19 @@ class FileSystem:
                 raise FsError(errno.EISDIR)
             now = time.time_ns()
             conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (parent.ino, name))
-            conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino))
+            conn.execute(
+                "UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino)
+            )
             self._drop_link(conn, node, now)
             return [node.ino] if node.nlink > 1 else []
 
         self._stale(self.store.transaction(tx))
 
     def _check_empty(self, conn: Any, ino: int) -> None:
-        if conn.execute("SELECT 1 FROM fs_edge WHERE parent = ? LIMIT 1", (ino,)).fetchone() is not None:
+        if (
+            conn.execute("SELECT 1 FROM fs_edge WHERE parent = ? LIMIT 1", (ino,)).fetchone()
+            is not None
+        ):
             raise FsError(errno.ENOTEMPTY)
 
     def rmdir(self, path: str) -> None:
@@ -492,7 +572,10 @@ class FileSystem:
             self._check_empty(conn, ino)
             now = time.time_ns()
             conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (parent.ino, name))
-            conn.execute("UPDATE fs_node SET nlink = nlink - 1, mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino))
+            conn.execute(
+                "UPDATE fs_node SET nlink = nlink - 1, mtime = ?, ctime = ? WHERE ino = ?",
+                (now, now, parent.ino),
+            )
             self._delete_inode(conn, ino)
 
         self.store.transaction(tx)
@@ -506,7 +589,10 @@ class FileSystem:
         return row is not None
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
-        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+        if (
+            flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)
+            or flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
             raise FsError(errno.EINVAL)
 
         def tx(conn: Any) -> list[int]:
@@ -524,21 +610,40 @@ class FileSystem:
             moves = src_parent.ino != dst_parent.ino
             if src.is_dir and moves and self._is_ancestor(conn, src.ino, dst_parent.ino):
                 raise FsError(errno.EINVAL)
-            if flags & RENAME_EXCHANGE and dst is not None and dst.is_dir and moves \
-                    and self._is_ancestor(conn, dst.ino, src_parent.ino):
+            if (
+                flags & RENAME_EXCHANGE
+                and dst is not None
+                and dst.is_dir
+                and moves
+                and self._is_ancestor(conn, dst.ino, src_parent.ino)
+            ):
                 raise FsError(errno.EINVAL)
             if dst is not None and dst.ino == src.ino:
                 return stale  # two names of one file: POSIX says do nothing
             now = time.time_ns()
             if flags & RENAME_EXCHANGE:
                 assert dst is not None
-                conn.execute("UPDATE fs_edge SET ino = ? WHERE parent = ? AND name = ?", (dst.ino, src_parent.ino, src_name))
-                conn.execute("UPDATE fs_edge SET ino = ? WHERE parent = ? AND name = ?", (src.ino, dst_parent.ino, dst_name))
+                conn.execute(
+                    "UPDATE fs_edge SET ino = ? WHERE parent = ? AND name = ?",
+                    (dst.ino, src_parent.ino, src_name),
+                )
+                conn.execute(
+                    "UPDATE fs_edge SET ino = ? WHERE parent = ? AND name = ?",
+                    (src.ino, dst_parent.ino, dst_name),
+                )
                 if moves and src.is_dir != dst.is_dir:
                     shift = 1 if src.is_dir else -1  # the directory among them changes parent
-                    conn.execute("UPDATE fs_node SET nlink = nlink - ? WHERE ino = ?", (shift, src_parent.ino))
-                    conn.execute("UPDATE fs_node SET nlink = nlink + ? WHERE ino = ?", (shift, dst_parent.ino))
-                conn.execute("UPDATE fs_node SET ctime = ? WHERE ino IN (?, ?)", (now, src.ino, dst.ino))
+                    conn.execute(
+                        "UPDATE fs_node SET nlink = nlink - ? WHERE ino = ?",
+                        (shift, src_parent.ino),
+                    )
+                    conn.execute(
+                        "UPDATE fs_node SET nlink = nlink + ? WHERE ino = ?",
+                        (shift, dst_parent.ino),
+                    )
+                conn.execute(
+                    "UPDATE fs_node SET ctime = ? WHERE ino IN (?, ?)", (now, src.ino, dst.ino)
+                )
             else:
                 if dst is not None:
                     if src.is_dir and not dst.is_dir:
@@ -547,8 +652,13 @@ class FileSystem:
                         raise FsError(errno.EISDIR)
                     if dst.is_dir:
                         self._check_empty(conn, dst.ino)
-                        conn.execute("UPDATE fs_node SET nlink = nlink - 1 WHERE ino = ?", (dst_parent.ino,))
-                    conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (dst_parent.ino, dst_name))
+                        conn.execute(
+                            "UPDATE fs_node SET nlink = nlink - 1 WHERE ino = ?", (dst_parent.ino,)
+                        )
+                    conn.execute(
+                        "DELETE FROM fs_edge WHERE parent = ? AND name = ?",
+                        (dst_parent.ino, dst_name),
+                    )
                     self._drop_link(conn, dst, now)
                     if dst.nlink > 1 and not dst.is_dir:
                         stale.append(dst.ino)
@@ -557,11 +667,17 @@ class FileSystem:
                     (dst_parent.ino, dst_name, src_parent.ino, src_name),
                 )
                 if src.is_dir and moves:
-                    conn.execute("UPDATE fs_node SET nlink = nlink - 1 WHERE ino = ?", (src_parent.ino,))
-                    conn.execute("UPDATE fs_node SET nlink = nlink + 1 WHERE ino = ?", (dst_parent.ino,))
+                    conn.execute(
+                        "UPDATE fs_node SET nlink = nlink - 1 WHERE ino = ?", (src_parent.ino,)
+                    )
+                    conn.execute(
+                        "UPDATE fs_node SET nlink = nlink + 1 WHERE ino = ?", (dst_parent.ino,)
+                    )
                 conn.execute("UPDATE fs_node SET ctime = ? WHERE ino = ?", (now, src.ino))
-            conn.execute("UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino IN (?, ?)",
-                         (now, now, src_parent.ino, dst_parent.ino))
+            conn.execute(
+                "UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino IN (?, ?)",
+                (now, now, src_parent.ino, dst_parent.ino),
+            )
             return stale
 
         self._stale(self.store.transaction(tx))
@@ -583,8 +699,10 @@ class FileSystem:
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> None:
         def tx(conn: Any) -> list[int]:
             node = self._target(conn, path, fh)
-            conn.execute("UPDATE fs_node SET mode = ?, ctime = ? WHERE ino = ?",
-                         (stat.S_IFMT(node.mode) | (mode & 0o7777), time.time_ns(), node.ino))
+            conn.execute(
+                "UPDATE fs_node SET mode = ?, ctime = ? WHERE ino = ?",
+                (stat.S_IFMT(node.mode) | (mode & 0o7777), time.time_ns(), node.ino),
+            )
             return self._shared(node)
 
         self._stale(self.store.transaction(tx))
@@ -600,20 +718,31 @@ class FileSystem:
                     mode &= ~stat.S_ISGID
             conn.execute(
                 "UPDATE fs_node SET uid = ?, gid = ?, mode = ?, ctime = ? WHERE ino = ?",
-                (node.uid if uid == -1 else uid, node.gid if gid == -1 else gid, mode, time.time_ns(), node.ino),
+                (
+                    node.uid if uid == -1 else uid,
+                    node.gid if gid == -1 else gid,
+                    mode,
+                    time.time_ns(),
+                    node.ino,
+                ),
             )
             return self._shared(node)
 
         self._stale(self.store.transaction(tx))
 
-    def utimens(self, path: str | None, atime: TimeSpec, mtime: TimeSpec, fh: int | None = None) -> None:
+    def utimens(
+        self, path: str | None, atime: TimeSpec, mtime: TimeSpec, fh: int | None = None
+    ) -> None:
         now = time.time_ns()
 
         def tx(conn: Any) -> list[int]:
             node = self._target(conn, path, fh)
             a = node.atime if atime is None else now if atime == UTIME_NOW else int(atime)
             m = node.mtime if mtime is None else now if mtime == UTIME_NOW else int(mtime)
-            conn.execute("UPDATE fs_node SET atime = ?, mtime = ?, ctime = ? WHERE ino = ?", (a, m, now, node.ino))
+            conn.execute(
+                "UPDATE fs_node SET atime = ?, mtime = ?, ctime = ? WHERE ino = ?",
+                (a, m, now, node.ino),
+            )
             return self._shared(node)
 
         ino = self._flush_target(path, fh)
@@ -743,7 +872,12 @@ class FileSystem:
             self._sustained.discard(f.ino)
 
         def tx(conn: Any) -> None:
-            if conn.execute("SELECT 1 FROM fs_sustained WHERE sid = ? AND ino = ?", (self.sid, f.ino)).fetchone() is None:
+            if (
+                conn.execute(
+                    "SELECT 1 FROM fs_sustained WHERE sid = ? AND ino = ?", (self.sid, f.ino)
+                ).fetchone()
+                is None
+            ):
                 return
             row = conn.execute("SELECT nlink FROM fs_node WHERE ino = ?", (f.ino,)).fetchone()
             if row is not None and row[0] == 0:
@@ -784,23 +918,37 @@ class FileSystem:
             if length < node.size:
                 keep = (length + cs - 1) // cs  # chunks [0, keep) stay
                 freed = conn.execute(
-                    "SELECT coalesce(sum(length(data)), 0) FROM fs_chunk WHERE ino = ? AND idx >= ?", (node.ino, keep)
+                    "SELECT coalesce(sum(length(data)), 0) FROM fs_chunk WHERE ino = ? AND idx >= ?",
+                    (node.ino, keep),
                 ).fetchone()[0]
                 conn.execute("DELETE FROM fs_chunk WHERE ino = ? AND idx >= ?", (node.ino, keep))
                 if length % cs:
-                    row = conn.execute("SELECT data FROM fs_chunk WHERE ino = ? AND idx = ?", (node.ino, length // cs)).fetchone()
+                    row = conn.execute(
+                        "SELECT data FROM fs_chunk WHERE ino = ? AND idx = ?",
+                        (node.ino, length // cs),
+                    ).fetchone()
                     if row is not None and len(row[0]) > length % cs:
                         cut = bytes(row[0])[: length % cs].rstrip(b"\0")
                         freed += len(row[0]) - len(cut)
                         if cut:
-                            conn.execute("UPDATE fs_chunk SET data = ? WHERE ino = ? AND idx = ?", (cut, node.ino, length // cs))
+                            conn.execute(
+                                "UPDATE fs_chunk SET data = ? WHERE ino = ? AND idx = ?",
+                                (cut, node.ino, length // cs),
+                            )
                         else:
-                            conn.execute("DELETE FROM fs_chunk WHERE ino = ? AND idx = ?", (node.ino, length // cs))
+                            conn.execute(
+                                "DELETE FROM fs_chunk WHERE ino = ? AND idx = ?",
+                                (node.ino, length // cs),
+                            )
             now = time.time_ns()
-            conn.execute("UPDATE fs_node SET size = ?, stored = stored - ?, mtime = ?, ctime = ? WHERE ino = ?",
-                         (length, freed, now, now, node.ino))
+            conn.execute(
+                "UPDATE fs_node SET size = ?, stored = stored - ?, mtime = ?, ctime = ? WHERE ino = ?",
+                (length, freed, now, now, node.ino),
+            )
             if freed:
-                conn.execute("UPDATE fs_superblock SET used_bytes = used_bytes - ? WHERE id = 1", (freed,))
+                conn.execute(
+                    "UPDATE fs_superblock SET used_bytes = used_bytes - ? WHERE id = 1", (freed,)
+                )
             return node
 
         node = self.store.transaction(tx)
@@ -850,25 +998,34 @@ class FileSystem:
 
         def tx(conn: Any) -> None:
             node = self._resolve(conn, path)
-            row = conn.execute("SELECT length(value) FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)).fetchone()
+            row = conn.execute(
+                "SELECT length(value) FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)
+            ).fetchone()
             if row is not None and options & XATTR_CREATE:
                 raise FsError(errno.EEXIST)
             if row is None and options & XATTR_REPLACE:
                 raise FsError(errno.ENODATA)
             self._charge(conn, len(value) - (row[0] if row else -len(raw)))
-            conn.execute("INSERT OR REPLACE INTO fs_xattr (ino, name, value) VALUES (?, ?, ?)", (node.ino, raw, value))
+            conn.execute(
+                "INSERT OR REPLACE INTO fs_xattr (ino, name, value) VALUES (?, ?, ?)",
+                (node.ino, raw, value),
+            )
             conn.execute("UPDATE fs_node SET ctime = ? WHERE ino = ?", (time.time_ns(), node.ino))
 
         self.store.transaction(tx)
 
     def getxattr(self, path: str, name: str) -> bytes:
         if os.fsencode(name) == NO_CAPABILITIES:
-            raise FsError(errno.ENODATA)  # the kernel asks before every write; file capabilities are refused
+            raise FsError(
+                errno.ENODATA
+            )  # the kernel asks before every write; file capabilities are refused
         raw = self._xattr_name(name)
 
         def q(conn: Any) -> bytes:
             node = self._resolve(conn, path)
-            row = conn.execute("SELECT value FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)).fetchone()
+            row = conn.execute(
+                "SELECT value FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)
+            ).fetchone()
             if row is None:
                 raise FsError(errno.ENODATA)
             return bytes(row[0])
@@ -878,7 +1035,9 @@ class FileSystem:
     def listxattr(self, path: str) -> list[str]:
         def q(conn: Any) -> list[str]:
             node = self._resolve(conn, path)
-            rows = conn.execute("SELECT name FROM fs_xattr WHERE ino = ? ORDER BY name", (node.ino,)).fetchall()
+            rows = conn.execute(
+                "SELECT name FROM fs_xattr WHERE ino = ? ORDER BY name", (node.ino,)
+            ).fetchall()
             return [os.fsdecode(bytes(r[0])) for r in rows]
 
         return self.store.read(q)
@@ -888,11 +1047,16 @@ class FileSystem:
 
         def tx(conn: Any) -> None:
             node = self._resolve(conn, path)
-            row = conn.execute("SELECT length(value) FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)).fetchone()
+            row = conn.execute(
+                "SELECT length(value) FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)
+            ).fetchone()
             if row is None:
                 raise FsError(errno.ENODATA)
             conn.execute("DELETE FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw))
-            conn.execute("UPDATE fs_superblock SET used_bytes = used_bytes - ? WHERE id = 1", (row[0] + len(raw),))
+            conn.execute(
+                "UPDATE fs_superblock SET used_bytes = used_bytes - ? WHERE id = 1",
+                (row[0] + len(raw),),
+            )
             conn.execute("UPDATE fs_node SET ctime = ? WHERE ino = ?", (time.time_ns(), node.ino))
 
         self.store.transaction(tx)

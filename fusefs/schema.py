@@ -100,11 +100,15 @@ def read_superblock(conn: Any) -> Superblock | None:
 
     :raises NotAFilesystemError: tables exist but no valid superblock, or another format.
     """
-    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+    names = {
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    }
     names -= {"sqlite_sequence", "cowsqlpy_commit_markers"}
     if "fs_superblock" not in names:
         if names:
-            raise NotAFilesystemError(f"the database holds other tables ({', '.join(sorted(names))}): not a filesystem")
+            raise NotAFilesystemError(
+                f"the database holds other tables ({', '.join(sorted(names))}): not a filesystem"
+            )
         return None
     row = conn.execute(
         "SELECT magic, format, uuid, chunk_size, capacity, max_inodes, used_bytes, used_inodes FROM fs_superblock WHERE id = 1"
@@ -112,7 +116,9 @@ def read_superblock(conn: Any) -> Superblock | None:
     if row is None or row[0] != MAGIC:
         raise NotAFilesystemError("fs_superblock has no valid row: not a filesystem")
     if row[1] != FORMAT_VERSION:
-        raise NotAFilesystemError(f"filesystem format {row[1]}, this fusefs reads format {FORMAT_VERSION}")
+        raise NotAFilesystemError(
+            f"filesystem format {row[1]}, this fusefs reads format {FORMAT_VERSION}"
+        )
     return Superblock(row[2], row[1], row[3], row[4], row[5], row[6], row[7])
 
 
@@ -148,7 +154,9 @@ def mkfs(
     gid = os.getgid() if root_gid is None else root_gid
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute("SELECT 1 FROM fs_superblock").fetchone() is None:  # another mkfs may have raced us
+        if (
+            conn.execute("SELECT 1 FROM fs_superblock").fetchone() is None
+        ):  # another mkfs may have raced us
             conn.execute(
                 "INSERT INTO fs_superblock VALUES (1, ?, ?, ?, ?, ?, ?, 0, 1, ?)",
                 (MAGIC, FORMAT_VERSION, str(uuid.uuid4()), chunk_size, capacity, max_inodes, now),

@@ -16,15 +16,23 @@ from .errors import FsError, as_fs_error
 
 T = TypeVar("T")
 # what a leader change does to a request; a read (changing nothing) may always run again
-TRANSIENT = (cowsqlpy.OutcomeUnknownError, cowsqlpy.NoLeaderError, cowsqlpy.NotLeaderError,
-             cowsqlpy.ConnectionLostError, cowsqlpy.TransactionLostError)
+TRANSIENT = (
+    cowsqlpy.OutcomeUnknownError,
+    cowsqlpy.NoLeaderError,
+    cowsqlpy.NotLeaderError,
+    cowsqlpy.ConnectionLostError,
+    cowsqlpy.TransactionLostError,
+)
 
 
 def io_policy(io_timeout: float) -> cowsqlpy.RetryPolicy:
     """The retry policy that bounds how long an operation waits for a quorum."""
     attempt = max(0.5, min(10.0, io_timeout / 2))
     return cowsqlpy.RetryPolicy(
-        max_tries=1000, deadline=io_timeout, attempt_timeout=attempt, connect_timeout=min(5.0, attempt),
+        max_tries=1000,
+        deadline=io_timeout,
+        attempt_timeout=attempt,
+        connect_timeout=min(5.0, attempt),
         busy_timeout=io_timeout,
     )
 

@@ -72,7 +72,8 @@ class OpenFile:
     def _fetch(self, first: int, last: int) -> dict[int, bytes]:
         rows = self.store.read(
             lambda c: c.execute(
-                "SELECT idx, data FROM fs_chunk WHERE ino = ? AND idx BETWEEN ? AND ?", (self.ino, first, last)
+                "SELECT idx, data FROM fs_chunk WHERE ino = ? AND idx BETWEEN ? AND ?",
+                (self.ino, first, last),
             ).fetchall()
         )
         got = {i: b"" for i in range(first, last + 1)}
@@ -94,7 +95,9 @@ class OpenFile:
                 return b""
             cs = self.chunk_size
             first, last = offset // cs, (end - 1) // cs
-            missing = [i for i in range(first, last + 1) if i not in self.dirty and i not in self.clean]
+            missing = [
+                i for i in range(first, last + 1) if i not in self.dirty and i not in self.clean
+            ]
             fetched: dict[int, bytes] = {}
             if missing:
                 top = max(missing)
@@ -137,7 +140,7 @@ class OpenFile:
                     self.growth += grow
                 if len(buf) < lo:
                     buf += b"\0" * (lo - len(buf))
-                buf[lo:lo + n] = data[pos:pos + n]
+                buf[lo : lo + n] = data[pos : pos + n]
                 pos += n
             self.size = max(self.size, offset + len(data))
             self.mtime = time.time_ns()
@@ -168,7 +171,9 @@ class OpenFile:
         if idx * self.chunk_size >= self.size:
             return 0
         row = self.store.read(
-            lambda c: c.execute("SELECT length(data) FROM fs_chunk WHERE ino = ? AND idx = ?", (self.ino, idx)).fetchone()
+            lambda c: c.execute(
+                "SELECT length(data) FROM fs_chunk WHERE ino = ? AND idx = ?", (self.ino, idx)
+            ).fetchone()
         )
         return int(row[0]) if row else 0
 
@@ -182,17 +187,23 @@ class OpenFile:
             size = self.size
 
             def tx(conn: Any) -> tuple[int, tuple[int, int, int], int] | None:
-                row = conn.execute("SELECT size, nlink FROM fs_node WHERE ino = ?", (self.ino,)).fetchone()
+                row = conn.execute(
+                    "SELECT size, nlink FROM fs_node WHERE ino = ?", (self.ino,)
+                ).fetchone()
                 if row is None:
                     return None  # removed by another mount meanwhile: nothing to keep
                 new_size = max(int(row[0]), size)
                 stored: dict[int, int] = {}
                 if chunks:
-                    stored = dict(conn.execute(
-                        "SELECT idx, length(data) FROM fs_chunk WHERE ino = ? AND idx BETWEEN ? AND ?",
-                        (self.ino, min(chunks), max(chunks)),
-                    ).fetchall())
-                delta = sum(len(d) - stored.get(i, 0) for i, d in chunks.items() if d or i in stored)
+                    stored = dict(
+                        conn.execute(
+                            "SELECT idx, length(data) FROM fs_chunk WHERE ino = ? AND idx BETWEEN ? AND ?",
+                            (self.ino, min(chunks), max(chunks)),
+                        ).fetchall()
+                    )
+                delta = sum(
+                    len(d) - stored.get(i, 0) for i, d in chunks.items() if d or i in stored
+                )
                 cur = conn.execute(
                     "UPDATE fs_superblock SET used_bytes = used_bytes + ? WHERE id = 1 AND used_bytes + ? <= capacity",
                     (delta, max(delta, 0)),
@@ -202,14 +213,18 @@ class OpenFile:
                 puts = [(self.ino, i, d) for i, d in chunks.items() if d]
                 drops = [(self.ino, i) for i, d in chunks.items() if not d and i in stored]
                 if puts:
-                    conn.executemany("INSERT OR REPLACE INTO fs_chunk (ino, idx, data) VALUES (?, ?, ?)", puts)
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO fs_chunk (ino, idx, data) VALUES (?, ?, ?)", puts
+                    )
                 if drops:
                     conn.executemany("DELETE FROM fs_chunk WHERE ino = ? AND idx = ?", drops)
                 conn.execute(
                     "UPDATE fs_node SET size = ?, stored = stored + ?, mtime = ?, ctime = ? WHERE ino = ?",
                     (new_size, delta, mtime, mtime, self.ino),
                 )
-                used = conn.execute("SELECT used_bytes FROM fs_superblock WHERE id = 1").fetchone()[0]
+                used = conn.execute("SELECT used_bytes FROM fs_superblock WHERE id = 1").fetchone()[
+                    0
+                ]
                 return int(used), (mtime, mtime, new_size), int(row[1])
 
             result = self.store.transaction(tx)

@@ -116,16 +116,41 @@ def check_fs(servers: list[str], database: str = "fs") -> list[str]:
 def mount_factory(fuse_available: None, tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     made: list[Mount] = []
 
-    def mount(servers: list[str], database: str = "fs", *extra: str, name: str | None = None) -> Mount:
+    def mount(
+        servers: list[str], database: str = "fs", *extra: str, name: str | None = None
+    ) -> Mount:
         path = tmp_path / (name or f"mnt{len(made)}")
         path.mkdir(exist_ok=True)
         log = tmp_path / f"{path.name}.log"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
-        cmd = [sys.executable, "-m", "fusefs", "mount", "--foreground", "--cluster", ",".join(servers),
-               "--database", database, "--log-file", str(log), "-v", *extra, str(path)]
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "fusefs",
+            "mount",
+            "--foreground",
+            "--cluster",
+            ",".join(servers),
+            "--database",
+            database,
+            "--log-file",
+            str(log),
+            "-v",
+            *extra,
+            str(path),
+        ]
         with open(tmp_path / f"{path.name}.out", "ab") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         m = Mount(path, proc, log, servers, database)
         made.append(m)
 
@@ -174,8 +199,11 @@ def chdir(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def run(*cmd: str, cwd: Path | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def run(
+    *cmd: str, cwd: Path | None = None, input: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     proc = subprocess.run(cmd, cwd=cwd, input=input, capture_output=True, timeout=120)
-    assert proc.returncode == 0, f"{cmd}: {proc.returncode}\n{proc.stdout.decode()}\n{proc.stderr.decode()}"
+    assert proc.returncode == 0, (
+        f"{cmd}: {proc.returncode}\n{proc.stdout.decode()}\n{proc.stderr.decode()}"
+    )
     return proc
-

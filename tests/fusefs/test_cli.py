@@ -16,13 +16,23 @@ from .conftest import ROOT, _mounted, check_fs, lazy_unmount
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "fusefs", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fusefs", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_mkfs_creates_checks_and_refuses_other_databases(fs_cluster: Cluster) -> None:
     servers = ",".join(fs_cluster.addresses)
     first = cli("mkfs", "--cluster", servers, "--capacity", "64M", "--chunk-size", "32K")
-    assert first.returncode == 0 and "created" in first.stdout and "chunk 32768 B, capacity 67108864 B" in first.stdout
+    assert (
+        first.returncode == 0
+        and "created" in first.stdout
+        and "chunk 32768 B, capacity 67108864 B" in first.stdout
+    )
     again = cli("mkfs", "--cluster", servers)
     assert again.returncode == 0 and "found" in again.stdout
     conn = fs_cluster.connect("app", autocommit=True)
@@ -39,13 +49,19 @@ def test_fsck_finds_planted_damage(fs_cluster: Cluster) -> None:
     assert cli("mkfs", "--cluster", servers).returncode == 0
     conn = cowsqlpy.connect(fs_cluster.addresses, database="fs", autocommit=True)
     try:
-        conn.execute("INSERT INTO fs_edge (parent, name, ino) VALUES (1, X'6c6f7374', 999)")  # entry to nowhere
-        conn.execute("INSERT INTO fs_chunk (ino, idx, data) VALUES (998, 0, X'00')")  # chunk of no inode
+        conn.execute(
+            "INSERT INTO fs_edge (parent, name, ino) VALUES (1, X'6c6f7374', 999)"
+        )  # entry to nowhere
+        conn.execute(
+            "INSERT INTO fs_chunk (ino, idx, data) VALUES (998, 0, X'00')"
+        )  # chunk of no inode
     finally:
         conn.close()
     result = cli("fsck", "--cluster", servers)
     assert result.returncode == 1
-    assert "entry pointing at no inode" in result.stdout and "chunk without an inode" in result.stdout
+    assert (
+        "entry pointing at no inode" in result.stdout and "chunk without an inode" in result.stdout
+    )
     assert "used_bytes differs" not in result.stdout
 
 
@@ -60,7 +76,9 @@ def test_background_mount_flushes_on_sigterm(fs_cluster: Cluster, tmp_path: Path
         pid = int(up.stdout.split("pid ")[1].split(",")[0])
         assert _mounted(mnt)
         fd = os.open(mnt / "f", os.O_CREAT | os.O_WRONLY)
-        os.write(fd, b"buffered until close")  # in the daemon's write-back buffer, not yet in the database
+        os.write(
+            fd, b"buffered until close"
+        )  # in the daemon's write-back buffer, not yet in the database
         os.kill(pid, signal.SIGTERM)  # libfuse unmounts, destroy flushes every open file
         wait_for(lambda: not _mounted(mnt), 30, "unmounted")
         try:

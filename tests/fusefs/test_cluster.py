@@ -16,19 +16,33 @@ from cowsqlpy.testing import Cluster, wait_for
 from .conftest import Mount, check_fs, make_fs, unmount
 
 
-def test_two_mounts_on_two_nodes(fs_cluster: Cluster, mount_factory: Callable[..., Mount], tmp_path: Path) -> None:
+def test_two_mounts_on_two_nodes(
+    fs_cluster: Cluster, mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
     servers = fs_cluster.addresses
     make_fs(servers)
     a = mount_factory([servers[1]], name="a")
     # the second mount embeds its own node, which joins the cluster
-    b = mount_factory([], "fs", "--embed-node", "--address", "127.0.0.1:0", "--dir", str(tmp_path / "embedded"),
-                      "--join", ",".join(servers), name="b")
+    b = mount_factory(
+        [],
+        "fs",
+        "--embed-node",
+        "--address",
+        "127.0.0.1:0",
+        "--dir",
+        str(tmp_path / "embedded"),
+        "--join",
+        ",".join(servers),
+        name="b",
+    )
     data = os.urandom(3 << 20)
     (a.path / "f").write_bytes(data)
     assert (b.path / "f").read_bytes() == data  # closed on one mount: read whole on the other
     assert (b.path / "f").read_bytes() == data  # again (page cache kept: unchanged)
     changed = bytearray(data)
-    changed[100:104] = b"XXXX"  # same size, new bytes: the other mount must not serve its cached pages
+    changed[100:104] = (
+        b"XXXX"  # same size, new bytes: the other mount must not serve its cached pages
+    )
     with open(a.path / "f", "r+b") as f:
         f.seek(100)
         f.write(b"XXXX")
@@ -58,8 +72,11 @@ def _writer(path: Path, blocks: int, block: bytes, out: dict[str, object]) -> No
 
 
 @pytest.mark.slow
-def test_leader_killed_during_a_large_write(fuse_available: None, cluster_factory: Callable[..., Cluster],
-                                            mount_factory: Callable[..., Mount]) -> None:
+def test_leader_killed_during_a_large_write(
+    fuse_available: None,
+    cluster_factory: Callable[..., Cluster],
+    mount_factory: Callable[..., Mount],
+) -> None:
     cluster = cluster_factory(3, processes=True)
     make_fs(cluster.addresses)
     leader = cluster.wait_leader()
@@ -81,7 +98,9 @@ def test_leader_killed_during_a_large_write(fuse_available: None, cluster_factor
     assert check_fs(cluster.addresses) == []
 
 
-def test_daemon_killed_mid_write_keeps_fsynced_bytes(fs_cluster: Cluster, mount_factory: Callable[..., Mount]) -> None:
+def test_daemon_killed_mid_write_keeps_fsynced_bytes(
+    fs_cluster: Cluster, mount_factory: Callable[..., Mount]
+) -> None:
     servers = fs_cluster.addresses
     make_fs(servers)
     m = mount_factory(servers, name="m")
@@ -113,8 +132,11 @@ def test_daemon_killed_mid_write_keeps_fsynced_bytes(fs_cluster: Cluster, mount_
 
 
 @pytest.mark.slow
-def test_no_quorum_gives_eio_then_recovers(fuse_available: None, cluster_factory: Callable[..., Cluster],
-                                           mount_factory: Callable[..., Mount]) -> None:
+def test_no_quorum_gives_eio_then_recovers(
+    fuse_available: None,
+    cluster_factory: Callable[..., Cluster],
+    mount_factory: Callable[..., Mount],
+) -> None:
     cluster = cluster_factory(3, processes=True)
     make_fs(cluster.addresses)
     m = mount_factory(cluster.addresses, "fs", "--io-timeout", "3")

@@ -27,14 +27,22 @@ from .posix import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 
 DIRS = ["", "", "p", "p/q"]  # each case starts with p/q, r and a few files
 NAMES = ["a", "b", "c", "q", "r"]
-ANY_PATH = st.builds(lambda d, n: f"{d}/{n}" if d else n, st.sampled_from(DIRS), st.sampled_from(NAMES))
-PATHS = st.sampled_from(["a", "p/b"]) | ANY_PATH  # half of the draws name a file that exists at the start
-DATA = st.binary(max_size=2000) | st.builds(lambda n, b: bytes([b]) * n, st.integers(0, 150_000), st.integers(0, 255))
+ANY_PATH = st.builds(
+    lambda d, n: f"{d}/{n}" if d else n, st.sampled_from(DIRS), st.sampled_from(NAMES)
+)
+PATHS = (
+    st.sampled_from(["a", "p/b"]) | ANY_PATH
+)  # half of the draws name a file that exists at the start
+DATA = st.binary(max_size=2000) | st.builds(
+    lambda n, b: bytes([b]) * n, st.integers(0, 150_000), st.integers(0, 255)
+)
 OFFSETS = st.sampled_from([0, 1, 4095, 65535, 65536, 100_000, 200_000])
 MODES = st.sampled_from([0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777])
 XATTR = st.sampled_from(["user.one", "user.two", "trusted.t"])
 
-ROOTS: dict[str, Any] = {}  # set by the test: "mount" and "local" parents of each case's directories
+ROOTS: dict[
+    str, Any
+] = {}  # set by the test: "mount" and "local" parents of each case's directories
 
 
 def outcome(fn: Callable[[Path], Any], root: Path) -> tuple[str, Any]:
@@ -56,8 +64,14 @@ def tree(root: Path) -> dict[str, Any]:
             elif stat.S_ISDIR(s.st_mode):
                 out[rel] = ("dir", stat.S_IMODE(s.st_mode), s.st_nlink)
             else:
-                out[rel] = ("file", stat.S_IMODE(s.st_mode), s.st_nlink, s.st_size, p.read_bytes(),
-                            sorted((k, os.getxattr(p, k)) for k in os.listxattr(p)))
+                out[rel] = (
+                    "file",
+                    stat.S_IMODE(s.st_mode),
+                    s.st_nlink,
+                    s.st_size,
+                    p.read_bytes(),
+                    sorted((k, os.getxattr(p, k)) for k in os.listxattr(p)),
+                )
     return out
 
 
@@ -89,6 +103,7 @@ class SameAsLocal(RuleBasedStateMachine):
                 return os.write(fd, data)
             finally:
                 os.close(fd)
+
         self.both(op)
 
     @rule(path=PATHS, offset=OFFSETS, data=DATA, append=st.booleans())
@@ -99,6 +114,7 @@ class SameAsLocal(RuleBasedStateMachine):
                 return os.pwrite(fd, data, offset) if not append else os.write(fd, data)
             finally:
                 os.close(fd)
+
         self.both(op)
 
     @rule(path=PATHS, offset=OFFSETS, size=st.sampled_from([1, 4096, 70_000, 1 << 20]))
@@ -109,6 +125,7 @@ class SameAsLocal(RuleBasedStateMachine):
                 return os.pread(fd, size, offset)
             finally:
                 os.close(fd)
+
         self.both(op)
 
     @rule(path=PATHS, size=OFFSETS)
@@ -147,8 +164,12 @@ class SameAsLocal(RuleBasedStateMachine):
     def readlink(self, path: str) -> None:
         self.both(lambda r: os.readlink(r / path))
 
-    @rule(path=PATHS, name=XATTR, value=st.binary(max_size=100),
-          flags=st.sampled_from([0, os.XATTR_CREATE, os.XATTR_REPLACE]))
+    @rule(
+        path=PATHS,
+        name=XATTR,
+        value=st.binary(max_size=100),
+        flags=st.sampled_from([0, os.XATTR_CREATE, os.XATTR_REPLACE]),
+    )
     def setxattr(self, path: str, name: str, value: bytes, flags: int) -> None:
         self.both(lambda r: os.setxattr(r / path, name, value, flags, follow_symlinks=False))
 
@@ -168,8 +189,11 @@ class SameAsLocal(RuleBasedStateMachine):
     def stat(self, path: str) -> None:
         def op(r: Path) -> tuple[int, ...]:
             s = os.lstat(r / path)
-            size = 0 if stat.S_ISDIR(s.st_mode) else s.st_size  # directory sizes are the fs's own business
+            size = (
+                0 if stat.S_ISDIR(s.st_mode) else s.st_size
+            )  # directory sizes are the fs's own business
             return s.st_mode, s.st_nlink, size
+
         self.both(op)
 
     @precondition(lambda self: len(self.kept) < 3)
@@ -215,7 +239,15 @@ def test_mount_behaves_as_a_local_filesystem(fs_mount: Mount, tmp_path: Path) ->
     local = tmp_path / "local"
     local.mkdir()
     ROOTS.update(mount=fs_mount.path, local=local, servers=fs_mount.servers)
-    run_state_machine_as_test(SameAsLocal, settings=settings(
-        max_examples=20, stateful_step_count=30, deadline=None, derandomize=True, database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]))
+    run_state_machine_as_test(
+        SameAsLocal,
+        settings=settings(
+            max_examples=20,
+            stateful_step_count=30,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        ),
+    )
     assert check_fs(fs_mount.servers) == []

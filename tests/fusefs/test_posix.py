@@ -147,7 +147,9 @@ def test_times_modes_owners_xattrs(fs_mount: Mount) -> None:
     assert st2.st_atime_ns == st.st_atime_ns and st2.st_mtime_ns > time.time_ns() - 60 * 10**9
     os.chmod(f, 0o6755)
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o6755
-    os.chown(f, 1234, 5678)  # a change of owner drops set-user-ID (and set-group-ID with group exec)
+    os.chown(
+        f, 1234, 5678
+    )  # a change of owner drops set-user-ID (and set-group-ID with group exec)
     st = os.stat(f)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o755)
     os.setxattr(f, "user.k", b"v1", os.XATTR_CREATE)
@@ -174,7 +176,9 @@ def test_times_modes_owners_xattrs(fs_mount: Mount) -> None:
 
 def test_permissions_enforced_by_the_kernel(fs_cluster, mount_factory) -> None:  # type: ignore[no-untyped-def]
     make_fs(fs_cluster.addresses)
-    mnt = mount_factory(fs_cluster.addresses, "fs", "--allow-other")  # else the kernel refuses other users outright
+    mnt = mount_factory(
+        fs_cluster.addresses, "fs", "--allow-other"
+    )  # else the kernel refuses other users outright
     m = mnt.path
     secret = m / "secret"
     secret.write_bytes(b"s")
@@ -188,8 +192,12 @@ def test_permissions_enforced_by_the_kernel(fs_cluster, mount_factory) -> None: 
             secret, m = Path("secret"), Path(".")
             os.setgid(65534)
             os.setuid(65534)
-            for fn, args, want in ((open, (secret,), errno.EACCES), (os.chmod, (secret, 0o777), errno.EPERM),
-                                   (os.mkdir, (m / "x",), errno.EACCES), (os.chown, (secret, 65534, 65534), errno.EPERM)):
+            for fn, args, want in (
+                (open, (secret,), errno.EACCES),
+                (os.chmod, (secret, 0o777), errno.EPERM),
+                (os.mkdir, (m / "x",), errno.EACCES),
+                (os.chown, (secret, 65534, 65534), errno.EPERM),
+            ):
                 try:
                     fn(*args)
                     code = 1

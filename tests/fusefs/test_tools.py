@@ -43,7 +43,10 @@ def test_cp_diff_tar_rsync_find_du(fs_mount: Mount, tmp_path: Path) -> None:
     for p in SOURCE.rglob("*"):
         copy = mnt / "x" / "src" / p.relative_to(SOURCE)
         s, c = p.lstat(), copy.lstat()
-        assert (stat.S_IMODE(s.st_mode), int(s.st_mtime)) == (stat.S_IMODE(c.st_mode), int(c.st_mtime)), p
+        assert (stat.S_IMODE(s.st_mode), int(s.st_mtime)) == (
+            stat.S_IMODE(c.st_mode),
+            int(c.st_mtime),
+        ), p
 
 
 def test_links_and_fifo(fs_mount: Mount) -> None:
@@ -53,7 +56,9 @@ def test_links_and_fifo(fs_mount: Mount) -> None:
     run("ln", "-s", "a", str(mnt / "c"))
     assert os.readlink(mnt / "c") == "a"
     assert (mnt / "c").read_bytes() == b"data"
-    assert os.stat(mnt / "a").st_nlink == 2 and os.stat(mnt / "a").st_ino == os.stat(mnt / "b").st_ino
+    assert (
+        os.stat(mnt / "a").st_nlink == 2 and os.stat(mnt / "a").st_ino == os.stat(mnt / "b").st_ino
+    )
     (mnt / "a").unlink()
     assert os.stat(mnt / "b").st_nlink == 1
     assert not (mnt / "c").exists()  # dangling now
@@ -87,8 +92,22 @@ def test_sqlite3(fs_mount: Mount) -> None:
     db = str(fs_mount.path / "app.db")
     rows = [b"INSERT INTO t (v) VALUES ('row %d');" % i for i in range(500)]
     # 20 transactions of their own (journal, fsync, lock each), then one of 480 rows
-    script = b"CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);" + b"".join(rows[:20]) + b"BEGIN;" + b"".join(rows[20:]) + b"COMMIT;"
+    script = (
+        b"CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT);"
+        + b"".join(rows[:20])
+        + b"BEGIN;"
+        + b"".join(rows[20:])
+        + b"COMMIT;"
+    )
     run(sqlite, db, input=script)
-    run(sqlite, db, input=b"BEGIN; UPDATE t SET v = v || '!'; COMMIT; PRAGMA journal_mode=WAL; INSERT INTO t (v) VALUES ('wal');")
-    out = run(sqlite, db, "SELECT count(*), sum(length(v)) FROM t; PRAGMA integrity_check;").stdout.decode().split()
+    run(
+        sqlite,
+        db,
+        input=b"BEGIN; UPDATE t SET v = v || '!'; COMMIT; PRAGMA journal_mode=WAL; INSERT INTO t (v) VALUES ('wal');",
+    )
+    out = (
+        run(sqlite, db, "SELECT count(*), sum(length(v)) FROM t; PRAGMA integrity_check;")
+        .stdout.decode()
+        .split()
+    )
     assert out == [f"501|{sum(len(f'row {i}!') for i in range(500)) + 3}", "ok"]
