@@ -863,6 +863,7 @@ class FileSystem:
                 if last:
                     del self._open[f.ino]
             if last:
+                f.discard()  # what a failed flush (ENOSPC, EIO) left is gone with the last handle
                 self._release_orphan(f)
 
     def _release_orphan(self, f: OpenFile) -> None:

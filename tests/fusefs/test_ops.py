@@ -114,3 +114,24 @@ def test_refuses_a_database_without_filesystem(cluster_factory: Callable[..., Cl
             FileSystem(store)
     finally:
         store.close()
+
+
+def test_a_failed_flush_leaks_no_reservation(fs: FileSystem, servers: list[str]) -> None:
+    other_store = Store(servers, "fs", io_timeout=10)
+    other = FileSystem(
+        other_store, "/other"
+    )  # a second mount: fs does not see its usage until it asks
+    try:
+        fh = fs.create("/mine", 0o644, os.O_WRONLY, 0, 0)
+        fs.write(fh, os.urandom(900 << 10), 0)  # fits by what fs knows; buffered
+        theirs = other.create("/theirs", 0o644, os.O_WRONLY, 0, 0)
+        other.write(theirs, os.urandom(1400 << 10), 0)
+        other.release(theirs)
+        assert code(fs.release, fh) == errno.ENOSPC  # the flush is the authority
+        other.unlink("/theirs")
+        fh = fs.create("/again", 0o644, os.O_WRONLY, 0, 0)
+        fs.write(fh, os.urandom(1200 << 10), 0)  # refused if the failed 900 KiB were still counted
+        fs.release(fh)
+    finally:
+        other.close()
+        other_store.close()
