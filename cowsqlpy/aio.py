@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import functools
 import threading
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
-from . import versions
+from . import guard, versions
 from .client import as_store
 from .database import SESSION_GONE, Database, ResultStream
 from .errors import (
@@ -126,7 +127,25 @@ def check_single(sql: object, features: EngineFeatures) -> Statement:
             "you can only execute one statement at a time (use executescript for scripts)"
         )
     check_returning(stmt, features)
+    check_engine_safe(sql, features)
     return stmt
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal(sql: str, returning_safe: bool) -> str | None:
+    return guard.check_sql(sql, returning_safe)
+
+
+def check_engine_safe(sql: str, features: EngineFeatures) -> None:
+    """The guard's SQL rules (`cowsqlpy.guard.check_sql`, the same the front applies to
+    every client): no ATTACH, VACUUM INTO, extension loading or PRAGMA off the
+    allow-list, so our own driver cannot crash a node either. Cached per SQL text.
+
+    :raises NotSupportedError: with the reason.
+    """
+    reason = _refusal(sql, features.returning)
+    if reason is not None:
+        raise NotSupportedError(f"refused: {reason} (docs/security.md)")
 
 
 def check_returning(stmt: Statement, features: EngineFeatures) -> None:
@@ -907,6 +926,7 @@ class Cursor:
             raise ProgrammingError(f"sql must be str, not {type(sql).__name__}")
         conn = self.connection
         check_returning(analyze(sql), conn._features)
+        check_engine_safe(sql, conn._features)
         async with conn._op:
             await self._reset()
             await conn._executescript(sql)

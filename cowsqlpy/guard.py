@@ -112,7 +112,6 @@ PRAGMA_READ: Final = frozenset(
         "wal_autocheckpoint",
         "temp_store",
         "mmap_size",
-        "cache_size",
         "cache_spill",
         "busy_timeout",
         "schema_version",
@@ -140,6 +139,7 @@ PRAGMA_SET: Final = frozenset(
         "application_id",
         "optimize",
         "case_sensitive_like",
+        "cache_size",  # per connection; sent to an unguarded engine it survives (test_pragma_allowlist)
     }
 )
 # Function, virtual table and module names that reach outside SQL's sandbox.
