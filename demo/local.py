@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             shutdown()
             return 0
         a = [pr.api for pr in procs]
+        dbs = ",".join(pr.db for pr in procs)
         print(f"""
 The cluster is up: {len(procs)} nodes, each serves the whole API.
 
@@ -119,6 +120,8 @@ The cluster is up: {len(procs)} nodes, each serves the whole API.
   watch a key      curl 'http://{a[1 % len(a)]}/my-key?watch=1'      (waits for the next change)
   temporary key    curl -X PUT -d here 'http://{a[0]}/session?ttl=10'
   cluster / health curl http://{a[0]}/_cluster ; curl http://{a[0]}/_health
+  mount it (fusefs) python -m fusefs mkfs --cluster {dbs} && mkdir -p /tmp/cowsqlfs &&
+                   python -m fusefs mount --cluster {dbs} /tmp/cowsqlfs     (umount: fusermount3 -u /tmp/cowsqlfs)
 
 Kill a node (here node 1, pid {procs[0].proc.pid if procs[0].proc else '?'}) and the others keep serving:
   kill -9 {procs[0].proc.pid if procs[0].proc else '<pid>'}
