@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cowsqlpy  # noqa: E402
-from cowsqlpy import codec  # noqa: E402
-from cowsqlpy.tls import TLSConfig  # noqa: E402
+import cowsqlpy
+from cowsqlpy import codec
+from cowsqlpy.tls import TLSConfig
 
 KEY_SIZE, VALUE_SIZE = 32, 1024
 SCHEMA = "CREATE TABLE IF NOT EXISTS model (key TEXT, value TEXT, UNIQUE(key))"

@@ -19,9 +19,9 @@ from types import ModuleType
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cowsqlpy import codec  # noqa: E402
-from cowsqlpy import protocol as P  # noqa: E402
-from cowsqlpy.protocol import pure as py  # noqa: E402
+from cowsqlpy import codec
+from cowsqlpy import protocol as P
+from cowsqlpy.protocol import pure as py
 
 COLUMNS = ["id", "name", "score", "payload", "note"]
 

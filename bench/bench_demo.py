@@ -34,11 +34,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cowsqlpy import SyncClient  # noqa: E402
-from cowsqlpy.retry import RetryPolicy  # noqa: E402
-from cowsqlpy.testing import wait_for  # noqa: E402
-from demo.testing import DemoCluster, request  # noqa: E402
-from kvstore.testing import free_ports  # noqa: E402
+from cowsqlpy import SyncClient
+from cowsqlpy.retry import RetryPolicy
+from cowsqlpy.testing import wait_for
+from demo.testing import DemoCluster, request
+from kvstore.testing import free_ports
 
 KEYS = 1000
 # The Go demos answer a failed PUT with "200 Error: ..."; count those as errors (only for
@@ -141,7 +141,7 @@ class GoDemo:
         try:
             with self.admin() as c:
                 leader = c.leader()
-        except Exception:  # noqa: BLE001 - no leader yet
+        except Exception:  # no leader yet
             return None
         return None if leader is None else self.dbs.index(leader.address)
 
@@ -149,7 +149,7 @@ class GoDemo:
         try:
             with self.admin() as c:
                 return sum(1 for n in c.cluster() if n.role == 0)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return 0
 
     def __enter__(self) -> GoDemo:

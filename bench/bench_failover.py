@@ -35,10 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cowsqlpy import RetryPolicy, SyncClient, connect  # noqa: E402
-from cowsqlpy.errors import Error, OutcomeUnknownError  # noqa: E402
-from cowsqlpy.protocol import VOTER  # noqa: E402
-from cowsqlpy.testing import Cluster, wait_for  # noqa: E402
+from cowsqlpy import RetryPolicy, SyncClient, connect
+from cowsqlpy.errors import Error, OutcomeUnknownError
+from cowsqlpy.protocol import VOTER
+from cowsqlpy.testing import Cluster, wait_for
 
 
 @dataclass

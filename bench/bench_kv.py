@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import kvstore  # noqa: E402
-from kvstore import ModRevision, Put  # noqa: E402
-from kvstore.testing import EtcdCluster, RaftCluster  # noqa: E402
+import kvstore
+from kvstore import ModRevision, Put
+from kvstore.testing import EtcdCluster, RaftCluster
 
 CONCURRENCY = (1, 8, 32)
 OPS = ("put", "get", "txn", "watch")

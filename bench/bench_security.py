@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cowsqlpy  # noqa: E402
-from bench.bench_client import SCHEMA, Tally, cowsqlpy_worker, free_port  # noqa: E402
-from cowsqlpy import protocol  # noqa: E402
-from cowsqlpy.tls import TLSConfig, make_cert  # noqa: E402
+import cowsqlpy
+from bench.bench_client import SCHEMA, Tally, cowsqlpy_worker, free_port
+from cowsqlpy import protocol
+from cowsqlpy.tls import TLSConfig, make_cert
 
 NODE_IDS = (0x2DC171858C3155BE, 2002, 2003)  # the first bootstraps
 

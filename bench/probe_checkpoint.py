@@ -19,9 +19,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import cowsqlpy  # noqa: E402
-from cowsqlpy.node import BOOTSTRAP_ID, Node, engine_version  # noqa: E402
-from cowsqlpy.testing import wait_for  # noqa: E402
+import cowsqlpy
+from cowsqlpy.node import BOOTSTRAP_ID, Node, engine_version
+from cowsqlpy.testing import wait_for
 
 BLOCK = 250
 

@@ -29,12 +29,12 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import kvstore  # noqa: E402
-from cowsqlpy.client import Session  # noqa: E402
-from cowsqlpy.database import MARKERS_SCHEMA  # noqa: E402
-from cowsqlpy.sqltext import literal  # noqa: E402
-from cowsqlpy.testing import Cluster  # noqa: E402
-from kvstore.backends import cowsql as C  # noqa: E402
+import kvstore
+from cowsqlpy.client import Session
+from cowsqlpy.database import MARKERS_SCHEMA
+from cowsqlpy.sqltext import literal
+from cowsqlpy.testing import Cluster
+from kvstore.backends import cowsql as C
 
 KEYS = 1000
 VALUE = b"v" * 100
@@ -100,7 +100,7 @@ async def commit_costs(addresses: list[str], commits: int) -> None:
                 await s.exec_sql("BEGIN IMMEDIATE")
                 await s.exec_sql("ROLLBACK")
                 return s
-            except Exception:  # noqa: BLE001 - not the leader: try the next node
+            except Exception:  # not the leader: try the next node
                 s.close()
         raise RuntimeError("no leader")
 

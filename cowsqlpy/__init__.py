@@ -43,7 +43,7 @@ from .errors import (
     OutcomeUnknownError,
     ProgrammingError,
     TransactionLostError,
-    Warning,
+    Warning,  # noqa: A004 - PEP 249 requires the name
 )
 from .protocol import SPARE, STANDBY, VOTER, NodeInfo
 from .retry import RetryPolicy

@@ -43,7 +43,7 @@ from .errors import (
     NotSupportedError,
     OperationalError,
     ProgrammingError,
-    Warning,
+    Warning,  # noqa: A004 - PEP 249 requires the name
 )
 from .retry import DEFAULT_POLICY, RetryPolicy
 from .store import NodeStore
@@ -62,15 +62,15 @@ Timestamp = _dt.datetime
 Binary = bytes
 
 
-def DateFromTicks(ticks: float) -> _dt.date:  # noqa: N802 - PEP 249 name
+def DateFromTicks(ticks: float) -> _dt.date:  # PEP 249 name
     return _dt.date.fromtimestamp(ticks)
 
 
-def TimeFromTicks(ticks: float) -> _dt.time:  # noqa: N802
+def TimeFromTicks(ticks: float) -> _dt.time:
     return _dt.datetime.fromtimestamp(ticks).time()
 
 
-def TimestampFromTicks(ticks: float) -> _dt.datetime:  # noqa: N802
+def TimestampFromTicks(ticks: float) -> _dt.datetime:
     return _dt.datetime.fromtimestamp(ticks)
 
 

@@ -598,7 +598,7 @@ class Front:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self.start_async())
-            except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+            except BaseException as exc:  # handed to start()'s caller
                 started.set_exception(exc)
                 loop.close()
                 return
@@ -702,7 +702,7 @@ class Front:
         cert = transport.get_extra_info("peercert")
         try:
             return bool(cert) and bool(self.admin(cert))
-        except Exception:  # noqa: BLE001 - a failing rights callback grants nothing
+        except Exception:  # a failing rights callback grants nothing
             log.exception("front %s: the admin callback failed", self.address)
             return False
 

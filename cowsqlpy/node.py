@@ -183,7 +183,7 @@ def _install_dial_callback(ffi: Any) -> None:
             sock = node._call_dial(ffi.string(address).decode())
             fd_out[0] = sock.detach()
             return 0
-        except BaseException as exc:  # noqa: BLE001 - C cannot take an exception
+        except BaseException as exc:  # C cannot take an exception
             log.warning("dial callback failed: %r", exc)
             return 1
 
@@ -234,7 +234,7 @@ class Node:
 
     def __init__(
         self,
-        id: int,
+        id: int,  # noqa: A002 - the engine's and go-cowsql's name for it
         address: str,
         data_dir: str | os.PathLike[str],
         *,

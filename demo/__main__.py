@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"demo: {exc}", file=sys.stderr, flush=True)
         node.app.close(handover=False)
         return 2
-    except Exception as exc:  # noqa: BLE001 - report, then stop cleanly below
+    except Exception as exc:  # report, then stop cleanly below
         print(f"demo: start-up failed: {exc!r}", file=sys.stderr, flush=True)
         node.app.close(handover=False)
         return 1

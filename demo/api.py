@@ -387,7 +387,7 @@ class Api:
             return await self._dispatch(request)
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes an HTTP status
+        except BaseException as exc:  # every failure becomes an HTTP status
             return _error(map_error(exc))
 
     async def _dispatch(self, request: BaseRequest) -> web.StreamResponse:
@@ -677,7 +677,7 @@ class Api:
             leader = await asyncio.wait_for(self._admin.leader(), HEALTH_TIMEOUT)
             rng = await asyncio.wait_for(self.core.range(REGISTRY, prefix_end(REGISTRY)),
                                          HEALTH_TIMEOUT)
-        except (KVError, TimeoutError, Exception) as exc:  # noqa: BLE001 - any admin failure
+        except (KVError, TimeoutError, Exception) as exc:  # any admin failure
             known = [{"id": f"{n.id:#x}", "db": n.address,
                       "role": ROLE_NAMES.get(n.role or 0, "?"), "leader": False, "api": None,
                       "healthy": None} for n in self.app.store.get()]
@@ -712,7 +712,7 @@ class Api:
         try:
             async with self._http.get(f"http://{api}/_health") as resp:
                 return resp.status == 200
-        except (OSError, TimeoutError, Exception):  # noqa: BLE001 - any failure: unhealthy
+        except (OSError, TimeoutError, Exception):  # any failure: unhealthy
             return False
 
     async def _recent(self, revision: int, n: int) -> list[dict[str, Any]]:

@@ -176,7 +176,7 @@ class DemoNode:
         registry entry, then hand the node's role and leadership over and stop."""
         try:
             run_sync(self._stop_http(), 30)
-        except Exception:  # noqa: BLE001 - stopping anyway
+        except Exception:  # stopping anyway
             log.warning("stopping the HTTP server failed", exc_info=True)
         if self.app is not None:
             self.app.close(timeout=handover_timeout)

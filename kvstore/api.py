@@ -413,7 +413,7 @@ class KV(abc.ABC):
             h.cancel()
         try:
             self._session.close()
-        except Exception:  # noqa: BLE001 - best effort on close; leases expire anyway
+        except Exception:  # best effort on close; leases expire anyway
             log.debug("revoking the session lease on close failed", exc_info=True)
         self._closed = True
         self._close()

@@ -265,7 +265,7 @@ class WatchHandle:
                 if self.op is None or ev.type is self.op:
                     try:
                         keep = self.callback(ev.key, ev.value, ev.type, self.userdata)
-                    except Exception:  # noqa: BLE001 - a user callback must not kill the loop silently
+                    except Exception:  # a user callback must not kill the loop silently
                         log.exception("watch callback for %r raised; stopping it", self.key)
                         keep = False
                     if keep is False:

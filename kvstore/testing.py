@@ -87,7 +87,7 @@ class EtcdCluster:
         for i, name in enumerate(names):
             d = self.base / f"etcd-{name}"
             d.mkdir(parents=True, exist_ok=True)
-            log = open(d / "etcd.log", "wb")  # noqa: SIM115 - owned by the process lifetime
+            log = open(d / "etcd.log", "wb")  # owned by the process lifetime
             self.procs.append(subprocess.Popen([
                 ETCD_BIN, "--name", name, "--data-dir", str(d / "data"),
                 "--listen-client-urls", self.client_urls[i],
@@ -197,7 +197,7 @@ class RaftCluster:
             def safe(h: Any) -> None:
                 try:
                     fn(h)
-                except Exception:  # noqa: BLE001 - teardown must reach every node
+                except Exception:  # teardown must reach every node
                     pass
             ts = [threading.Thread(target=safe, args=(h,)) for h in handles]
             for t in ts:

@@ -16,7 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    proc = run("ruff", "check", "cowsqlpy", "kvstore", "demo", "tests", "bench")
+    proc = run("ruff", "check", "cowsqlpy", "kvstore", "demo", "fusefs", "tests", "bench")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

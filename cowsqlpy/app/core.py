@@ -355,7 +355,7 @@ class App:
                 retry = min(0.5, retry * 2)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the loop must survive a bug in one tick
+            except Exception:  # the loop must survive a bug in one tick
                 self.log.exception("roles tick failed")
                 delay = min(1.0, self.roles_adjustment_frequency)
 
@@ -555,7 +555,7 @@ class App:
             task.cancel()
             try:
                 await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):
                 pass
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._node.close)

@@ -25,17 +25,17 @@ from ..versions import EngineFeatures
 from .dialect import CowsqlDialect, _dbapi_module
 
 
-class AsyncAdapt_cowsql_cursor(AsyncAdapt_dbapi_cursor):  # noqa: N801 - SQLAlchemy's naming
+class AsyncAdapt_cowsql_cursor(AsyncAdapt_dbapi_cursor):  # SQLAlchemy's naming
     __slots__ = ()
 
 
-class AsyncAdapt_cowsql_ss_cursor(AsyncAdapt_dbapi_ss_cursor):  # noqa: N801
+class AsyncAdapt_cowsql_ss_cursor(AsyncAdapt_dbapi_ss_cursor):
     """A server-side cursor: rows stream page by page (``stream_results``)."""
 
     __slots__ = ()
 
 
-class AsyncAdapt_cowsql_connection(AsyncAdapt_dbapi_connection):  # noqa: N801
+class AsyncAdapt_cowsql_connection(AsyncAdapt_dbapi_connection):
     __slots__ = ()
 
     _cursor_cls = AsyncAdapt_cowsql_cursor
@@ -72,7 +72,7 @@ class CowsqlAioDBAPI(AsyncAdapt_dbapi_module):
         return AsyncAdapt_cowsql_connection(self, await_(cowsql_aio.connect(*args, **kw)))  # type: ignore[arg-type]
 
 
-class SQLiteExecutionContext_cowsql_aio(SQLiteExecutionContext):  # noqa: N801
+class SQLiteExecutionContext_cowsql_aio(SQLiteExecutionContext):
     def create_server_side_cursor(self) -> Any:
         return self._dbapi_connection.cursor(server_side=True)
 

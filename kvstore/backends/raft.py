@@ -263,7 +263,7 @@ class RaftKV(ReplicaKV):
         while not self._stop.wait(EXPIRE_PERIOD):
             try:
                 leader = self._node._isLeader()
-            except Exception:  # noqa: BLE001 - node torn down under us
+            except Exception:  # node torn down under us
                 return
             if leader and not self._was_leader:
                 self.replica.promote()

@@ -227,7 +227,7 @@ def test_a_frozen_leader_does_not_stall_the_next_request(tmp_path: Path) -> None
             def write() -> None:
                 try:
                     conn.execute("INSERT INTO t VALUES (2)")
-                except BaseException as exc:  # noqa: BLE001 - asserted below
+                except BaseException as exc:  # asserted below
                     errors.append(exc)
                 done.set()
 

@@ -7,6 +7,7 @@ import pytest
 
 import cowsqlpy
 
+
 @pytest.mark.parametrize("sql", [
     "PRAGMA synchronous=FULL",          # aborts a cowsql 1.15 node
     "PRAGMA wal_checkpoint",            # aborts it too

@@ -124,7 +124,7 @@ def test_concurrent_cas_increments_are_exact(demo3: DemoCluster) -> None:
                     if request("PUT", url(demo3, i, "/counter"), new,
                                {"If-Match": h["ETag"]})[0] == 200:
                         break
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             failures.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i % 3,)) for i in range(6)]

@@ -200,9 +200,9 @@ def chdir(path: Path) -> Iterator[None]:
 
 
 def run(
-    *cmd: str, cwd: Path | None = None, input: bytes | None = None
+    *cmd: str, cwd: Path | None = None, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run(cmd, cwd=cwd, input=input, capture_output=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=cwd, input=stdin, capture_output=True, timeout=120)
     assert proc.returncode == 0, (
         f"{cmd}: {proc.returncode}\n{proc.stdout.decode()}\n{proc.stderr.decode()}"
     )

@@ -99,11 +99,11 @@ def test_sqlite3(fs_mount: Mount) -> None:
         + b"".join(rows[20:])
         + b"COMMIT;"
     )
-    run(sqlite, db, input=script)
+    run(sqlite, db, stdin=script)
     run(
         sqlite,
         db,
-        input=b"BEGIN; UPDATE t SET v = v || '!'; COMMIT; PRAGMA journal_mode=WAL; INSERT INTO t (v) VALUES ('wal');",
+        stdin=b"BEGIN; UPDATE t SET v = v || '!'; COMMIT; PRAGMA journal_mode=WAL; INSERT INTO t (v) VALUES ('wal');",
     )
     out = (
         run(sqlite, db, "SELECT count(*), sum(length(v)) FROM t; PRAGMA integrity_check;")

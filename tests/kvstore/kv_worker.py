@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-import kvstore  # noqa: E402
+import kvstore
 
 
 def main() -> None:

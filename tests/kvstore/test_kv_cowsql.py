@@ -309,7 +309,7 @@ def test_concurrent_schema_creation(cowsql_cluster):
     def open_one() -> None:
         try:
             handles.append(kvstore.open(url))
-        except BaseException as e:  # noqa: BLE001 - asserted below
+        except BaseException as e:  # asserted below
             errors.append(e)
     ts = [threading.Thread(target=open_one) for _ in range(4)]
     for t in ts:
@@ -590,7 +590,7 @@ def test_failover_keeps_every_acknowledged_put(tmp_path):
                         acked[key] = val
                 except kvstore.OutcomeUnknownError:
                     unknown.append(key)
-                except BaseException as e:  # noqa: BLE001 - asserted below
+                except BaseException as e:  # asserted below
                     errors.append(e)
                     return
                 i += 1

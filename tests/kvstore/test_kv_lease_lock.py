@@ -96,7 +96,7 @@ def test_lock_mutual_exclusion_threads(env):
                     v = int(h.get(counter) or b"0")
                     h.put(counter, str(v + 1))
                     inside.pop()
-        except Exception as e:  # noqa: BLE001 - asserted below
+        except Exception as e:  # asserted below
             errors.append(e)
     handles = [env.kv, env.other, env.kv, env.other]
     ts = [threading.Thread(target=work, args=(h,)) for h in handles]

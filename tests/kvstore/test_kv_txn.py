@@ -130,7 +130,7 @@ def test_update_retry_loop_under_contention(env):
         try:
             for _ in range(n_incr):
                 handles[i % 2].update(k, lambda v: str(int(v or b"0") + 1))
-        except Exception as e:  # noqa: BLE001 - reported below
+        except Exception as e:  # reported below
             errors.append(e)
     ts = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
     for t in ts:

@@ -116,7 +116,7 @@ ARGS = {
 def _encode(rtype: int, args: tuple[object, ...]) -> bytes | None:
     try:
         return codec.encode_request(rtype, *args)
-    except Exception:  # noqa: BLE001 - values the codec refuses (NUL, ranges) are not sent
+    except Exception:  # values the codec refuses (NUL, ranges) are not sent
         return None
 
 

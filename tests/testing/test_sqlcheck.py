@@ -18,7 +18,7 @@ from .gen import timeline
 _ids = iter(range(10**9))
 
 
-def T(mops: list[list[Any]], call: float, ret: float | None, status: str = OK) -> Operation:  # noqa: N802 - a transaction
+def T(mops: list[list[Any]], call: float, ret: float | None, status: str = OK) -> Operation:  # a transaction
     """A transaction: reads written as ["r", k, [values]] (the input gets None)."""
     inp = [[m[0], m[1], None] if m[0] == "r" else list(m) for m in mops]
     return Operation(

@@ -584,7 +584,7 @@ class CowsqlCore:
         if self._committer is not None and not self._committer.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._committer), self.policy.deadline)
-            except (TimeoutError, Exception):  # noqa: BLE001 - best effort on close
+            except (TimeoutError, Exception):  # best effort on close
                 pass
         err = ClosedError("cowsql: the KV handle was closed")
         for s in list(self._streams):

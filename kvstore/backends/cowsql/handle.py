@@ -97,7 +97,7 @@ class CowsqlKV(CoreBackedKV):
             del _cores[self._key]
         try:
             run_sync(entry[0].close(), self.timeout + 30)
-        except Exception:  # noqa: BLE001 - closing; the engine cleans up on its side
+        except Exception:  # closing; the engine cleans up on its side
             log.debug("closing the cowsql core failed", exc_info=True)
 
 
