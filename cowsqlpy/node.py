@@ -223,6 +223,9 @@ class _Handle:
 class Node:
     """A replicated SQLite node that runs inside this process.
 
+    ``tls=`` or ``guard=True`` put the guarded front (`cowsqlpy.front`) on `address` and
+    the engine on an abstract socket of this process (docs/security.md).
+
     Options can be changed until `start()`; afterwards they raise
     `NodeStateError`. After `stop()`, `start()` runs the node again on the same
     data dir. `close()` stops and frees it and is idempotent.
