@@ -11,7 +11,7 @@ import pytest
 
 import cowsqlpy
 from cowsqlpy import protocol as P
-from cowsqlpy.errors import OperationalError
+from cowsqlpy.errors import NotSupportedError
 from cowsqlpy.front import Front, Limits
 from cowsqlpy.node import engine_features
 from cowsqlpy.testing import wait_for
@@ -160,13 +160,22 @@ def test_returning_sent_raw(guarded: GuardedNode) -> None:
     ],
 )
 def test_official_client_cannot_kill_the_node_with_a_pragma(guarded: GuardedNode, sql: str) -> None:
+    """Our driver refuses it before sending (the guard's rules, client side); sent raw, the
+    front refuses it; the node serves on."""
     conn = cowsqlpy.connect(guarded.address, database="pragma", autocommit=True)
     try:
-        with pytest.raises(OperationalError, match="guard"):
+        with pytest.raises(NotSupportedError, match="refused"):
             conn.cursor().execute(sql)
     finally:
         conn.close()
+    _refused_raw(guarded, sql)
     guarded.assert_serving()
+
+
+def _refused_raw(guarded: GuardedNode, sql: str) -> None:
+    with Raw(guarded.address) as raw:
+        assert raw.call(frame(P.OPEN, text("raw") + u64(0) + text("volatile")))
+        assert is_refusal(raw.call(frame(P.EXEC_SQL, u64(0) + text(sql))))
 
 
 @pytest.mark.parametrize(
@@ -184,10 +193,11 @@ def test_sql_cannot_reach_the_host_filesystem(
 ) -> None:
     conn = cowsqlpy.connect(guarded.address, database="fs", autocommit=True)
     try:
-        with pytest.raises(OperationalError, match="guard"):
+        with pytest.raises(NotSupportedError, match="refused"):
             conn.cursor().execute(template.format(dir=tmp_path))
     finally:
         conn.close()
+    _refused_raw(guarded, template.format(dir=tmp_path))
     assert not (tmp_path / "stolen.db").exists()
 
 
