@@ -390,6 +390,9 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ca", help="CA that signs peers' certificates (default: --cert itself)")
     parser.add_argument("--guard", action="store_true",
                         help="put the guarded front before the engine without TLS too (docs/security.md)")
+    parser.add_argument("--dial-via", metavar="HOST:PORT",
+                        help="dial every Raft peer through this fault relay (cowsqlpy.testing.FaultProxy(relay=True); "
+                             "for tests: Cluster(processes=True, fault_proxies=True))")
     parser.add_argument("--log-level", default=os.environ.get("COWSQLPY_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
 
@@ -409,6 +412,18 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         print("cowsqlpy-node: --cert and --key go together (and --ca needs them)", file=sys.stderr, flush=True)
         return 2
     tls = TLSConfig(args.cert, args.key, args.ca) if args.cert else None
+    dial = None
+    if args.dial_via:
+        if tls is not None:  # the relay forwards plain bytes: peers' TLS fronts would refuse them
+            print("cowsqlpy-node: --dial-via cannot be combined with --cert", file=sys.stderr, flush=True)
+            return 2
+        from .testing.faults import dial_via
+
+        try:
+            dial = dial_via(args.dial_via)
+        except ValueError as exc:
+            print(f"cowsqlpy-node: --dial-via: {exc}", file=sys.stderr, flush=True)
+            return 2
 
     try:
         app = App(
@@ -417,7 +432,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
             voters=args.voters, standbys=args.standbys,
             roles_adjustment_frequency=args.roles_adjustment_frequency,
             network_latency=args.network_latency, failure_domain=args.failure_domain,
-            tls=tls, guard=args.guard,
+            tls=tls, guard=args.guard, dial=dial,
         )
     except (Error, ValueError, OSError) as exc:
         print(f"cowsqlpy-node: {exc}", file=sys.stderr, flush=True)

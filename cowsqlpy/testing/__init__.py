@@ -17,8 +17,9 @@ Faults: ``kill(i)`` (SIGKILL a process; in-process: stop the engine without
 hand-over, see below), ``stop(i)`` (graceful: hand-over then stop),
 ``restart(i)``, ``pause(i)``/``resume(i)`` (SIGSTOP/SIGCONT, processes only),
 and `FaultProxy`, a TCP proxy that can drop, delay, refuse or cut connections,
-usable as a client address or as a node's ``dial`` (``Cluster(...,
-fault_proxies=True)`` puts one under every in-process node's Raft links).
+usable as a client address, as a node's ``dial``, or as a relay a node process
+dials through (``--dial-via``): ``Cluster(..., fault_proxies=True)`` puts one
+under every node's Raft links, in-process or ``processes=True``.
 
 Beyond single faults: `Nemesis` (``cowsqlpy.testing.nemesis``) draws seeded
 random process, network and membership faults; `History` records what clients

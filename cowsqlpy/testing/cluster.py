@@ -90,8 +90,10 @@ class Cluster:
     :param network_latency: seconds; elections take ~15x this. The default
         suits loopback on a loaded 2-core machine.
     :param roles_adjustment_frequency, voters, standbys: passed to every App.
-    :param fault_proxies: in-process only: each node dials its peers through its
-        own `FaultProxy` (``cluster.proxies[i]``, `isolate()`, `heal()`).
+    :param fault_proxies: each node dials its peers through its own `FaultProxy`
+        (``cluster.proxies[i]``, `block()`, `partition()`, `isolate()`, `heal()`):
+        in-process as the engine's dial hook; with ``processes=True`` a relay the
+        node process dials through (``--dial-via``), with the same faults.
     :param snapshot_params: in-process only: (threshold, trailing) Raft entries, e.g.
         (64, 128) for a snapshot every 64 entries (trailing must not be below threshold) (snapshot-heavy load for crash tests).
     :param base_dir: where node dirs go (default: a fresh temp dir, removed on close).
@@ -117,8 +119,8 @@ class Cluster:
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one node")
-        if processes and (not app or fault_proxies or snapshot_params):
-            raise HarnessError("processes=True runs Apps and cannot take in-process fault proxies or snapshot_params")
+        if processes and (not app or snapshot_params):
+            raise HarnessError("processes=True runs Apps and cannot take app=False or snapshot_params")
         self.n = n
         self.processes = processes
         self.use_app = app
@@ -138,7 +140,7 @@ class Cluster:
         ]
         if fault_proxies:
             for m in self.members:
-                m.proxy = FaultProxy()
+                m.proxy = FaultProxy(relay=processes)
         self._closed = False
         self._connections: list[Connection] = []
         _LIVE.add(self)
@@ -212,6 +214,8 @@ class Cluster:
                    "--voters", str(self.voters), "--standbys", str(self.standbys),
                    "--roles-adjustment-frequency", str(self.roles_adjustment_frequency),
                    *self.extra_args]
+            if m.proxy is not None:
+                cmd += ["--dial-via", m.proxy.address]  # type: ignore[list-item]
             if join:
                 cmd += ["--join", ",".join(join)]
             env = dict(os.environ)

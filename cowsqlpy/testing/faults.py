@@ -1,4 +1,10 @@
-"""FaultProxy: a TCP proxy that drops, delays, refuses or cuts connections."""
+"""FaultProxy: a TCP proxy that drops, delays, refuses or cuts connections.
+
+A node *process* cannot call a proxy object of the harness as its dial hook, so a
+proxy can also be a *relay*: ``FaultProxy(relay=True)`` listens, and `dial_via`
+(``python -m cowsqlpy node --dial-via HOST:PORT``) connects to it and names the
+target in a one-line header; the relay answers one byte once it reached the
+target. Faults then apply per target exactly as for the in-process dial hook."""
 
 from __future__ import annotations
 
@@ -7,10 +13,15 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FaultProxy"]
+__all__ = ["FaultProxy", "dial_via"]
+
+# The relay handshake: "host:port\n" from the dialer, RELAY_ACK back once connected.
+RELAY_ACK = b"+"
+_MAX_HEADER = 300
 
 
 # -- FaultProxy ----------------------------------------------------------------------------
@@ -78,6 +89,9 @@ class FaultProxy:
       forwards every connection to `target`; give ``proxy.address`` to a client.
     * ``FaultProxy()`` is a dial function: pass it as ``Node(..., dial=proxy)``
       or ``App(..., dial=proxy)`` and the engine's Raft connections run through it.
+    * ``FaultProxy(relay=True)`` listens like the first and forwards each
+      connection to the target its `dial_via` client names: the dial hook of a
+      node process (``--dial-via proxy.address``).
 
     Faults apply to all links, or with ``address=`` to links towards one target:
     `drop()` swallows bytes in both directions while connections stay open (a
@@ -88,8 +102,13 @@ class FaultProxy:
     the peer garbage: a real network loses packets, not bytes).
     """
 
-    def __init__(self, target: str | None = None, *, host: str = "127.0.0.1", connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, target: str | None = None, *, relay: bool = False, host: str = "127.0.0.1", connect_timeout: float = 5.0
+    ) -> None:
+        if relay and target is not None:
+            raise ValueError("a relay forwards to the target each dialer names: give no target")
         self.target = target
+        self.relay = relay
         self.connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._default = _Faults()
@@ -100,14 +119,14 @@ class FaultProxy:
         self.dropped_bytes = 0  # swallowed by drop(), all links, ever
         self.address: str | None = None
         self._listener: socket.socket | None = None
-        if target is not None:
+        if target is not None or relay:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((host, 0))
             listener.listen(128)
             self._listener = listener
             self.address = f"{host}:{listener.getsockname()[1]}"
-            threading.Thread(target=self._accept_loop, daemon=True, name=f"faultproxy-accept-{target}").start()
+            threading.Thread(target=self._accept_loop, daemon=True, name=f"faultproxy-accept-{target or 'relay'}").start()
 
     # -- faults --
 
@@ -197,19 +216,34 @@ class FaultProxy:
         return mine
 
     def _accept_loop(self) -> None:
-        assert self._listener is not None and self.target is not None
+        assert self._listener is not None
         while not self._closed:
             try:
                 client, _ = self._listener.accept()
             except OSError:
                 return
             self.accepted += 1
+            if self.relay:  # the header may be slow: never hold up the next dialer
+                threading.Thread(target=self._relay_one, args=(client,), daemon=True, name="faultproxy-relay").start()
+                continue
+            assert self.target is not None
             try:
                 upstream = self._open_upstream(self.target)
             except OSError:
                 client.close()
                 continue
             self._link(client, upstream, self.target)
+
+    def _relay_one(self, client: socket.socket) -> None:
+        try:
+            client.settimeout(self.connect_timeout)
+            target = _read_header(client)
+            upstream = self._open_upstream(target)
+            client.sendall(RELAY_ACK)
+        except (OSError, ValueError):  # a refused target or a bad header: the dialer sees EOF
+            client.close()
+            return
+        self._link(client, upstream, target)
 
     def close(self) -> None:
         self._closed = True
@@ -225,4 +259,49 @@ class FaultProxy:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<FaultProxy {self.address or 'dial'} -> {self.target or '*'} links={self.connections}>"
+        kind = "relay" if self.relay else self.address or "dial"
+        return f"<FaultProxy {kind} {self.address or ''} -> {self.target or '*'} links={self.connections}>"
+
+
+def _read_header(sock: socket.socket) -> str:
+    """The relay header: ``host:port`` up to a newline (read a byte at a time, so no
+    byte of the stream after it is taken)."""
+    raw = bytearray()
+    while len(raw) < _MAX_HEADER:
+        b = sock.recv(1)
+        if not b:
+            raise ValueError("relay header cut short")
+        if b == b"\n":
+            target = raw.decode("ascii", errors="replace")
+            host, sep, port = target.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"relay header {target!r} is not host:port")
+            return target
+        raw += b
+    raise ValueError("relay header too long")
+
+
+def dial_via(relay: str, *, timeout: float = 5.0) -> Callable[[str], socket.socket]:
+    """A dial hook (``Node(dial=...)``) that reaches every peer through the relay
+    `FaultProxy(relay=True)` listening at `relay` (``host:port``).
+
+    The returned function raises `ConnectionRefusedError` when the relay refuses or
+    cannot reach the target, `OSError` when the relay itself is unreachable.
+    """
+    host, sep, port = relay.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"relay address {relay!r} is not host:port")
+
+    def dial(address: str) -> socket.socket:
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+        try:
+            sock.sendall(address.encode("ascii") + b"\n")
+            if sock.recv(1) != RELAY_ACK:
+                raise ConnectionRefusedError(f"relay {relay} refused or could not reach {address}")
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    return dial

@@ -10,6 +10,9 @@
     with Cluster(3, processes=True) as cluster:           # SIGKILL, SIGSTOP/SIGCONT
         Nemesis(cluster, seed=7).run(steps=10, interval=1.0)
 
+    with Cluster(3, processes=True, fault_proxies=True) as cluster:   # both
+        Nemesis(cluster, seed=7).run(steps=10, interval=1.0)
+
 Faults (`Nemesis(..., faults=...)` picks a subset; the default is every fault
 the cluster supports):
 
@@ -19,7 +22,8 @@ the cluster supports):
   minority of the nodes is down or paused at any time, so the cluster can
   make progress between steps.
 * network, per directed Raft link through each node's `FaultProxy`
-  (``Cluster(..., fault_proxies=True)``, in-process): ``partition-leader-minority``
+  (``Cluster(..., fault_proxies=True)``: the dial hook in-process, a relay the
+  node process dials through with ``processes=True``): ``partition-leader-minority``
   (the leader alone), ``partition-leader-majority`` (a follower alone),
   ``bridge`` (two nodes cut from each other, the third talks to both),
   ``one-way`` (the leader's messages to one follower are dropped, that

@@ -4,7 +4,8 @@
         [--scenario sql-register --scenario kv-cowsql ...] [--processes]
 
 Each run builds a fresh 3-node cluster (in-process with fault proxies; with
-``--processes`` every other run uses node processes for SIGKILL/SIGSTOP),
+``--processes`` every other run uses node processes for SIGKILL/SIGSTOP, with
+the same network faults through relays),
 runs one scenario for ``--run-seconds`` under a nemesis seeded with the run's
 seed, checks it, and prints one line. Every anomaly is printed with its seed,
 the checker's shrunk counter-example and the path of the saved history
@@ -49,12 +50,11 @@ SCENARIOS: dict[str, Callable[..., RunReport]] = {
     "sql-list-append": sql_list_append,
     "kv-cowsql": _kv,
 }
-_IN_PROCESS_ONLY = {"kv-cowsql"}  # its clients are in-process either way; network faults need proxies
 
 
 def _one(name: str, seed: int, processes: bool, run_seconds: float, save_dir: str) -> RunReport:
-    with Cluster(3, processes=processes, fault_proxies=not processes) as cluster:
-        faults = list(PROCESS_FAULTS) + ["transfer", "demote"] if processes else None
+    with Cluster(3, processes=processes, fault_proxies=True) as cluster:
+        faults = [*NETWORK_FAULTS, *PROCESS_FAULTS, "transfer", "demote"] if processes else None
         nemesis = Nemesis(cluster, seed, faults=faults or [*NETWORK_FAULTS, "kill", "restart", "stop", "transfer", "demote"])
         report = SCENARIOS[name](cluster, seed, duration=run_seconds, nemesis=nemesis, save_dir=save_dir)
         report.name += " (processes)" if processes else ""
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = 0
     while time.monotonic() < deadline:
         name = names[run % len(names)]
-        processes = args.processes and name not in _IN_PROCESS_ONLY and (run // len(names)) % 2 == 1
+        processes = args.processes and (run // len(names)) % 2 == 1
         run_seed = seed + run
         run += 1
         try:

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cowsqlpy.testing import Cluster, FaultProxy, wait_for
+from cowsqlpy.testing.faults import dial_via
 from cowsqlpy.testing.nemesis import NETWORK_FAULTS, Nemesis
 
 
@@ -91,3 +92,34 @@ def test_random_steps_then_heal_all_converge(cluster_factory) -> None:
     assert len(nemesis.log) == 7, nemesis.format_log()
     conn.execute("INSERT INTO t VALUES (100)")
     assert conn.execute("SELECT max(x) FROM t").fetchall() == [(100,)]
+
+
+def test_relay_forwards_to_the_named_target_and_refuses_clearly() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    target = f"127.0.0.1:{server.getsockname()[1]}"
+    with FaultProxy(relay=True) as relay:
+        dial = dial_via(relay.address)
+        sock = dial(target)
+        peer, _ = server.accept()
+        sock.sendall(b"ping")
+        peer.settimeout(5)
+        assert peer.recv(4) == b"ping"  # no header byte leaks into the stream
+        relay.drop(address=target)
+        sock.sendall(b"lost")
+        wait_for(lambda: relay.dropped_bytes == 4, 5, "the bytes to be swallowed")
+        relay.heal()
+        relay.refuse(address=target)
+        with pytest.raises(ConnectionRefusedError, match="refused"):
+            dial(target)
+        relay.heal()
+        with pytest.raises(ConnectionRefusedError):  # a bad header gets EOF, not a hang
+            dial("no-port")
+        for s in (sock, peer):
+            s.close()
+    server.close()
+    with pytest.raises(ValueError, match="host:port"):
+        dial_via("nowhere")
+    with pytest.raises(ValueError, match="no target"):
+        FaultProxy(target, relay=True)

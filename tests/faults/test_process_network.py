@@ -1,0 +1,76 @@
+"""Network faults on node *processes*: Raft links through each node's relay
+(``Cluster(processes=True, fault_proxies=True)``, the runner's ``--dial-via``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cowsqlpy import RetryPolicy, SyncClient
+from cowsqlpy.testing import Cluster, wait_for
+from cowsqlpy.testing.nemesis import NETWORK_FAULTS, Nemesis
+from cowsqlpy.testing.scenarios import converged
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def proc_net_cluster() -> Iterator[Cluster]:
+    with Cluster(3, processes=True, fault_proxies=True) as c:
+        yield c
+
+
+def believed_leader(address: str) -> str | None:
+    """The leader the node at `address` alone names (None: it knows none)."""
+    with SyncClient(
+        [address], policy=RetryPolicy(deadline=1.0, attempt_timeout=0.5, connect_timeout=0.5)
+    ) as c:
+        leader = c.leader()
+    return None if leader is None else leader.address
+
+
+def test_minority_partition_of_processes_keeps_no_leader_and_heals(
+    proc_net_cluster: Cluster,
+) -> None:
+    c = proc_net_cluster
+    assert all(
+        p is not None and p.relay and p.accepted > 0 for p in c.proxies
+    )  # Raft goes through the relays
+    conn = c.connect("p", autocommit=True)
+    conn.execute("CREATE TABLE t (x)")
+    old = c.wait_leader()
+    isolated = c.addresses[old]
+    majority = [i for i in range(3) if i != old]
+    c.partition([old], majority)
+    new = c.wait_leader(exclude=old, timeout=30)
+    assert new in majority
+    # the cut-off old leader steps down and, alone, cannot elect itself again
+    wait_for(lambda: believed_leader(isolated) is None, 30, "the isolated node to know no leader")
+    conn.execute("INSERT INTO t VALUES (1)")  # the majority commits
+    assert believed_leader(isolated) is None
+    assert c.proxies[old].dropped_bytes > 0  # type: ignore[union-attr]
+    c.heal()
+    wait_for(
+        lambda: believed_leader(isolated) == c.addresses[new],
+        30,
+        "the healed node to follow the leader",
+    )
+    conn.execute("INSERT INTO t VALUES (2)")
+    ok, detail = converged(c, "p")
+    assert ok, detail
+
+
+def test_nemesis_network_faults_on_processes(proc_net_cluster: Cluster) -> None:
+    c = proc_net_cluster
+    nemesis = Nemesis(c, 23, faults=[*NETWORK_FAULTS, "pause"])
+    assert set(NETWORK_FAULTS) | {"pause"} == set(nemesis.faults)
+    conn = c.connect("p", autocommit=True)
+    conn.execute("CREATE TABLE t (x)")
+    for fault in ("one-way", "bridge", "partition-leader-majority"):
+        assert nemesis.inject(fault) is not None, fault
+        nemesis.heal_all()
+        conn.execute("INSERT INTO t VALUES (?)", (fault,))
+    assert conn.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
+    ok, detail = converged(c, "p")
+    assert ok, detail + "\n" + nemesis.format_log()
