@@ -170,9 +170,9 @@ class Operations(mfusepy.Operations):
             config.entry_timeout = self.options.entry_timeout
             config.negative_timeout = self.options.negative_timeout
             config.use_ino = 1
-            config.hard_remove = (
-                1  # an unlinked open file is kept by the filesystem, not renamed to .fuse_hidden*
-            )
+            # libfuse's path API loses the path of an unlinked open file (fstat: ESTALE)
+            # unless it renames it to a hidden name, which a filesystem must then handle.
+            config.hard_remove = 0 if getattr(self.fs, "hides_unlinked_open_files", False) else 1
 
     def destroy(self, path: str) -> None:
         self.fs.close()

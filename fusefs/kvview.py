@@ -199,6 +199,7 @@ class KVFileSystem:
             raise FsError(
                 errno.EEXIST if flags & RENAME_NOREPLACE and self.kv.get_kv(dst) else errno.EBUSY
             )
+        self._keyed(dst)
 
     def _rename_dir(self, src: bytes, dst: bytes) -> None:
         if dst.startswith(src + b"/"):
@@ -285,7 +286,14 @@ class KVFileSystem:
             if flags & os.O_EXCL:
                 raise FsError(errno.EEXIST) from None
             return self.open(path, flags)[0]
+        self._keyed(key)
         return self._new_handle(key, b"", False)
+
+    def _keyed(self, key: bytes) -> None:
+        """A key exists below the directories made by mkdir on its path: they stop living here."""
+        parts = key.split(b"/")[:-1]
+        for i in range(1, len(parts) + 1):
+            self._dirs.discard(b"/".join(parts[:i]))
 
     def read(self, fh: int, size: int, offset: int) -> bytes:
         h = self._handle(fh)
@@ -330,6 +338,7 @@ class KVFileSystem:
                 result = self.kv.put(h.key, bytes(h.data))
                 self._time(result.revision)
                 h.dirty = False
+            self._keyed(h.key)
 
     fsync = flush
 

@@ -7,6 +7,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import socket
 import stat
 import threading
@@ -46,6 +47,9 @@ MAX_DEPTH_PER_QUERY = 120  # a path deeper than this resolves in several queries
 HEARTBEAT_SECONDS = 10.0
 SESSION_EXPIRY_NS = int(3 * HEARTBEAT_SECONDS * 1e9)
 MAX_DIRTY_BYTES = 1 << 20  # flush a handle's buffer at 1 MiB
+# libfuse renames a file unlinked while open to such a name (hidden_name() in fuse.c)
+# and keeps using that path for it: fstat, fsetxattr, /proc/self/fd reopens.
+HIDDEN_NAME = re.compile(rb"\.fuse_hidden[0-9a-f]{16}")
 
 TimeSpec = int | str | None
 
@@ -105,10 +109,15 @@ def _resolve_sql(depth: int) -> str:
 class FileSystem:
     """A mounted filesystem's logic over a `Store`.
 
+    Files unlinked while open are hidden by libfuse under a HIDDEN_NAME (the binding
+    turns libfuse's hard_remove off for it), so fstat of them works.
+
     :param store: connections to the filesystem's database.
     :param mountpoint: recorded in this mount's session row.
     :raises NotAFilesystemError: the database holds no filesystem (run mkfs).
     """
+
+    hides_unlinked_open_files = True
 
     def __init__(self, store: Store, mountpoint: str = "") -> None:
         self.store = store
@@ -125,6 +134,8 @@ class FileSystem:
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._sustained: set[int] = set()  # inodes unlinked while this mount has them open
+        self._hidden: dict[bytes, int] = {}  # libfuse's hidden name -> the unlinked open inode
+        self._hidden_paths: dict[int, list[str]] = {}  # their paths, for kernel invalidations
         # Called with the paths whose cached attributes went stale although their own entry
         # was not touched (the other names of a hard-linked inode); the binding tells the kernel.
         self.on_stale: Callable[[list[str]], None] | None = None
@@ -242,9 +253,6 @@ class FileSystem:
                 return node
             ino = node.ino
 
-    def _lookup_ino(self, conn: Any, names: list[bytes]) -> int:
-        return self._lookup(conn, names).ino
-
     def _get(self, conn: Any, ino: int) -> Node:
         row = conn.execute(f"SELECT {NODE_COLUMNS} FROM fs_node WHERE ino = ?", (ino,)).fetchone()
         if row is None:
@@ -252,7 +260,16 @@ class FileSystem:
         return _node(row)
 
     def _resolve(self, conn: Any, path: str) -> Node:
-        return self._lookup(conn, components(path))
+        names = components(path)
+        ino = self._hidden.get(names[-1]) if names else None
+        if ino is not None:
+            return self._get(conn, ino)
+        return self._lookup(conn, names)
+
+    def hidden_ino(self, path: str) -> int | None:
+        """The unlinked open inode libfuse names by `path` (see HIDDEN_NAME), if any."""
+        name = os.fsencode(path.rsplit("/", 1)[-1])
+        return self._hidden.get(name) if HIDDEN_NAME.fullmatch(name) else None
 
     def _parent(self, conn: Any, path: str) -> tuple[Node, bytes]:
         names = components(path)
@@ -320,7 +337,10 @@ class FileSystem:
             return self._attrs(self.store.read(lambda c: self._get(c, ino)))
         if path is None:
             raise FsError(errno.EBADF)
-        return self._attrs(self.store.read(lambda c: self._resolve(c, path)))
+        attrs = self._attrs(self.store.read(lambda c: self._resolve(c, path)))
+        if attrs["st_nlink"] and self.hidden_ino(path) is not None:
+            attrs["st_nlink"] += 1  # libfuse counts the hidden name as a link and subtracts it
+        return attrs
 
     def readdir(self, path: str | None, fh: int | None = None) -> list[tuple[str, dict[str, int]]]:
         def q(conn: Any) -> list[tuple[str, dict[str, int]]]:
@@ -470,6 +490,8 @@ class FileSystem:
         if not inos or self.on_stale is None:
             return
         paths = self.store.read(lambda c: [p for ino in inos for p in self._names_of(c, ino)])
+        with self._lock:
+            paths += [p for ino in inos for p in self._hidden_paths.get(ino, ())]
         if paths:
             self.on_stale(paths)
 
@@ -536,23 +558,38 @@ class FileSystem:
         else:
             self._delete_inode(conn, node.ino)
 
-    def unlink(self, path: str) -> None:
-        def tx(conn: Any) -> list[int]:
-            parent, name, ino = self._entry(conn, path)
-            if ino is None:
-                raise FsError(errno.ENOENT)
-            node = self._get(conn, ino)
-            if node.is_dir:
-                raise FsError(errno.EISDIR)
-            now = time.time_ns()
-            conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (parent.ino, name))
-            conn.execute(
-                "UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino)
-            )
-            self._drop_link(conn, node, now)
-            return [node.ino] if node.nlink > 1 else []
+    def _unlink(self, conn: Any, path: str) -> tuple[int, list[int]]:
+        parent, name, ino = self._entry(conn, path)
+        if ino is None:
+            raise FsError(errno.ENOENT)
+        node = self._get(conn, ino)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        now = time.time_ns()
+        conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (parent.ino, name))
+        conn.execute(
+            "UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino)
+        )
+        self._drop_link(conn, node, now)
+        shared = node.nlink > 1 or node.ino in self._hidden_paths
+        return node.ino, [node.ino] if shared else []
 
-        self._stale(self.store.transaction(tx))
+    def unlink(self, path: str) -> None:
+        ino = self.hidden_ino(path)
+        if ino is not None:  # libfuse's last step for a hidden file: release freed it already
+            with self._lock:
+                self._hidden.pop(os.fsencode(path.rsplit("/", 1)[-1]), None)
+            return
+        self._stale(self.store.transaction(lambda c: self._unlink(c, path)[1]))
+
+    def _hide(self, old: str, new: str, hidden: bytes) -> None:
+        """libfuse hides a file unlinked (or renamed over) while this mount has it open by
+        renaming it: unlink it here, and answer for its inode under the hidden name."""
+        ino, stale = self.store.transaction(lambda c: self._unlink(c, old))
+        with self._lock:
+            self._hidden[hidden] = ino
+            self._hidden_paths.setdefault(ino, []).append(new)
+        self._stale(stale)
 
     def _check_empty(self, conn: Any, ino: int) -> None:
         if (
@@ -594,6 +631,10 @@ class FileSystem:
             or flags == RENAME_NOREPLACE | RENAME_EXCHANGE
         ):
             raise FsError(errno.EINVAL)
+        hidden = os.fsencode(new.rsplit("/", 1)[-1])
+        if not flags and HIDDEN_NAME.fullmatch(hidden) and self._is_open(old):
+            self._hide(old, new, hidden)
+            return
 
         def tx(conn: Any) -> list[int]:
             stale: list[int] = []
@@ -682,6 +723,14 @@ class FileSystem:
 
         self._stale(self.store.transaction(tx))
 
+    def _is_open(self, path: str) -> bool:
+        try:
+            ino = self.store.read(lambda c: self._resolve(c, path)).ino
+        except FsError:
+            return False
+        with self._lock:
+            return ino in self._open
+
     # -- attributes --
 
     def _target(self, conn: Any, path: str | None, fh: int | None) -> Node:
@@ -758,7 +807,7 @@ class FileSystem:
             ino: int | None = self._handles[fh].ino
         elif path is not None:
             try:
-                ino = self.store.read(lambda c: self._lookup_ino(c, components(path)))
+                ino = self.store.read(lambda c: self._resolve(c, path).ino)
             except FsError:
                 return None
         else:
@@ -862,6 +911,9 @@ class FileSystem:
                 last = f.refs == 0
                 if last:
                     del self._open[f.ino]
+                    for name in [n for n, i in self._hidden.items() if i == f.ino]:
+                        del self._hidden[name]
+                    self._hidden_paths.pop(f.ino, None)
             if last:
                 f.discard()  # what a failed flush (ENOSPC, EIO) left is gone with the last handle
                 self._release_orphan(f)

@@ -213,6 +213,10 @@ class SameAsLocal(RuleBasedStateMachine):
         assert got[0] == got[1]
         reads = [os.pread(fd, 300_000, 0) for fd in fds]
         assert reads[0] == reads[1]
+        stats = [os.fstat(fd) for fd in fds]
+        assert [(s.st_nlink, s.st_size, s.st_mode) for s in stats] == [
+            (stats[1].st_nlink, stats[1].st_size, stats[1].st_mode)
+        ] * 2
 
     @precondition(lambda self: bool(self.kept))
     @rule()

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+import cowsqlpy
+from fusefs.schema import LINK_MAX
+
 from .conftest import Mount, check_fs, make_fs, unmount
 from .posix import RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, renameat2, utimensat
 
@@ -83,7 +86,13 @@ def test_unlinked_open_file_keeps_its_data(fs_mount: Mount) -> None:
         f.write(b"more")
         f.seek(0)
         assert f.read() == b"kept" * 50_000 + b"more"
-        # (fstat here gives ESTALE: libfuse's path API has no name left for the inode; docs/fusefs.md)
+        st = os.fstat(f.fileno())
+        assert (st.st_nlink, st.st_size) == (0, 200_004)
+        os.fchmod(f.fileno(), 0o600)
+        os.setxattr(f.fileno(), "user.k", b"v")
+        assert os.getxattr(f.fileno(), "user.k") == b"v"
+        assert stat.S_IMODE(os.fstat(f.fileno()).st_mode) == 0o600
+        assert os.listdir(m) == []  # no .fuse_hidden* name shows
         assert check_fs(fs_mount.servers) == []  # an orphan kept by a live mount is fine
     with open(m / "g", "wb") as g:
         g.write(b"old")
@@ -91,7 +100,19 @@ def test_unlinked_open_file_keeps_its_data(fs_mount: Mount) -> None:
     with open(m / "g", "rb") as g:
         os.rename(m / "h", m / "g")  # rename over an open file
         assert g.read() == b"old"
+        assert os.fstat(g.fileno()).st_nlink == 0
     assert (m / "g").read_bytes() == b"new"
+    (m / "d").mkdir()
+    (m / "d" / "x").write_bytes(b"x")
+    os.link(m / "d" / "x", m / "y")
+    with open(m / "d" / "x", "rb") as x:
+        os.unlink(m / "d" / "x")
+        assert os.fstat(x.fileno()).st_nlink == 1  # the other name is left
+        os.unlink(m / "y")
+        assert os.fstat(x.fileno()).st_nlink == 0
+        os.rmdir(m / "d")  # the open file does not keep its old directory busy
+        assert x.read() == b"x"  # (fstat now gives ESTALE: docs/fusefs.md)
+    assert os.listdir(m) == ["g"]
 
 
 def test_sparse_truncate_append_fallocate(fs_mount: Mount) -> None:
@@ -252,3 +273,28 @@ def test_capacity_gives_enospc_and_deleting_frees(fs_cluster, mount_factory) -> 
     (m / "again").write_bytes(chunk)  # space is back
     unmount(mnt)
     assert check_fs(fs_cluster.addresses) == []
+
+
+def test_link_limit_gives_emlink(fs_mount: Mount) -> None:
+    m = fs_mount.path
+    (m / "many").mkdir()
+    (m / "f").write_bytes(b"x")
+    ino, parent = os.stat(m / "f").st_ino, os.stat(m / "many").st_ino
+    # LINK_MAX - 2 more names planted in one transaction (65,000 link() calls take minutes)
+    conn = cowsqlpy.connect(fs_mount.servers, database=fs_mount.database)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)",
+            [(parent, b"l%05d" % i, ino) for i in range(LINK_MAX - 2)],
+        )
+        conn.execute("UPDATE fs_node SET nlink = ? WHERE ino = ?", (LINK_MAX - 1, ino))
+        conn.commit()
+    finally:
+        conn.close()
+    os.link(m / "f", m / "last")
+    assert os.stat(m / "last").st_nlink == LINK_MAX
+    assert err(os.link, m / "f", m / "over") == errno.EMLINK
+    assert not (m / "over").exists()
+    os.unlink(m / "last")
+    os.link(m / "f", m / "again")  # one below the limit again
