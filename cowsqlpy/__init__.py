@@ -42,6 +42,8 @@ from .errors import (
     OperationalError,
     OutcomeUnknownError,
     ProgrammingError,
+    QueryOfDeathError,
+    ReplyTimeoutError,
     TransactionLostError,
     Warning,  # noqa: A004 - PEP 249 requires the name
 )
@@ -74,5 +76,5 @@ __all__ = [
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
     "BusyError", "ConnectionLostError", "LeadershipLostError", "NoLeaderError", "NotLeaderError",
-    "OutcomeUnknownError", "TransactionLostError",
+    "OutcomeUnknownError", "QueryOfDeathError", "ReplyTimeoutError", "TransactionLostError",
 ]

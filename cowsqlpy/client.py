@@ -269,6 +269,28 @@ async def find_leader(
     raise NoLeaderError(f"no available leader among {[n.address for n in nodes]}" + (f" ({detail})" if detail else ""))
 
 
+#: How long a node whose connection just dropped gets to answer a fresh one before it
+#: counts as gone (`node_gone`).
+GONE_CHECK_TIMEOUT = 1.0
+
+
+async def node_gone(
+    address: str, policy: RetryPolicy = DEFAULT_POLICY, *, tls: ClientTLS | None = None,
+    timeout: float = GONE_CHECK_TIMEOUT,
+) -> bool:
+    """Whether the node at `address`, whose connection just dropped, is gone: a fresh
+    connection is refused or its LEADER request gets no answer within `timeout`. A node
+    that answers (leading or not) is alive: the drop was the network's or a proxy's."""
+    try:
+        async with asyncio.timeout(timeout):
+            conn, _ = await _probe(address, policy, tls)
+    except (Error, TimeoutError):
+        return True
+    if conn is not None:
+        conn.close()
+    return False
+
+
 class LeaderTracker:
     """Remembers the last leader and reconnects to the current one under a retry policy.
 

@@ -16,7 +16,12 @@ Error rules (see errors.py for the classes):
 * leadership lost or connection lost while a commit was in flight:
   `OutcomeUnknownError` (the write may have committed), never retried;
 * a failure inside an open transaction: `TransactionLostError`, the
-  application retries the whole transaction.
+  application retries the whole transaction;
+* no poison-pill retries: a query or a group-committed write during which its
+  node died (the connection dropped and the node answers no fresh one; a reply
+  timeout does not count) is sent to the next leader once more; when a second
+  node dies serving it, `QueryOfDeathError`: a statement that crashes the engine
+  costs at most two nodes, never every node in turn.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 
 from . import protocol
 from .barrier import ReadBarrier
-from .client import LeaderTracker, Session
+from .client import LeaderTracker, Session, node_gone
 from .errors import (
     BusyError,
     ConnectionLostError,
@@ -42,6 +47,8 @@ from .errors import (
     NoDatabaseError,
     NotLeaderError,
     OutcomeUnknownError,
+    QueryOfDeathError,
+    ReplyTimeoutError,
     TransactionLostError,
 )
 from .retry import RetryPolicy, retrying
@@ -58,6 +65,9 @@ IDLE_CHECK_AFTER = 1.0
 IDLE_CHECK_TIMEOUT = 1.0
 MAX_BATCH = 512  # statements per group commit
 PIPELINE_WINDOW = 256  # EXEC requests in flight during executemany
+# Node deaths one statement may see before it is given up (see QueryOfDeathError): the
+# first may be an ordinary crash that happened to hit it, the second is its own doing.
+MAX_NODE_DEATHS = 2
 
 # Errors that mean "this session no longer talks to a leader's open database".
 SESSION_GONE = (NotLeaderError, ConnectionLostError, NoDatabaseError, LeadershipLostError)
@@ -93,6 +103,7 @@ class _Write:
     sql: str
     params: Sequence[Any]
     future: asyncio.Future[tuple[int, int]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    deaths: int = 0  # nodes that died while a batch carried it
 
 
 class _Rerun(Exception):
@@ -230,21 +241,20 @@ class Database:
             if barrier_node is not None and session.address != barrier_node:
                 self.release(session)
                 raise NotLeaderError(f"the leader moved from {barrier_node} after the read barrier")
+            stream: ResultStream | None = None
             try:
                 stmt = await session.cached_statement(sql) if prepared else None
-            except BaseException as exc:
-                self.release(session, exc)
-                raise
-            rows = session.query_sql(sql, params) if stmt is None else session.query(stmt, params)
-            stream = ResultStream(rows, session, self)
-            try:
+                rows = session.query_sql(sql, params) if stmt is None else session.query(stmt, params)
+                stream = ResultStream(rows, session, self)
                 await stream.start()
             except BaseException as exc:
-                if not stream.finished:  # a stream that ended has given its session back
+                if stream is None or not stream.finished:  # a stream that ended has given its session back
                     self.release(session, exc)
+                deaths[0] = await self._count_death(session.address, exc, deaths[0], sql)
                 raise
             return stream
 
+        deaths = [0]
         return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="query")
 
     # -- autocommit writes --------------------------------------------------------
@@ -345,6 +355,11 @@ class Database:
         gone = next((o for o in (begin, *outcomes, tail) if isinstance(o, SESSION_GONE)), None)
         if gone is not None:
             self.release(session, gone)
+            # A second death raises here, unresolved: with two nodes gone a quorum may be too.
+            deaths = await self._count_death(session.address, gone, max(w.deaths for w in todo),
+                                             "; ".join(w.sql for w in todo[:3]))
+            for w in todo:
+                w.deaths = deaths
             if await self._resolve(self._marker_check(marker)):  # the commit ran: every statement ran inside it
                 for w, outcome in zip(todo, outcomes, strict=True):
                     _deliver(w, outcome)
@@ -394,6 +409,36 @@ class Database:
                 _deliver(w, outcome)
         if busy:
             raise _Rerun(busy=True)
+
+    async def _node_died(self, address: str, exc: BaseException) -> bool:
+        """Whether `exc`, which ended a try of a statement on `address`, means that node
+        died: its connection dropped (a reply timeout is no such evidence: a long
+        query blocks the engine's thread) and it answers no fresh one."""
+        if not isinstance(exc, ConnectionLostError) or isinstance(exc, ReplyTimeoutError):
+            return False
+        return await node_gone(address, self.policy, tls=self.tracker.tls)
+
+    async def _count_death(self, address: str, exc: BaseException, deaths: int, sql: str) -> int:
+        """The node deaths one statement has seen, counting the try `exc` ended on
+        `address`. :raises QueryOfDeathError: that was the MAX_NODE_DEATHS-th."""
+        if not await self._node_died(address, exc):
+            return deaths
+        deaths += 1
+        if deaths >= MAX_NODE_DEATHS:
+            raise self._query_of_death(address, deaths, sql, exc)
+        log.warning("node %s died while serving a statement; sending it once more: %.200s", address, sql)
+        return deaths
+
+    @staticmethod
+    def _query_of_death(address: str, deaths: int, sql: str, exc: BaseException) -> QueryOfDeathError:
+        log.error("%d nodes died while serving one statement (the last %s); not sent again: %.200s",
+                  deaths, address, sql)
+        error = QueryOfDeathError(
+            f"{deaths} nodes died while serving this statement (the last {address}); it is not sent "
+            f"again: it may be what kills them. SQL: {sql[:200]}"
+        )
+        error.__cause__ = exc
+        return error
 
     def _count(self, todo: list[_Write]) -> None:
         self.batches += 1
@@ -562,13 +607,17 @@ class Database:
                         raise
                 except BaseException as exc:
                     self.release(session, exc)
+                    if read is not None:
+                        deaths[0] = await self._count_death(session.address, exc, deaths[0], read[0])
                     raise
                 try:
                     return session, await reading
                 except BaseException as exc:  # the transaction is open: roll it back first
                     await self._abandon(session, exc)
+                    deaths[0] = await self._count_death(session.address, exc, deaths[0], read[0])
                     raise
 
+            deaths = [0]
             return await retrying(attempt, self.policy, on_reconnect=self._forget_leader, what="begin")
         except BaseException:
             self.write_lock.release()

@@ -88,6 +88,14 @@ class ConnectionLostError(OperationalError):
     retry = "reconnect"
 
 
+class ReplyTimeoutError(ConnectionLostError):
+    """No reply within the attempt timeout; the client closed the connection.
+
+    No evidence that the node died: its engine thread may be busy (a long query
+    blocks it). Retried as a lost connection, never counted as a node death.
+    """
+
+
 class NoLeaderError(OperationalError):
     """No node of the store answered as leader within the retry policy."""
 
@@ -109,6 +117,12 @@ class RaftNotLeaderError(NotLeaderError):
 
 class OutcomeUnknownError(OperationalError):
     """A write may or may not have been committed; it is never retried blindly."""
+
+
+class QueryOfDeathError(OutcomeUnknownError):
+    """A second node died while serving the same statement: the driver sends it no
+    more (it may be what kills them: a third try could cost the quorum). Nothing
+    tells whether a write committed; a query wrote nothing."""
 
 
 class LeadershipLostError(OutcomeUnknownError):
@@ -233,10 +247,12 @@ __all__ = [
     "ProtocolError",
     "EngineProtocolError",
     "ConnectionLostError",
+    "ReplyTimeoutError",
     "NoLeaderError",
     "NotLeaderError",
     "RaftNotLeaderError",
     "OutcomeUnknownError",
+    "QueryOfDeathError",
     "LeadershipLostError",
     "NoDatabaseError",
     "TransactionLostError",

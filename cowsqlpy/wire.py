@@ -18,7 +18,7 @@ from typing import Any
 
 from . import codec, protocol
 from ._loop import busy_poll_of
-from .errors import ConnectionLostError, Error, ProtocolError, error_for
+from .errors import ConnectionLostError, Error, ProtocolError, ReplyTimeoutError, error_for
 from .tls import ClientTLS
 
 log = logging.getLogger("cowsqlpy.wire")
@@ -251,8 +251,8 @@ class WireConnection(asyncio.Protocol):
                 async with asyncio.timeout(timeout):
                     frame = await waiter.future
         except TimeoutError:
-            self._fail(ConnectionLostError(f"{self.address}: no reply within {timeout}s"))
-            raise ConnectionLostError(f"{self.address}: no reply within {timeout}s") from None
+            self._fail(ReplyTimeoutError(f"{self.address}: no reply within {timeout}s"))
+            raise ReplyTimeoutError(f"{self.address}: no reply within {timeout}s") from None
         except asyncio.CancelledError:
             # The reply can no longer be matched to anyone: the connection is unusable.
             self._fail(ConnectionLostError(f"{self.address}: request cancelled"))
@@ -276,8 +276,8 @@ class WireConnection(asyncio.Protocol):
                         async with asyncio.timeout(timeout):
                             await waiter.wakeup.wait()
                     except TimeoutError:
-                        self._fail(ConnectionLostError(f"{self.address}: no rows within {timeout}s"))
-                        raise ConnectionLostError(f"{self.address}: no rows within {timeout}s") from None
+                        self._fail(ReplyTimeoutError(f"{self.address}: no rows within {timeout}s"))
+                        raise ReplyTimeoutError(f"{self.address}: no rows within {timeout}s") from None
                     continue
                 item = waiter.frames.popleft()
                 if self._paused and len(waiter.frames) < _STREAM_HIGH_WATER // 2 and self._transport:
