@@ -4,7 +4,7 @@ replicated backend, as ratios to a 3-member etcd cluster.
     .venv/bin/python bench/bench_kv.py [--duration 2.0] [--backends etcd,raft]
 
 * etcd: 3 ``etcd`` processes on loopback (temp dirs, free ports), driven
-  through our ``etcd://`` backend's async core (``EtcdKV.core`` on its uvloop
+  through our ``etcd://`` backend's async face (``kv.aio`` on its uvloop
   thread): N concurrent asyncio tasks for concurrency N.
 * raft: 3 members; members 0 and 1 live in this process (a ``raft://`` handle
   is a member), member 2 is a child process. Load goes through member 0 from
@@ -157,20 +157,20 @@ def run_on_core(st: dict[str, Any], op: str, conc: int, duration: float, max_ops
     a = st["a"]
     if op == "watch":
         return watch_latency(a, st["b"], conc, duration, max_ops, b"bw/")
-    core = a.core
+    kv = a.aio   # the public async face, on the loop its backend runs on
 
     async def put(w: int, i: int) -> None:
-        await core.put(b"bench/%d" % ((w * 7919 + i) % KEYS), VALUE)
+        await kv.put(b"bench/%d" % ((w * 7919 + i) % KEYS), VALUE)
 
     async def get(w: int, i: int) -> None:
-        await core.get(b"bench/%d" % ((w * 7919 + i) % KEYS))
+        await kv.get(b"bench/%d" % ((w * 7919 + i) % KEYS))
 
     async def txn(w: int, i: int) -> None:
         k = b"bench/%d" % ((w * 7919 + i) % KEYS)
-        await core.txn([ModRevision(k) > 0], [Put(k, VALUE)], [])
+        await kv.txn([ModRevision(k) > 0], [Put(k, VALUE)], [])
 
     fn = {"put": put, "get": get, "txn": txn}[op]
-    fut = asyncio.run_coroutine_threadsafe(async_load(fn, conc, duration, max_ops), a.loop)
+    fut = asyncio.run_coroutine_threadsafe(async_load(fn, conc, duration, max_ops), kv.loop)
     return fut.result(duration + 120)
 
 
@@ -211,15 +211,15 @@ def raft_backend(base: str) -> Backend:
         st["child"] = child
         st["a"] = kvstore.open(c.url(0))
         st["b"] = kvstore.open(c.url(1))
-        st["a"].wait_ready(60)
-        st["b"].wait_ready(60)
+        st["a"].backend.wait_ready(60)
+        st["b"].backend.wait_ready(60)
         for i in range(KEYS):
             st["a"].put(b"bench/%d" % i, VALUE)
 
     def teardown() -> None:
         for k in ("a", "b"):
             if k in st:
-                st[k]._session.close()
+                st[k].close_session()
         if "child" in st:
             st["child"].terminate()
             try:

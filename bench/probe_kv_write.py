@@ -48,7 +48,7 @@ def phases(url: str, seconds: float) -> None:
     kv = kvstore.open(url + "phases")
     for i in range(KEYS):
         kv.put(b"bench/%d" % i, VALUE)
-    core = kv.core
+    core = kv.backend
     times: dict[str, list[float]] = collections.defaultdict(list)
 
     def timed(obj: Any, name: str, label: str) -> None:

@@ -1,4 +1,4 @@
-"""The demo's HTTP API over the kvstore ``cowsql`` core (see ``docs/demo.md``).
+"""The demo's HTTP API over a kvstore ``cowsql://`` handle (see ``docs/demo.md``).
 
 Runs on cowsqlpy's background event loop, the loop the kvstore core, the App and
 the engine client already use: a request costs no thread hop. aiohttp's
@@ -24,9 +24,8 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.web_request import BaseRequest
 
-from cowsqlpy.runtime import BusyPoll, wait_event
-from kvstore import OutcomeUnknownError
-from kvstore.backends.cowsql import CowsqlCore
+from cowsqlpy.runtime import BusyPoll
+from kvstore import AsyncKV, OutcomeUnknownError
 from kvstore.errors import (
     ClosedError,
     CompactedError,
@@ -301,55 +300,20 @@ def _if_match(request: BaseRequest, key: bytes) -> list[Compare]:
 
 
 # --------------------------------------------------------------------- watches
-class AsyncWatchStream(WatchStream):
-    """A watch stream the event loop can await; filled by the core on the same loop."""
-
-    def __init__(self, start: bytes, end: bytes, core: CowsqlCore) -> None:
-        super().__init__(start, end, core.remove_watch)
-        self._ready = asyncio.Event()
-
-    def _push(self, events: list[Event]) -> None:
-        super()._push(events)
-        self._ready.set()
-
-    def _fail(self, exc: BaseException) -> None:
-        super()._fail(exc)
-        self._ready.set()
-
-    def _finish(self) -> None:
-        super()._finish()
-        self._ready.set()
-
-    def cancel(self) -> None:
-        super().cancel()
-        self._ready.set()
-
-    async def batch(self, timeout: float | None, max_events: int = MAX_WATCH_EVENTS
-                    ) -> list[Event] | None:
-        """The events queued now (whole revisions, at most about ``max_events``),
-        waiting up to ``timeout`` for the first; ``[]`` on timeout, None once
-        cancelled. :raises KVError: the watch failed (e.g. compacted)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            e = self.get(0)
-            if e is not None:
-                out = [e]
-                while len(out) < max_events or self.next_revision == out[-1].revision:
-                    nxt = self.get(0)
-                    if nxt is None:
-                        break
-                    out.append(nxt)
-                return [x for x in out if x.key[:1] != b"\x00"] or await self.batch(
-                    None if deadline is None else max(0.0, deadline - time.monotonic()),
-                    max_events)
-            if self.cancelled:
-                return None
-            self._ready.clear()
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return []
-            if not await wait_event(self._ready, left):
-                return []
+async def user_events(stream: WatchStream, timeout: float | None,
+                      max_events: int = MAX_WATCH_EVENTS) -> list[Event] | None:
+    """`stream.batch` without the demo's internal keys (below MIN_USER_KEY): the
+    events queued now, waiting up to ``timeout`` for the first user event; ``[]``
+    on timeout, None once cancelled. :raises KVError: the watch failed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        events = await stream.batch(left, max_events)
+        if not events:
+            return events
+        events = [e for e in events if e.key[:1] != b"\x00"]
+        if events or (deadline is not None and time.monotonic() >= deadline):
+            return events
 
 
 # --------------------------------------------------------------------- the API
@@ -363,15 +327,15 @@ class NodeIdentity:
 class Api:
     """Request handling for one demo node."""
 
-    def __init__(self, core: CowsqlCore, app: Any, me: NodeIdentity,
+    def __init__(self, kv: AsyncKV, app: Any, me: NodeIdentity,
                  poller: BusyPoll | None = None) -> None:
-        self.core = core
+        self.kv = kv
         self.poller = poller
         self.app = app
         self.me = me
         self.started = time.time()
         self._admin = app.async_client()
-        self._streams: set[AsyncWatchStream] = set()
+        self._streams: set[WatchStream] = set()
         self._http: ClientSession | None = None
         self._static = {p.name: (p.read_bytes(), STATIC_TYPES.get(p.suffix,
                                                                    "application/octet-stream"))
@@ -452,7 +416,7 @@ class Api:
             if "timeout" in q:
                 raise _bad("timeout applies to watch=1 only", "bad_parameter")
         rev = _int(q, "rev", 1) or 0 if q else 0
-        r = await self.core.range(key, b"", 0, rev)
+        r = await self.kv.range(Range(key), revision=rev or None)
         if not r.kvs:
             raise HTTPFailure(404, "key_not_found", f"key {key.decode()!r} not found",
                               headers={"X-Revision": str(r.revision)})
@@ -492,17 +456,18 @@ class Api:
         value = await self._read_body(request)
         lease = 0
         if ttl is not None:
-            lease, ttl = await self.core.grant(ttl)
+            granted = await self.kv.grant(ttl)
+            lease, ttl = granted.id, granted.ttl
         put = Put(key, value, lease, True)
         if conds:
-            r = await self.core.txn(conds, (put,), (Range(key),))
+            r = await self.kv.txn(conds, (put,), (Range(key),))
             if not r.succeeded:
                 if lease:
                     asyncio.ensure_future(self._revoke_quietly(lease))
                 raise self._conflict(key, r.responses[0])
             res = r.responses[0]
         else:
-            res = await self.core.put(key, value, lease, True)
+            res = await self.kv.put(key, value, lease=lease, prev_kv=True)
         assert not isinstance(res, RangeResult)
         created = res.prev_kv is None     # type: ignore[union-attr]
         body: dict[str, Any] = {"key": key.decode(), "revision": res.revision,
@@ -513,7 +478,7 @@ class Api:
 
     async def _revoke_quietly(self, lease: int) -> None:
         try:
-            await self.core.revoke(lease)
+            await self.kv.revoke(lease)
         except KVError:
             pass   # it expires by itself
 
@@ -533,13 +498,10 @@ class Api:
         if "prev" in q:
             conds.append(Value(key) == q["prev"].encode())
         op = DeleteRange(key, b"", False)
-        if conds:
-            r = await self.core.txn(conds, (op,), (Range(key),))
-            if not r.succeeded:
-                raise self._conflict(key, r.responses[0])
-            res = r.responses[0]
-        else:
-            res = await self.core.delete(key)
+        r = await self.kv.txn(conds, (op,), (Range(key),))
+        if not r.succeeded:
+            raise self._conflict(key, r.responses[0])
+        res = r.responses[0]
         if not res.deleted:    # type: ignore[union-attr]
             raise HTTPFailure(404, "key_not_found", f"key {key.decode()!r} not found")
         return _json({"key": key.decode(), "revision": res.revision, "deleted": 1})
@@ -555,7 +517,8 @@ class Api:
         limit = _int(q, "limit", 0) or 0
         rev = _int(q, "rev", 1) or 0
         keys_only, count_only = _bool(q, "keys_only"), _bool(q, "count_only")
-        r = await self.core.range(start, end, limit, rev, keys_only, count_only)
+        r = await self.kv.range(Range(start, end, limit, keys_only, count_only),
+                                revision=rev or None)
         return _json({"revision": r.revision, "count": r.count, "more": r.more,
                       "kvs": [kv_json(kv, keys_only) for kv in r.kvs]},
                      headers={"X-Revision": str(r.revision)})
@@ -563,7 +526,7 @@ class Api:
     async def _delete_range(self, request: BaseRequest) -> web.StreamResponse:
         q = _query(request, _PARAMS["DELETE", False])
         start, end = parse_range(q)
-        r = await self.core.delete(start, end)
+        r = await self.kv.delete_range(start, end)
         return _json({"revision": r.revision, "deleted": r.deleted})
 
     # ------------------------------------------------------------- watches
@@ -587,8 +550,8 @@ class Api:
             raise HTTPFailure(429, "too_many_watches",
                               f"this node serves at most {MAX_WATCHES} watches at once",
                               headers={"Retry-After": RETRY_AFTER})
-        stream = AsyncWatchStream(start, end, self.core)
-        await self.core.add_watch(stream, rev)
+        stream = await (self.kv.watch_key(start, rev or None) if end == b"" else
+                        self.kv.watch_range(start, end, start_revision=rev or None))
         self._streams.add(stream)
         try:
             if not sse:
@@ -604,14 +567,14 @@ class Api:
             stream.cancel()
 
     @staticmethod
-    async def _long_poll(request: BaseRequest, stream: AsyncWatchStream, timeout: float
+    async def _long_poll(request: BaseRequest, stream: WatchStream, timeout: float
                          ) -> list[Event] | None:
         """`stream.batch(timeout)`, ended early (None) when the client goes away, so a
         dropped long poll does not hold one of the MAX_WATCHES slots until its timeout."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            events = await stream.batch(max(0.0, min(left, 1.0)))
+            events = await user_events(stream, max(0.0, min(left, 1.0)))
             if events or events is None or left <= 1.0:
                 return events
             transport = request.transport
@@ -619,12 +582,11 @@ class Api:
                 return None
 
     async def _next_rev(self) -> int:
-        r = await self.core.range(MIN_USER_KEY, b"", 0, 0, False, True)
-        return r.revision + 1
+        return await self.kv.revision() + 1
 
-    async def _sse(self, request: BaseRequest, stream: AsyncWatchStream) -> web.StreamResponse:
+    async def _sse(self, request: BaseRequest, stream: WatchStream) -> web.StreamResponse:
         # The first read reports a compacted start revision as 410 before any byte is sent.
-        first = await stream.batch(0)
+        first = await user_events(stream, 0)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
         await resp.prepare(request)
@@ -641,7 +603,7 @@ class Api:
             else:
                 await resp.write(b": keep-alive\n\n")
             try:
-                events = await stream.batch(SSE_HEARTBEAT)
+                events = await user_events(stream, SSE_HEARTBEAT)
             except KVError as exc:
                 f = map_error(exc)
                 await resp.write(f"event: error\ndata: "
@@ -657,13 +619,12 @@ class Api:
             body.update(status="shutting_down")
             return _json(body, 503, {"Retry-After": RETRY_AFTER})
         try:
-            r = await asyncio.wait_for(
-                self.core.range(MIN_USER_KEY, b"", 0, 0, False, True), HEALTH_TIMEOUT)
+            revision = await asyncio.wait_for(self.kv.revision(), HEALTH_TIMEOUT)
         except (KVError, TimeoutError) as exc:
             body.update(status="unavailable", error="no_quorum",
                         message=f"the leader did not answer within {HEALTH_TIMEOUT:g} s: {exc}")
             return _json(body, 503, {"Retry-After": RETRY_AFTER})
-        body.update(status="ok", revision=r.revision)
+        body.update(status="ok", revision=revision)
         return _json(body)
 
     def _me_json(self) -> dict[str, Any]:
@@ -675,7 +636,7 @@ class Api:
         try:
             nodes = await asyncio.wait_for(self._admin.cluster(), HEALTH_TIMEOUT)
             leader = await asyncio.wait_for(self._admin.leader(), HEALTH_TIMEOUT)
-            rng = await asyncio.wait_for(self.core.range(REGISTRY, prefix_end(REGISTRY)),
+            rng = await asyncio.wait_for(self.kv.range(Range(REGISTRY, prefix_end(REGISTRY))),
                                          HEALTH_TIMEOUT)
         except (KVError, TimeoutError, Exception) as exc:  # any admin failure
             known = [{"id": f"{n.id:#x}", "db": n.address,
@@ -720,16 +681,18 @@ class Api:
         if revision < 1:
             return []
         lo = max(1, revision - 4 * n)
-        stream = AsyncWatchStream(MIN_USER_KEY, RANGE_ALL, self.core)
         events: list[Event] = []
         deadline = time.monotonic() + 0.3
         try:
-            await self.core.add_watch(stream, lo)
+            stream = await self.kv.watch_range(MIN_USER_KEY, None, start_revision=lo)
+        except KVError:
+            return []
+        try:
             # The backfill reaches the core's poll position; newer events follow
             # from the poller within one poll interval.
             while not events or events[-1].revision < revision:
                 left = deadline - time.monotonic()
-                more = await stream.batch(max(0.0, left), 10 * n) if left > 0 else None
+                more = await user_events(stream, max(0.0, left), 10 * n) if left > 0 else None
                 if not more:
                     break
                 events.extend(more)

@@ -1,4 +1,4 @@
-"""One demo node: an embedded :class:`cowsqlpy.App`, the kvstore ``cowsql`` core
+"""One demo node: an embedded :class:`cowsqlpy.App`, a kvstore ``cowsql://`` handle
 on the App's node store, and the HTTP server, all on cowsqlpy's background loop.
 """
 
@@ -17,9 +17,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+import kvstore
 from cowsqlpy.runtime import background_loop, enable_busy_poll, run_sync
-from kvstore.backends.cowsql import CowsqlCore
-from kvstore.errors import KVError, LeaseNotFound
+from kvstore import AsyncKV, AsyncTempKey, KVError
 
 from . import DATABASE, DEFAULT_BUSY_POLL, DEFAULT_COMPACT_RETENTION
 from .api import REGISTRY, REGISTRY_TTL, Api, NodeIdentity
@@ -109,12 +109,11 @@ class DemoNode:
         self.roles_adjustment_frequency = roles_adjustment_frequency
         self.request_timeout = request_timeout
         self.app: Any = None
-        self.core: CowsqlCore | None = None
+        self.kv: AsyncKV | None = None
+        self._registration: AsyncTempKey | None = None
         self.api: Api | None = None
         self._server: asyncio.AbstractServer | None = None
         self._web: web.Server | None = None
-        self._lease = 0
-        self._keepalive: asyncio.Task[None] | None = None
 
     def start_app(self) -> None:
         from cowsqlpy.app import App
@@ -135,41 +134,23 @@ class DemoNode:
 
     async def _start_http(self) -> None:
         assert self.app is not None
-        core = CowsqlCore(self.app.store, DATABASE, self.request_timeout, self.compact_retention,
-                          self.linearizable_reads)
-        await core.start()
-        self.core = core
+        read = "linearizable" if self.linearizable_reads else "serializable"
+        self.kv = kv = await kvstore.open_async(
+            f"cowsql:///{DATABASE}?timeout={self.request_timeout}"
+            f"&auto_compact={self.compact_retention}&read={read}", store=self.app.store)
         me = NodeIdentity(self.app.id, self.db_address, self.api_address)
-        await self._register(me)
-        self._keepalive = asyncio.ensure_future(self._keepalive_loop(me))
-        self.api = Api(core, self.app, me, enable_busy_poll(background_loop(), self.busy_poll))
+        # The API address of every node is kept in the store under a lease (put again
+        # if an outage outlives it), so any node's /_cluster can name and probe every
+        # other node's API.
+        value = json.dumps({"id": f"{me.id:#x}", "db": me.db, "api": me.api,
+                            "pid": os.getpid()}).encode()
+        self._registration = await kv.temp_key(REGISTRY + me.db.encode(), value,
+                                               ttl=REGISTRY_TTL, renew=True)
+        self.api = Api(kv, self.app, me, enable_busy_poll(background_loop(), self.busy_poll))
         host, port = split_address(self.api_address, "--api")
         self._web = _DemoServer(self.api.handle, access_log=None, keepalive_timeout=75)
         self._server = await background_loop().create_server(
             self._web, host, port, reuse_address=True, backlog=1024)
-
-    # The API address of every node is kept in the store under a lease, so any node's
-    # /_cluster can name and probe every other node's API.
-    async def _register(self, me: NodeIdentity) -> None:
-        assert self.core is not None
-        self._lease, _ = await self.core.grant(REGISTRY_TTL)
-        value = json.dumps({"id": f"{me.id:#x}", "db": me.db, "api": me.api,
-                            "pid": os.getpid()}).encode()
-        await self.core.put(REGISTRY + me.db.encode(), value, self._lease, False)
-
-    async def _keepalive_loop(self, me: NodeIdentity) -> None:
-        assert self.core is not None
-        while True:
-            await asyncio.sleep(REGISTRY_TTL / 4)
-            try:
-                await self.core.keepalive(self._lease)
-            except LeaseNotFound:
-                try:
-                    await self._register(me)
-                except KVError as exc:
-                    log.debug("registry: re-register failed: %r", exc)
-            except KVError as exc:
-                log.debug("registry: keepalive failed: %r", exc)
 
     def stop(self, handover_timeout: float = 60.0) -> None:
         """Stop serving HTTP (in-flight requests finish, watches end), release the
@@ -191,14 +172,12 @@ class DemoNode:
         if self._server is not None:
             await self._server.wait_closed()
         enable_busy_poll(background_loop(), 0)
-        if self._keepalive is not None:
-            self._keepalive.cancel()
         if self.api is not None:
             await self.api.close()
-        if self.core is not None:
-            if self._lease:
-                try:
-                    await asyncio.wait_for(self.core.revoke(self._lease), 2.0)
-                except (KVError, TimeoutError):
-                    pass
-            await self.core.close()
+        if self._registration is not None:
+            try:
+                await asyncio.wait_for(self._registration.release(), 2.0)
+            except (KVError, TimeoutError):
+                pass   # the lease expires by itself
+        if self.kv is not None:
+            await self.kv.close()

@@ -5,6 +5,11 @@
         kv.put("a", b"1")
         assert kv.get("a") == b"1"
 
+    kv = await kvstore.open_async("cowsql://127.0.0.1:9001/app")   # the async face
+
+The async face (:class:`AsyncKV`) is the core; the blocking :class:`KV` runs it on
+cowsqlpy's background loop.
+
 Backends (``kvstore.open(url)`` dispatches on the scheme, see
 :mod:`kvstore.backends`): ``mem:``, ``raft://HOST:PORT?peers=...``,
 ``etcd://HOST:PORT[,...]``, ``cowsql://HOST:PORT[,...]/DATABASE``.
@@ -15,9 +20,10 @@ from __future__ import annotations
 
 import logging
 
-from .api import DEFAULT_SESSION_TTL, KV
+from .aio import DEFAULT_SESSION_TTL, AsyncKV, open_async
+from .api import KV, Lock, TempKey, open_blocking
+from .backend import Backend, BlockingBackend
 from .backends import BACKENDS, register
-from .backends import open_url as _open_url
 from .errors import (
     BackendError,
     BackendUnavailable,
@@ -42,7 +48,7 @@ from .errors import (
     VersionMismatch,
     WatchOverflow,
 )
-from .recipes import Lock, TempKey, WatchHandle
+from .recipes import AsyncLock, AsyncTempKey, WatchHandle
 from .types import (
     MAX_KEY_BYTES,
     MAX_TXN_BYTES,
@@ -84,13 +90,12 @@ def open(url: str) -> KV:  # noqa: A001 - the package's entry point, like io.ope
     :raises UnsupportedScheme: no backend registered for the scheme.
     :raises BackendUnavailable: the backend's module cannot be imported.
     """
-    return _open_url(url)
+    return open_blocking(url)
 
-
-from .aio import AsyncKV, AsyncWatchStream, open_async  # noqa: E402 - needs `open` above
 
 __all__ = [
-    "open", "open_async", "AsyncKV", "AsyncWatchStream", "register", "BACKENDS", "KV", "DEFAULT_SESSION_TTL",
+    "open", "open_async", "AsyncKV", "register", "BACKENDS", "KV", "DEFAULT_SESSION_TTL",
+    "Backend", "BlockingBackend", "AsyncLock", "AsyncTempKey",
     "MAX_KEY_BYTES", "MAX_VALUE_BYTES", "MAX_TXN_OPS", "MAX_TXN_BYTES",
     "KeyValue", "Event", "EventType", "Lease", "LeaseInfo", "RangeResult", "PutResult",
     "DeleteResult", "TxnResult", "Compare", "CompareTarget", "Value", "Version",

@@ -1,7 +1,9 @@
-"""Coordination recipes built only on the public primitives (txn, range,
-watch, leases), so every backend gets them for free: the session lease and its
-keeper, temporary keys, the distributed lock with a fencing token, ZooKeeper
-sequence/ephemeral create, and the optimistic update loop.
+"""Coordination recipes built only on the primitives (txn, range, watch, leases),
+written once as coroutines over :class:`~kvstore.AsyncKV`, so every backend and
+both faces get them: the session lease and its keeper, temporary keys, the
+distributed lock with a fencing token, ZooKeeper sequence/ephemeral create, and
+the optimistic update loop. (The hmetcd-style callback watcher, :class:`WatchHandle`,
+belongs to the blocking face: it calls back from a thread.)
 
 Internal keys live under ``__kvstore/`` in the user's key space (as etcd's
 concurrency package uses the user's key space for its locks).
@@ -9,13 +11,14 @@ concurrency package uses the user's key space for its locks).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -29,7 +32,9 @@ from .errors import (
 )
 from .types import (
     CreateRevision,
+    Delete,
     EventType,
+    LeaseId,
     ModRevision,
     Put,
     Range,
@@ -40,6 +45,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from .aio import AsyncKV
     from .api import KV
 
 log = logging.getLogger("kvstore.recipes")
@@ -50,112 +56,124 @@ SEQ_PREFIX = b"__kvstore/seq/"
 _jitter = random.Random()  # our own, so an application's seeded `random` is left alone
 
 
-class LeaseKeeper(threading.Thread):
-    """Keeps one lease alive (a keepalive every ttl/3) until stopped or lost."""
+class LeaseKeeper:
+    """Keeps one lease alive (a keepalive every ttl/3) until stopped or lost: a task
+    on the backend's event loop. ``renew``, if given, replaces a lost lease (it
+    returns the new lease id) instead of giving up."""
 
-    def __init__(self, kv: KV, lease: int, ttl: int) -> None:
-        super().__init__(name=f"kvstore-lease-{lease:x}", daemon=True)
+    def __init__(self, kv: AsyncKV, lease: int, ttl: int,
+                 renew: Callable[[], Awaitable[int]] | None = None) -> None:
         self.kv, self.lease, self.ttl = kv, lease, ttl
-        self._stop_ev = threading.Event()
-        self.lost = threading.Event()
+        self.lost = False
+        self._renew = renew
+        self._task = kv.spawn(self._run())
 
-    def run(self) -> None:
+    async def _run(self) -> None:
         period = max(0.2, self.ttl / 3.0)
-        while not self._stop_ev.wait(period):
+        while True:
+            await asyncio.sleep(period)
             try:
-                self.kv._keepalive(self.lease)
+                await self.kv.keepalive(self.lease)
             except LeaseNotFound:
                 log.warning("lease %#x expired before its keepalive", self.lease)
-                self.lost.set()
-                return
+                if self._renew is None:
+                    self.lost = True
+                    return
+                try:
+                    self.lease = await self._renew()
+                except ClosedError:
+                    return
+                except KVError as exc:
+                    log.warning("renewing lease %#x failed (%r); retrying", self.lease, exc)
             except ClosedError:
                 return
             except KVError:
                 log.warning("keepalive of lease %#x failed; retrying", self.lease, exc_info=True)
 
     def stop(self) -> None:
-        self._stop_ev.set()
+        self._task.cancel()
 
 
 class Session:
     """The per-handle lease behind temp keys, ephemeral creates and locks
     (etcd's concurrency.Session, ZooKeeper's session)."""
 
-    def __init__(self, kv: KV) -> None:
+    def __init__(self, kv: AsyncKV) -> None:
         self._kv = kv
-        self._lock = threading.Lock()
         self._keeper: LeaseKeeper | None = None
 
-    def lease(self) -> int:
-        with self._lock:
+    async def lease(self) -> int:
+        k = self._keeper
+        if k is None or k.lost:
+            granted = await self._kv.grant(self._kv.session_ttl)
             k = self._keeper
-            if k is None or k.lost.is_set():
-                lid, ttl = self._kv._grant(self._kv.session_ttl)
-                k = self._keeper = LeaseKeeper(self._kv, lid, ttl)
-                k.start()
-            return k.lease
+            if k is None or k.lost:
+                k = self._keeper = LeaseKeeper(self._kv, granted.id, granted.ttl)
+            else:   # a concurrent first user granted one meanwhile: keep one lease
+                await self._kv.revoke(granted)
+        return k.lease
 
-    def close(self) -> None:
-        with self._lock:
-            k, self._keeper = self._keeper, None
+    async def close(self) -> None:
+        k, self._keeper = self._keeper, None
         if k is not None:
             k.stop()
-            if not k.lost.is_set():
+            if not k.lost:
                 try:
-                    self._kv._revoke(k.lease)
+                    await self._kv.revoke(k.lease)
                 except LeaseNotFound:
                     pass
 
 
-class TempKey:
-    """A key that lives while this handle keeps its lease alive (hmetcd TempKey)."""
+class AsyncTempKey:
+    """A key that lives while this handle keeps its lease alive (hmetcd TempKey).
+    ``await release()`` or ``async with``."""
 
-    def __init__(self, kv: KV, key: bytes, lease: int, keeper: LeaseKeeper | None) -> None:
-        self.kv, self.key, self.lease = kv, key, lease
-        self._keeper = keeper
+    def __init__(self, kv: AsyncKV, key: bytes, value: bytes, lease: int) -> None:
+        self.kv, self.key, self.value, self._lease = kv, key, value, lease
+        self._keeper: LeaseKeeper | None = None
+
+    @property
+    def lease(self) -> int:
+        return self._keeper.lease if self._keeper is not None else self._lease
 
     @classmethod
-    def create(cls, kv: KV, key: bytes, value: bytes, ttl: int | None) -> TempKey:
-        keeper = None
+    async def create(cls, kv: AsyncKV, key: bytes, value: bytes, ttl: int | None,
+                     renew: bool = False) -> AsyncTempKey:
         if ttl is None:
-            lid = kv._session.lease()
-        else:
-            lid, granted = kv._grant(ttl)
-            keeper = LeaseKeeper(kv, lid, granted)
-            keeper.start()
-        kv._put(key, value, lid, False)
-        return cls(kv, key, lid, keeper)
+            tk = cls(kv, key, value, await kv.session.lease())
+            await kv.put(key, value, lease=tk.lease)
+            return tk
+        tk = cls(kv, key, value, 0)
+        lid = await tk._put_on_new_lease(ttl)
+        tk._keeper = LeaseKeeper(kv, lid, ttl, (lambda: tk._put_on_new_lease(ttl)) if renew
+                                 else None)
+        return tk
 
-    def release(self) -> None:
+    async def _put_on_new_lease(self, ttl: int) -> int:
+        granted = await self.kv.grant(ttl)
+        await self.kv.put(self.key, self.value, lease=granted.id)
+        return granted.id
+
+    async def release(self) -> None:
         """Delete the key now (and revoke its own lease, if it has one)."""
         if self._keeper is not None:
             self._keeper.stop()
             try:
-                self.kv._revoke(self.lease)
+                await self.kv.revoke(self.lease)
             except LeaseNotFound:
                 pass
         else:
-            self.kv.txn([ModRevision(self.key) > 0, _lease_is(self.key, self.lease)],
-                        [_delete(self.key)])
+            await self.kv.txn([ModRevision(self.key) > 0, LeaseId(self.key) == self.lease],
+                              [Delete(self.key)])
 
-    def __enter__(self) -> TempKey:
+    async def __aenter__(self) -> AsyncTempKey:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
 
 
-def _lease_is(key: bytes, lease: int) -> Any:
-    from .types import LeaseId
-    return LeaseId(key) == lease
-
-
-def _delete(key: bytes) -> Any:
-    from .types import Delete
-    return Delete(key)
-
-
-class Lock:
+class AsyncLock:
     """A held distributed lock (etcd concurrency.Mutex algorithm).
 
     Each acquirer creates ``__kvstore/lock/<name>/<unique>`` on its session
@@ -165,22 +183,22 @@ class Lock:
     resource can reject writes carrying an older token.
     """
 
-    def __init__(self, kv: KV, name: bytes, key: bytes, token: int) -> None:
+    def __init__(self, kv: AsyncKV, name: bytes, key: bytes, token: int) -> None:
         self.kv, self.name, self.key = kv, name, key
         self.fencing_token = token
         self._held = True
 
     @classmethod
-    def acquire_new(cls, kv: KV, name: bytes, timeout: float | None) -> Lock:
+    async def acquire_new(cls, kv: AsyncKV, name: bytes, timeout: float | None) -> AsyncLock:
         deadline = None if timeout is None else time.monotonic() + timeout
-        lease = kv._session.lease()
+        lease = await kv.session.lease()
         prefix = LOCK_PREFIX + name + b"/"
         key = prefix + f"{lease:016x}-{os.getpid()}-{uuid.uuid4().hex[:12]}".encode()
-        r = kv.txn([CreateRevision(key) == 0], [Put(key, b"", lease)], [])
+        r = await kv.txn([CreateRevision(key) == 0], [Put(key, b"", lease)], [])
         my_rev = r.revision
         try:
             while True:
-                rr = kv.get_range(prefix, prefix_end(prefix))
+                rr = await kv.get_range(prefix, prefix_end(prefix))
                 mine = [x for x in rr if x.key == key]
                 if not mine:
                     raise LeaseNotFound("the session lease expired while waiting for the lock")
@@ -189,38 +207,38 @@ class Lock:
                 if not preds:
                     return cls(kv, name, key, my_rev)
                 pred = max(preds, key=lambda x: x.create_revision)
-                with kv.watch_key(pred.key, start_revision=rr.revision + 1) as w:
+                async with await kv.watch_key(pred.key, start_revision=rr.revision + 1) as w:
                     while True:
                         left = None if deadline is None else deadline - time.monotonic()
                         if left is not None and left <= 0:
                             raise LockTimeout(f"lock {name!r} not acquired within {timeout}s")
-                        ev = w.get(timeout=left if left is not None else 5.0)
+                        ev = await w.aget(timeout=left if left is not None else 5.0)
                         if ev is not None and ev.type is EventType.DELETE:
                             break
                         if ev is None and left is None:
                             break  # periodic re-check of the queue (session loss)
         except BaseException:
             try:
-                kv.delete(key)
+                await asyncio.shield(kv.delete(key))
             except KVError:
                 log.warning("could not remove lock key %r after failure", key, exc_info=True)
             raise
 
-    def is_held(self) -> bool:
+    async def is_held(self) -> bool:
         """Whether the lock key still exists (False after release or session loss)."""
-        return self._held and self.kv.get_kv(self.key) is not None
+        return self._held and await self.kv.get_kv(self.key) is not None
 
-    def release(self) -> None:
+    async def release(self) -> None:
         """Release the lock (hmetcd DistUnlock). Idempotent."""
         if self._held:
             self._held = False
-            self.kv.delete(self.key)
+            await self.kv.delete(self.key)
 
-    def __enter__(self) -> Lock:
+    async def __aenter__(self) -> AsyncLock:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
 
     def __repr__(self) -> str:
         return f"Lock(name={self.name!r}, fencing_token={self.fencing_token})"
@@ -287,47 +305,48 @@ class WatchHandle:
         return not self.done.is_set()
 
 
-def create(kv: KV, key: bytes, value: bytes, sequence: bool, ephemeral: bool, lease: int
-           ) -> bytes:
+async def create(kv: AsyncKV, key: bytes, value: bytes, sequence: bool, ephemeral: bool,
+                 lease: int) -> bytes:
     if ephemeral and not lease:
-        lease = kv._session.lease()
+        lease = await kv.session.lease()
     if not sequence:
-        r = kv.txn([CreateRevision(key) == 0], [Put(key, value, lease)], [])
+        r = await kv.txn([CreateRevision(key) == 0], [Put(key, value, lease)], [])
         if not r.succeeded:
             raise KeyExists(f"key {key!r} already exists")
         return key
     counter = SEQ_PREFIX + key
     for attempt in range(1000):
-        cur = kv.get_kv(counter)
+        cur = await kv.get_kv(counter)
         n = cur.version if cur is not None else 0
         new_key = key + b"%010d" % n
-        r = kv.txn([Version(counter) == n, CreateRevision(new_key) == 0],
-                   [Put(counter, b""), Put(new_key, value, lease)],
-                   [Range(counter)])
+        r = await kv.txn([Version(counter) == n, CreateRevision(new_key) == 0],
+                         [Put(counter, b""), Put(new_key, value, lease)],
+                         [Range(counter)])
         if r.succeeded:
             return new_key
         rr = r.responses[0]
         now_n = rr[0].version if isinstance(rr, RangeResult) and len(rr) else 0
         if now_n == n:
             # the counter did not move, so new_key was taken by a plain put: skip it
-            kv.txn([Version(counter) == n], [Put(counter, b"")], [])
-        _backoff(attempt)
+            await kv.txn([Version(counter) == n], [Put(counter, b"")], [])
+        await _backoff(attempt)
     raise RetriesExhausted(f"create({key!r}, sequence=True) lost 1000 races")
 
 
-def update(kv: KV, key: bytes, fn: Callable[[bytes | None], Any], max_retries: int) -> int:
+async def update(kv: AsyncKV, key: bytes, fn: Callable[[bytes | None], Any], max_retries: int
+                 ) -> int:
     for attempt in range(max_retries):
-        cur = kv.get_kv(key)
+        cur = await kv.get_kv(key)
         new = to_value(fn(None if cur is None else cur.value))
         cond = CreateRevision(key) == 0 if cur is None else ModRevision(key) == cur.mod_revision
         lease = cur.lease if cur is not None else 0
-        r = kv.txn([cond], [Put(key, new, lease)], [])
+        r = await kv.txn([cond], [Put(key, new, lease)], [])
         if r.succeeded:
             return r.revision
-        _backoff(attempt)
+        await _backoff(attempt)
     raise RetriesExhausted(f"update({key!r}) lost {max_retries} races")
 
 
-def _backoff(attempt: int) -> None:
+async def _backoff(attempt: int) -> None:
     if attempt:
-        time.sleep(_jitter.uniform(0, min(0.05, 0.001 * (2 ** min(attempt, 6)))))
+        await asyncio.sleep(_jitter.uniform(0, min(0.05, 0.001 * (2 ** min(attempt, 6)))))

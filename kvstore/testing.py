@@ -137,7 +137,7 @@ class EtcdCluster:
 
 
 class RaftCluster:
-    """``nodes`` raft members in this process (one ``RaftKV`` handle each)."""
+    """``nodes`` raft members in this process (one ``kvstore.KV`` handle each, on a ``RaftBackend``)."""
 
     def __init__(self, base: Path | str | None = None, nodes: int = 3, *, durable: bool = False,
                  options: str = "", spares: int = 0) -> None:
@@ -175,7 +175,7 @@ class RaftCluster:
             h = self._spare_handles.get(i)
             if h is None or h.closed:
                 h = self._spare_handles[i] = _raft(kvstore.open(self.url(i)))
-                h.wait_ready(timeout)
+                h.backend.wait_ready(timeout)
                 return h
         raise RuntimeError("no free spare raft slot")
 
@@ -183,7 +183,7 @@ class RaftCluster:
         import kvstore
         self.handles = [_raft(kvstore.open(self.url(i))) for i in range(self.n)]
         for h in self.handles:
-            h.wait_ready(timeout)
+            h.backend.wait_ready(timeout)
         return self
 
     def stop(self) -> None:
@@ -205,7 +205,7 @@ class RaftCluster:
             for t in ts:
                 t.join(60)
         # revoke sessions while the quorum is still up, then stop the members
-        run_all(lambda h: h._session.close())
+        run_all(lambda h: h.close_session())
         run_all(lambda h: h.close())
         self.handles = []
         self._spare_handles = {}
@@ -218,6 +218,6 @@ class RaftCluster:
 
 
 def _raft(kv: Any) -> Any:
-    from .backends.raft import RaftKV
-    assert isinstance(kv, RaftKV)
+    from .backends.raft import RaftBackend
+    assert isinstance(kv.backend, RaftBackend)
     return kv

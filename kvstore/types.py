@@ -456,20 +456,21 @@ class LeaseInfo:
 
 class Lease:
     """A granted lease. ``id`` is what ``put(..., lease=)`` takes (the object
-    itself is accepted too)."""
+    itself is accepted too). Its methods call the handle that granted it: on an
+    :class:`~kvstore.AsyncKV` they return coroutines to await."""
 
     def __init__(self, kv: Any, lease_id: int, ttl: int) -> None:
         self._kv = kv
         self.id = lease_id
         self.ttl = ttl
 
-    def keepalive(self) -> int:
-        return int(self._kv.keepalive(self.id))
+    def keepalive(self) -> Any:
+        return self._kv.keepalive(self.id)
 
-    def revoke(self) -> None:
-        self._kv.revoke(self.id)
+    def revoke(self) -> Any:
+        return self._kv.revoke(self.id)
 
-    def remaining(self) -> LeaseInfo:
+    def remaining(self) -> Any:
         return self._kv.ttl(self.id)
 
     def __repr__(self) -> str:

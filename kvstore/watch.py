@@ -3,15 +3,17 @@ backends built on :mod:`kvstore.mvcc` (mem, raft).
 
 A :class:`WatchStream` is a thread-safe queue of :class:`~kvstore.types.Event`
 filled by a backend and consumed by the user, in revision order, without gaps
-or duplicates (etcd's watch guarantees).
+or duplicates (etcd's watch guarantees). It is read blocking (``get``, ``for``)
+or awaited (``aget``, ``batch``, ``async for``) from any event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .errors import ClosedError, KVError, WatchOverflow
@@ -46,6 +48,7 @@ class WatchStream:
         self._closed = False
         self._error: BaseException | None = None
         self._bytes = 0
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         #: Revision of the next event this stream can deliver (resume point).
         self.next_revision = 0
 
@@ -62,7 +65,7 @@ class WatchStream:
                     break
                 self._q.append(e)
                 self._bytes += _size(e)
-            self._cond.notify_all()
+            self._notify()
 
     def _overflow(self, revision: int) -> None:
         """Drop the part of ``revision`` already queued (revisions stay whole) and
@@ -77,12 +80,20 @@ class WatchStream:
         with self._cond:
             if self._error is None and not self._closed:
                 self._error = exc
-            self._cond.notify_all()
+            self._notify()
 
     def _finish(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake blocked readers and awaiting ones (called under ``_cond``)."""
+        self._cond.notify_all()
+        for loop, fut in self._waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, fut)
+        self._waiters.clear()
 
     # user side
     def get(self, timeout: float | None = None) -> Event | None:
@@ -113,6 +124,63 @@ class WatchStream:
                         return None
                     self._cond.wait(left)
 
+    async def aget(self, timeout: float | None = None) -> Event | None:
+        """:meth:`get` for coroutines: waits without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._cond:
+                if not (self._q or self._error is not None or self._closed):
+                    left = None if deadline is None else deadline - loop.time()
+                    if left is not None and left <= 0:
+                        return None
+                    fut: asyncio.Future[None] = loop.create_future()
+                    self._waiters.append((loop, fut))
+                else:
+                    return self.get(0)
+            try:
+                async with asyncio.timeout(left):
+                    await fut
+            except TimeoutError:
+                pass
+            finally:
+                with self._cond:
+                    if (loop, fut) in self._waiters:
+                        self._waiters.remove((loop, fut))
+
+    async def batch(self, timeout: float | None = None, max_events: int = 1000
+                    ) -> list[Event] | None:
+        """The events queued now, whole revisions, at least one and about
+        ``max_events`` at most, waiting up to ``timeout`` for the first:
+        ``[]`` on timeout, None once cancelled.
+
+        :raises KVError: the watch failed (e.g. compacted)."""
+        first = await self.aget(timeout)
+        if first is None:
+            return None if self._closed else []
+        out = [first]
+        while len(out) < max_events or self.next_revision == out[-1].revision:
+            nxt = self.get(0)
+            if nxt is None:
+                break
+            out.append(nxt)
+        return out
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        e = await self.aget()
+        if e is None:
+            raise StopAsyncIteration
+        return e
+
+    async def __aenter__(self) -> WatchStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
     def __iter__(self) -> Iterator[Event]:
         return self
 
@@ -132,7 +200,7 @@ class WatchStream:
             if self._closed:
                 return
             self._closed = True
-            self._cond.notify_all()
+            self._notify()
         if self._cancel_fn is not None:
             self._cancel_fn(self)
 
@@ -143,6 +211,11 @@ class WatchStream:
 
     def __exit__(self, *exc: Any) -> None:
         self.cancel()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class WatchHub:

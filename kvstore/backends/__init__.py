@@ -4,18 +4,19 @@ missing (``raft`` without pysyncobj, ``etcd`` without aetcd, ``cowsql`` without
 cowsqlpy's client) gives a clear :class:`~kvstore.errors.BackendUnavailable` only
 when it is opened.
 
-Each backend module exposes ``open_url(url: str) -> KV``.
+Each backend module exposes ``async def open_backend(url: str) -> Backend``
+(:mod:`kvstore.backend`), called on the loop the backend will run on.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendUnavailable, UnsupportedScheme
+from ..errors import BackendUnavailable, InvalidArgument, UnsupportedScheme
 
 if TYPE_CHECKING:
-    from ..api import KV
+    from ..backend import Backend
 
 #: scheme -> import path of the backend module.
 BACKENDS: dict[str, str] = {
@@ -40,7 +41,7 @@ def scheme_of(url: str) -> str:
     return scheme.lower()
 
 
-def open_url(url: str) -> KV:
+async def open_backend(url: str, *, store: Any = None) -> Backend:
     scheme = scheme_of(url)
     modname = BACKENDS.get(scheme)
     if modname is None:
@@ -54,4 +55,8 @@ def open_url(url: str) -> KV:
                 f"the {scheme!r} backend ({modname}) is not available in this build") from e
         raise BackendUnavailable(
             f"the {scheme!r} backend ({modname}) needs the missing module {e.name!r}") from e
-    return mod.open_url(url)
+    if store is not None:
+        if scheme != "cowsql":
+            raise InvalidArgument(f"store= names cowsql nodes; the {scheme!r} backend takes none")
+        return await mod.open_backend(url, store=store)
+    return await mod.open_backend(url)

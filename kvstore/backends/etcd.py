@@ -9,27 +9,24 @@ count_only and nested txn ops, so requests are built here. Measured on this
 machine against etcd 3.4 at concurrency 1, gRPC does ~1,300 puts/s where the
 JSON gateway client (``etcd3gw``) does ~460, hence gRPC.
 
-One core: :class:`EtcdCore` is asyncio (uvloop when installed) and runs on a
-private event-loop thread; the sync :class:`EtcdKV` methods submit to it.
-Async code can drive the core directly through ``kv.core`` on ``kv.loop``
-(the benchmark does this).
+:class:`EtcdBackend` is an asyncio client bound to the loop it was opened on (the
+caller's for ``kvstore.open_async``, cowsqlpy's background loop for the blocking
+``kvstore.open``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
 import urllib.parse
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import grpc
 from aetcd import rpc
 
+from ..backend import Backend
 from ..errors import (
     BackendError,
-    ClosedError,
     CompactedError,
     FutureRevisionError,
     InvalidArgument,
@@ -56,7 +53,6 @@ from ..types import (
     TxnResult,
 )
 from ..watch import WatchStream
-from .core_kv import CoreBackedKV
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
@@ -138,10 +134,17 @@ def _compare(c: Compare) -> Any:
     return m
 
 
-class EtcdCore:
-    """The async etcd client: one gRPC channel, all calls are coroutines."""
+class EtcdBackend(Backend):
+    """The async etcd client: one gRPC channel, all calls are coroutines on ``loop``."""
 
-    def __init__(self, endpoints: list[str], timeout: float) -> None:
+    scheme = "etcd"
+
+    def __init__(self, endpoints: list[str], timeout: float, session_ttl: int | None = None
+                 ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.endpoints = endpoints
+        self.session_ttl = session_ttl
+        self._watch_tasks: dict[WatchStream, asyncio.Task[None]] = {}
         target = endpoints[0] if len(endpoints) == 1 else "ipv4:" + ",".join(endpoints)
         self.timeout = timeout
         self.channel = grpc.aio.insecure_channel(target, options=[
@@ -233,7 +236,24 @@ class EtcdCore:
             raise LeaseNotFound(f"etcd: lease {lease:#x} not found")
         return LeaseInfo(lease, int(r.TTL), int(r.grantedTTL), tuple(r.keys))
 
-    async def watch(self, stream: WatchStream, start: bytes, end: bytes, start_revision: int,
+    async def watch(self, start: bytes, end: bytes, start_revision: int) -> WatchStream:
+        stream = WatchStream(start, end, self._cancel_watch)
+        created: asyncio.Future[None] = self.loop.create_future()
+        task = self.loop.create_task(self._feed(stream, start, end, start_revision, created))
+        self._watch_tasks[stream] = task
+        task.add_done_callback(lambda t: self._watch_tasks.pop(stream, None))
+        await asyncio.wait_for(created, self.timeout)
+        return stream
+
+    def _cancel_watch(self, stream: WatchStream) -> None:
+        def cancel() -> None:
+            t = self._watch_tasks.pop(stream, None)
+            if t is not None:
+                t.cancel()
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(cancel)
+
+    async def _feed(self, stream: WatchStream, start: bytes, end: bytes, start_revision: int,
                     created: asyncio.Future[None]) -> None:
         """Feed ``stream`` until it is cancelled; resolves ``created`` once the
         server has registered the watch (so no later write is missed)."""
@@ -271,86 +291,12 @@ class EtcdCore:
             call.cancel()
 
     async def close(self) -> None:
+        for t in list(self._watch_tasks.values()):
+            t.cancel()
         await self.channel.close()
 
 
-class EtcdKV(CoreBackedKV):
-    scheme = "etcd"
-
-    def __init__(self, endpoints: list[str], *, timeout: float = DEFAULT_TIMEOUT,
-                 session_ttl: int | None = None) -> None:
-        super().__init__(**({} if session_ttl is None else {"session_ttl": session_ttl}))
-        self.endpoints = endpoints
-        self.loop = _new_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="kvstore-etcd-loop",
-                                        daemon=True)
-        self._thread.start()
-        self.core: EtcdCore = self._run(_make_core(endpoints, timeout))
-        self._watch_tasks: dict[WatchStream, asyncio.Task[None]] = {}
-        self._timeout = timeout
-
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if not self._thread.is_alive():
-            coro.close()
-            raise ClosedError("etcd: KV handle is closed")
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise OperationTimeout("etcd: no answer in time") from None
-
-    def _watch(self, start: bytes, end: bytes, start_revision: int) -> WatchStream:
-        stream = WatchStream(start, end, self._cancel_watch)
-
-        async def start_watch() -> asyncio.Future[None]:
-            created: asyncio.Future[None] = self.loop.create_future()
-            task = self.loop.create_task(self.core.watch(stream, start, end, start_revision,
-                                                         created))
-            self._watch_tasks[stream] = task
-            task.add_done_callback(lambda t: self._watch_tasks.pop(stream, None))
-            return created
-
-        async def start_and_wait() -> None:
-            created = await start_watch()
-            await asyncio.wait_for(created, self._timeout)
-
-        self._run(start_and_wait())
-        return stream
-
-    def _cancel_watch(self, stream: WatchStream) -> None:
-        def cancel() -> None:
-            t = self._watch_tasks.pop(stream, None)
-            if t is not None:
-                t.cancel()
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(cancel)
-
-    def _close(self) -> None:
-        async def shutdown() -> None:
-            for t in list(self._watch_tasks.values()):
-                t.cancel()
-            await self.core.close()
-        try:
-            self._run(shutdown(), timeout=10.0)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10.0)
-
-
-async def _make_core(endpoints: list[str], timeout: float) -> EtcdCore:
-    return EtcdCore(endpoints, timeout)
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
-
-
-def open_url(url: str) -> EtcdKV:
+async def open_backend(url: str) -> EtcdBackend:
     u = urllib.parse.urlsplit(url)
     q = dict(urllib.parse.parse_qsl(u.query))
     unknown = set(q) - {"session_ttl", "timeout"}
@@ -363,5 +309,5 @@ def open_url(url: str) -> EtcdKV:
         host, sep, port = e.rpartition(":")
         if not sep or not port.isdigit() or not host:
             raise InvalidArgument(f"etcd: endpoint {e!r} must be HOST:PORT")
-    return EtcdKV(endpoints, timeout=float(q.get("timeout", DEFAULT_TIMEOUT)),
-                  session_ttl=int(q["session_ttl"]) if "session_ttl" in q else None)
+    return EtcdBackend(endpoints, float(q.get("timeout", DEFAULT_TIMEOUT)),
+                       int(q["session_ttl"]) if "session_ttl" in q else None)

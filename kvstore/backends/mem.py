@@ -16,7 +16,7 @@ import urllib.parse
 from .. import mvcc
 from ..errors import InvalidArgument
 from ..replica import Replica, raise_if_error
-from .replica_kv import ReplicaKV
+from .replica_kv import ReplicaBackend
 
 REAP_PERIOD = 0.1
 
@@ -51,11 +51,12 @@ _named: dict[str, MemStore] = {}
 _named_lock = threading.Lock()
 
 
-class MemKV(ReplicaKV):
+class MemBackend(ReplicaBackend):
     scheme = "mem"
+    inline = True   # every primitive is a local, non-blocking apply
 
     def __init__(self, name: str | None = None, *, session_ttl: int | None = None) -> None:
-        super().__init__(**({} if session_ttl is None else {"session_ttl": session_ttl}))
+        self.session_ttl = session_ttl
         with _named_lock:
             if name:
                 store = _named.get(name)
@@ -70,11 +71,7 @@ class MemKV(ReplicaKV):
     def _apply(self, cmd: list[object]) -> object:
         return raise_if_error(self.store.apply(cmd))
 
-    def revision(self) -> int:
-        self._check()
-        return self.replica.revision
-
-    def _close(self) -> None:
+    def b_close(self) -> None:
         with _named_lock:
             self.store.refs -= 1
             if self.store.refs <= 0:
@@ -83,7 +80,7 @@ class MemKV(ReplicaKV):
                 self.store.stop()
 
 
-def open_url(url: str) -> MemKV:
+async def open_backend(url: str) -> MemBackend:
     u = urllib.parse.urlsplit(url)
     name = (u.netloc or u.path).strip("/") or None
     q = dict(urllib.parse.parse_qsl(u.query))
@@ -91,4 +88,4 @@ def open_url(url: str) -> MemKV:
     if unknown:
         raise InvalidArgument(f"mem: unknown options {sorted(unknown)}")
     ttl = int(q["session_ttl"]) if "session_ttl" in q else None
-    return MemKV(name, session_ttl=ttl)
+    return MemBackend(name, session_ttl=ttl)

@@ -31,6 +31,7 @@ extends every lease by its full TTL (as etcd does).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -53,7 +54,7 @@ from ..errors import (
     OperationTimeout,
 )
 from ..replica import Replica, raise_if_error
-from .replica_kv import ReplicaKV
+from .replica_kv import ReplicaBackend
 
 log = logging.getLogger("kvstore.raft")
 
@@ -154,11 +155,13 @@ class RaftConfig:
                 "must use the same) or bind to 127.0.0.1.")
 
 
-class RaftKV(ReplicaKV):
+class RaftBackend(ReplicaBackend):
+    """One pysyncobj member; its blocking primitives run in worker threads."""
+
     scheme = "raft"
 
     def __init__(self, cfg: RaftConfig) -> None:
-        super().__init__(**({} if cfg.session_ttl is None else {"session_ttl": cfg.session_ttl}))
+        self.session_ttl = cfg.session_ttl
         self.cfg = cfg
         self.replica = Replica()
         self._machine = _Machine(self.replica)
@@ -284,10 +287,6 @@ class RaftKV(ReplicaKV):
     def _sync(self) -> None:
         self._barrier()
 
-    def revision(self) -> int:
-        self._check()
-        self._barrier()
-        return self.replica.revision
 
     # ------------------------------------------------------------ admin
     def wait_ready(self, timeout: float = 30.0) -> None:
@@ -319,7 +318,7 @@ class RaftKV(ReplicaKV):
         """Ask pysyncobj to write the snapshot dump (and trim the journal) now."""
         self._node.forceLogCompaction()
 
-    def _close(self) -> None:
+    def b_close(self) -> None:
         self._stop.set()
         with self._bcond:
             self._bcond.notify_all()
@@ -337,19 +336,24 @@ def _fail_name(err: int) -> str:
     return str(err)
 
 
-def open_url(url: str) -> RaftKV:
-    return RaftKV(RaftConfig(url))
+async def open_backend(url: str) -> RaftBackend:
+    cfg = RaftConfig(url)
+    return await asyncio.to_thread(RaftBackend, cfg)
 
 
 def serve(url: str) -> None:
     """Run one member until SIGTERM/SIGINT (``python -m kvstore.backends.raft URL``)."""
     import signal
 
-    kv = open_url(url)
+    import kvstore
+
+    kv = kvstore.open(url)
+    backend = kv.backend
+    assert isinstance(backend, RaftBackend)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     signal.signal(signal.SIGINT, lambda *a: done.set())
-    print(f"kvstore raft member {kv.cfg.self_addr} running", flush=True)
+    print(f"kvstore raft member {backend.cfg.self_addr} running", flush=True)
     while not done.wait(0.5):
         pass
     kv.close()

@@ -23,8 +23,8 @@ import kvstore
 def main() -> None:
     mode, url = sys.argv[1], sys.argv[2]
     kv = kvstore.open(url)
-    if hasattr(kv, "wait_ready"):
-        kv.wait_ready(60)
+    if hasattr(kv.backend, "wait_ready"):
+        kv.backend.wait_ready(60)
     print("READY", flush=True)
     if mode == "lock":
         name, counter, n = sys.argv[3], sys.argv[4], int(sys.argv[5])

@@ -1,4 +1,6 @@
-"""Contract: the async form of the API (kvstore.aio) on every backend."""
+"""Contract: the async face (kvstore.AsyncKV) on every backend: a blocking handle's
+``kv.aio`` awaited from another loop (each call hops to the backend's loop) and
+``open_async`` on the caller's loop."""
 
 from __future__ import annotations
 
@@ -7,11 +9,11 @@ import asyncio
 import pytest
 
 import kvstore
-from kvstore import AsyncKV, EventType, Put, Value
+from kvstore import EventType, Put, Value
 
 
 def test_async_calls_give_the_blocking_results(env):
-    kv = AsyncKV(env.kv)
+    kv = env.kv.aio
     k = env.k("a")
 
     async def scenario() -> None:
@@ -37,7 +39,7 @@ def test_async_calls_give_the_blocking_results(env):
 
 
 def test_async_watch_waits_without_blocking_the_loop(env):
-    kv, other = AsyncKV(env.kv), AsyncKV(env.other)
+    kv, other = env.kv.aio, env.other.aio
     p = env.k("w/")
 
     async def scenario() -> tuple[list[tuple[EventType, bytes]], int]:
@@ -57,7 +59,7 @@ def test_async_watch_waits_without_blocking_the_loop(env):
 
         seen: list[tuple[EventType, bytes]] = []
         tick_task = asyncio.ensure_future(ticker())
-        async with kv.watch_prefix(p) as events:
+        async with await kv.watch_prefix(p) as events:
             write_task = asyncio.ensure_future(writer())
             async for ev in events:
                 seen.append((ev.type, ev.key))
@@ -75,14 +77,14 @@ def test_async_watch_waits_without_blocking_the_loop(env):
 
 
 def test_async_lock_excludes_across_handles(env):
-    handles = [AsyncKV(env.kv), AsyncKV(env.fresh())]
+    handles = [env.kv.aio, env.fresh().aio]
     name = env.k("lock")
     inside: list[int] = []
     overlaps: list[int] = []
 
     async def worker(i: int) -> None:
         for _ in range(3):
-            async with handles[i % 2].lock(name, timeout=60):
+            async with await handles[i % 2].lock(name, timeout=60):
                 if inside:
                     overlaps.append(i)
                 inside.append(i)
@@ -99,7 +101,7 @@ def test_async_lock_excludes_across_handles(env):
 def test_open_async_and_close(env):
     async def scenario() -> bool:
         # a raft:// URL names a member, and env.url's member is open already: use a spare
-        kv = AsyncKV(env.fresh()) if env.name == "raft" else await kvstore.open_async(env.url)
+        kv = env.fresh().aio if env.name == "raft" else await kvstore.open_async(env.url)
         async with kv:
             await kv.put(env.k("o"), b"1")
             assert env.other.get(env.k("o")) == b"1"

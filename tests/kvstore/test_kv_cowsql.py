@@ -22,9 +22,10 @@ import kvstore
 from cowsqlpy.client import Session
 from cowsqlpy.database import MARKER_PROBE, MARKER_WRITE
 from cowsqlpy.errors import ConnectionLostError, LeadershipLostError
+from cowsqlpy.runtime import run_sync
 from cowsqlpy.testing import Cluster
 from kvstore import CompactedError, DeleteRange, Put, Version
-from kvstore.backends.cowsql import CowsqlKV
+from kvstore.backends.cowsql import CowsqlCore
 from kvstore.backends.cowsql import schema as S
 from kvstore.testing import wait_until
 
@@ -39,25 +40,31 @@ def _db() -> str:
 
 
 @pytest.fixture
-def kv(cowsql_cluster: Any) -> Iterator[CowsqlKV]:
+def kv(cowsql_cluster: Any) -> Iterator[kvstore.KV]:
     h = kvstore.open(cowsql_url(cowsql_cluster, _db(), private=1))
     yield h  # type: ignore[misc]
     h.close()
 
 
-def _gather(kv: CowsqlKV, coros: list[Any]) -> list[Any]:
+def _core(kv: kvstore.KV) -> CowsqlCore:
+    """The backend under a handle (white-box tests of the cowsql store)."""
+    assert isinstance(kv.backend, CowsqlCore)
+    return kv.backend
+
+
+def _gather(kv: kvstore.KV, coros: list[Any]) -> list[Any]:
     async def run() -> list[Any]:
         return await asyncio.gather(*coros, return_exceptions=True)
-    return asyncio.run_coroutine_threadsafe(run(), kv.loop).result(120)
+    return asyncio.run_coroutine_threadsafe(run(), _core(kv).loop).result(120)
 
 
 def test_group_commit_coalesces_with_gap_free_revisions(kv):
     base = kv.revision()
-    b0 = kv.core.batches
-    res = _gather(kv, [kv.core.put(b"g/%d" % i, b"%d" % i) for i in range(64)])
+    b0 = _core(kv).batches
+    res = _gather(kv, [_core(kv).put(b"g/%d" % i, b"%d" % i) for i in range(64)])
     revs = sorted(r.revision for r in res)
     assert revs == list(range(base + 1, base + 65))  # one revision each, no gap
-    assert kv.core.batches - b0 < 64                  # and they shared commits
+    assert _core(kv).batches - b0 < 64                  # and they shared commits
     for i in range(64):
         assert kv.get_kv(b"g/%d" % i).version == 1
 
@@ -67,7 +74,7 @@ def test_group_commit_keeps_waves_of_ops_together(kv, monkeypatch):
     (as HTTP clients do) come back one by one; the committer waits for the wave
     instead of committing its first op alone, so each wave is one batch."""
     monkeypatch.setattr(kvstore.backends.cowsql.tuning, "GATHER_WAIT", 0.5)  # the mechanism, not the timing
-    core, clients, rounds = kv.core, 8, 12
+    core, clients, rounds = _core(kv), 8, 12
 
     async def client(i: int) -> None:
         for r in range(rounds):
@@ -86,10 +93,10 @@ def test_failed_ops_inside_a_batch_take_no_revision_and_touch_nothing(kv):
     base = kv.revision()
     ops = []
     for i in range(20):  # 20 racing create-if-absent on one key: exactly one wins
-        ops.append(kv.core.txn([Version(b"race") == 0], [Put(b"race", b"%d" % i)], []))
-    ops.append(kv.core.put(b"bad", b"x", lease=0x5eed))  # unknown lease: fails alone
-    ops += [kv.core.put(b"ok/%d" % i, b"y") for i in range(5)]
-    ops.append(kv.core.delete(b"absent"))  # deletes nothing: no revision
+        ops.append(_core(kv).txn([Version(b"race") == 0], [Put(b"race", b"%d" % i)], []))
+    ops.append(_core(kv).put(b"bad", b"x", lease=0x5eed))  # unknown lease: fails alone
+    ops += [_core(kv).put(b"ok/%d" % i, b"y") for i in range(5)]
+    ops.append(_core(kv).delete(b"absent"))  # deletes nothing: no revision
     res = _gather(kv, ops)
     wins = [r for r in res[:20] if r.succeeded]
     assert len(wins) == 1
@@ -105,7 +112,7 @@ def test_failed_ops_inside_a_batch_take_no_revision_and_touch_nothing(kv):
 def test_reads_inside_a_batch_see_earlier_ops_of_the_batch(kv):
     kv.put(b"c", b"0")
     n = 30
-    res = _gather(kv, [kv.core.txn([kvstore.Value(b"c") == b"%d" % i],
+    res = _gather(kv, [_core(kv).txn([kvstore.Value(b"c") == b"%d" % i],
                                    [Put(b"c", b"%d" % (i + 1))], []) for i in range(n)])
     # queued in order, evaluated in order against the batch's own changes
     assert all(r.succeeded for r in res)
@@ -120,8 +127,8 @@ def _is_commit(sql: str) -> bool:
         "INSERT INTO kv_log" in sql or sql.startswith(MARKER_WRITE))
 
 
-def _next_lease(kv: CowsqlKV) -> int:
-    (n,), = kv._run(kv.core._query("SELECT next_lease FROM kv_meta", ()))
+def _next_lease(kv: kvstore.KV) -> int:
+    (n,), = run_sync(_core(kv)._query("SELECT next_lease FROM kv_meta", ()))
     return n
 
 
@@ -133,7 +140,7 @@ def test_lost_commit_reply_is_resolved_exactly_once(kv, monkeypatch, committed, 
     batch's log token (a put, in two round trips or in one when the key's state is
     known) or the driver's commit marker (a grant: no log row), and the op is
     applied exactly once."""
-    core = kv.core
+    core = _core(kv)
     kv.put(b"once", b"0")
     if op == "put":
         core._forget()   # the key's state must be read: two round trips
@@ -176,7 +183,7 @@ def test_commit_check_reads_the_batch_token(kv):
     kv.put(b"tok", b"1")
     kv.put(b"tok", b"2")
     r = kv.put(b"tok", b"3")
-    (token,), = kv._run(kv.core._query("SELECT token FROM kv_log WHERE rev = ? AND sub = 0",
+    (token,), = run_sync(_core(kv)._query("SELECT token FROM kv_log WHERE rev = ? AND sub = 0",
                                        (r.revision,)))
     assert token is not None
 
@@ -186,13 +193,13 @@ def test_commit_check_reads_the_batch_token(kv):
         b.log = [(rev, 0, b"tok", b"", 0, 0, 0, 0, 0, tok)]
 
         async def ask() -> bool | None:
-            session = await kv.core.db.acquire()
+            session = await _core(kv).db.acquire()
             try:
                 return await b.committed(session)
             finally:
-                kv.core.db.release(session)
+                _core(kv).db.release(session)
 
-        return kv._run(ask())
+        return run_sync(ask())
 
     assert check(r.revision, token) is True
     assert check(r.revision, token ^ 1) is False
@@ -205,7 +212,7 @@ def test_put_of_a_known_key_takes_one_round_trip(kv):
     """After a write, the core knows the key's state: the next lone put of it is
     computed from that state and sent as one guarded INSERT, with the same result
     as the general path."""
-    core = kv.core
+    core = _core(kv)
     first = kv.put(b"known", b"v1")
     n = core.known_puts
     r = kv.put(b"known", b"v2", prev_kv=True)
@@ -225,7 +232,7 @@ def test_a_write_by_another_core_fails_the_guard(kv, cowsql_cluster, monkeypatch
     """Another process (a core of its own) wrote since: the known state is stale,
     the revision guard lets the one-statement put insert nothing, and the put is
     read and evaluated again: no lost update, no revision reused."""
-    core = kv.core
+    core = _core(kv)
     kv.put(b"g", b"mine")
     written: list[bool] = []
     write = core.db.write
@@ -235,7 +242,7 @@ def test_a_write_by_another_core_fails_the_guard(kv, cowsql_cluster, monkeypatch
         return written[-1]
 
     monkeypatch.setattr(core.db, "write", recording)
-    other = kvstore.open(cowsql_url(cowsql_cluster, kv.core.database, private=1))
+    other = kvstore.open(cowsql_url(cowsql_cluster, _core(kv).database, private=1))
     try:
         theirs = other.put(b"g", b"theirs")
         n = core.known_puts
@@ -253,7 +260,7 @@ def test_a_write_by_another_core_fails_the_guard(kv, cowsql_cluster, monkeypatch
 
 def test_known_key_states_are_bounded(kv, monkeypatch):
     monkeypatch.setattr(kvstore.backends.cowsql.tuning, "KNOWN_KEYS", 3)
-    core = kv.core
+    core = _core(kv)
     for i in range(5):
         kv.put(b"b/%d" % i, b"x" * (i + 1))
     assert list(core._known) == [b"b/2", b"b/3", b"b/4"]   # the most recently written
@@ -267,7 +274,7 @@ def test_plain_puts_leave_the_meta_row_alone(kv):
     """kv_meta is written only when lease or compaction state changes; the
     revision follows from the log."""
     def meta_revision() -> int:
-        (rev,), = kv._run(kv.core._query("SELECT revision FROM kv_meta", ()))
+        (rev,), = run_sync(_core(kv)._query("SELECT revision FROM kv_meta", ()))
         return rev
 
     kv.put(b"m", b"0")
@@ -282,7 +289,7 @@ def test_plain_puts_leave_the_meta_row_alone(kv):
 
 def test_commit_outcome_unresolvable_is_reported_not_acked(kv, monkeypatch):
     """The reply is lost and no leader can be asked within the deadline: OutcomeUnknownError."""
-    core = kv.core
+    core = _core(kv)
     real_exec_sql = Session.exec_sql
 
     async def unreachable(self: Session, sql: str, params: Any = ()) -> Any:
@@ -397,9 +404,9 @@ def test_idle_reapers_leave_the_write_lock_alone(kv, monkeypatch):
     a second (the pass record), not one per pass; a due lease is still expired."""
     monkeypatch.setattr(kvstore.backends.cowsql.tuning, "REAP_INTERVAL", 0.02)
     time.sleep(0.6)  # the reaper's current (default) sleep ends
-    b0 = kv.core.batches
+    b0 = _core(kv).batches
     time.sleep(1.0)  # ~50 passes
-    assert kv.core.batches - b0 <= 2
+    assert _core(kv).batches - b0 <= 2
     lease = kv.grant(1)
     kv.put(b"leased", b"x", lease=lease)
     wait_until(lambda: kv.get(b"leased") is None, timeout=10, what="lease expiry")
@@ -428,11 +435,10 @@ def test_auto_compact_keeps_the_last_n_revisions(cowsql_cluster, monkeypatch):
 
 
 def _query(kv: kvstore.KV, sql: str) -> list[tuple[Any, ...]]:
-    assert isinstance(kv, CowsqlKV)
-    return asyncio.run_coroutine_threadsafe(kv.core._query(sql, ()), kv.loop).result(30)
+    return asyncio.run_coroutine_threadsafe(_core(kv)._query(sql, ()), _core(kv).loop).result(30)
 
 
-def _log_rows(kv: CowsqlKV) -> int:
+def _log_rows(kv: kvstore.KV) -> int:
     return int(_query(kv, "SELECT count(*) FROM kv_log")[0][0])
 
 
@@ -449,9 +455,9 @@ def test_physical_compaction_in_chunks(kv, monkeypatch):
         kv.compact(mid)
         ev = w.get(timeout=10)
     assert ev.revision == mid and ev.value == b"last"
-    b0 = kv.core.batches
+    b0 = _core(kv).batches
     wait_until(lambda: _log_rows(kv) == 2, timeout=30, what="physical compaction")  # hot@mid, cold
-    assert before == 44 and kv.core.batches - b0 > 1    # several small chunks
+    assert before == 44 and _core(kv).batches - b0 > 1    # several small chunks
     assert kv.get(b"cold", revision=mid) == b"c" and kv.get_kv(b"cold").mod_revision == keep
     assert kv.get(b"hot", revision=mid) == b"last"
     assert kv.get(b"gone", revision=mid) is None
@@ -624,10 +630,10 @@ def test_reads_take_a_barrier_unless_serializable(cowsql_cluster: Any, read: str
     h = kvstore.open(cowsql_url(cowsql_cluster, _db(), private=1, **({} if read == "linearizable" else {"read": read})))
     try:
         h.put(b"k", b"v")
-        before = h.core.db.barrier.rounds
+        before = _core(h).db.barrier.rounds
         assert h.get(b"k") == b"v"
         assert h.get(b"missing") is None
-        assert h.core.db.barrier.rounds - before == (2 if read == "linearizable" else 0)
+        assert _core(h).db.barrier.rounds - before == (2 if read == "linearizable" else 0)
     finally:
         h.close()
 

@@ -19,10 +19,10 @@ def test_restart_with_dir_keeps_all_data(tmp_path):
     kv.delete("k0")
     lease = kv.grant(300)
     kv.put("leased", b"l", lease=lease)
-    c.handles[1].force_snapshot()  # one member restarts from dump + journal tail
+    c.handles[1].backend.force_snapshot()  # one member restarts from dump + journal tail
     wait_until(lambda: (tmp_path / "raft-1" / "raft.dump").exists(), what="snapshot dump")
     kv.put("after-snapshot", b"1")
-    digest = c.handles[0].replica.state.state_digest()
+    digest = c.handles[0].backend.replica.state.state_digest()
     c.stop()
 
     c2 = RaftCluster(tmp_path, 3, durable=True)
@@ -37,7 +37,7 @@ def test_restart_with_dir_keeps_all_data(tmp_path):
             assert len(h.get("big")) == 200_000
         assert c2.handles[0].ttl(lease).granted_ttl == 300
         assert c2.handles[0].get_kv("leased").lease == lease.id
-        wait_until(lambda: all(h.replica.state.state_digest() == digest for h in c2.handles),
+        wait_until(lambda: all(h.backend.replica.state.state_digest() == digest for h in c2.handles),
                    what="all replicas equal to the pre-restart state")
         c2.handles[2].put("new", b"n")
         assert c2.handles[0].get("new") == b"n"
@@ -50,10 +50,10 @@ def test_replicas_agree(raft_cluster):
     for i in range(20):
         [a, b, c][i % 3].put(f"agree/{i}", str(i))
     target = a.revision()
-    wait_until(lambda: all(h.replica.revision >= target for h in (a, b, c)), what="catch-up")
+    wait_until(lambda: all(h.backend.replica.revision >= target for h in (a, b, c)), what="catch-up")
     for h in (a, b, c):  # each handle reads its own replica
         assert [h.get(f"agree/{i}") for i in range(20)] == [str(i).encode() for i in range(20)]
-    wait_until(lambda: len({h.replica.state.state_digest() for h in (a, b, c)}) == 1,
+    wait_until(lambda: len({h.backend.replica.state.state_digest() for h in (a, b, c)}) == 1,
                what="identical replicas")
 
 
@@ -84,7 +84,7 @@ def test_password_cluster_on_all_interfaces(tmp_path):
     k2 = kvstore.open(f"raft://{b}?peers={a}&password=two&timeout=1")
     try:
         with pytest.raises(kvstore.OperationTimeout):
-            k1.wait_ready(timeout=3)
+            k1.backend.wait_ready(timeout=3)
     finally:
         for k in (k1, k2):
             k.close()
@@ -93,7 +93,7 @@ def test_password_cluster_on_all_interfaces(tmp_path):
 def test_commands_and_snapshots_are_msgpack_bytes(raft_cluster):
     kv = raft_cluster.handles[0]
     kv.put("pickle-bomb", b"cos\nsystem\n(S'echo pwned'\ntR.")
-    snap = kv._machine._serialize()
+    snap = kv.backend._machine._serialize()
     assert list(snap) == ["kvstore_snapshot"] and isinstance(snap["kvstore_snapshot"], bytes)
     restored = kvstore.mvcc.MVCC.load(snap["kvstore_snapshot"])
     assert restored.get_at(b"pickle-bomb", 0).value.startswith(b"cos\nsystem")

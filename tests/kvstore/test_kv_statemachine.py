@@ -18,6 +18,7 @@ from hypothesis.stateful import (
 )
 
 import kvstore
+from cowsqlpy.runtime import run_sync
 from kvstore import Delete, Put, Value
 
 _MACHINE_IDS = itertools.count()
@@ -31,11 +32,11 @@ def force_expire(env, lease_id: int) -> None:
     kv = env.kv
     if env.name == "mem":
         kvstore.backends.mem  # noqa: B018 - imported by open()
-        kv.store.apply(["expire", [lease_id]])
+        kv.backend.store.apply(["expire", [lease_id]])
     elif env.name == "raft":
-        kv._submit(["expire", [lease_id]])
+        kv.backend._submit(["expire", [lease_id]])
     elif env.name == "cowsql":
-        kv.expire_leases([lease_id])  # the reaper's op, for one lease
+        run_sync(kv.backend.expire([lease_id]))  # the reaper's op, for one lease
     else:
         kv.revoke(lease_id)  # etcd: expiry is a revoke done by the server
 

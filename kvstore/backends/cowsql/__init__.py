@@ -7,8 +7,8 @@ The state is a kine-style revision log in SQL tables (see
 revision, version and lease per key, reads at past revisions until compacted,
 general txn, leases, compaction, watches from a revision.
 
-How it works (one :class:`CowsqlCore` per process and database, shared by every
-handle that names them, asyncio on cowsqlpy's background loop):
+How it works (one :class:`CowsqlCore` per event loop, cluster and database,
+shared by every handle that names them; asyncio on that loop):
 
 * **Group commit.** Every write (put, delete, txn, lease grant/revoke/keepalive,
   expiry, compaction) is an *op* queued to one committer. The committer takes all
@@ -62,14 +62,14 @@ handle that names them, asyncio on cowsqlpy's background loop):
 
 Modules, one job each: `schema` (tables, views, migrations), `batch` (one batch's state
 read, op evaluation and SQL), `core` (`CowsqlCore`: committer and key cache, reads,
-watch poller, lease reaper and compactor), `handle` (the blocking `CowsqlKV` and the
-URL), `errors` (engine errors as kvstore errors), `tuning` (the tunables).
+watch poller, lease reaper and compactor; the backend), `url` (the URL and the
+sharing of cores), `errors` (engine errors as kvstore errors), `tuning` (the tunables).
 """
 
 from __future__ import annotations
 
 from .batch import OpKind
 from .core import CowsqlCore
-from .handle import CowsqlKV, open_url
+from .url import open_backend
 
-__all__ = ["CowsqlCore", "CowsqlKV", "OpKind", "open_url"]
+__all__ = ["CowsqlCore", "OpKind", "open_backend"]

@@ -1,5 +1,5 @@
 """The async store of one database: committer, reads, watch poller, lease reaper, compactor.
-All its coroutines run on cowsqlpy's background loop."""
+All its coroutines run on the loop it was created on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cowsqlpy.client import Session, as_store
@@ -16,9 +16,10 @@ from cowsqlpy.errors import BusyError, ConnectionLostError, TransactionLostError
 from cowsqlpy.errors import Error as EngineError
 from cowsqlpy.errors import OutcomeUnknownError as EngineOutcomeUnknown
 from cowsqlpy.retry import RetryPolicy, retrying
-from cowsqlpy.runtime import background_loop, wait_event
+from cowsqlpy.runtime import wait_event
 from cowsqlpy.store import NodeStore
 
+from ...backend import Backend
 from ...errors import (
     BackendError,
     ClosedError,
@@ -51,13 +52,18 @@ from .errors import kv_error, unknown_outcome
 log = logging.getLogger("kvstore.cowsql")
 
 
-class CowsqlCore:
+class CowsqlCore(Backend):
     """The async store: committer, reads, watch poller, lease reaper, compactor.
-    All coroutines run on cowsqlpy's background loop (``self.loop``)."""
+    All coroutines run on the loop it was created on (``self.loop``). Handles that
+    share it (see `url.open_backend`) each hold a reference; the last close stops it."""
+
+    scheme = "cowsql"
 
     def __init__(self, servers: list[str] | NodeStore, database: str, timeout: float,
                  auto_compact: int = 0, linearizable: bool = True) -> None:
         self.servers = servers
+        self.refs = 1
+        self.on_last_close: Callable[[], None] | None = None
         self.linearizable = linearizable  # user-facing reads after a read barrier
         self.database = database
         self.auto_compact = auto_compact   # revisions of history to keep (0: never compact)
@@ -65,7 +71,7 @@ class CowsqlCore:
                                   deadline=timeout, busy_timeout=timeout,
                                   attempt_timeout=min(10.0, timeout))
         self.db = Database(as_store(servers), database, self.policy, group_commit=False)
-        self.loop = background_loop()
+        self.loop = asyncio.get_running_loop()
         self._pending: collections.deque[_Op] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
         self._recent: collections.deque[int] = collections.deque(maxlen=C.GATHER_MEMORY)
@@ -479,6 +485,17 @@ class CowsqlCore:
     def remove_watch(self, stream: WatchStream) -> None:
         self._streams.pop(stream, None)
 
+    async def watch(self, start: bytes, end: bytes, start_revision: int) -> WatchStream:
+        loop = self.loop
+
+        def cancel(s: WatchStream) -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self.remove_watch, s)
+
+        stream = WatchStream(start, end, cancel)
+        await self.add_watch(stream, start_revision)
+        return stream
+
     async def _poll_loop(self) -> None:
         assert self._wake is not None and self._wlock is not None
         failures = 0
@@ -576,7 +593,17 @@ class CowsqlCore:
             log.warning("physical compaction stopped (%r); the next compact() resumes it", exc)
 
     # ---------------------------------------------------------------- lifecycle
+    @property
+    def closing(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
+        """Drop one handle's reference; the last one stops the store."""
+        self.refs -= 1
+        if self.refs > 0:
+            return
+        if self.on_last_close is not None:
+            self.on_last_close()
         self._closed = True
         for t in (self._reaper, self._poller, self._compactor, self._auto_compactor):
             if t is not None:
