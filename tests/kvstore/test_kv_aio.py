@@ -103,8 +103,30 @@ def test_open_async_and_close(env):
         # a raft:// URL names a member, and env.url's member is open already: use a spare
         kv = env.fresh().aio if env.name == "raft" else await kvstore.open_async(env.url)
         async with kv:
+            if env.name in ("cowsql", "etcd"):   # asyncio clients: started on this loop
+                assert kv.loop is asyncio.get_running_loop()
             await kv.put(env.k("o"), b"1")
             assert env.other.get(env.k("o")) == b"1"
         return kv.closed
 
     assert asyncio.run(scenario())
+
+
+def test_watch_batch_returns_whole_revisions(env):
+    p = env.k("b/")
+
+    async def scenario() -> tuple[list[list[bytes]], list[int]]:
+        kv = env.kv.aio
+        async with await kv.watch_prefix(p) as stream:
+            assert await stream.batch(0.05) == []          # nothing yet: a timeout
+            r = await kv.txn([], [Put(p + b"1", b"a"), Put(p + b"2", b"b"), Put(p + b"3", b"c")])
+            await kv.put(p + b"4", b"d")
+            first = await stream.batch(30, max_events=1)   # one revision holds 3 events
+            second = await stream.batch(30)
+            stream.cancel()
+            assert await stream.batch(1) is None           # cancelled
+        assert first is not None and second is not None
+        return [[e.key for e in first], [e.key for e in second]], [first[0].revision, r.revision]
+
+    keys, (rev, txn_rev) = asyncio.run(scenario())
+    assert keys == [[p + b"1", p + b"2", p + b"3"], [p + b"4"]] and rev == txn_rev

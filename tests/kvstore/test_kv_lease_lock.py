@@ -133,3 +133,17 @@ def test_lock_freed_when_holder_closes(env):
     h.close()  # revokes the session: lock freed
     with env.kv.lock(name, timeout=30):
         pass
+
+
+def test_renewing_temp_key_comes_back_after_its_lease_is_lost(env):
+    h = env.fresh()
+    k = env.k("registered")
+    with h.temp_key(k, b"me", ttl=3, renew=True) as tk:
+        first = tk.lease
+        h.revoke(first)     # what an outage longer than the TTL does to the lease
+        assert h.get(k) is None
+        back = wait_until(lambda: h.get_kv(k), timeout=30, what="the key put again")
+        assert back.value == b"me" and back.lease == tk.lease != first
+    assert h.get(k) is None    # release deletes it (and revokes the new lease)
+    with pytest.raises(kvstore.InvalidArgument):
+        h.temp_key(k, b"x", renew=True)   # the session lease is shared: no renew on it
