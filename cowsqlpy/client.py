@@ -209,7 +209,9 @@ async def find_leader(
 
     `hint` (the last known leader) is asked first; if it has not answered within
     `HINT_GRACE`, every other node of the store is asked at once too, and the first
-    node that leads wins; a node that names another leader sends us there.
+    node that leads wins; a node that names another leader sends us there. While a
+    node stays silent, the nodes that answered are asked again every `HINT_GRACE`
+    (during an election they name no leader, or the frozen one, until it ends).
     `tls`: dial every node over mutual TLS.
 
     :raises NoLeaderError: no node led or pointed at a leader.
@@ -241,12 +243,20 @@ async def find_leader(
             done, _ = await asyncio.wait(tasks, timeout=HINT_GRACE)
             if (winner := first_leader(done)) is not None:
                 return winner
-        tasks += [asyncio.ensure_future(_probe(n.address, policy, tls)) for n in nodes if n.address != hint]
+        probes = {n.address: asyncio.ensure_future(_probe(n.address, policy, tls)) for n in nodes if n.address != hint}
+        tasks += probes.values()
         pending = {t for t in tasks if not t.done()}
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait(pending, timeout=HINT_GRACE, return_when=asyncio.FIRST_COMPLETED)
             if (winner := first_leader(done)) is not None:
                 return winner
+            if not done:
+                # Only silent nodes are left (a frozen ex-leader): the nodes that answered
+                # may have elected a leader since, so ask them again rather than wait.
+                again = {a: asyncio.ensure_future(_probe(a, policy, tls)) for a, t in probes.items() if t.done()}
+                probes.update(again)
+                tasks += again.values()
+                pending |= set(again.values())
         for address in pointed - {hint, *(n.address for n in nodes)}:
             try:
                 conn, _ = await _probe(address, policy, tls)

@@ -74,3 +74,33 @@ def test_nemesis_network_faults_on_processes(proc_net_cluster: Cluster) -> None:
     assert conn.execute("SELECT count(*) FROM t").fetchall() == [(3,)]
     ok, detail = converged(c, "p")
     assert ok, detail + "\n" + nemesis.format_log()
+
+
+def test_discovery_waits_out_the_election_not_a_frozen_leader(proc_net_cluster: Cluster) -> None:
+    """SIGSTOP of the leader, then leader discovery with it as the hint: the others
+    first name the frozen node (or none) and only later elect; discovery asks them
+    again while the hint stays silent instead of waiting its attempt timeout (an
+    hour here), so it returns the new leader."""
+    import asyncio
+
+    from cowsqlpy.client import find_leader
+    from cowsqlpy.runtime import run_sync
+    from cowsqlpy.store import MemoryNodeStore
+
+    c = proc_net_cluster
+    old = c.wait_leader()
+    frozen = c.addresses[old]
+    policy = RetryPolicy(attempt_timeout=3600.0, connect_timeout=5.0)
+
+    async def discover() -> str:
+        async with asyncio.timeout(60):  # far below the attempt timeout: not a speed check
+            conn = await find_leader(MemoryNodeStore(c.addresses), policy, hint=frozen)
+        conn.close()
+        return conn.address
+
+    c.pause(old)
+    try:
+        leader = run_sync(discover())
+    finally:
+        c.resume(old)
+    assert leader != frozen and c.index_of(leader) in [i for i in range(3) if i != old]
