@@ -207,25 +207,49 @@ def fio(
     return {"MiB/s": side["bw_bytes"] / MiB, "IOPS": side["iops"]}
 
 
-def metadata(directory: Path, files: int, workers: int) -> dict[str, float]:
+def metadata(
+    directory: Path, files: int, workers: int, attr_timeout: float = 1.0
+) -> dict[str, float]:
+    """create, stat, readdir, stat again and unlink `files` files from `workers` threads,
+    each in a directory of its own (creates in one directory are serialised by the
+    kernel: O_CREAT takes the directory's inode lock exclusively, on every filesystem).
+
+    "stat/s (expired)": every file stated once the kernel's attribute cache (and the
+    daemon's, if any) expired: a GETATTR each. "stat/s": stated right after listing
+    their directory, so within the attribute timeout of what the listing brought.
+    """
     base = directory / f"meta{workers}"
-    base.mkdir()
-    names = [base / f"f{i:06d}" for i in range(files)]
+    dirs = [base / f"w{w}" for w in range(workers)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    names = [dirs[i % workers] / f"f{i:06d}" for i in range(files)]
+    mine = [[p for j, p in enumerate(names) if j % workers == w] for w in range(workers)]
 
     def timed(fn: Callable[[Path], Any]) -> float:
         start = time.perf_counter()
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(fn, names))
+            list(pool.map(lambda ps: [fn(p) for p in ps], mine))
         return files / (time.perf_counter() - start)
 
     create = timed(lambda p: os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644)))
-    stat = timed(os.stat)
+    time.sleep(attr_timeout + 0.2)
+    expired = timed(os.stat)
     start = time.perf_counter()
-    listed = len(os.listdir(base))
+    with ThreadPoolExecutor(workers) as pool:
+        listed = sum(pool.map(lambda d: len(os.listdir(d)), dirs))
     readdir = listed / (time.perf_counter() - start)
+    cached = timed(os.stat)
     unlink = timed(os.unlink)
+    for d in dirs:
+        d.rmdir()
     base.rmdir()
-    return {"create/s": create, "stat/s": stat, "readdir entries/s": readdir, "unlink/s": unlink}
+    return {
+        "create/s": create,
+        "stat/s (expired)": expired,
+        "readdir entries/s": readdir,
+        "stat/s": cached,
+        "unlink/s": unlink,
+    }
 
 
 def raw_engine(servers: list[str], total_mib: int) -> dict[str, float]:

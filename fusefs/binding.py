@@ -31,6 +31,13 @@ log = logging.getLogger("fusefs.binding")
 UTIME_NOW_NS = (1 << 30) - 1
 UTIME_OMIT_NS = (1 << 30) - 2
 
+# <fuse.h>: readdir's flag (the kernel sent READDIRPLUS) and filler's (attributes are full)
+FUSE_READDIR_PLUS = 1
+FUSE_FILL_DIR_PLUS = 2
+# <fuse_common.h>
+FUSE_CAP_READDIRPLUS = 1 << 13
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -109,6 +116,21 @@ class FUSE3(mfusepy.FUSE):
         )
         return result
 
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        # mfusepy ignores READDIRPLUS: entries given with every attribute go to the kernel
+        # with them, so `ls -l` and `find` cost no lookup per entry
+        plus = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
+        for item in self.operations.readdir(self._path(path), fip.contents.fh):
+            name, attrs = (item, {}) if isinstance(item, str) else item[:2]
+            st = mfusepy.c_stat()
+            mfusepy.set_st_attrs(st, attrs, use_ns=True)
+            full = plus if "st_nlink" in attrs else 0
+            if filler(buf, name.encode(self.encoding, self.errors), st, 0, full) != 0:
+                break
+        return 0
+
     def _path(self, path: bytes | None) -> str | None:
         return None if path is None else path.decode(self.encoding, self.errors)
 
@@ -165,6 +187,9 @@ class Operations(mfusepy.Operations):
 
     def init_with_config(self, conn_info: Any, config: Any) -> None:
         self.kernel.bind()
+        if conn_info is not None and conn_info.capable & FUSE_CAP_READDIRPLUS:
+            # READDIRPLUS for every batch of a listing, not the first one only ("auto")
+            conn_info.want = (conn_info.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
         if config is not None:
             config.attr_timeout = self.options.attr_timeout
             config.entry_timeout = self.options.entry_timeout

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cowsqlpy.sqltext import literal
+
 from .errors import FsError
 from .schema import (
     LINK_MAX,
@@ -94,6 +96,14 @@ def components(path: str) -> list[bytes]:
     return names
 
 
+# the next inode number and whether one is free, read with the new entry's checks
+NEW_INODE_SQL = (
+    "(SELECT used_inodes < max_inodes FROM fs_superblock WHERE id = 1),"
+    " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'fs_node'), (SELECT max(ino) FROM fs_node))"
+)
+READDIR_COLUMNS = ", ".join(f"n.{c.strip()}" for c in NODE_COLUMNS.split(","))
+
+
 @functools.lru_cache(maxsize=256)
 def _resolve_sql(depth: int) -> str:
     """One query from a directory (first parameter) down `depth` names to the inode's row."""
@@ -136,6 +146,7 @@ class FileSystem:
         self._sustained: set[int] = set()  # inodes unlinked while this mount has them open
         self._hidden: dict[bytes, int] = {}  # libfuse's hidden name -> the unlinked open inode
         self._hidden_paths: dict[int, list[str]] = {}  # their paths, for kernel invalidations
+        self._local = threading.local()
         # Called with the paths whose cached attributes went stale although their own entry
         # was not touched (the other names of a hard-linked inode); the binding tells the kernel.
         self.on_stale: Callable[[list[str]], None] | None = None
@@ -280,27 +291,33 @@ class FileSystem:
             raise FsError(errno.ENOTDIR)
         return parent, names[-1]
 
-    def _entry(self, conn: Any, path: str) -> tuple[Node, bytes, int | None]:
-        """(parent directory, last name, the inode that name holds or None) in one query."""
+    def _entry(
+        self, conn: Any, path: str, extra: str = ""
+    ) -> tuple[Node, bytes, int | None, tuple[Any, ...]]:
+        """(parent directory, last name, the inode that name holds or None, the values of
+        the `extra` SQL columns) in one query."""
         names = components(path)
         if not names:
             raise FsError(errno.EINVAL, "the root has no parent")
         *dirs, name = names
+        more = f", {extra}" if extra else ""
         if len(dirs) > MAX_DEPTH_PER_QUERY:
             parent, name = self._parent(conn, path)
-            return parent, name, self._child(conn, parent.ino, name)
+            values = conn.execute(f"SELECT 1{more}").fetchone()[1:]
+            return parent, name, self._child(conn, parent.ino, name), tuple(values)
         sql = (
             _resolve_sql(len(dirs))
-            .replace(" FROM ", ", c.ino FROM ", 1)
             .replace(" WHERE ", " LEFT JOIN fs_edge c ON c.parent = n.ino AND c.name = ? WHERE ", 1)
+            .replace(" FROM ", f"{more}, c.ino FROM ", 1)
         )
         row = conn.execute(sql, (name, ROOT_INO, *dirs)).fetchone()
         if row is None:
             raise FsError(errno.ENOENT)
-        parent = _node(row[:-1])
+        width = len(NODE_COLUMNS.split(","))
+        parent = _node(row[:width])
         if not parent.is_dir:
             raise FsError(errno.ENOTDIR)
-        return parent, name, None if row[-1] is None else int(row[-1])
+        return parent, name, None if row[-1] is None else int(row[-1]), tuple(row[width:-1])
 
     def _child(self, conn: Any, parent: int, name: bytes) -> int | None:
         row = conn.execute(
@@ -331,7 +348,17 @@ class FileSystem:
             "st_ctime": ctime,
         }
 
+    def _made(self, path: str, node: Node) -> None:
+        """libfuse asks for the attributes of what it just created, on the same thread:
+        they are known."""
+        self._local.made = (path, node, self.store.commits)
+
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
+        made = getattr(self._local, "made", None)
+        if made is not None:
+            self._local.made = None
+            if made[0] == path and made[2] == self.store.commits:  # nothing changed since
+                return self._attrs(made[1])
         if fh is not None and fh in self._handles:
             ino = self._handles[fh].ino
             return self._attrs(self.store.read(lambda c: self._get(c, ino)))
@@ -358,13 +385,12 @@ class FileSystem:
                 ("..", {"st_ino": int(up[0]) if up else node.ino, "st_mode": stat.S_IFDIR}),
             ]
             rows = conn.execute(
-                "SELECT e.name, n.ino, n.mode FROM fs_edge e JOIN fs_node n ON n.ino = e.ino WHERE e.parent = ? ORDER BY e.name",
+                f"SELECT e.name, {READDIR_COLUMNS} FROM fs_edge e JOIN fs_node n ON n.ino = e.ino"
+                " WHERE e.parent = ? ORDER BY e.name",
                 (node.ino,),
             ).fetchall()
-            entries += [
-                (os.fsdecode(bytes(name)), {"st_ino": ino, "st_mode": mode})
-                for name, ino, mode in rows
-            ]
+            # every attribute: the binding answers READDIRPLUS with them (no lookup per entry)
+            entries += [(os.fsdecode(bytes(r[0])), self._attrs(_node(r[1:]))) for r in rows]
             return entries
 
         return self.store.read(q)
@@ -406,13 +432,12 @@ class FileSystem:
     # -- creating --
 
     def _make(self, conn: Any, path: str, mode: int, uid: int, gid: int, rdev: int = 0) -> Node:
-        parent, name, taken = self._entry(conn, path)
+        """Create the inode and its entry: one query for every check, then the writes in
+        one request (batchable: every FsError comes before the first write)."""
+        parent, name, taken, (room, seq) = self._entry(conn, path, NEW_INODE_SQL)
         if taken is not None:
             raise FsError(errno.EEXIST)
-        cur = conn.execute(
-            "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1 AND used_inodes < max_inodes"
-        )
-        if cur.rowcount == 0:
+        if not room:
             raise FsError(errno.ENOSPC, "no free inodes")
         if (
             parent.mode & stat.S_ISGID
@@ -422,17 +447,14 @@ class FileSystem:
                 mode |= stat.S_ISGID
         now = time.time_ns()
         nlink = 2 if stat.S_ISDIR(mode) else 1
-        cur = conn.execute(
-            "INSERT INTO fs_node (mode, uid, gid, nlink, rdev, atime, mtime, ctime) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (mode, uid, gid, nlink, rdev, now, now, now),
-        )
-        ino = int(cur.lastrowid)
-        conn.execute(
-            "INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)", (parent.ino, name, ino)
-        )
-        conn.execute(
-            "UPDATE fs_node SET nlink = nlink + ?, mtime = ?, ctime = ? WHERE ino = ?",
-            (1 if stat.S_ISDIR(mode) else 0, now, now, parent.ino),
+        ino = int(seq) + 1  # what AUTOINCREMENT would give: inode numbers are never reused
+        values = ", ".join(literal(v) for v in (ino, mode, uid, gid, nlink, rdev, now, now, now))
+        conn.executescript(
+            "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1;"
+            f" INSERT INTO fs_node (ino, mode, uid, gid, nlink, rdev, atime, mtime, ctime) VALUES ({values});"
+            f" INSERT INTO fs_edge (parent, name, ino) VALUES ({parent.ino}, {literal(name)}, {ino});"
+            f" UPDATE fs_node SET nlink = nlink + {1 if stat.S_ISDIR(mode) else 0},"
+            f" mtime = {now}, ctime = {now} WHERE ino = {parent.ino}"
         )
         return Node(ino, mode, uid, gid, 0, 0, nlink, rdev, now, now, now, 1)
 
@@ -440,13 +462,19 @@ class FileSystem:
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise FsError(errno.EINVAL)
-        self.store.transaction(
-            lambda c: self._make(c, path, kind | (mode & 0o7777), uid, gid, rdev)
+        self._made(
+            path,
+            self.store.batched(
+                lambda c: self._make(c, path, kind | (mode & 0o7777), uid, gid, rdev)
+            ),
         )
 
     def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
-        self.store.transaction(
-            lambda c: self._make(c, path, stat.S_IFDIR | (mode & 0o7777), uid, gid)
+        self._made(
+            path,
+            self.store.batched(
+                lambda c: self._make(c, path, stat.S_IFDIR | (mode & 0o7777), uid, gid)
+            ),
         )
 
     def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
@@ -502,19 +530,14 @@ class FileSystem:
                 raise FsError(errno.EPERM)
             if node.nlink >= LINK_MAX:
                 raise FsError(errno.EMLINK)
-            parent, name, taken = self._entry(conn, path)
+            parent, name, taken, _ = self._entry(conn, path)
             if taken is not None:
                 raise FsError(errno.EEXIST)
             now = time.time_ns()
-            conn.execute(
-                "INSERT INTO fs_edge (parent, name, ino) VALUES (?, ?, ?)",
-                (parent.ino, name, node.ino),
-            )
-            conn.execute(
-                "UPDATE fs_node SET nlink = nlink + 1, ctime = ? WHERE ino = ?", (now, node.ino)
-            )
-            conn.execute(
-                "UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino)
+            conn.executescript(
+                f"INSERT INTO fs_edge (parent, name, ino) VALUES ({parent.ino}, {literal(name)}, {node.ino});"
+                f" UPDATE fs_node SET nlink = nlink + 1, ctime = {now} WHERE ino = {node.ino};"
+                f" UPDATE fs_node SET mtime = {now}, ctime = {now} WHERE ino = {parent.ino}"
             )
             return node.ino
 
@@ -522,55 +545,62 @@ class FileSystem:
 
     # -- removing --
 
-    def _delete_inode(self, conn: Any, ino: int) -> None:
-        stored = conn.execute(
-            "SELECT (SELECT stored FROM fs_node WHERE ino = ?)"
-            " + coalesce((SELECT length(target) FROM fs_symlink WHERE ino = ?), 0)"
-            " + coalesce((SELECT sum(length(name) + length(value)) FROM fs_xattr WHERE ino = ?), 0)",
-            (ino, ino, ino),
-        ).fetchone()[0]
-        for table in ("fs_chunk", "fs_symlink", "fs_xattr", "fs_node"):
-            conn.execute(f"DELETE FROM {table} WHERE ino = ?", (ino,))
-        conn.execute(
-            "UPDATE fs_superblock SET used_bytes = used_bytes - ?, used_inodes = used_inodes - 1 WHERE id = 1",
-            (stored or 0,),
-        )
+    @staticmethod
+    def _delete_inode_sql(ino: int) -> list[str]:
+        """Statements that free inode `ino` and everything it holds (space counted first)."""
+        return [
+            "UPDATE fs_superblock SET used_inodes = used_inodes - 1, used_bytes = used_bytes"
+            f" - coalesce((SELECT stored FROM fs_node WHERE ino = {ino}), 0)"
+            f" - coalesce((SELECT length(target) FROM fs_symlink WHERE ino = {ino}), 0)"
+            f" - coalesce((SELECT sum(length(name) + length(value)) FROM fs_xattr WHERE ino = {ino}), 0)"
+            " WHERE id = 1",
+            *(
+                f"DELETE FROM {t} WHERE ino = {ino}"
+                for t in ("fs_chunk", "fs_symlink", "fs_xattr", "fs_node")
+            ),
+        ]
 
-    def _drop_link(self, conn: Any, node: Node, now: int) -> None:
+    def _delete_inode(self, conn: Any, ino: int) -> None:
+        conn.executescript("; ".join(self._delete_inode_sql(ino)))
+
+    def _drop_link_sql(self, node: Node, now: int) -> list[str]:
         """One name of `node` is gone: free it, or keep it while this mount has it open."""
         if node.is_dir:
-            self._delete_inode(conn, node.ino)
-            return
+            return self._delete_inode_sql(node.ino)
         if node.nlink > 1:
-            conn.execute(
-                "UPDATE fs_node SET nlink = nlink - 1, ctime = ? WHERE ino = ?", (now, node.ino)
-            )
-            return
+            return [f"UPDATE fs_node SET nlink = nlink - 1, ctime = {now} WHERE ino = {node.ino}"]
         with self._lock:
             still_open = node.ino in self._open
-        if still_open:
-            conn.execute("UPDATE fs_node SET nlink = 0, ctime = ? WHERE ino = ?", (now, node.ino))
-            conn.execute(
-                "INSERT OR IGNORE INTO fs_sustained (sid, ino) VALUES (?, ?)", (self.sid, node.ino)
-            )
-            with self._lock:
+            if still_open:
                 self._sustained.add(node.ino)
-        else:
-            self._delete_inode(conn, node.ino)
+        if not still_open:
+            return self._delete_inode_sql(node.ino)
+        return [
+            f"UPDATE fs_node SET nlink = 0, ctime = {now} WHERE ino = {node.ino}",
+            f"INSERT OR IGNORE INTO fs_sustained (sid, ino) VALUES ({self.sid}, {node.ino})",
+        ]
+
+    def _drop_link(self, conn: Any, node: Node, now: int) -> None:
+        conn.executescript("; ".join(self._drop_link_sql(node, now)))
 
     def _unlink(self, conn: Any, path: str) -> tuple[int, list[int]]:
-        parent, name, ino = self._entry(conn, path)
+        """Batchable: every FsError comes before the first write."""
+        parent, name, ino, _ = self._entry(conn, path)
         if ino is None:
             raise FsError(errno.ENOENT)
         node = self._get(conn, ino)
         if node.is_dir:
             raise FsError(errno.EISDIR)
         now = time.time_ns()
-        conn.execute("DELETE FROM fs_edge WHERE parent = ? AND name = ?", (parent.ino, name))
-        conn.execute(
-            "UPDATE fs_node SET mtime = ?, ctime = ? WHERE ino = ?", (now, now, parent.ino)
+        conn.executescript(
+            "; ".join(
+                [
+                    f"DELETE FROM fs_edge WHERE parent = {parent.ino} AND name = {literal(name)}",
+                    f"UPDATE fs_node SET mtime = {now}, ctime = {now} WHERE ino = {parent.ino}",
+                    *self._drop_link_sql(node, now),
+                ]
+            )
         )
-        self._drop_link(conn, node, now)
         shared = node.nlink > 1 or node.ino in self._hidden_paths
         return node.ino, [node.ino] if shared else []
 
@@ -580,7 +610,7 @@ class FileSystem:
             with self._lock:
                 self._hidden.pop(os.fsencode(path.rsplit("/", 1)[-1]), None)
             return
-        self._stale(self.store.transaction(lambda c: self._unlink(c, path)[1]))
+        self._stale(self.store.batched(lambda c: self._unlink(c, path)[1]))
 
     def _hide(self, old: str, new: str, hidden: bytes) -> None:
         """libfuse hides a file unlinked (or renamed over) while this mount has it open by
@@ -600,7 +630,7 @@ class FileSystem:
 
     def rmdir(self, path: str) -> None:
         def tx(conn: Any) -> None:
-            parent, name, ino = self._entry(conn, path)
+            parent, name, ino, _ = self._entry(conn, path)
             if ino is None:
                 raise FsError(errno.ENOENT)
             node = self._get(conn, ino)
@@ -638,8 +668,8 @@ class FileSystem:
 
         def tx(conn: Any) -> list[int]:
             stale: list[int] = []
-            src_parent, src_name, src_ino = self._entry(conn, old)
-            dst_parent, dst_name, dst_ino = self._entry(conn, new)
+            src_parent, src_name, src_ino, _ = self._entry(conn, old)
+            dst_parent, dst_name, dst_ino, _ = self._entry(conn, new)
             if src_ino is None:
                 raise FsError(errno.ENOENT)
             src = self._get(conn, src_ino)
@@ -856,7 +886,8 @@ class FileSystem:
         return h.file
 
     def open(self, path: str, flags: int) -> tuple[int, bool]:
-        node = self.store.read(lambda c: self._resolve(c, path))
+        # linearizable: what another mount closed before this open is seen (close-to-open)
+        node = self.store.read(lambda c: self._resolve(c, path), linearizable=True)
         if node.is_dir and flags & os.O_ACCMODE != os.O_RDONLY:
             raise FsError(errno.EISDIR)
         fh, keep = self._attach(node, flags)
@@ -878,9 +909,10 @@ class FileSystem:
                     raise
                 return self._resolve(conn, path), False  # made by another mount meanwhile: open it
 
-        node, made = self.store.transaction(tx)
+        node, made = self.store.batched(tx)
         if not made:
             return self.open(path, flags)[0]
+        self._made(path, node)
         return self._attach(node, flags)[0]
 
     def read(self, fh: int, size: int, offset: int) -> bytes:

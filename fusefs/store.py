@@ -4,10 +4,12 @@ one-transaction-per-operation runner."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import cowsqlpy
@@ -25,6 +27,9 @@ TRANSIENT = (
 )
 
 
+MAX_BATCH = 64  # transactions sharing one engine transaction
+
+
 def io_policy(io_timeout: float) -> cowsqlpy.RetryPolicy:
     """The retry policy that bounds how long an operation waits for a quorum."""
     attempt = max(0.5, min(10.0, io_timeout / 2))
@@ -37,9 +42,23 @@ def io_policy(io_timeout: float) -> cowsqlpy.RetryPolicy:
     )
 
 
+@dataclass
+class _Queued:
+    """A transaction waiting to join a batch."""
+
+    fn: Callable[[Any], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
 class Store:
     """A pool of DB-API connections (one per concurrent operation: connections are
     not thread-safe) to one database of the cluster.
+
+    Reads are serializable (served by the leader from what it applied, one round
+    trip) unless asked `linearizable` (a read barrier first: open() uses it, so a file
+    closed on another mount is read as closed even across a leader change).
 
     :param servers: cluster addresses.
     :param database: the database that holds the filesystem.
@@ -53,41 +72,56 @@ class Store:
         self.database = database
         self.io_timeout = io_timeout
         self.policy = io_policy(io_timeout)
-        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._idle: dict[bool, queue.LifoQueue[Any]] = {
+            False: queue.LifoQueue(),
+            True: queue.LifoQueue(),
+        }
         self._all: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._queued: list[_Queued] = []
+        self._batching = False
+        self.batches = 0  # batch transactions committed (tests, benchmarks)
+        self.commits = 0  # transactions committed through this store
 
-    def _new(self) -> Any:
-        conn = cowsqlpy.connect(self.servers, database=self.database, policy=self.policy)
+    def _new(self, linearizable: bool) -> Any:
+        # autocommit=True: BEGIN/COMMIT are ours, and executescript runs inside them
+        conn = cowsqlpy.connect(
+            self.servers,
+            database=self.database,
+            policy=self.policy,
+            autocommit=True,
+            read_consistency="linearizable" if linearizable else "serializable",
+        )
         with self._lock:
             self._all.append(conn)
         return conn
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
+    def connection(self, linearizable: bool = False) -> Iterator[Any]:
         if self._closed:
-            raise FsError(5, "filesystem store closed")
+            raise FsError(errno.EIO, "filesystem store closed")
+        idle = self._idle[linearizable]
         try:
-            conn = self._idle.get_nowait()
+            conn = idle.get_nowait()
         except queue.Empty:
-            conn = self._new()
+            conn = self._new(linearizable)
         try:
             yield conn
         finally:
             if conn.in_transaction:
                 with contextlib.suppress(Exception):
-                    conn.rollback()
-            self._idle.put(conn)
+                    conn.execute("ROLLBACK")
+            idle.put(conn)
 
-    def read(self, fn: Callable[[Any], T]) -> T:
+    def read(self, fn: Callable[[Any], T], *, linearizable: bool = False) -> T:
         """Run `fn(conn)` outside a transaction (reads on the leader); errors become FsError.
 
         A read cut by a leader change is run again until the I/O deadline (reads change nothing).
         """
         deadline = time.monotonic() + self.io_timeout
         while True:
-            with self.connection() as conn:
+            with self.connection(linearizable) as conn:
                 try:
                     return fn(conn)
                 except TRANSIENT as exc:
@@ -110,20 +144,86 @@ class Store:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     result = fn(conn)
-                    conn.commit()
+                    conn.execute("COMMIT")
+                    self.commits += 1
                     return result
                 except cowsqlpy.TransactionLostError as exc:
                     if time.monotonic() >= deadline:
                         raise as_fs_error(exc) from exc
                 except FsError:
                     with contextlib.suppress(Exception):
-                        conn.rollback()
+                        conn.execute("ROLLBACK")
                     raise
                 except Exception as exc:
                     with contextlib.suppress(Exception):
-                        conn.rollback()
+                        conn.execute("ROLLBACK")
                     raise as_fs_error(exc) from exc
             time.sleep(0.05)
+
+    def batched(self, fn: Callable[[Any], T]) -> T:
+        """`transaction(fn)`, but sharing one engine transaction (one Raft commit) with
+        the batched transactions of other threads queued meanwhile.
+
+        `fn` must raise FsError, if at all, before its first write: a batch runs
+        each `fn` in turn and keeps the writes of those that return. When the batch
+        cannot commit as a whole, each `fn` runs again in a transaction of its own.
+        """
+        item = _Queued(fn)
+        with self._lock:
+            self._queued.append(item)
+            lead = not self._batching
+            self._batching = True
+        if lead:
+            self._lead_batches()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _lead_batches(self) -> None:
+        """Run queued transactions in batches until the queue is empty."""
+        while True:
+            with self._lock:
+                todo, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+                if not todo:
+                    self._batching = False
+                    return
+            try:
+                self._run_batch(todo)
+            finally:
+                for item in todo:
+                    item.done.set()
+
+    def _run_batch(self, todo: list[_Queued]) -> None:
+        if len(todo) > 1:
+
+            def tx(conn: Any) -> list[tuple[Any, FsError | None]]:
+                out: list[tuple[Any, FsError | None]] = []
+                for item in todo:
+                    try:
+                        out.append((item.fn(conn), None))
+                    except FsError as exc:  # before its first write: nothing of it to undo
+                        out.append((None, exc))
+                return out
+
+            try:
+                outcomes = self.transaction(tx)
+            except FsError as exc:
+                if exc.errno == errno.EIO:  # cluster trouble (maybe committed): as if alone
+                    for item in todo:
+                        item.error = exc
+                    return
+                # a statement failed (ENOSPC, EEXIST): each runs alone below for its own outcome
+            else:
+                self.batches += 1
+                for item, (result, error) in zip(todo, outcomes, strict=True):
+                    item.result, item.error = result, error
+                return
+        for item in todo:
+            try:
+                item.result = self.transaction(item.fn)
+            except BaseException as exc:
+                item.error = exc
 
     def close(self) -> None:
         self._closed = True
