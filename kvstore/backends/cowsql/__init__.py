@@ -1,6 +1,8 @@
 """``cowsql://`` backend: a durable, replicated etcd-style store in the SQL engine.
 
 URL: ``cowsql://HOST:PORT[,HOST:PORT...]/DATABASE[?session_ttl=S&timeout=S&private=1&auto_compact=N&read=R]``
+(add ``&cert=PEM&key=PEM[&ca=PEM&server_name=NAME]`` for mutual TLS with a cluster whose
+nodes run with ``tls=``: go-cowsql's scheme, see :mod:`cowsqlpy.tls`)
 
 The state is a kine-style revision log in SQL tables (see
 :mod:`kvstore.backends.cowsql.schema`) with etcd's full semantics: create/mod

@@ -18,6 +18,7 @@ from cowsqlpy.errors import OutcomeUnknownError as EngineOutcomeUnknown
 from cowsqlpy.retry import RetryPolicy, retrying
 from cowsqlpy.runtime import wait_event
 from cowsqlpy.store import NodeStore
+from cowsqlpy.tls import TLSConfig
 
 from ...backend import Backend
 from ...errors import (
@@ -60,7 +61,8 @@ class CowsqlCore(Backend):
     scheme = "cowsql"
 
     def __init__(self, servers: list[str] | NodeStore, database: str, timeout: float,
-                 auto_compact: int = 0, linearizable: bool = True) -> None:
+                 auto_compact: int = 0, linearizable: bool = True,
+                 tls: TLSConfig | None = None) -> None:
         self.servers = servers
         self.refs = 1
         self.on_last_close: Callable[[], None] | None = None
@@ -70,7 +72,7 @@ class CowsqlCore(Backend):
         self.policy = RetryPolicy(max_tries=1000, backoff=0.01, backoff_cap=0.25,
                                   deadline=timeout, busy_timeout=timeout,
                                   attempt_timeout=min(10.0, timeout))
-        self.db = Database(as_store(servers), database, self.policy, group_commit=False)
+        self.db = Database(as_store(servers), database, self.policy, group_commit=False, tls=tls)
         self.loop = asyncio.get_running_loop()
         self._pending: collections.deque[_Op] = collections.deque()
         self._committer: asyncio.Task[None] | None = None

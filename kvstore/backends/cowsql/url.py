@@ -8,6 +8,7 @@ import urllib.parse
 from typing import Any
 
 from cowsqlpy.store import NodeStore
+from cowsqlpy.tls import TLSConfig
 
 from ...errors import InvalidArgument
 from . import tuning as C
@@ -18,7 +19,8 @@ from .core import CowsqlCore
 _cores: dict[tuple[Any, ...], CowsqlCore] = {}
 _cores_lock = threading.Lock()
 
-OPTIONS = {"session_ttl", "timeout", "private", "auto_compact", "read"}
+OPTIONS = {"session_ttl", "timeout", "private", "auto_compact", "read", "cert", "key", "ca",
+           "server_name"}
 
 
 async def open_backend(url: str, *, store: NodeStore | None = None) -> CowsqlCore:
@@ -53,16 +55,23 @@ async def open_backend(url: str, *, store: NodeStore | None = None) -> CowsqlCor
     except ValueError as exc:
         raise InvalidArgument(f"cowsql: {exc}") from None
     private = q.get("private", "0").lower() in ("1", "true", "yes")
+    tls = None
+    if "cert" in q or "key" in q:
+        if not ("cert" in q and "key" in q):
+            raise InvalidArgument("cowsql: TLS needs both cert= and key= (the cluster certificate)")
+        tls = TLSConfig(q["cert"], q["key"], q.get("ca"), q.get("server_name"))
+    elif "ca" in q or "server_name" in q:
+        raise InvalidArgument("cowsql: ca= and server_name= go with cert= and key=")
     return await shared_core(store if store is not None else servers, database, timeout,
-                             int(auto_compact), read == "linearizable", private, session_ttl)
+                             int(auto_compact), read == "linearizable", private, session_ttl, tls)
 
 
 async def shared_core(servers: list[str] | NodeStore, database: str, timeout: float,
                       auto_compact: int, linearizable: bool, private: bool,
-                      session_ttl: int | None) -> CowsqlCore:
+                      session_ttl: int | None, tls: TLSConfig | None = None) -> CowsqlCore:
     where = tuple(sorted(servers)) if isinstance(servers, list) else ("store", id(servers))
     key: tuple[Any, ...] = (asyncio.get_running_loop(), where, database, timeout, auto_compact,
-                            linearizable, session_ttl)
+                            linearizable, session_ttl, tls)
     if private:
         key += (object(),)
     with _cores_lock:
@@ -70,7 +79,7 @@ async def shared_core(servers: list[str] | NodeStore, database: str, timeout: fl
         if core is not None and not core.closing:
             core.refs += 1
             return core
-    core = CowsqlCore(servers, database, timeout, auto_compact, linearizable)
+    core = CowsqlCore(servers, database, timeout, auto_compact, linearizable, tls)
     core.session_ttl = session_ttl
     try:
         await asyncio.wait_for(core.start(), timeout + 30)
