@@ -1,4 +1,4 @@
-"""Failover time: SIGKILL of the leader's process until a write succeeds through another node.
+"""Failover time: SIGKILL (or SIGSTOP) of the leader's process until a write succeeds through another node.
 
 Two 3-process clusters in the same run:
 
@@ -13,12 +13,20 @@ Each run: kill -9 the leader's process, then write until a write is acknowledged
 is back in the cluster. Every acknowledged write of the whole run is checked at
 the end: lost acknowledged writes must be 0.
 
-    .venv/bin/python bench/bench_failover.py [--runs 10] [--latency 0.025] [--anchor cowsql-demo]
+``--fault pause`` stops the leader with SIGSTOP instead (a frozen process keeps its
+sockets open: TCP connects succeed, nothing answers) and resumes it after the
+write; ``--fault both`` measures kill and pause of cowsqlpy in the same run (the
+Go demo is measured after a kill only). For cowsqlpy the engine's own failover
+time is measured beside the write: from the fault until a surviving node answers
+LEADER with its own address (polled every 5 ms on raw wire connections).
+
+    .venv/bin/python bench/bench_failover.py [--runs 10] [--latency 0.025] [--anchor cowsql-demo] [--fault kill|pause|both]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -27,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -35,10 +44,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cowsqlpy import RetryPolicy, SyncClient, connect
+from cowsqlpy import RetryPolicy, SyncClient, connect, protocol
 from cowsqlpy.errors import Error, OutcomeUnknownError
 from cowsqlpy.protocol import VOTER
 from cowsqlpy.testing import Cluster, wait_for
+from cowsqlpy.wire import WireConnection
 
 
 @dataclass
@@ -49,15 +59,58 @@ class Result:
     lost: int = 0
     in_doubt: int = 0
     failed_attempts: int = 0
+    elections: list[float] = field(default_factory=list)  # fault -> a survivor leads (engine only)
 
 
 # -- cowsqlpy -----------------------------------------------------------------------
 
 
-def bench_cowsqlpy(runs: int, latency: float) -> Result:
-    res = Result(f"cowsqlpy App (network_latency={latency}s)")
+class ElectionWatch:
+    """From `start()`, poll the survivors' LEADER until one names itself: the engine's
+    own failover time, without any client's leader discovery in it."""
+
+    def __init__(self, survivors: list[str]) -> None:
+        self.survivors = survivors
+        self.elected_after: float | None = None
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._poll()), daemon=True)
+
+    def start(self, t0: float) -> None:
+        self._t0 = t0
+        self._thread.start()
+
+    async def _poll(self) -> None:
+        conns: dict[str, WireConnection] = {}
+        deadline = self._t0 + 60
+        try:
+            while time.monotonic() < deadline:
+                for address in self.survivors:
+                    try:
+                        if address not in conns:
+                            conns[address] = await WireConnection.connect(address, timeout=0.5)
+                        _, leader = await conns[address].request(protocol.LEADER, timeout=0.5)
+                    except Error:
+                        conns.pop(address, None)
+                        continue
+                    if leader == address:
+                        self.elected_after = time.monotonic() - self._t0
+                        return
+                await asyncio.sleep(0.005)
+        finally:
+            for conn in conns.values():
+                conn.close()
+
+    def join(self) -> float:
+        self._thread.join(70)
+        if self.elected_after is None:
+            raise RuntimeError(f"no survivor of {self.survivors} led within 60 s")
+        return self.elected_after
+
+
+def bench_cowsqlpy(runs: int, latency: float, fault: str = "kill", attempt_timeout: float = 2.0) -> Result:
+    res = Result(f"cowsqlpy App (network_latency={latency}s, attempt_timeout={attempt_timeout}s), {fault}")
     policy = RetryPolicy(max_tries=10_000, backoff=0.01, backoff_cap=0.05, deadline=30.0,
-                         attempt_timeout=2.0, connect_timeout=0.5)
+                         attempt_timeout=attempt_timeout, connect_timeout=0.5)
     with Cluster(3, processes=True, network_latency=latency, roles_adjustment_frequency=5.0) as c:
         conn = connect(c.addresses, database="bench", autocommit=True, policy=policy)
         conn.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)")
@@ -82,16 +135,23 @@ def bench_cowsqlpy(runs: int, latency: float) -> Result:
             write()
         for run in range(runs):
             leader = c.wait_leader()
+            watch = ElectionWatch([a for i, a in enumerate(c.addresses) if i != leader])
             t0 = time.monotonic()
-            c.kill(leader)
+            c.kill(leader) if fault == "kill" else c.pause(leader)
+            watch.start(t0)
             while not write():
                 time.sleep(0.005)
             res.times.append(time.monotonic() - t0)
+            res.elections.append(watch.join())
             for _ in range(20):
                 write()
-            c.restart(leader)
+            if fault == "kill":
+                c.restart(leader)
+            else:
+                c.resume(leader)
             c.wait_roles(voters=3, standbys=0)
-            print(f"  cowsqlpy run {run + 1}: {res.times[-1]:.3f} s", file=sys.stderr, flush=True)
+            print(f"  cowsqlpy {fault} run {run + 1}: write after {res.times[-1]:.3f} s, "
+                  f"engine leader after {res.elections[-1]:.3f} s", file=sys.stderr, flush=True)
         present = {k for (k,) in conn.execute("SELECT k FROM kv").fetchall()}
         res.acked = len(acked)
         res.lost = sum(1 for k in acked if k not in present)
@@ -228,22 +288,32 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.025, help="cowsqlpy nodes' network latency (s)")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--anchor", default="cowsql-demo", choices=("cowsql-demo", "dqlite-demo"))
+    parser.add_argument("--fault", default="kill", choices=("kill", "pause", "both"),
+                        help="SIGKILL or SIGSTOP of the leader (both: each, same run)")
+    parser.add_argument("--attempt-timeout", type=float, default=2.0,
+                        help="the DB-API policy's per-request time limit (s): what a write to a frozen leader waits")
     args = parser.parse_args()
     global GO_DEMO
     GO_DEMO = args.anchor
-    results = [bench_cowsqlpy(args.runs, args.latency)]
-    if not args.skip_demo:
+    faults = ["kill", "pause"] if args.fault == "both" else [args.fault]
+    results = [bench_cowsqlpy(args.runs, args.latency, fault, args.attempt_timeout) for fault in faults]
+    if not args.skip_demo and "kill" in faults:
         if shutil.which(GO_DEMO) is None:
             print(f"{GO_DEMO} not installed (Debian go-cowsql / go-dqlite): skipped", file=sys.stderr)
         else:
             results.append(bench_demo(args.runs))
-    print(f"\nFailover after SIGKILL of the leader's process, 3 node processes, {args.runs} runs "
+    print(f"\nFailover after {' / '.join(faults)} of the leader's process, 3 node processes, {args.runs} runs "
           f"({os.cpu_count()} CPUs)\n")
-    print("| cluster | median (s) | min (s) | max (s) | acknowledged writes | lost | in doubt (no reply) | failed attempts while no leader |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| cluster | median (s) | min (s) | max (s) | engine's new leader, median (s) | write / engine | acknowledged writes | lost | in doubt (no reply) | failed attempts while no leader |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        engine = f"{statistics.median(r.elections):.3f}" if r.elections else "-"
+        ratio = f"{statistics.median(r.times) / statistics.median(r.elections):.2f}" if r.elections else "-"
         print(f"| {r.name} | {statistics.median(r.times):.3f} | {min(r.times):.3f} | {max(r.times):.3f} "
-              f"| {r.acked} | {r.lost} | {r.in_doubt} | {r.failed_attempts} |")
+              f"| {engine} | {ratio} | {r.acked} | {r.lost} | {r.in_doubt} | {r.failed_attempts} |")
+    if len(faults) == 2:
+        kill, pause = (statistics.median(r.times) for r in results[:2])
+        print(f"\npause / kill (median write resumption): {pause / kill:.2f} (target <= 1.5)")
     return 1 if any(r.lost for r in results) else 0
 
 
