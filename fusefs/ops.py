@@ -331,8 +331,8 @@ class FileSystem:
             f = self._open.get(node.ino)
         if f is not None:
             size = f.size
-            if f.mtime is not None:
-                mtime = ctime = f.mtime
+            if f.buffered_mtime is not None:
+                mtime = ctime = f.buffered_mtime
         return {
             "st_ino": node.ino,
             "st_mode": node.mode,
@@ -871,7 +871,7 @@ class FileSystem:
                 f.max_dirty_chunks = max(1, MAX_DIRTY_BYTES // self.chunk_size)
                 f.on_flushed = self._flushed
                 self._open[node.ino] = f
-            elif not f.dirty and not keep:
+            elif not f.busy and not keep:
                 f.truncated(node.size)  # close-to-open: what another mount wrote is read anew
             f.refs += 1
             fh = self._next_fh
