@@ -51,6 +51,30 @@ _STREAM_HIGH_WATER = 8
 _PART = protocol.PART.to_bytes(8, "little")
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
+_QUERIES = (protocol.QUERY, protocol.QUERY_SQL)
+
+
+def _after_rows_header(body: bytes) -> bytes | None:
+    """The FAILURE past a result's column header (count word, NUL-padded names), or None.
+
+    libdqlite 1.11.1 and cowsql 1.15 encode a query's column header before its first
+    step, and a step that fails (integer overflow, malformed JSON, a constraint of a
+    RETURNING write) appends its FAILURE to that buffer: the header comes first
+    (tests/client/test_query_failures.py)."""
+    if len(body) < 8:
+        return None
+    count = int.from_bytes(body[:8], "little")
+    if count > (len(body) - 8) // 8:
+        return None
+    pos = 8
+    for _ in range(count):
+        end = body.find(b"\0", pos)
+        if end < 0:
+            return None
+        pos = (end + 8) & ~7  # NUL-terminated, padded to the next word
+    return body[pos:]
+
+
 async def connect_abstract(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], name: str) -> None:
     """Connect `factory()` to the abstract Unix socket `name` (an '@name' address).
 
@@ -218,7 +242,13 @@ class WireConnection(asyncio.Protocol):
     def _decode(self, waiter: _Waiter, frame: tuple[int, bytes]) -> Any:
         ftype, body = frame
         if ftype == protocol.FAILURE:
-            failure = codec.decode_response(ftype, body)
+            try:
+                failure = codec.decode_response(ftype, body)
+            except ProtocolError:
+                rest = _after_rows_header(body) if waiter.rtype in _QUERIES else None
+                if rest is None:
+                    raise
+                failure = codec.decode_response(ftype, rest)
             raise error_for(failure.code, failure.message)
         if ftype != waiter.expect:
             exc = ProtocolError(
