@@ -25,6 +25,7 @@ from .api import KV, Lock, TempKey, open_blocking
 from .backend import Backend, BlockingBackend
 from .backends import BACKENDS, register
 from .errors import (
+    AuthenticationError,
     BackendError,
     BackendUnavailable,
     ClosedError,
@@ -41,6 +42,7 @@ from .errors import (
     LockTimeout,
     OperationTimeout,
     OutcomeUnknownError,
+    PermissionDenied,
     RetriesExhausted,
     RevisionError,
     UnsupportedScheme,
@@ -105,5 +107,6 @@ __all__ = [
     "UnsupportedScheme", "BackendUnavailable", "ConfigurationError", "RevisionError",
     "CompactedError", "FutureRevisionError", "LeaseNotFound", "KeyExists", "VersionMismatch",
     "LockTimeout", "OperationTimeout", "OutcomeUnknownError", "RetriesExhausted", "ClosedError", "BackendError",
+    "AuthenticationError", "PermissionDenied",
     "WatchOverflow",
 ]

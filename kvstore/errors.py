@@ -117,6 +117,14 @@ class RetriesExhausted(KVError):
     """``update`` or ``create(sequence=True)`` lost every optimistic retry."""
 
 
+class AuthenticationError(KVError, PermissionError):
+    """The server refused our credentials (user/password, certificate)."""
+
+
+class PermissionDenied(KVError, PermissionError):
+    """The authenticated user has no right to this operation."""
+
+
 class ClosedError(KVError):
     """The KV handle (or the watch) was used after ``close()``."""
 

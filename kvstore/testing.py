@@ -16,11 +16,12 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 #: etcd request limit used by the harness: large enough for a 1.5 MiB value and
 #: a transaction of MAX_TXN_BYTES.
 ETCD_MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -59,30 +60,62 @@ def etcd_available() -> bool:
 
 
 class EtcdCluster:
-    """``members`` etcd processes on loopback, each with its own data dir."""
+    """``members`` etcd processes on loopback, each with its own data dir.
 
-    def __init__(self, base: Path | str, members: int = 1) -> None:
+    ``tls`` (a cowsqlpy ``TLSConfig``, e.g. from ``cowsqlpy.tls.make_cert``): clients must
+    speak TLS and show a certificate signed by its CA (``--client-cert-auth``); ``auth``
+    ``(user, password)``: etcd's authentication is enabled with that root user. ``url``
+    and ``member_url(i)`` carry what a client then needs."""
+
+    def __init__(self, base: Path | str, members: int = 1, *, tls: Any = None,
+                 auth: tuple[str, str] | None = None, flags: Sequence[str] = ()) -> None:
         self.base = Path(base)
+        self.flags = list(flags)   # more etcd flags (e.g. --auth-token-ttl=1)
         self.members = members
+        self.tls = tls
+        self.auth = auth
         self.procs: list[subprocess.Popen[bytes]] = []
         self.client_urls: list[str] = []
+        self._auth_on = False
 
     @property
     def endpoints(self) -> list[str]:
-        return [u.removeprefix("http://") for u in self.client_urls]
+        return [u.split("://", 1)[1] for u in self.client_urls]
+
+    def _url(self, endpoints: list[str], *, auth: bool = True) -> str:
+        who = "" if self.auth is None or not auth else f"{self.auth[0]}:{self.auth[1]}@"
+        q = "" if self.tls is None else \
+            f"?ca={self.tls.ca_path}&cert={self.tls.cert}&key={self.tls.key}"
+        return f"etcd://{who}{','.join(endpoints)}{q}"
 
     @property
     def url(self) -> str:
-        return "etcd://" + ",".join(self.endpoints)
+        return self._url(self.endpoints)
 
     def member_url(self, i: int) -> str:
-        return "etcd://" + self.endpoints[i]
+        return self._url([self.endpoints[i]])
+
+
+    def etcdctl(self, *args: str) -> str:
+        """Run etcdctl against member 0 as the root user (if any); its stdout."""
+        cmd = [ETCDCTL_BIN, f"--endpoints={self.client_urls[0]}"]
+        if self.tls is not None:
+            cmd += [f"--cacert={self.tls.ca_path}", f"--cert={self.tls.cert}",
+                    f"--key={self.tls.key}"]
+        if self.auth is not None and self._auth_on:
+            cmd.append(f"--user={self.auth[0]}:{self.auth[1]}")
+        return subprocess.run(cmd + list(args), capture_output=True, text=True, check=True,
+                              timeout=30, env=dict(os.environ, ETCDCTL_API="3")).stdout
 
     def start(self, timeout: float = 30.0) -> EtcdCluster:
         ports = free_ports(2 * self.members)
         names = [f"m{i}" for i in range(self.members)]
         peer_urls = [f"http://127.0.0.1:{ports[2 * i + 1]}" for i in range(self.members)]
-        self.client_urls = [f"http://127.0.0.1:{ports[2 * i]}" for i in range(self.members)]
+        scheme = "http" if self.tls is None else "https"
+        self.client_urls = [f"{scheme}://127.0.0.1:{ports[2 * i]}" for i in range(self.members)]
+        tls_flags = [] if self.tls is None else [
+            "--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+            "--trusted-ca-file", self.tls.ca_path, "--client-cert-auth"]
         initial = ",".join(f"{n}={p}" for n, p in zip(names, peer_urls, strict=False))
         for i, name in enumerate(names):
             d = self.base / f"etcd-{name}"
@@ -98,7 +131,7 @@ class EtcdCluster:
                 "--initial-cluster-token", f"kvstore-test-{os.getpid()}-{ports[0]}",
                 "--max-request-bytes", str(ETCD_MAX_REQUEST_BYTES),
                 "--max-txn-ops", "256",
-                "--logger", "zap", "--log-level", "warn",
+                "--logger", "zap", "--log-level", "warn", *tls_flags, *self.flags,
             ], stdout=log, stderr=subprocess.STDOUT))
             log.close()
         import kvstore
@@ -108,7 +141,8 @@ class EtcdCluster:
                 if self.procs[i].poll() is not None:
                     raise RuntimeError(f"etcd member {i} exited: see {self.base}/etcd-m{i}/etcd.log")
                 try:
-                    with kvstore.open(self.member_url(i) + "?timeout=2") as kv:
+                    u = self._url([self.endpoints[i]], auth=False)
+                    with kvstore.open(u + ("&" if "?" in u else "?") + "timeout=2") as kv:
                         kv.revision()
                     break
                 except kvstore.KVError:
@@ -116,6 +150,15 @@ class EtcdCluster:
                         self.stop()
                         raise RuntimeError("etcd did not become ready") from None
                     time.sleep(0.1)
+        if self.auth is not None:
+            user, password = self.auth
+            self.etcdctl("user", "add", user, f"--new-user-password={password}",
+                         "--interactive=false")
+            if user == "root":
+                self.etcdctl("role", "add", "root")
+                self.etcdctl("user", "grant-role", "root", "root")
+            self.etcdctl("auth", "enable")
+            self._auth_on = True
         return self
 
     def stop(self) -> None:

@@ -1,6 +1,11 @@
 """``etcd://`` backend: a real etcd v3 server over gRPC.
 
-URL: ``etcd://HOST:PORT[,HOST:PORT...][?session_ttl=S&timeout=S]``
+URL: ``etcd://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...][?session_ttl=S&timeout=S]``;
+TLS (etcd's ``--cert-file``/``--client-cert-auth``): ``&ca=PEM`` (server verified against
+it), ``&cert=PEM&key=PEM`` (our client certificate), ``&server_name=NAME`` (the name the
+server certificate is checked against, when it is not the endpoint's address). With a
+user, the backend authenticates once (etcd's Authenticate) and sends the token with every
+call, authenticating again when etcd says the token expired.
 
 Client choice: the gRPC stubs shipped by ``aetcd`` (maintained, generated from
 etcd's protos, working with the installed grpcio/protobuf) driven directly on
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -26,14 +32,17 @@ from aetcd import rpc
 
 from ..backend import Backend
 from ..errors import (
+    AuthenticationError,
     BackendError,
     CompactedError,
+    ConfigurationError,
     FutureRevisionError,
     InvalidArgument,
     InvalidTxn,
     KVError,
     LeaseNotFound,
     OperationTimeout,
+    PermissionDenied,
     ValueTooLarge,
 )
 from ..types import (
@@ -72,7 +81,15 @@ _ERRORS: dict[tuple[grpc.StatusCode, str], type[KVError]] = {
         InvalidTxn,
     (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large"): ValueTooLarge,
     (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: request is too large"): ValueTooLarge,
+    (grpc.StatusCode.INVALID_ARGUMENT,
+     "etcdserver: authentication failed, invalid user ID or password"): AuthenticationError,
+    (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty"): AuthenticationError,
+    (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: authentication is not enabled"):
+        AuthenticationError,
+    (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token"): AuthenticationError,
+    (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied"): PermissionDenied,
 }
+_TOKEN_EXPIRED = (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")
 _BY_CODE: dict[grpc.StatusCode, type[KVError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: OperationTimeout,
     grpc.StatusCode.UNAVAILABLE: OperationTimeout,
@@ -139,27 +156,56 @@ class EtcdBackend(Backend):
 
     scheme = "etcd"
 
-    def __init__(self, endpoints: list[str], timeout: float, session_ttl: int | None = None
-                 ) -> None:
+    def __init__(self, endpoints: list[str], timeout: float, session_ttl: int | None = None,
+                 *, tls: EtcdTLS | None = None, user: tuple[str, str] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.endpoints = endpoints
         self.session_ttl = session_ttl
         self._watch_tasks: dict[WatchStream, asyncio.Task[None]] = {}
         target = endpoints[0] if len(endpoints) == 1 else "ipv4:" + ",".join(endpoints)
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(target, options=[
+        options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
-        ])
+        ]
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            if tls.server_name:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            self.channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
         self.kv = rpc.KVStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)
         self.watch_stub = rpc.WatchStub(self.channel)
+        self.auth = rpc.AuthStub(self.channel)
+        self._user = user
+        self._meta: tuple[tuple[str, str], ...] = ()
+        self.authentications = 0   # tokens obtained (tests, metrics)
 
-    async def _call(self, fn: Any, req: Any) -> Any:
+    async def authenticate(self) -> None:
+        """Get a token for the URL's user (nothing to do without one)."""
+        if self._user is None:
+            return
+        name, password = self._user
         try:
-            return await fn(req, timeout=self.timeout)
+            r = await self.auth.Authenticate(rpc.AuthenticateRequest(name=name, password=password),
+                                             timeout=self.timeout)
         except grpc.aio.AioRpcError as e:
             raise _map_error(e) from None
+        self._meta = (("token", r.token),)
+        self.authentications += 1
+
+    async def _call(self, fn: Any, req: Any) -> Any:
+        for attempt in (1, 2):
+            try:
+                return await fn(req, timeout=self.timeout, metadata=self._meta)
+            except grpc.aio.AioRpcError as e:
+                if attempt == 1 and self._user is not None and \
+                        (e.code(), e.details()) == _TOKEN_EXPIRED:
+                    await self.authenticate()   # simple tokens expire (--auth-token-ttl)
+                    continue
+                raise _map_error(e) from None
+        raise AssertionError("unreachable")
 
     async def put(self, key: bytes, value: bytes, lease: int = 0, prev_kv: bool = False
                   ) -> PutResult:
@@ -216,7 +262,7 @@ class EtcdBackend(Backend):
         await self._call(self.lease.LeaseRevoke, rpc.LeaseRevokeRequest(ID=lease))
 
     async def keepalive(self, lease: int) -> int:
-        call = self.lease.LeaseKeepAlive(timeout=self.timeout)
+        call = self.lease.LeaseKeepAlive(timeout=self.timeout, metadata=self._meta)
         try:
             await call.write(rpc.LeaseKeepAliveRequest(ID=lease))
             r = await call.read()
@@ -257,7 +303,7 @@ class EtcdBackend(Backend):
                     created: asyncio.Future[None]) -> None:
         """Feed ``stream`` until it is cancelled; resolves ``created`` once the
         server has registered the watch (so no later write is missed)."""
-        call = self.watch_stub.Watch()
+        call = self.watch_stub.Watch(metadata=self._meta)
         try:
             await call.write(rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
                 key=start, range_end=end, start_revision=start_revision, prev_kv=True)))
@@ -296,18 +342,63 @@ class EtcdBackend(Backend):
         await self.channel.close()
 
 
+@dataclass(frozen=True)
+class EtcdTLS:
+    """TLS to etcd: the CA that signed the server's certificate, our client
+    certificate (for ``--client-cert-auth``), the name to check the server against."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise ConfigurationError(f"etcd: cannot read {path}: {exc.strerror}") from None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
+OPTIONS = {"session_ttl", "timeout", "ca", "cert", "key", "server_name"}
+
+
 async def open_backend(url: str) -> EtcdBackend:
     u = urllib.parse.urlsplit(url)
     q = dict(urllib.parse.parse_qsl(u.query))
-    unknown = set(q) - {"session_ttl", "timeout"}
+    unknown = set(q) - OPTIONS
     if unknown:
         raise InvalidArgument(f"etcd: unknown options {sorted(unknown)}")
-    endpoints = [e.strip() for e in u.netloc.split(",") if e.strip()]
+    userinfo, at, hosts = u.netloc.rpartition("@")
+    endpoints = [e.strip() for e in hosts.split(",") if e.strip()]
     if not endpoints:
         raise InvalidArgument(f"etcd: no endpoint in {url!r}")
     for e in endpoints:
         host, sep, port = e.rpartition(":")
         if not sep or not port.isdigit() or not host:
             raise InvalidArgument(f"etcd: endpoint {e!r} must be HOST:PORT")
-    return EtcdBackend(endpoints, float(q.get("timeout", DEFAULT_TIMEOUT)),
-                       int(q["session_ttl"]) if "session_ttl" in q else None)
+    user = None
+    if at:
+        name, colon, password = userinfo.partition(":")
+        if not name or not colon:
+            raise InvalidArgument("etcd: credentials must be USER:PASSWORD@")
+        user = (urllib.parse.unquote(name), urllib.parse.unquote(password))
+    if ("cert" in q) != ("key" in q):
+        raise InvalidArgument("etcd: a client certificate needs both cert= and key=")
+    tls = None
+    if {"ca", "cert", "server_name"} & set(q):
+        tls = EtcdTLS(q.get("ca"), q.get("cert"), q.get("key"), q.get("server_name"))
+    backend = EtcdBackend(endpoints, float(q.get("timeout", DEFAULT_TIMEOUT)),
+                          int(q["session_ttl"]) if "session_ttl" in q else None,
+                          tls=tls, user=user)
+    try:
+        await backend.authenticate()
+    except BaseException:
+        await backend.close()
+        raise
+    return backend
