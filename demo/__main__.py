@@ -58,12 +58,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="GET and range consistency: linearizable (default, as etcd: each read "
                         "after a shared read barrier) or serializable (no barrier: faster, but "
                         "a deposed leader can serve a stale read)")
+    p.add_argument("--cert", metavar="PEM", help="cluster certificate: mutual TLS between "
+                   "nodes and for engine clients (go-cowsql's scheme, as cowsql-demo --cert), "
+                   "and HTTPS for the API, which then asks clients for a certificate the "
+                   "cluster trusts (make one: python -m cowsqlpy.tls make-cert --out DIR)")
+    p.add_argument("--key", metavar="PEM", help="private key of --cert")
+    p.add_argument("--ca", metavar="PEM", help="CA bundle to trust (default: --cert itself)")
     p.add_argument("--log-level", default=os.environ.get("COWSQLPY_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
     if args.compact_retention < 0:
         p.error("--compact-retention must be >= 0 revisions")
     if not 0 <= args.busy_poll <= MAX_BUSY_POLL * 1e6:
         p.error(f"--busy-poll must be 0..{MAX_BUSY_POLL * 1e6:.0f} microseconds")
+    if (args.cert is None) != (args.key is None) or (args.ca and not args.cert):
+        p.error("TLS needs both --cert and --key (--ca only with them)")
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s.%(msecs)03d %(process)d %(name)s %(levelname)s "
@@ -72,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from cowsqlpy.errors import Error, NodeIdentityError
     from cowsqlpy.runtime import StopSignals
+    from cowsqlpy.tls import TLSConfig
 
     stop = StopSignals()
 
@@ -85,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     request_timeout=args.request_timeout,
                     compact_retention=args.compact_retention,
                     busy_poll=args.busy_poll / 1e6,
-                    linearizable_reads=args.read == "linearizable")
+                    linearizable_reads=args.read == "linearizable",
+                    tls=None if args.cert is None else TLSConfig(args.cert, args.key, args.ca))
     try:
         node.start_app()
     except (Error, ValueError, OSError) as exc:
@@ -94,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if stop.wait_ready(node.app):
             node.start_http()
-            print(f"{READY_PREFIX} http://{args.api} (node {node.app.id:#x}, db {args.db}, "
+            scheme = "http" if args.cert is None else "https"
+            print(f"{READY_PREFIX} {scheme}://{args.api} (node {node.app.id:#x}, db {args.db}, "
                   f"dir {os.path.abspath(data_dir)})", flush=True)
             stop.stopped.wait()
     except NodeIdentityError as exc:

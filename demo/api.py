@@ -25,6 +25,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.web_request import BaseRequest
 
 from cowsqlpy.runtime import BusyPoll
+from cowsqlpy.tls import ClientTLS, TLSConfig
 from kvstore import AsyncKV, OutcomeUnknownError
 from kvstore.errors import (
     ClosedError,
@@ -328,8 +329,10 @@ class Api:
     """Request handling for one demo node."""
 
     def __init__(self, kv: AsyncKV, app: Any, me: NodeIdentity,
-                 poller: BusyPoll | None = None) -> None:
+                 poller: BusyPoll | None = None, tls: TLSConfig | None = None) -> None:
         self.kv = kv
+        # the other nodes' APIs speak HTTPS with the cluster certificate when we do
+        self._probe_tls = None if tls is None else ClientTLS.of(tls)
         self.poller = poller
         self.app = app
         self.me = me
@@ -671,7 +674,12 @@ class Api:
         if self._http is None:
             self._http = ClientSession(timeout=ClientTimeout(total=1.0))
         try:
-            async with self._http.get(f"http://{api}/_health") as resp:
+            if self._probe_tls is None:
+                probe = self._http.get(f"http://{api}/_health")
+            else:
+                probe = self._http.get(f"https://{api}/_health", ssl=self._probe_tls.context,
+                                       server_hostname=self._probe_tls.server_name)
+            async with probe as resp:
                 return resp.status == 200
         except (OSError, TimeoutError, Exception):  # any failure: unhealthy
             return False

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import urllib.parse
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +20,7 @@ from aiohttp.web_request import BaseRequest
 
 import kvstore
 from cowsqlpy.runtime import background_loop, enable_busy_poll, run_sync
+from cowsqlpy.tls import TLSConfig, make_server_context
 from kvstore import AsyncKV, AsyncTempKey, KVError
 
 from . import DATABASE, DEFAULT_BUSY_POLL, DEFAULT_COMPACT_RETENTION
@@ -98,8 +100,10 @@ class DemoNode:
     def __init__(self, api: str, db: str, data_dir: str, *, join: list[str] | None = None,
                  network_latency: float | None = None, roles_adjustment_frequency: float = 5.0,
                  request_timeout: float = 5.0, compact_retention: int = DEFAULT_COMPACT_RETENTION,
-                 busy_poll: float = DEFAULT_BUSY_POLL, linearizable_reads: bool = True) -> None:
+                 busy_poll: float = DEFAULT_BUSY_POLL, linearizable_reads: bool = True,
+                 tls: TLSConfig | None = None) -> None:
         self.api_address, self.db_address = api, db
+        self.tls = tls   # mutual TLS for the node (Raft, clients) and HTTPS for the API
         self.linearizable_reads = linearizable_reads
         self.busy_poll = busy_poll
         self.compact_retention = compact_retention
@@ -127,7 +131,7 @@ class DemoNode:
         os.makedirs(self.data_dir, exist_ok=True)
         self.app = App(self.data_dir, self.db_address, cluster=self.join or None,
                        roles_adjustment_frequency=self.roles_adjustment_frequency,
-                       network_latency=self.network_latency)
+                       network_latency=self.network_latency, tls=self.tls)
 
     def start_http(self) -> None:
         run_sync(self._start_http(), self.request_timeout + 60)
@@ -135,9 +139,13 @@ class DemoNode:
     async def _start_http(self) -> None:
         assert self.app is not None
         read = "linearizable" if self.linearizable_reads else "serializable"
-        self.kv = kv = await kvstore.open_async(
-            f"cowsql:///{DATABASE}?timeout={self.request_timeout}"
-            f"&auto_compact={self.compact_retention}&read={read}", store=self.app.store)
+        url = (f"cowsql:///{DATABASE}?timeout={self.request_timeout}"
+               f"&auto_compact={self.compact_retention}&read={read}")
+        if self.tls is not None:
+            url += "&" + urllib.parse.urlencode(
+                {"cert": os.fspath(self.tls.cert), "key": os.fspath(self.tls.key),
+                 "ca": self.tls.ca_path})
+        self.kv = kv = await kvstore.open_async(url, store=self.app.store)
         me = NodeIdentity(self.app.id, self.db_address, self.api_address)
         # The API address of every node is kept in the store under a lease (put again
         # if an outage outlives it), so any node's /_cluster can name and probe every
@@ -146,11 +154,13 @@ class DemoNode:
                             "pid": os.getpid()}).encode()
         self._registration = await kv.temp_key(REGISTRY + me.db.encode(), value,
                                                ttl=REGISTRY_TTL, renew=True)
-        self.api = Api(kv, self.app, me, enable_busy_poll(background_loop(), self.busy_poll))
+        self.api = Api(kv, self.app, me, enable_busy_poll(background_loop(), self.busy_poll),
+                       tls=self.tls)
         host, port = split_address(self.api_address, "--api")
         self._web = _DemoServer(self.api.handle, access_log=None, keepalive_timeout=75)
         self._server = await background_loop().create_server(
-            self._web, host, port, reuse_address=True, backlog=1024)
+            self._web, host, port, reuse_address=True, backlog=1024,
+            ssl=None if self.tls is None else make_server_context(self.tls))
 
     def stop(self, handover_timeout: float = 60.0) -> None:
         """Stop serving HTTP (in-flight requests finish, watches end), release the

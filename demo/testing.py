@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cowsqlpy.testing import wait_for
+from cowsqlpy.tls import TLSConfig, make_client_context
 from kvstore.testing import free_ports
 
 from .__main__ import READY_PREFIX
@@ -32,12 +33,16 @@ def node_command(api: str, db: str, data_dir: str | Path, join: str | None = Non
 
 
 def request(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None
-            = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+            = None, timeout: float = 10.0, tls: TLSConfig | None = None
+            ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request: (status, headers, body); HTTP error statuses are returned,
-    not raised. :raises OSError: no answer (connection refused, reset, timeout)."""
+    not raised. ``tls``: HTTPS with the cluster certificate (nodes started with
+    ``--cert/--key`` ask clients for one). :raises OSError: no answer (connection
+    refused, reset, timeout, TLS handshake refused)."""
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    context = None if tls is None else make_client_context(tls)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
@@ -52,17 +57,28 @@ class DemoProcess:
     reaches only the launcher, which then stops the nodes (`demo.local`)."""
 
     def __init__(self, index: int, base: Path, api: str, db: str, join: str | None,
-                 options: list[str] | None = None, *, own_session: bool = False) -> None:
+                 options: list[str] | None = None, *, own_session: bool = False,
+                 tls: TLSConfig | None = None) -> None:
         self.index, self.api, self.db, self.join = index, api, db, join
+        self.tls = tls
         self.dir = base / f"node{index}"
         self.log = base / f"node{index}.log"
         self.options = list(options or [])
+        if tls is not None:
+            self.options += ["--cert", os.fspath(tls.cert), "--key", os.fspath(tls.key),
+                             "--ca", tls.ca_path]
         self.own_session = own_session
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.api}"
+        return f"{'http' if self.tls is None else 'https'}://{self.api}"
+
+    def request(self, method: str, path: str, data: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 10.0
+                ) -> tuple[int, dict[str, str], bytes]:
+        """`request` on this node's API (``path`` starts with ``/``)."""
+        return request(method, self.url + path, data, headers, timeout, self.tls)
 
     def start(self) -> None:
         if self.running:  # a second process would be left running, unowned
@@ -79,7 +95,7 @@ class DemoProcess:
 
     def healthy(self) -> bool:
         try:
-            return request("GET", self.url + "/_health", timeout=2.0)[0] == 200
+            return self.request("GET", "/_health", timeout=2.0)[0] == 200
         except OSError:
             return False
 
@@ -110,7 +126,8 @@ class DemoCluster:
     """``n`` demo node processes in ``base`` (one dir and log file per node)."""
 
     def __init__(self, base: Path, n: int = 3, *, network_latency: float = 0.025,
-                 request_timeout: float = 5.0, extra: list[str] | None = None) -> None:
+                 request_timeout: float = 5.0, extra: list[str] | None = None,
+                 tls: TLSConfig | None = None) -> None:
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         ports = free_ports(2 * n)
@@ -119,7 +136,7 @@ class DemoCluster:
         first_db = f"127.0.0.1:{ports[n]}"
         self.nodes = [DemoProcess(i, self.base, f"127.0.0.1:{ports[i]}",
                                   f"127.0.0.1:{ports[n + i]}", None if i == 0 else first_db,
-                                  options) for i in range(n)]
+                                  options, tls=tls) for i in range(n)]
 
     def start(self, timeout: float = 60.0) -> DemoCluster:
         self.nodes[0].start()
@@ -137,7 +154,7 @@ class DemoCluster:
             if not node.running:
                 continue
             try:
-                status, _, body = request("GET", node.url + "/_cluster", timeout=5.0)
+                status, _, body = node.request("GET", "/_cluster", timeout=5.0)
             except OSError:
                 continue
             if status == 200:

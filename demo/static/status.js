@@ -19,7 +19,7 @@ function renderNodes(data) {
   for (const n of data.nodes || []) {
     const health = n.healthy === true ? badge("healthy", "ok")
                  : n.healthy === false ? badge("down", "down") : badge("unknown", "unknown");
-    const api = n.api ? el("a", {href: "http://" + n.api + "/"}, n.api) : "-";
+    const api = n.api ? el("a", {href: location.protocol + "//" + n.api + "/"}, n.api) : "-";
     const tr = el("tr", {class: n.leader ? "node leader" : "node", "data-node": n.db,
                          "data-role": n.role, "data-healthy": String(n.healthy)},
       el("td", {}, n.id + (n.db === data.node.db ? " (this node)" : "")),
