@@ -12,6 +12,7 @@ import socket
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ MAX_DEPTH_PER_QUERY = 120  # a path deeper than this resolves in several queries
 HEARTBEAT_SECONDS = 10.0
 SESSION_EXPIRY_NS = int(3 * HEARTBEAT_SECONDS * 1e9)
 MAX_DIRTY_BYTES = 1 << 20  # flush a handle's buffer at 1 MiB
+INO_RESERVE = 256  # inode numbers a mount reserves at a time
 # libfuse renames a file unlinked while open to such a name (hidden_name() in fuse.c)
 # and keeps using that path for it: fstat, fsetxattr, /proc/self/fd reopens.
 HIDDEN_NAME = re.compile(rb"\.fuse_hidden[0-9a-f]{16}")
@@ -147,6 +149,8 @@ class FileSystem:
         self._hidden: dict[bytes, int] = {}  # libfuse's hidden name -> the unlinked open inode
         self._hidden_paths: dict[int, list[str]] = {}  # their paths, for kernel invalidations
         self._local = threading.local()
+        self._inos: list[int] = []  # reserved inode numbers, the next one last
+        self._dirs: OrderedDict[str, Node] = OrderedDict()  # directories as last seen (create)
         # Called with the paths whose cached attributes went stale although their own entry
         # was not touched (the other names of a hard-linked inode); the binding tells the kernel.
         self.on_stale: Callable[[list[str]], None] | None = None
@@ -458,24 +462,131 @@ class FileSystem:
         )
         return Node(ino, mode, uid, gid, 0, 0, nlink, rdev, now, now, now, 1)
 
+    def _ino_sql(self, dirs: list[bytes]) -> str:
+        """SQL for the inode `dirs` lead to from the root (NULL when they do not)."""
+        if not dirs:
+            return str(ROOT_INO)
+        tables = ", ".join(f"fs_edge e{i}" for i in range(len(dirs)))
+        conds = [f"e0.parent = {ROOT_INO} AND e0.name = {literal(dirs[0])}"]
+        conds += [
+            f"e{i}.parent = e{i - 1}.ino AND e{i}.name = {literal(d)}"
+            for i, d in enumerate(dirs[1:], 1)
+        ]
+        return f"(SELECT e{len(dirs) - 1}.ino FROM {tables} WHERE {' AND '.join(conds)})"
+
+    def _new_ino(self) -> int:
+        """An inode number of this mount's reserved range (reserved INO_RESERVE at a time
+        by moving AUTOINCREMENT's counter: no other mount or transaction gets them)."""
+        with self._lock:
+            if self._inos:
+                return self._inos.pop()
+
+        def tx(conn: Any) -> int:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'fs_node'").fetchone()
+            if row is None:
+                seq = int(conn.execute("SELECT coalesce(max(ino), 0) FROM fs_node").fetchone()[0])
+                conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('fs_node', ?)",
+                    (seq + INO_RESERVE,),
+                )
+            else:
+                seq = int(row[0])
+                conn.execute(
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = 'fs_node'",
+                    (seq + INO_RESERVE,),
+                )
+            return seq
+
+        seq = self.store.transaction(tx)
+        with self._lock:
+            self._inos.extend(range(seq + INO_RESERVE, seq + 1, -1))
+        return seq + 1
+
+    def _parent_of(self, dirpath: str) -> Node | None:
+        """The directory as this mount last saw it (read when not cached), None if it is not one."""
+        with self._lock:
+            node = self._dirs.get(dirpath)
+        if node is None:
+            try:
+                node = self.store.read(lambda c: self._resolve(c, dirpath))
+            except FsError:
+                return None
+            self._saw_dir(dirpath, node)
+        return node if node.is_dir else None
+
+    def _saw_dir(self, path: str, node: Node) -> None:
+        if not node.is_dir:
+            return
+        with self._lock:
+            self._dirs[path] = node
+            self._dirs.move_to_end(path)
+            while len(self._dirs) > 1024:
+                self._dirs.popitem(last=False)
+
+    def _fast_make(self, path: str, mode: int, uid: int, gid: int, rdev: int = 0) -> Node | None:
+        """Create in one request, batched with other threads' (`Store.scripted`), when
+        the parent is as this mount last saw it; None: use the transaction (`_make`)."""
+        names = components(path)
+        if not names or len(names) > MAX_DEPTH_PER_QUERY:
+            return None
+        *dirs, name = names
+        parent = self._parent_of(path.rstrip("/").rsplit("/", 1)[0] or "/")
+        if parent is None:
+            return None
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        ino, now = self._new_ino(), time.time_ns()
+        is_dir = int(stat.S_ISDIR(mode))
+        values = ", ".join(
+            literal(v) for v in (ino, mode, uid, gid, 1 + is_dir, rdev, now, now, now)
+        )
+        p = parent.ino
+        statements = [
+            # NOT NULL fails (and the engine stops) unless the parent is as seen and an inode is free
+            "INSERT INTO fs_sustained (sid, ino) SELECT NULL, 0 WHERE"
+            f" NOT EXISTS (SELECT 1 FROM fs_node WHERE ino = {p} AND mode = {parent.mode} AND gid = {parent.gid})"
+            f" OR coalesce({self._ino_sql(dirs)}, -1) != {p}"
+            " OR (SELECT used_inodes >= max_inodes FROM fs_superblock WHERE id = 1)",
+            f"INSERT INTO fs_edge (parent, name, ino) VALUES ({p}, {literal(name)}, {ino})",  # EEXIST: fails
+            f"INSERT INTO fs_node (ino, mode, uid, gid, nlink, rdev, atime, mtime, ctime) VALUES ({values})",
+            f"UPDATE fs_node SET nlink = nlink + {is_dir}, mtime = {now}, ctime = {now} WHERE ino = {p}",
+            "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1",
+        ]
+
+        def committed() -> bool:
+            row = self.store.read(
+                lambda c: c.execute(
+                    "SELECT 1 FROM fs_edge WHERE parent = ? AND name = ? AND ino = ?",
+                    (p, name, ino),
+                ).fetchone(),
+                linearizable=True,
+            )
+            return row is not None
+
+        if not self.store.scripted(statements, committed):
+            with self._lock:
+                self._dirs.pop(path.rstrip("/").rsplit("/", 1)[0] or "/", None)
+            return None
+        return Node(ino, mode, uid, gid, 0, 0, 1 + is_dir, rdev, now, now, now, 1)
+
     def mknod(self, path: str, mode: int, rdev: int, uid: int, gid: int) -> None:
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise FsError(errno.EINVAL)
-        self._made(
-            path,
-            self.store.batched(
-                lambda c: self._make(c, path, kind | (mode & 0o7777), uid, gid, rdev)
-            ),
-        )
+        mode = kind | (mode & 0o7777)
+        node = self._fast_make(path, mode, uid, gid, rdev)
+        if node is None:
+            node = self.store.batched(lambda c: self._make(c, path, mode, uid, gid, rdev))
+        self._made(path, node)
 
     def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
-        self._made(
-            path,
-            self.store.batched(
-                lambda c: self._make(c, path, stat.S_IFDIR | (mode & 0o7777), uid, gid)
-            ),
-        )
+        mode = stat.S_IFDIR | (mode & 0o7777)
+        node = self._fast_make(path, mode, uid, gid)
+        if node is None:
+            node = self.store.batched(lambda c: self._make(c, path, mode, uid, gid))
+        self._made(path, node)
 
     def symlink(self, path: str, target: str, uid: int, gid: int) -> None:
         raw = os.fsencode(target)
@@ -909,7 +1020,8 @@ class FileSystem:
                     raise
                 return self._resolve(conn, path), False  # made by another mount meanwhile: open it
 
-        node, made = self.store.batched(tx)
+        fast = self._fast_make(path, stat.S_IFREG | (mode & 0o7777), uid, gid)
+        node, made = (fast, True) if fast is not None else self.store.batched(tx)
         if not made:
             return self.open(path, flags)[0]
         self._made(path, node)

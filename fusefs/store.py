@@ -44,12 +44,54 @@ def io_policy(io_timeout: float) -> cowsqlpy.RetryPolicy:
 
 @dataclass
 class _Queued:
-    """A transaction waiting to join a batch."""
+    """Work waiting to join a batch: a transaction's function, or a script's statements."""
 
-    fn: Callable[[Any], Any]
+    work: Any
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+
+
+class _Batcher:
+    """Group commit for a mount's threads: the first caller runs every queued item, in
+    batches of up to MAX_BATCH, until the queue is empty; the others wait for theirs."""
+
+    def __init__(self, run: Callable[[list[_Queued]], None]) -> None:
+        self._run = run
+        self._lock = threading.Lock()
+        self._queued: list[_Queued] = []
+        self._leading = False
+
+    def submit(self, work: Any) -> Any:
+        item = _Queued(work)
+        with self._lock:
+            self._queued.append(item)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            self._lead()
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _lead(self) -> None:
+        while True:
+            with self._lock:
+                todo, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+                if not todo:
+                    self._leading = False
+                    return
+            try:
+                self._run(todo)
+            except BaseException as exc:
+                for item in todo:
+                    if item.error is None and item.result is None:
+                        item.error = exc
+                raise
+            finally:
+                for item in todo:
+                    item.done.set()
 
 
 class Store:
@@ -79,8 +121,8 @@ class Store:
         self._all: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
-        self._queued: list[_Queued] = []
-        self._batching = False
+        self._tx_batches = _Batcher(self._run_batch)
+        self._script_batches = _Batcher(self._run_scripts)
         self.batches = 0  # batch transactions committed (tests, benchmarks)
         self.commits = 0  # transactions committed through this store
 
@@ -168,31 +210,8 @@ class Store:
         each `fn` in turn and keeps the writes of those that return. When the batch
         cannot commit as a whole, each `fn` runs again in a transaction of its own.
         """
-        item = _Queued(fn)
-        with self._lock:
-            self._queued.append(item)
-            lead = not self._batching
-            self._batching = True
-        if lead:
-            self._lead_batches()
-        item.done.wait()
-        if item.error is not None:
-            raise item.error
-        return item.result
-
-    def _lead_batches(self) -> None:
-        """Run queued transactions in batches until the queue is empty."""
-        while True:
-            with self._lock:
-                todo, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
-                if not todo:
-                    self._batching = False
-                    return
-            try:
-                self._run_batch(todo)
-            finally:
-                for item in todo:
-                    item.done.set()
+        result: T = self._tx_batches.submit(fn)
+        return result
 
     def _run_batch(self, todo: list[_Queued]) -> None:
         if len(todo) > 1:
@@ -201,7 +220,7 @@ class Store:
                 out: list[tuple[Any, FsError | None]] = []
                 for item in todo:
                     try:
-                        out.append((item.fn(conn), None))
+                        out.append((item.work(conn), None))
                     except FsError as exc:  # before its first write: nothing of it to undo
                         out.append((None, exc))
                 return out
@@ -221,9 +240,53 @@ class Store:
                 return
         for item in todo:
             try:
-                item.result = self.transaction(item.fn)
+                item.result = self.transaction(item.work)
             except BaseException as exc:
                 item.error = exc
+
+    def scripted(self, statements: list[str], committed: Callable[[], bool]) -> bool:
+        """Run `statements` (SQL with literal values, see `cowsqlpy.sqltext.literal`) as
+        one transaction in one request, sharing it with the scripts other threads queued
+        meanwhile (BEGIN IMMEDIATE, every statement, COMMIT: one round trip, one commit).
+
+        :param committed: after a lost reply, tells whether these statements committed
+            (a linearizable read of what they wrote).
+        :returns: True when they committed; False when a statement of the batch failed
+            (the engine stops there, nothing of the batch is kept): the caller runs its
+            operation again its own way (for its precise errno).
+        :raises FsError: EIO when the cluster cannot tell.
+        """
+        done: bool = self._script_batches.submit((statements, committed))
+        return done
+
+    def _run_scripts(self, todo: list[_Queued]) -> None:
+        sql = "; ".join(["BEGIN IMMEDIATE", *(s for item in todo for s in item.work[0]), "COMMIT"])
+        deadline = time.monotonic() + self.io_timeout
+        while True:
+            with self.connection() as conn:
+                try:
+                    conn.executescript(sql)
+                except (cowsqlpy.NoLeaderError, cowsqlpy.NotLeaderError) as exc:
+                    if time.monotonic() < deadline:  # refused before it ran
+                        time.sleep(0.05)
+                        continue
+                    raise as_fs_error(exc) from exc
+                except (cowsqlpy.IntegrityError, cowsqlpy.BusyError, cowsqlpy.ProgrammingError):
+                    for item in todo:  # a statement failed: nothing of the batch is kept
+                        item.result = False
+                    return
+                except cowsqlpy.Error:  # the reply is lost, or the commit failed: which?
+                    for item in todo:
+                        try:
+                            item.result = bool(item.work[1]())
+                        except FsError as exc:
+                            item.error = exc
+                    return
+            self.commits += 1
+            self.batches += 1
+            for item in todo:
+                item.result = True
+            return
 
     def close(self) -> None:
         self._closed = True
