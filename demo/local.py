@@ -13,6 +13,7 @@ restart (``--fresh`` wipes them first). Exit code 2 when a port is taken.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from cowsqlpy.tls import TLSConfig, make_cert
 
 from .server import check_port_free
 from .testing import DemoProcess
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default="demo-data", help="data directory (default ./demo-data)")
     p.add_argument("--fresh", action="store_true", help="delete the data directory first")
     p.add_argument("--timeout", type=float, default=60.0, help="start-up timeout (seconds)")
+    p.add_argument("--tls", action="store_true",
+                   help="mutual TLS everywhere and HTTPS for the API, with a cluster certificate "
+                        "made (once) in <dir>/cert")
     args = p.parse_args(argv)
 
     base = Path(args.dir).resolve()
@@ -49,8 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True, exist_ok=True)
     first_db = f"{args.host}:{args.db_port}"
+    tls = None
+    if args.tls:
+        tls = TLSConfig(base / "cert" / "cluster.crt", base / "cert" / "cluster.key")
+        if not os.path.exists(tls.cert):
+            tls = make_cert(base / "cert")
     procs = [DemoProcess(i + 1, base, f"{args.host}:{args.api_port + i}", f"{args.host}:{args.db_port + i}",
-                         None if i == 0 else first_db, own_session=True)
+                         None if i == 0 else first_db, own_session=True, tls=tls)
              for i in range(args.nodes)]
     for pr in procs:
         for addr, what in ((pr.api, "HTTP API port"), (pr.db, "engine port")):
@@ -108,24 +119,29 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         a = [pr.api for pr in procs]
         dbs = ",".join(pr.db for pr in procs)
+        web = "http" if tls is None else "https"
+        curl = "curl" if tls is None else \
+            f"curl --cacert {tls.cert} --cert {tls.cert} --key {tls.key}"
+        fs_tls = "" if tls is None else " (fusefs has no TLS option yet: run it on a plain cluster)"
         print(f"""
 The cluster is up: {len(procs)} nodes, each serves the whole API.
 
-  status page      http://{a[0]}/   (any node; refreshes itself)
-  write on node 1  curl -X PUT -d my-value http://{a[0]}/my-key
-  read on node 2   curl http://{a[1 % len(a)]}/my-key
-  list a prefix    curl 'http://{a[0]}/?prefix=my-'
-  compare-and-set  curl -i -X PUT -d new -H 'If-Match: "<ETag of my-key>"' http://{a[0]}/my-key
-                   curl -i -X PUT -d newer 'http://{a[0]}/my-key?prev=new'
-  watch a key      curl 'http://{a[1 % len(a)]}/my-key?watch=1'      (waits for the next change)
-  temporary key    curl -X PUT -d here 'http://{a[0]}/session?ttl=10'
-  cluster / health curl http://{a[0]}/_cluster ; curl http://{a[0]}/_health
-  mount it (fusefs) python -m fusefs mkfs --cluster {dbs} && mkdir -p /tmp/cowsqlfs &&
+  status page      {web}://{a[0]}/   (any node; refreshes itself)
+  write on node 1  {curl} -X PUT -d my-value {web}://{a[0]}/my-key
+  read on node 2   {curl} {web}://{a[1 % len(a)]}/my-key
+  list a prefix    {curl} '{web}://{a[0]}/?prefix=my-'
+  compare-and-set  {curl} -i -X PUT -d new -H 'If-Match: "<ETag of my-key>"' {web}://{a[0]}/my-key
+                   {curl} -i -X PUT -d newer '{web}://{a[0]}/my-key?prev=new'
+  watch a key      {curl} '{web}://{a[1 % len(a)]}/my-key?watch=1'      (waits for the next change)
+  temporary key    {curl} -X PUT -d here '{web}://{a[0]}/session?ttl=10'
+  cluster / health {curl} {web}://{a[0]}/_cluster ; {curl} {web}://{a[0]}/_health
+  mount it{fs_tls}
+  (fusefs)         python -m fusefs mkfs --cluster {dbs} && mkdir -p /tmp/cowsqlfs &&
                    python -m fusefs mount --cluster {dbs} /tmp/cowsqlfs     (umount: fusermount3 -u /tmp/cowsqlfs)
 
 Kill a node (here node 1, pid {procs[0].proc.pid if procs[0].proc else '?'}) and the others keep serving:
   kill -9 {procs[0].proc.pid if procs[0].proc else '<pid>'}
-  curl http://{a[1 % len(a)]}/my-key ; curl -X PUT -d still-here http://{a[2 % len(a)]}/other-key
+  {curl} {web}://{a[1 % len(a)]}/my-key ; {curl} -X PUT -d still-here {web}://{a[2 % len(a)]}/other-key
 
 Press Ctrl-C to stop all {len(procs)} nodes (each hands its role and leadership over).
 Logs: {base}/node<N>.log
