@@ -4,6 +4,7 @@ commands work, Ctrl-C stops every node cleanly; with ``--tls`` everything is TLS
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,13 +19,12 @@ from demo.testing import ROOT, request
 
 
 def _free_run(n: int) -> int:
-    """A port p with p .. p+n-1 all free on loopback (the launcher takes consecutive ports)."""
+    """A port p with p .. p+n-1 all free on loopback (the launcher takes consecutive ports),
+    below the kernel's ephemeral range, so no outgoing connection takes one meanwhile."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + 2 * n >= 65535:
-            continue
+        base = rng.randrange(10_000, low - n)
         socks = []
         try:
             for p in range(base, base + n):
