@@ -123,7 +123,7 @@ class Store:
         self._closed = False
         self._tx_batches = _Batcher(self._run_batch)
         self._script_batches = _Batcher(self._run_scripts)
-        self.batches = 0  # batch transactions committed (tests, benchmarks)
+        self.batches = 0  # transactions committed for several operations (tests, benchmarks)
         self.commits = 0  # transactions committed through this store
 
     def _new(self, linearizable: bool) -> Any:
@@ -283,7 +283,7 @@ class Store:
                             item.error = exc
                     return
             self.commits += 1
-            self.batches += 1
+            self.batches += len(todo) > 1
             for item in todo:
                 item.result = True
             return

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -131,6 +133,77 @@ def test_a_failed_flush_leaks_no_reservation(fs: FileSystem, servers: list[str])
         other.unlink("/theirs")
         fh = fs.create("/again", 0o644, os.O_WRONLY, 0, 0)
         fs.write(fh, os.urandom(1200 << 10), 0)  # refused if the failed 900 KiB were still counted
+        fs.release(fh)
+    finally:
+        other.close()
+        other_store.close()
+
+
+def test_concurrent_creates_share_transactions(fs: FileSystem) -> None:
+    """Creates of many threads go in shared engine transactions; a name two threads
+    create at once exists once (O_EXCL: the other gets EEXIST)."""
+    for d in range(4):
+        fs.mkdir(f"/d{d}", 0o2775, 0, 7)  # setgid: the group is inherited
+    before = fs.store.batches
+    barrier = threading.Barrier(16)
+
+    def create(i: int) -> int | str:
+        barrier.wait()
+        path = "/d0/same" if i % 4 == 0 else f"/d{i % 4}/f{i}"
+        try:
+            fh = fs.create(path, 0o640, os.O_WRONLY | os.O_EXCL, 0, 0)
+        except FsError as exc:
+            return errno.errorcode[exc.errno or 0]
+        fs.release(fh)
+        return fs.getattr(path)["st_gid"]
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(create, range(16)))
+    same = sorted(str(r) for i, r in enumerate(results) if i % 4 == 0)
+    assert same == ["7", "EEXIST", "EEXIST", "EEXIST"]
+    assert all(r == 7 for i, r in enumerate(results) if i % 4)
+    assert sorted(name for name, _ in fs.readdir("/d1"))[2:] == [f"f{i}" for i in (1, 13, 5, 9)]
+    assert fs.store.batches > before
+    assert fs.statfs()["f_files"] - fs.statfs()["f_ffree"] == 1 + 4 + 13
+
+
+def test_read_ahead_never_serves_stale_data(fs: FileSystem) -> None:
+    cs = fs.chunk_size
+    fh = fs.create("/r", 0o644, os.O_RDWR, 0, 0)
+    for i in range(24):
+        fs.write(fh, bytes([i]) * cs, i * cs)
+    fs.flush(fh)
+    fs.release(fh)
+    fh, _ = fs.open("/r", os.O_RDWR)
+    got = bytearray(fs.read(fh, 2 * cs, 0))
+    got += fs.read(fh, 2 * cs, 2 * cs)  # sequential: the next window is being fetched
+    fs.write(fh, b"new", 20 * cs)  # lands in that window
+    while len(got) < 24 * cs:
+        got += fs.read(fh, 2 * cs, len(got))
+    want = bytearray(b"".join(bytes([i]) * cs for i in range(24)))
+    want[20 * cs : 20 * cs + 3] = b"new"
+    assert got == want
+    fs.release(fh)
+
+
+def test_a_background_flush_error_reaches_the_next_call(fs: FileSystem, servers: list[str]) -> None:
+    other_store = Store(servers, "fs", io_timeout=10)
+    other = FileSystem(other_store, "/other")
+    try:
+        fh = fs.create("/mine", 0o644, os.O_WRONLY, 0, 0)
+        fs.write(fh, os.urandom(900 << 10), 0)  # buffered: the buffer is not full yet
+        theirs = other.create("/theirs", 0o644, os.O_WRONLY, 0, 0)
+        other.write(theirs, os.urandom(1400 << 10), 0)
+        other.release(theirs)
+        fs.write(fh, os.urandom(200 << 10), 900 << 10)  # fills the buffer: flushed behind
+        with pytest.raises(FsError) as info:
+            fs.write(fh, b"more", 1100 << 10)
+            fs.fsync(fh)
+        assert info.value.errno == errno.ENOSPC
+        assert code(fs.release, fh) == errno.ENOSPC  # the data is still there, still too big
+        other.unlink("/theirs")
+        fh = fs.create("/again", 0o644, os.O_WRONLY, 0, 0)
+        fs.write(fh, os.urandom(1200 << 10), 0)  # nothing of the failed flush is still counted
         fs.release(fh)
     finally:
         other.close()
