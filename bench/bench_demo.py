@@ -13,11 +13,19 @@ cluster at a time: SIGKILL of the leader's process, time until a PUT through
 another node succeeds, and every acknowledged PUT checked afterwards.
 
     .venv/bin/python bench/bench_demo.py [--duration 5] [--repeat 3] [--failover-runs 3] [--anchor cowsql-demo]
+
+``--tls`` (issue 16): two more clusters in the same run, each with a cluster certificate:
+the demo with ``--cert/--key --api-tls server`` (Raft and the kvstore client over mutual
+TLS, the API over HTTPS; server-only HTTPS because wrk cannot show a client certificate,
+and with keep-alive connections a client certificate changes only the handshake) and
+``cowsql-demo --cert --key`` (its Raft and client side over TLS; its HTTP API has no TLS
+option). Ratios: demo-tls / demo (HTTPS vs HTTP) and demo-tls / the Go demo with TLS.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -37,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cowsqlpy import SyncClient
 from cowsqlpy.retry import RetryPolicy
 from cowsqlpy.testing import wait_for
+from cowsqlpy.tls import TLSConfig, make_cert
 from demo.testing import DemoCluster, request
 from kvstore.testing import free_ports
 
@@ -110,8 +119,9 @@ def run_wrk(url: str, method: str, conns: int, duration: float, workdir: Path) -
 GO_DEMO = "cowsql-demo"  # --anchor
 
 class GoDemo:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, tls: TLSConfig | None = None) -> None:
         self.base = base
+        self.tls = tls
         base.mkdir(parents=True, exist_ok=True)
         ports = free_ports(6)
         self.apis = [f"127.0.0.1:{p}" for p in ports[:3]]
@@ -121,6 +131,8 @@ class GoDemo:
     def start(self, i: int) -> None:
         cmd = [GO_DEMO, "--api", self.apis[i], "--db", self.dbs[i],
                "--dir", str(self.base / f"dq{i}")]
+        if self.tls is not None:
+            cmd += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
         if i:
             cmd += ["--join", self.dbs[0]]
         with open(self.base / f"dq{i}.log", "ab") as log:
@@ -135,7 +147,7 @@ class GoDemo:
 
     def admin(self) -> SyncClient:
         return SyncClient(self.dbs, policy=RetryPolicy(deadline=2.0, attempt_timeout=1.0,
-                                                       connect_timeout=0.5))
+                                                       connect_timeout=0.5), tls=self.tls)
 
     def leader_index(self) -> int | None:
         try:
@@ -237,9 +249,9 @@ def failover_run(apis: list[str], leader: int, kill: Any, res: Failover, tag: st
             res.lost += 1
 
 
-def load_keys(api: str) -> None:
+def load_keys(url: str, tls: TLSConfig | None) -> None:
     for i in range(KEYS):
-        status, _, body = request("PUT", f"http://{api}/k{i}", VALUE)
+        status, _, body = request("PUT", f"{url}/k{i}", VALUE, tls=tls)
         assert _ok("load", status, body), (status, body[:100])
 
 
@@ -248,20 +260,20 @@ def go_leader(d: GoDemo) -> int:
                     f"{GO_DEMO} leader") - 1
 
 
-def throughput(targets: dict[str, str], duration: float, repeat: int, workdir: Path
-               ) -> dict[tuple[str, int], dict[str, list[WrkResult]]]:
-    """Every (method, connections) cell ``repeat`` times on each cluster, back to back
-    and in alternating order, so both see the same machine (disk speed here drifts
-    by up to 1.6x within an hour)."""
-    for api in targets.values():
-        load_keys(api)
+def throughput(targets: dict[str, str], duration: float, repeat: int, workdir: Path,
+               tls: TLSConfig | None = None) -> dict[tuple[str, int], dict[str, list[WrkResult]]]:
+    """Every (method, connections) cell ``repeat`` times on each cluster (``targets``:
+    name -> base URL), back to back and in alternating order, so all see the same
+    machine (disk speed here drifts by up to 1.6x within an hour)."""
+    for url in targets.values():
+        load_keys(url, tls if url.startswith("https:") else None)
     out: dict[tuple[str, int], dict[str, list[WrkResult]]] = {}
     for method in ("GET", "PUT"):
         for c in CONNS:
             cell = out[method, c] = {name: [] for name in targets}
             for r in range(repeat):
                 for name in (list(targets) if r % 2 == 0 else list(targets)[::-1]):
-                    res = run_wrk(f"http://{targets[name]}", method, c, duration, workdir)
+                    res = run_wrk(targets[name], method, c, duration, workdir)
                     cell[name].append(res)
                     print(f"  {name:12s} {method} c={c:2d}: {res.rps:8.0f} ok/s  errors "
                           f"{res.errors:6d}  p50 {res.p50:7.2f} ms  p99 {res.p99:7.2f} ms",
@@ -282,11 +294,13 @@ def main() -> int:
     ap.add_argument("--demo-option", action="append", default=[], metavar="ARG",
                     help="extra argument for every demo node, e.g. --demo-option=--busy-poll=0")
     ap.add_argument("--anchor", default="cowsql-demo", choices=("cowsql-demo", "dqlite-demo"))
+    ap.add_argument("--tls", action="store_true",
+                    help="also measure both demos with a cluster certificate (see the module notes)")
     args = ap.parse_args()
     global GO_DEMO
     GO_DEMO = args.anchor
-    if args.repeat < 1 or args.failover_runs < 1 or args.duration < 1:
-        ap.error("--duration, --repeat and --failover-runs must be >= 1")
+    if args.repeat < 1 or args.failover_runs < 0 or args.duration < 1:
+        ap.error("--duration and --repeat must be >= 1, --failover-runs >= 0")
     for tool in ("wrk", GO_DEMO):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (Debian packages wrk, go-cowsql from bookworm-backports)", file=sys.stderr)
@@ -295,11 +309,20 @@ def main() -> int:
     fo: dict[str, Failover] = {"demo": Failover(), GO_DEMO: Failover()}
     try:
         # throughput: both clusters up (the one not measured is idle), cells interleaved
-        with DemoCluster(base / "demo", 3, network_latency=args.network_latency,
-                         extra=args.demo_option) as c, GoDemo(base / "dq") as d:
-            targets = {"demo": c.nodes[c.wait_leader()].api,
-                       GO_DEMO: d.apis[go_leader(d)]}
-            results = throughput(targets, args.duration, args.repeat, base)
+        tls = make_cert(base / "cert") if args.tls else None
+        with contextlib.ExitStack() as stack:
+            c = stack.enter_context(DemoCluster(base / "demo", 3, network_latency=args.network_latency,
+                                                extra=args.demo_option))
+            d = stack.enter_context(GoDemo(base / "dq"))
+            targets = {"demo": c.nodes[c.wait_leader()].url, GO_DEMO: f"http://{d.apis[go_leader(d)]}"}
+            if tls is not None:
+                ct = stack.enter_context(DemoCluster(
+                    base / "demo-tls", 3, network_latency=args.network_latency, tls=tls,
+                    extra=[*args.demo_option, "--api-tls", "server"]))
+                dt = stack.enter_context(GoDemo(base / "dq-tls", tls))
+                targets["demo-tls"] = ct.nodes[ct.wait_leader()].url
+                targets[GO_DEMO + "-tls"] = f"http://{dt.apis[go_leader(dt)]}"
+            results = throughput(targets, args.duration, args.repeat, base, tls)
         # failover: one cluster at a time, a fresh one per run
         for run in range(args.failover_runs):
             with DemoCluster(base / f"demo{run}", 3, network_latency=args.network_latency,
@@ -313,21 +336,33 @@ def main() -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
-    print(f"\nMedian of {args.repeat} runs per cell (by ok/s); ratio = demo median / "
-          f"{GO_DEMO} median; per-run ratios pair the back-to-back runs.\n")
-    print(f"| op | conns | demo ok/s | demo errors | demo p50 ms | demo p99 ms | {GO_DEMO} "
-          f"ok/s | {GO_DEMO} errors | {GO_DEMO} p50 ms | {GO_DEMO} p99 ms | ratio (ok/s) "
-          "| per-run ratios |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    pairs = [("demo", GO_DEMO)]
+    if args.tls:
+        pairs += [("demo-tls", "demo"), ("demo-tls", GO_DEMO + "-tls"), (GO_DEMO + "-tls", GO_DEMO)]
+    print(f"\nMedian of {args.repeat} runs per cell (by ok/s); a ratio is one median over "
+          "the other; per-run ratios pair the back-to-back runs.\n")
+    print("| op | conns | cluster | ok/s | errors | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|")
     for method in ("GET", "PUT"):
-        for c in CONNS:
-            cell = results[method, c]
-            a, b = median_run(cell["demo"]), median_run(cell[GO_DEMO])
-            pairs = ", ".join(f"{x.rps / y.rps:.2f}" if y.rps else "inf"
-                              for x, y in zip(cell["demo"], cell[GO_DEMO], strict=True))
-            print(f"| {method} | {c} | {a.rps:,.0f} | {a.errors} | {a.p50:.2f} | {a.p99:.2f} | "
-                  f"{b.rps:,.0f} | {b.errors} | {b.p50:.2f} | {b.p99:.2f} | "
-                  f"{a.rps / b.rps if b.rps else float('inf'):.2f} | {pairs} |")
+        for conns in CONNS:
+            for name, runs in results[method, conns].items():
+                m = median_run(runs)
+                print(f"| {method} | {conns} | {name} | {m.rps:,.0f} | {m.errors} | "
+                      f"{m.p50:.2f} | {m.p99:.2f} |")
+    print("\n| op | conns | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |")
+    print("|---|---|" + "---|" * len(pairs))
+    for method in ("GET", "PUT"):
+        for conns in CONNS:
+            cell = results[method, conns]
+            out = []
+            for a, b in pairs:
+                x, y = median_run(cell[a]), median_run(cell[b])
+                per = " ".join(f"{p.rps / q.rps:.2f}" if q.rps else "inf"
+                               for p, q in zip(cell[a], cell[b], strict=True))
+                out.append(f"{x.rps / y.rps if y.rps else float('inf'):.2f} ({per})")
+            print(f"| {method} | {conns} | " + " | ".join(out) + " |")
+    if not args.failover_runs:
+        return 0
     print("\n| cluster | failover median s | min s | max s | runs | acknowledged PUTs | lost |")
     print("|---|---|---|---|---|---|---|")
     for name, f in fo.items():

@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "cluster trusts (make one: python -m cowsqlpy.tls make-cert --out DIR)")
     p.add_argument("--key", metavar="PEM", help="private key of --cert")
     p.add_argument("--ca", metavar="PEM", help="CA bundle to trust (default: --cert itself)")
+    p.add_argument("--api-tls", choices=("mutual", "server"), default="mutual",
+                   help="with --cert: HTTPS clients must show a certificate the cluster "
+                        "trusts (mutual, default) or only check ours (server: anyone who "
+                        "reaches the port may use the API, as without TLS)")
     p.add_argument("--log-level", default=os.environ.get("COWSQLPY_LOG_LEVEL", "WARNING"))
     args = p.parse_args(argv)
     if args.compact_retention < 0:
@@ -95,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     compact_retention=args.compact_retention,
                     busy_poll=args.busy_poll / 1e6,
                     linearizable_reads=args.read == "linearizable",
-                    tls=None if args.cert is None else TLSConfig(args.cert, args.key, args.ca))
+                    tls=None if args.cert is None else TLSConfig(args.cert, args.key, args.ca),
+                    api_client_certs=args.api_tls == "mutual")
     try:
         node.start_app()
     except (Error, ValueError, OSError) as exc:

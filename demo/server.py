@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import urllib.parse
 from http import HTTPStatus
 from typing import Any
@@ -101,9 +102,10 @@ class DemoNode:
                  network_latency: float | None = None, roles_adjustment_frequency: float = 5.0,
                  request_timeout: float = 5.0, compact_retention: int = DEFAULT_COMPACT_RETENTION,
                  busy_poll: float = DEFAULT_BUSY_POLL, linearizable_reads: bool = True,
-                 tls: TLSConfig | None = None) -> None:
+                 tls: TLSConfig | None = None, api_client_certs: bool = True) -> None:
         self.api_address, self.db_address = api, db
         self.tls = tls   # mutual TLS for the node (Raft, clients) and HTTPS for the API
+        self.api_client_certs = api_client_certs   # HTTPS clients must show a trusted cert
         self.linearizable_reads = linearizable_reads
         self.busy_poll = busy_poll
         self.compact_retention = compact_retention
@@ -160,7 +162,13 @@ class DemoNode:
         self._web = _DemoServer(self.api.handle, access_log=None, keepalive_timeout=75)
         self._server = await background_loop().create_server(
             self._web, host, port, reuse_address=True, backlog=1024,
-            ssl=None if self.tls is None else make_server_context(self.tls))
+            ssl=None if self.tls is None else self._https_context(self.tls))
+
+    def _https_context(self, tls: TLSConfig) -> ssl.SSLContext:
+        ctx = make_server_context(tls)
+        if not self.api_client_certs:
+            ctx.verify_mode = ssl.CERT_NONE   # server authentication only (browsers, wrk)
+        return ctx
 
     def stop(self, handover_timeout: float = 60.0) -> None:
         """Stop serving HTTP (in-flight requests finish, watches end), release the

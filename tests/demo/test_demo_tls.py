@@ -56,3 +56,15 @@ def test_tls_flags_go_together(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--api", "127.0.0.1:1", "--db", "127.0.0.1:2", "--cert", str(tmp_path / "c.pem")])
     assert exit_.value.code == 2
+
+
+def test_server_only_https_takes_clients_without_a_certificate(
+        demo_cluster_factory: Callable[..., DemoCluster], tmp_path: Path) -> None:
+    tls = make_cert(tmp_path / "cert")
+    c = demo_cluster_factory(1, tls=tls, extra=["--api-tls", "server"])
+    no_cert = ssl.create_default_context(cafile=tls.ca_path)
+    req = urllib.request.Request(f"https://{c.nodes[0].api}/open", data=b"1", method="PUT")
+    with urllib.request.urlopen(req, timeout=10, context=no_cert) as r:
+        assert r.status == 201
+    with pytest.raises(OSError):      # still HTTPS only
+        request("GET", f"http://{c.nodes[0].api}/open", timeout=5)
