@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cowsqlpy.batching import GroupCommitter
 from cowsqlpy.client import Session, as_store
 from cowsqlpy.database import SESSION_GONE, Database
 from cowsqlpy.errors import BusyError, ConnectionLostError, TransactionLostError
@@ -74,8 +75,9 @@ class CowsqlCore(Backend):
                                   attempt_timeout=min(10.0, timeout))
         self.db = Database(as_store(servers), database, self.policy, group_commit=False, tls=tls)
         self.loop = asyncio.get_running_loop()
-        self._pending: collections.deque[_Op] = collections.deque()
-        self._committer: asyncio.Task[None] | None = None
+        self._committer: GroupCommitter[_Op] = GroupCommitter(
+            self._run_batch, max_items=C.MAX_BATCH, max_bytes=C.MAX_BATCH_BYTES,
+            size=lambda op: op.size, gather=self._gather, map_error=self._map)
         self._recent: collections.deque[int] = collections.deque(maxlen=C.GATHER_MEMORY)
         # The state of recently written keys as of revision _known_rev (0: none), kept
         # while no other writer moved the revision: see _put_known.
@@ -167,11 +169,9 @@ class CowsqlCore(Backend):
         if self._closed:
             raise ClosedError("cowsql: the store is closed")
         op = _Op(kind, args, size)
-        self._pending.append(op)
-        if len(self._pending) >= self._expect and self._filled is not None:
+        self._committer.submit(op)
+        if len(self._committer.pending) >= self._expect and self._filled is not None:
             self._filled.set()
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.ensure_future(self._commit_loop())
         return op.future
 
     async def _gather(self) -> None:
@@ -180,33 +180,14 @@ class CowsqlCore(Backend):
         them would split every wave of ops in two, halving the batch size.
         Wait, at most C.GATHER_WAIT, until as many ops are queued as the recent
         batches held. A lone client never waits (its batches hold one op)."""
-        if len(self._pending) >= self._expect or self._filled is None:
+        if len(self._committer.pending) >= self._expect or self._filled is None:
             return
         self._filled.clear()
         await wait_event(self._filled, C.GATHER_WAIT)
 
-    async def _commit_loop(self) -> None:
-        while self._pending:
-            await self._gather()
-            batch: list[_Op] = []
-            size = 0
-            while self._pending and len(batch) < C.MAX_BATCH and (not batch or size < C.MAX_BATCH_BYTES):
-                op = self._pending.popleft()
-                batch.append(op)
-                size += op.size
-            self._recent.append(len(batch))
-            self._expect = max(self._recent)
-            try:
-                await self._run_batch(batch)
-            except BaseException as exc:
-                err = self._map(exc)
-                for op in batch:
-                    if not op.future.done():
-                        op.future.set_exception(err)
-                if not isinstance(exc, Exception):
-                    raise
-
     async def _run_batch(self, batch: list[_Op]) -> None:
+        self._recent.append(len(batch))
+        self._expect = max(self._recent)
         if len(batch) == 1 and await self._put_known(batch[0]):
             return
         try:
@@ -610,9 +591,10 @@ class CowsqlCore(Backend):
         for t in (self._reaper, self._poller, self._compactor, self._auto_compactor):
             if t is not None:
                 t.cancel()
-        if self._committer is not None and not self._committer.done():
+        committer = self._committer.task
+        if committer is not None and not committer.done():
             try:
-                await asyncio.wait_for(asyncio.shield(self._committer), self.policy.deadline)
+                await asyncio.wait_for(asyncio.shield(committer), self.policy.deadline)
             except (TimeoutError, Exception):  # best effort on close
                 pass
         err = ClosedError("cowsql: the KV handle was closed")
