@@ -90,7 +90,7 @@ class AsyncKV:
         self.loop: asyncio.AbstractEventLoop = getattr(backend, "loop", None) \
             or asyncio.get_running_loop()
         self._bound = getattr(backend, "loop", None) is not None
-        self.session = recipes.Session(self)
+        self.session = recipes.SessionLease(self)
         self._closed = False
 
     # ------------------------------------------------------------ plumbing

@@ -94,7 +94,7 @@ class LeaseKeeper:
         self._task.cancel()
 
 
-class Session:
+class SessionLease:
     """The per-handle lease behind temp keys, ephemeral creates and locks
     (etcd's concurrency.Session, ZooKeeper's session)."""
 
