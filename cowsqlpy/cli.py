@@ -390,6 +390,8 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ca", help="CA that signs peers' certificates (default: --cert itself)")
     parser.add_argument("--guard", action="store_true",
                         help="put the guarded front before the engine without TLS too (docs/security.md)")
+    parser.add_argument("--snapshot-params", metavar="THRESHOLD,TRAILING",
+                        help="Raft entries between snapshots and entries kept after one (e.g. 64,128)")
     parser.add_argument("--dial-via", metavar="HOST:PORT",
                         help="dial every Raft peer through this fault relay (cowsqlpy.testing.FaultProxy(relay=True); "
                              "for tests: Cluster(processes=True, fault_proxies=True))")
@@ -412,6 +414,14 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         print("cowsqlpy-node: --cert and --key go together (and --ca needs them)", file=sys.stderr, flush=True)
         return 2
     tls = TLSConfig(args.cert, args.key, args.ca) if args.cert else None
+    snapshot_params = None
+    if args.snapshot_params:
+        try:
+            threshold, trailing = (int(x) for x in args.snapshot_params.split(","))
+        except ValueError:
+            print("cowsqlpy-node: --snapshot-params takes THRESHOLD,TRAILING (two integers)", file=sys.stderr, flush=True)
+            return 2
+        snapshot_params = (threshold, trailing)
     dial = None
     if args.dial_via:
         if tls is not None:  # the relay forwards plain bytes: peers' TLS fronts would refuse them
@@ -432,7 +442,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
             voters=args.voters, standbys=args.standbys,
             roles_adjustment_frequency=args.roles_adjustment_frequency,
             network_latency=args.network_latency, failure_domain=args.failure_domain,
-            tls=tls, guard=args.guard, dial=dial,
+            tls=tls, guard=args.guard, dial=dial, snapshot_params=snapshot_params,
         )
     except (Error, ValueError, OSError) as exc:
         print(f"cowsqlpy-node: {exc}", file=sys.stderr, flush=True)

@@ -94,7 +94,7 @@ class Cluster:
         (``cluster.proxies[i]``, `block()`, `partition()`, `isolate()`, `heal()`):
         in-process as the engine's dial hook; with ``processes=True`` a relay the
         node process dials through (``--dial-via``), with the same faults.
-    :param snapshot_params: in-process only: (threshold, trailing) Raft entries, e.g.
+    :param snapshot_params: (threshold, trailing) Raft entries, e.g.
         (64, 128) for a snapshot every 64 entries (trailing must not be below threshold) (snapshot-heavy load for crash tests).
     :param base_dir: where node dirs go (default: a fresh temp dir, removed on close).
     :param ready_timeout: seconds to wait for the cluster to form.
@@ -119,8 +119,8 @@ class Cluster:
     ) -> None:
         if n < 1:
             raise ValueError("a cluster needs at least one node")
-        if processes and (not app or snapshot_params):
-            raise HarnessError("processes=True runs Apps and cannot take app=False or snapshot_params")
+        if processes and not app:
+            raise HarnessError("processes=True runs Apps: app=False needs in-process nodes")
         self.n = n
         self.processes = processes
         self.use_app = app
@@ -216,6 +216,8 @@ class Cluster:
                    *self.extra_args]
             if m.proxy is not None:
                 cmd += ["--dial-via", m.proxy.address]  # type: ignore[list-item]
+            if self.snapshot_params:
+                cmd += ["--snapshot-params", ",".join(str(x) for x in self.snapshot_params)]
             if join:
                 cmd += ["--join", ",".join(join)]
             env = dict(os.environ)

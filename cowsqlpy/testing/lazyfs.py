@@ -421,7 +421,7 @@ class LazyMount:
         try:
             wait_for(
                 lambda: (
-                    os.path.ismount(self.mountpoint)
+                    self._mounted()
                     or self._proc is None
                     or self._proc.poll() is not None
                 ),
@@ -433,7 +433,7 @@ class LazyMount:
             raise RuntimeError(
                 f"lazyfs did not mount {self.mountpoint}: {self._log_tail()}"
             ) from None
-        if not os.path.ismount(self.mountpoint):
+        if not self._mounted():
             raise RuntimeError(
                 f"lazyfs exited before mounting {self.mountpoint}: {self._log_tail()}"
             )
@@ -457,13 +457,18 @@ class LazyMount:
             self._proc.send_signal(signal.SIGKILL)
             self._proc.wait(10)
         self._proc = None
-        # the dead daemon leaves a mount that answers ENOTCONN: detach it (the kernel
-        # drops its cached pages of the mount with it)
+        # the dead daemon leaves a mount that answers ENOTCONN (os.path.ismount cannot
+        # stat it): detach it, which drops the kernel's cached pages of the mount too
         for _ in range(50):
-            if not os.path.ismount(self.mountpoint):
+            if not self._mounted():
                 break
             subprocess.run(["fusermount3", "-u", "-z", self.mountpoint], capture_output=True)
             time.sleep(0.05)
+
+    def _mounted(self) -> bool:
+        target = os.path.realpath(self.mountpoint)
+        with open("/proc/self/mountinfo") as f:  # field 5: the mount point (octal escapes)
+            return any(line.split()[4].encode().decode("unicode_escape") == target for line in f)
 
     def crash(self) -> dict[str, Any]:
         """A power loss: every byte not fsynced is lost (the daemon is SIGKILLed), then

@@ -135,6 +135,15 @@ def test_lazy_mount_loses_exactly_what_was_not_synced(disk: LazyMount) -> None:
     mapped = (mnt / "mapped").read_bytes()
     assert mapped[:6] == b"msync!" and mapped[PAGE : PAGE + 4] == bytes(4)
     assert disk.crashes == 1
+    assert mounts_at(disk.mountpoint) == 1  # the dead mount was detached, not buried under the new one
+    disk.close()
+    assert mounts_at(disk.mountpoint) == 0
+
+
+def mounts_at(path: str) -> int:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return sum(1 for line in f if line.split()[4].encode().decode("unicode_escape") == target)
 
 
 # -- the demo's HTTP API (cowsql engine underneath) ---------------------------------------

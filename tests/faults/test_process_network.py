@@ -104,3 +104,33 @@ def test_discovery_waits_out_the_election_not_a_frozen_leader(proc_net_cluster: 
     finally:
         c.resume(old)
     assert leader != frozen and c.index_of(leader) in [i for i in range(3) if i != old]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dial-via", "nowhere"], "--dial-via: relay address 'nowhere' is not host:port"),
+        (["--snapshot-params", "64"], "--snapshot-params takes THRESHOLD,TRAILING"),
+        (["--snapshot-params", "a,b"], "--snapshot-params takes THRESHOLD,TRAILING"),
+    ],
+)
+def test_runner_refuses_bad_fault_options(tmp_path, args: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cowsqlpy", "node", "--address", "127.0.0.1:0",
+                           "--dir", str(tmp_path / "n"), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "n").exists() or not any((tmp_path / "n").iterdir())  # refused before the node started
+
+
+def test_dial_via_refuses_tls(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    cert = tmp_path / "c.pem"
+    cert.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "cowsqlpy", "node", "--address", "127.0.0.1:0", "--dir",
+                           str(tmp_path / "n"), "--cert", str(cert), "--key", str(cert), "--dial-via", "127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--dial-via cannot be combined with --cert" in proc.stderr, proc.stderr
