@@ -1,5 +1,5 @@
 """Runs one scenario on an in-process cluster in a child process, so an engine crash
-(a SIGSEGV in libraft was seen after in-process kill/restart cycles, see
+(a SIGSEGV in libraft 0.22.1 after kill/restart cycles under snapshots, see
 docs/consistency.md) fails that test alone, with its evidence, instead of the run.
 
     python -m tests.faults.child '{"scenario": "sql_register", "seed": 11, ...}' OUT.json

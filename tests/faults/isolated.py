@@ -21,10 +21,11 @@ def run_isolated(module: str, args: list[str], timeout: float = 300) -> subproce
                           timeout=timeout)
     if proc.returncode == -signal.SIGSEGV:
         # A finding, not a flaw of the test: libraft 0.22.1 segfaults now and then in an
-        # engine thread around in-process kill/restart cycles (docs/consistency.md).
+        # engine thread when a restarted follower installs a snapshot while taking its own
+        # (docs/consistency.md; reproducer: tests/faults/libraft_snapshot_crash.py).
         steps = [line for line in proc.stderr.splitlines() if "cowsqlpy.testing.nemesis" in line][-5:]
         print(proc.stdout[-8000:], proc.stderr[-20000:], sep="\n")
-        pytest.xfail(f"engine SIGSEGV (libraft, in-process kill/restart cycles) in {module} {args}; "
+        pytest.xfail(f"engine SIGSEGV (libraft 0.22.1, snapshot install on restart) in {module} {args}; "
                      f"last nemesis steps: {steps}")
     if proc.returncode < 0:
         pytest.fail(f"the engine process died of signal {-proc.returncode} ({module} {args}):\n"
