@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import concurrent.futures
+import functools
 from collections.abc import Callable, Sequence
 from typing import ParamSpec, TypeVar
 
@@ -78,14 +80,22 @@ class Backend(abc.ABC):
 
 class BlockingBackend(Backend):
     """A backend written with blocking primitives (the ``b_``-prefixed methods):
-    run inline when ``inline`` (they never wait), else in a worker thread."""
+    run inline when ``inline`` (they never wait), else in worker threads of the
+    backend's own pool (``max_threads`` of them: asyncio's default pool has
+    cpu + 4, too few for 32 callers who each wait for a Raft commit)."""
 
     inline = False
+    max_threads = 64
+    _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def _do(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self.inline:
             return fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.max_threads, thread_name_prefix=f"kvstore-{self.scheme}")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(fn, *args, **kwargs))
 
     @abc.abstractmethod
     def b_put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> PutResult: ...
@@ -162,6 +172,8 @@ class BlockingBackend(Backend):
 
     async def close(self) -> None:
         await self._do(self.b_close)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
 
 __all__ = ["Backend", "BlockingBackend"]
