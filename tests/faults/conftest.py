@@ -35,3 +35,10 @@ def proc_cluster() -> Iterator[Cluster]:
     """Three node processes (SIGKILL and SIGSTOP are real)."""
     with Cluster(3, processes=True) as c:
         yield c
+
+
+@pytest.fixture
+def proc_net_cluster() -> Iterator[Cluster]:
+    """Three node processes whose Raft links run through relays (``--dial-via``)."""
+    with Cluster(3, processes=True, fault_proxies=True) as c:
+        yield c

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from cowsqlpy import RetryPolicy, SyncClient
@@ -13,12 +11,6 @@ from cowsqlpy.testing.nemesis import NETWORK_FAULTS, Nemesis
 from cowsqlpy.testing.scenarios import converged
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def proc_net_cluster() -> Iterator[Cluster]:
-    with Cluster(3, processes=True, fault_proxies=True) as c:
-        yield c
 
 
 def believed_leader(address: str) -> str | None:

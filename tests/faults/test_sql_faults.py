@@ -42,6 +42,17 @@ def test_register_under_sigkill_and_sigstop(proc_cluster: Cluster, tmp_path) -> 
         pytest.fail(report.summary(), pytrace=False)
 
 
+def test_register_on_processes_under_network_and_process_faults(proc_net_cluster: Cluster, tmp_path) -> None:
+    seed = SEEDS[-1]
+    faults = [*NETWORK_FAULTS, "kill", "pause", "restart"]
+    nemesis = Nemesis(proc_net_cluster, seed, faults=faults)
+    report = sql_register(proc_net_cluster, seed, duration=10.0, interval=1.5, nemesis=nemesis, save_dir=str(tmp_path))
+    print(report.summary())
+    assert report.stats["ok"] > 50, report.summary()
+    if not report.ok:
+        pytest.fail(report.summary(), pytrace=False)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_bank_under_faults(seed: int, tmp_path) -> None:
     # every fault, membership removal and re-adding included
