@@ -220,7 +220,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             from .ops import FileSystem
 
             store = Store(servers, args.database, io_timeout=args.io_timeout)
-            fs = FileSystem(store, os.path.abspath(args.mountpoint))
+            fs = FileSystem(store, os.path.abspath(args.mountpoint), attr_timeout=args.attr_timeout)
         log.info("serving %s on %s", args.view, args.mountpoint)
         serve(fs, args.mountpoint, options)
     except NotAFilesystemError as exc:

@@ -3,6 +3,7 @@ FsError out. Every metadata operation is one engine transaction."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -131,7 +132,7 @@ class FileSystem:
 
     hides_unlinked_open_files = True
 
-    def __init__(self, store: Store, mountpoint: str = "") -> None:
+    def __init__(self, store: Store, mountpoint: str = "", attr_timeout: float = 1.0) -> None:
         self.store = store
         sb = store.read(read_superblock)
         if sb is None:
@@ -148,9 +149,14 @@ class FileSystem:
         self._sustained: set[int] = set()  # inodes unlinked while this mount has them open
         self._hidden: dict[bytes, int] = {}  # libfuse's hidden name -> the unlinked open inode
         self._hidden_paths: dict[int, list[str]] = {}  # their paths, for kernel invalidations
-        self._local = threading.local()
+        # per thread id: FUSE's threads are foreign to Python, whose thread-locals last
+        # one callback only
+        self._just_made: dict[int, tuple[str, Node, int]] = {}
         self._inos: list[int] = []  # reserved inode numbers, the next one last
-        self._dirs: OrderedDict[str, Node] = OrderedDict()  # directories as last seen (create)
+        # directories as last seen: (node, store.commits then, when), for creates, and for
+        # getattr within attr_timeout while this mount ran no other change since
+        self._dirs: OrderedDict[str, tuple[Node, int, float]] = OrderedDict()
+        self.attr_timeout = attr_timeout
         # Called with the paths whose cached attributes went stale although their own entry
         # was not touched (the other names of a hard-linked inode); the binding tells the kernel.
         self.on_stale: Callable[[list[str]], None] | None = None
@@ -355,20 +361,30 @@ class FileSystem:
     def _made(self, path: str, node: Node) -> None:
         """libfuse asks for the attributes of what it just created, on the same thread:
         they are known."""
-        self._local.made = (path, node, self.store.commits)
+        self._just_made[threading.get_ident()] = (path, node, self.store.commits)
 
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
-        made = getattr(self._local, "made", None)
+        made = self._just_made.pop(threading.get_ident(), None)
         if made is not None:
-            self._local.made = None
             if made[0] == path and made[2] == self.store.commits:  # nothing changed since
                 return self._attrs(made[1])
+        if path is not None:
+            with self._lock:
+                seen = self._dirs.get(path)
+            if (
+                seen is not None
+                and seen[1] == self.store.commits
+                and time.monotonic() - seen[2] < self.attr_timeout
+            ):
+                return self._attrs(seen[0])
         if fh is not None and fh in self._handles:
             ino = self._handles[fh].ino
             return self._attrs(self.store.read(lambda c: self._get(c, ino)))
         if path is None:
             raise FsError(errno.EBADF)
-        attrs = self._attrs(self.store.read(lambda c: self._resolve(c, path)))
+        node = self.store.read(lambda c: self._resolve(c, path))
+        self._saw_dir(path, node)
+        attrs = self._attrs(node)
         if attrs["st_nlink"] and self.hidden_ino(path) is not None:
             attrs["st_nlink"] += 1  # libfuse counts the hidden name as a link and subtracts it
         return attrs
@@ -505,7 +521,8 @@ class FileSystem:
     def _parent_of(self, dirpath: str) -> Node | None:
         """The directory as this mount last saw it (read when not cached), None if it is not one."""
         with self._lock:
-            node = self._dirs.get(dirpath)
+            seen = self._dirs.get(dirpath)
+        node = None if seen is None else seen[0]
         if node is None:
             try:
                 node = self.store.read(lambda c: self._resolve(c, dirpath))
@@ -518,7 +535,7 @@ class FileSystem:
         if not node.is_dir:
             return
         with self._lock:
-            self._dirs[path] = node
+            self._dirs[path] = (node, self.store.commits, time.monotonic())
             self._dirs.move_to_end(path)
             while len(self._dirs) > 1024:
                 self._dirs.popitem(last=False)
@@ -565,10 +582,22 @@ class FileSystem:
             )
             return row is not None
 
+        dirpath = path.rstrip("/").rsplit("/", 1)[0] or "/"
         if not self.store.scripted(statements, committed):
             with self._lock:
-                self._dirs.pop(path.rstrip("/").rsplit("/", 1)[0] or "/", None)
+                self._dirs.pop(dirpath, None)
             return None
+        with self._lock:  # the parent as this create left it
+            seen = self._dirs.get(dirpath)
+            if seen is not None and seen[0].ino == p:
+                old = seen[0]
+                new = dataclasses.replace(
+                    old,
+                    nlink=old.nlink + is_dir,
+                    mtime=max(old.mtime, now),
+                    ctime=max(old.ctime, now),
+                )
+                self._dirs[dirpath] = (new, seen[1], seen[2])
         return Node(ino, mode, uid, gid, 0, 0, 1 + is_dir, rdev, now, now, now, 1)
 
     def mknod(self, path: str, mode: int, rdev: int, uid: int, gid: int) -> None:

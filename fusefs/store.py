@@ -50,11 +50,13 @@ class _Queued:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+    lead: bool = False  # woken to run the next batch, not because this one is done
 
 
 class _Batcher:
-    """Group commit for a mount's threads: the first caller runs every queued item, in
-    batches of up to MAX_BATCH, until the queue is empty; the others wait for theirs."""
+    """Group commit for a mount's threads: a caller that finds nobody running a batch
+    runs one of everything queued (up to MAX_BATCH) and hands the next to the first
+    item still queued, whose thread wakes up to run it; the others wait for theirs."""
 
     def __init__(self, run: Callable[[list[_Queued]], None]) -> None:
         self._run = run
@@ -68,30 +70,37 @@ class _Batcher:
             self._queued.append(item)
             lead = not self._leading
             self._leading = True
-        if lead:
-            self._lead()
-        item.done.wait()
+        while True:
+            if lead:
+                self._lead()
+            item.done.wait()
+            if not item.lead:
+                break
+            item.done.clear()
+            item.lead, lead = False, True
         if item.error is not None:
             raise item.error
         return item.result
 
     def _lead(self) -> None:
-        while True:
+        with self._lock:
+            todo, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+        try:
+            self._run(todo)
+        except BaseException as exc:
+            for item in todo:
+                if item.error is None and item.result is None:
+                    item.error = exc
+            raise
+        finally:
             with self._lock:
-                todo, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
-                if not todo:
+                if self._queued:
+                    self._queued[0].lead = True  # its thread runs the next batch
+                    self._queued[0].done.set()
+                else:
                     self._leading = False
-                    return
-            try:
-                self._run(todo)
-            except BaseException as exc:
-                for item in todo:
-                    if item.error is None and item.result is None:
-                        item.error = exc
-                raise
-            finally:
-                for item in todo:
-                    item.done.set()
+            for item in todo:
+                item.done.set()
 
 
 class Store:
@@ -124,7 +133,7 @@ class Store:
         self._tx_batches = _Batcher(self._run_batch)
         self._script_batches = _Batcher(self._run_scripts)
         self.batches = 0  # transactions committed for several operations (tests, benchmarks)
-        self.commits = 0  # transactions committed through this store
+        self.commits = 0  # transactions committed through this store (not scripts)
 
     def _new(self, linearizable: bool) -> Any:
         # autocommit=True: BEGIN/COMMIT are ours, and executescript runs inside them
@@ -282,7 +291,6 @@ class Store:
                         except FsError as exc:
                             item.error = exc
                     return
-            self.commits += 1
             self.batches += len(todo) > 1
             for item in todo:
                 item.result = True
