@@ -87,9 +87,8 @@ class AsyncKV:
         self.session_ttl = to_int(DEFAULT_SESSION_TTL if ttl is None else ttl, "session_ttl", 1)
         self.scheme = backend.scheme
         #: the loop the backend's coroutines and the session keeper run on
-        self.loop: asyncio.AbstractEventLoop = getattr(backend, "loop", None) \
-            or asyncio.get_running_loop()
-        self._bound = getattr(backend, "loop", None) is not None
+        self.loop: asyncio.AbstractEventLoop = backend.loop or asyncio.get_running_loop()
+        self._bound = backend.loop is not None
         self.session = recipes.SessionLease(self)
         self._closed = False
 
@@ -99,6 +98,9 @@ class AsyncKV:
         if self._closed:
             coro.close()
             raise ClosedError(f"{self.scheme}: KV handle is closed")
+        return await self._hop(coro)
+
+    async def _hop(self, coro: Coroutine[Any, Any, T]) -> T:
         if not self._bound or asyncio.get_running_loop() is self.loop:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
@@ -374,13 +376,7 @@ class AsyncKV:
         except Exception:  # best effort on close; leases expire anyway
             log.debug("revoking the session lease on close failed", exc_info=True)
         self._closed = True
-        await self._call_closing(self.backend.close())
-
-    async def _call_closing(self, coro: Coroutine[Any, Any, None]) -> None:
-        if not self._bound or asyncio.get_running_loop() is self.loop:
-            await coro
-        else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        await self._hop(self.backend.close())
 
     @property
     def closed(self) -> bool:

@@ -35,6 +35,9 @@ class Backend(abc.ABC):
     scheme = ""
     #: TTL of the handle's session lease (the URL's ``session_ttl``; None: the default).
     session_ttl: int | None = None
+    #: The loop the coroutines must run on (asyncio clients: the one they were opened
+    #: on); None: any loop.
+    loop: asyncio.AbstractEventLoop | None = None
 
     @abc.abstractmethod
     async def put(self, key: bytes, value: bytes, lease: int, prev_kv: bool) -> PutResult: ...

@@ -158,7 +158,7 @@ class EtcdBackend(Backend):
 
     def __init__(self, endpoints: list[str], timeout: float, session_ttl: int | None = None,
                  *, tls: EtcdTLS | None = None, user: tuple[str, str] | None = None) -> None:
-        self.loop = asyncio.get_running_loop()
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self.endpoints = endpoints
         self.session_ttl = session_ttl
         self._watch_tasks: dict[WatchStream, asyncio.Task[None]] = {}

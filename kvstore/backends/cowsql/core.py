@@ -74,7 +74,7 @@ class CowsqlCore(Backend):
                                   deadline=timeout, busy_timeout=timeout,
                                   attempt_timeout=min(10.0, timeout))
         self.db = Database(as_store(servers), database, self.policy, group_commit=False, tls=tls)
-        self.loop = asyncio.get_running_loop()
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self._committer: GroupCommitter[_Op] = GroupCommitter(
             self._run_batch, max_items=C.MAX_BATCH, max_bytes=C.MAX_BATCH_BYTES,
             size=lambda op: op.size, gather=self._gather, map_error=self._map)
