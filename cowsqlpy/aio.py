@@ -40,7 +40,7 @@ from .errors import (
     TransactionLostError,
 )
 from .retry import DEFAULT_POLICY, RetryPolicy
-from .sqltext import Statement, analyze, bind, inline
+from .sqltext import Statement, analyze, bind
 from .store import NodeStore
 from .tls import TLSConfig
 from .versions import EngineFeatures
@@ -166,22 +166,6 @@ def plain_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
         if type(v) not in _EXACT_TYPES:
             return tuple(str.__str__(v) if isinstance(v, str) else v for v in values)
     return values
-
-
-def _first_write(
-    begin: str, stmt: Statement, sql: str, values: Sequence[Any], returns_rows: bool | None
-) -> str | None:
-    """The write to send in one request with `begin` (`Database.begin_writing`), or None:
-    only a plain write (no rows back, no OR ROLLBACK that could end the transaction)
-    behind a BEGIN that takes the lock at once, with values that have exact literals."""
-    if begin not in _LOCKING_BEGINS or not stmt.is_write or returns_rows is not False:
-        return None
-    if stmt.rollback_clause:
-        return None
-    return inline(sql, stmt, values)
-
-
-_LOCKING_BEGINS = frozenset({"BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"})
 
 
 def _returns_rows(stmt: Statement) -> bool | None:
@@ -631,19 +615,9 @@ class Connection:
             await self._tx_control(stmt, sql)
             return
         begin = self._implicit_begin_sql(stmt)
-        returns_rows = _returns_rows(stmt)
         if begin is not None:
-            first = _first_write(begin, stmt, sql, values, returns_rows)
-            if first is not None:  # BEGIN and the write in one round trip
-                session, outcome = await self._db.begin_writing(
-                    begin, first, linearizable=self._linearizable
-                )
-                self._tx, self._tx_writes, self._tx_savepoint = session, True, None
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                cursor._set_result(stmt, outcome)
-                return
             await self._begin(begin)
+        returns_rows = _returns_rows(stmt)
         if self._tx is None and returns_rows and stmt.is_write:
             await self._write_returning(cursor, stmt, sql, values)
             return

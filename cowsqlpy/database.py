@@ -36,13 +36,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import guard, protocol
+from . import protocol
 from .barrier import ReadBarrier
 from .client import LeaderTracker, Session, node_gone
 from .errors import (
     BusyError,
     ConnectionLostError,
-    EngineProtocolError,
     Error,
     LeadershipLostError,
     NoDatabaseError,
@@ -577,36 +576,16 @@ class Database:
     ) -> tuple[Session, list[tuple[Any, ...]]]:
         """`begin` with `query` sent right behind BEGIN IMMEDIATE (one round trip):
         its rows are read inside the new transaction. `prepared`: see `Session.query_all`."""
-        rows: list[tuple[Any, ...]]
-        session, rows = await self._begin(BEGIN, (query, params), prepared)
-        return session, rows
-
-    async def begin_writing(
-        self, sql: str, write: str, *, linearizable: bool = False
-    ) -> tuple[Session, tuple[int, int] | Error]:
-        """`begin` with the transaction's first write in the same request (``BEGIN
-        IMMEDIATE; <write>``: one round trip less). The engine runs the write only if
-        BEGIN succeeded, and binds parameters to a request's first statement only, so
-        `write` is SQL with literal values (`sqltext.inline`). `sql` must be BEGIN
-        IMMEDIATE or EXCLUSIVE: then BUSY can only be BEGIN's (retried, nothing ran),
-        and any other statement error is the write's, inside the open transaction.
-
-        :returns: the session and the write's (last_insert_id, rows_affected), or its
-            error: the transaction is open either way, as in SQLite after a failed
-            statement.
-        """
-        outcome: tuple[int, int] | Error
-        session, outcome = await self._begin(sql, None, linearizable=linearizable, write=write)
-        return session, outcome
+        return await self._begin(BEGIN, (query, params), prepared)
 
     async def _begin(
         self, sql: str, read: tuple[str, Sequence[Any]] | None, prepared: bool = False, *,
-        linearizable: bool = False, write: str | None = None,
-    ) -> tuple[Session, Any]:
+        linearizable: bool = False,
+    ) -> tuple[Session, list[tuple[Any, ...]]]:
         await self.write_lock.acquire()
         try:
 
-            async def attempt() -> tuple[Session, Any]:
+            async def attempt() -> tuple[Session, list[tuple[Any, ...]]]:
                 barrier_node = await self.read_barrier() if linearizable else None
                 session = await self.acquire()
                 if barrier_node is not None and session.address != barrier_node:
@@ -614,18 +593,9 @@ class Database:
                     raise NotLeaderError(f"the leader moved from {barrier_node} after the read barrier")
                 try:
                     await self._ensure_markers(session)  # DDL must not join the transaction
-                    if read is None and write is None:
+                    if read is None:
                         await session.exec_sql(sql)
                         return session, []
-                    if read is None:
-                        try:
-                            return session, await session.exec_sql(f"{sql}; {write}")
-                        except (BusyError, EngineProtocolError, *SESSION_GONE):
-                            raise  # BEGIN's, or the request refused whole: nothing is open
-                        except Error as exc:
-                            if exc.code == guard.REFUSED:  # a guarded front refused the request
-                                raise
-                            return session, exc  # the write's, inside the open transaction
                     begun = session.submit_exec_sql(sql)
                     reading = asyncio.ensure_future(session.query_all(*read, prepared=prepared))  # sent before BEGIN's reply
                     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ProgrammingError
@@ -193,41 +192,3 @@ def literal(value: int | str | bytes | None) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "X'" + bytes(value).hex() + "'"
     raise ProgrammingError(f"no SQL literal for {type(value).__name__}")
-
-
-_EXACT_LITERALS = (int, bool, str, bytes, type(None))
-_INT64 = range(-(2**63) + 1, 2**63)  # -2**63 itself would be read as minus a REAL
-
-
-def inline(sql: str, stmt: Statement, values: Sequence[object], limit: int = 4096) -> str | None:
-    """`sql` with each placeholder replaced by the `literal` of its value (`values` as
-    `bind` ordered them), for a request that carries several statements; None where
-    the text could not mean exactly what binding means: '?NNN' placeholders, a value
-    without an exact literal (float, datetime, an integer outside int64, text with
-    NUL), or literals longer than `limit` characters in all."""
-    if stmt.numbered:
-        return None
-    names = {name: i for i, name in enumerate(stmt.names)}
-    out: list[str] = []
-    pos = qmark = size = 0
-    for m in _TOKEN.finditer(sql):
-        if m.lastgroup != "param":
-            continue
-        text = m.group()
-        if text == "?":
-            value = values[qmark]
-            qmark += 1
-        else:
-            value = values[names[text[1:]]]
-        if type(value) not in _EXACT_LITERALS or (type(value) is int and value not in _INT64):
-            return None
-        if type(value) is str and "\x00" in value:
-            return None
-        lit = literal(value)  # type: ignore[arg-type]
-        size += len(lit)
-        if size > limit:
-            return None
-        out += (sql[pos : m.start()], lit)
-        pos = m.end()
-    out.append(sql[pos:])
-    return "".join(out)
