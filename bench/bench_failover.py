@@ -16,7 +16,8 @@ the end: lost acknowledged writes must be 0.
 ``--fault pause`` stops the leader with SIGSTOP instead (a frozen process keeps its
 sockets open: TCP connects succeed, nothing answers) and resumes it after the
 write; ``--fault both`` measures kill and pause of cowsqlpy in the same run (the
-Go demo is measured after a kill only). For cowsqlpy the engine's own failover
+Go demo is measured after a kill only; ``--our-demo`` adds ``python -m demo``,
+written to over HTTP as the issue's probe did). For cowsqlpy the engine's own failover
 time is measured beside the write: from the fault until a surviving node answers
 LEADER with its own address (polled every 5 ms on raw wire connections).
 
@@ -159,6 +160,66 @@ def bench_cowsqlpy(runs: int, latency: float, fault: str = "kill", attempt_timeo
     return res
 
 
+# -- our demo (python -m demo, kvstore cowsql:// underneath) ---------------------------
+
+
+def bench_our_demo(runs: int, fault: str) -> Result:
+    """PUTs through a surviving node of a 3-node `demo.testing` cluster, as an operator
+    would try it (the issue's probe); its default --request-timeout is 5 s."""
+    from demo.testing import DemoCluster, request
+
+    res = Result(f"cowsqlpy demo over HTTP (request timeout 5 s), {fault}")
+    base = Path(tempfile.mkdtemp(prefix="bench-failover-ourdemo-"))
+    acked: list[str] = []
+    try:
+        with DemoCluster(base, 3) as demo:
+            seq = 0
+
+            def put(via: str) -> bool:
+                nonlocal seq
+                seq += 1
+                try:
+                    status, _, _ = request("PUT", f"{via}/k{seq}", f"v{seq}".encode(), timeout=30)
+                except OSError:
+                    res.in_doubt += 1
+                    return False
+                if status not in (200, 201):
+                    res.failed_attempts += 1
+                    return False
+                acked.append(f"k{seq}")
+                return True
+
+            for run in range(runs):
+                li = demo.wait_leader()
+                via = demo.nodes[(li + 1) % 3]
+                for _ in range(20):
+                    put(via.url)
+                victim = demo.nodes[li]
+                assert victim.proc is not None
+                watch = ElectionWatch([n.db for i, n in enumerate(demo.nodes) if i != li])
+                t0 = time.monotonic()
+                victim.kill() if fault == "kill" else os.kill(victim.proc.pid, signal.SIGSTOP)
+                watch.start(t0)
+                while not put(via.url):
+                    time.sleep(0.005)
+                res.times.append(time.monotonic() - t0)
+                res.elections.append(watch.join())
+                if fault == "kill":
+                    victim.start()
+                else:
+                    os.kill(victim.proc.pid, signal.SIGCONT)
+                wait_for(victim.healthy, 60, "the demo node back")
+                wait_for(lambda: demo.voters() == 3, 60, "3 demo voters")
+                print(f"  our demo {fault} run {run + 1}: write after {res.times[-1]:.3f} s, "
+                      f"engine leader after {res.elections[-1]:.3f} s", file=sys.stderr, flush=True)
+            reader = demo.nodes[demo.wait_leader()]
+            res.acked = len(acked)
+            res.lost = sum(1 for k in acked if request("GET", f"{reader.url}/{k}")[2] != f"v{k[1:]}".encode())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return res
+
+
 # -- the Go demo ----------------------------------------------------------------------
 
 GO_DEMO = "cowsql-demo"  # --anchor
@@ -290,6 +351,7 @@ def main() -> int:
     parser.add_argument("--anchor", default="cowsql-demo", choices=("cowsql-demo", "dqlite-demo"))
     parser.add_argument("--fault", default="kill", choices=("kill", "pause", "both"),
                         help="SIGKILL or SIGSTOP of the leader (both: each, same run)")
+    parser.add_argument("--our-demo", action="store_true", help="also measure python -m demo (HTTP PUTs)")
     parser.add_argument("--attempt-timeout", type=float, default=2.0,
                         help="the DB-API policy's per-request time limit (s): what a write to a frozen leader waits")
     args = parser.parse_args()
@@ -297,6 +359,8 @@ def main() -> int:
     GO_DEMO = args.anchor
     faults = ["kill", "pause"] if args.fault == "both" else [args.fault]
     results = [bench_cowsqlpy(args.runs, args.latency, fault, args.attempt_timeout) for fault in faults]
+    if args.our_demo:
+        results += [bench_our_demo(args.runs, fault) for fault in faults]
     if not args.skip_demo and "kill" in faults:
         if shutil.which(GO_DEMO) is None:
             print(f"{GO_DEMO} not installed (Debian go-cowsql / go-dqlite): skipped", file=sys.stderr)
