@@ -540,6 +540,20 @@ class FileSystem:
             while len(self._dirs) > 1024:
                 self._dirs.popitem(last=False)
 
+    def _touched_dir(self, dirpath: str, ino: int, now: int, nlink_delta: int) -> None:
+        """Keep the cached directory as this mount's change (at `now`) left it."""
+        with self._lock:
+            seen = self._dirs.get(dirpath)
+            if seen is not None and seen[0].ino == ino:
+                old = seen[0]
+                new = dataclasses.replace(
+                    old,
+                    nlink=old.nlink + nlink_delta,
+                    mtime=max(old.mtime, now),
+                    ctime=max(old.ctime, now),
+                )
+                self._dirs[dirpath] = (new, seen[1], seen[2])
+
     def _fast_make(self, path: str, mode: int, uid: int, gid: int, rdev: int = 0) -> Node | None:
         """Create in one request, batched with other threads' (`Store.scripted`), when
         the parent is as this mount last saw it; None: use the transaction (`_make`)."""
@@ -587,17 +601,7 @@ class FileSystem:
             with self._lock:
                 self._dirs.pop(dirpath, None)
             return None
-        with self._lock:  # the parent as this create left it
-            seen = self._dirs.get(dirpath)
-            if seen is not None and seen[0].ino == p:
-                old = seen[0]
-                new = dataclasses.replace(
-                    old,
-                    nlink=old.nlink + is_dir,
-                    mtime=max(old.mtime, now),
-                    ctime=max(old.ctime, now),
-                )
-                self._dirs[dirpath] = (new, seen[1], seen[2])
+        self._touched_dir(dirpath, p, now, is_dir)
         return Node(ino, mode, uid, gid, 0, 0, 1 + is_dir, rdev, now, now, now, 1)
 
     def mknod(self, path: str, mode: int, rdev: int, uid: int, gid: int) -> None:
@@ -750,7 +754,59 @@ class FileSystem:
             with self._lock:
                 self._hidden.pop(os.fsencode(path.rsplit("/", 1)[-1]), None)
             return
-        self._stale(self.store.batched(lambda c: self._unlink(c, path)[1]))
+        stale = self._fast_unlink(path)
+        if stale is None:
+            stale = self.store.batched(lambda c: self._unlink(c, path)[1])
+        self._stale(stale)
+
+    def _fast_unlink(self, path: str) -> list[int] | None:
+        """Unlink with one read and one request (batched as `_fast_make`), the request
+        guarded by what the read found; None: use the transaction (`_unlink`)."""
+        names = components(path)
+        if not names or len(names) > MAX_DEPTH_PER_QUERY:
+            return None
+        *dirs, name = names
+        node_sql = ", ".join(
+            f"(SELECT {c} FROM fs_node WHERE ino = c.ino)" for c in NODE_COLUMNS.split(",")
+        )
+        try:
+            parent, name, ino, row = self.store.read(lambda c: self._entry(c, path, node_sql))
+        except FsError:
+            return None
+        if ino is None or row[0] is None:
+            return None
+        node = _node(row)
+        if node.is_dir:
+            return None
+        now, p = time.time_ns(), parent.ino
+        statements = [
+            "INSERT INTO fs_sustained (sid, ino) SELECT NULL, 0 WHERE"
+            f" coalesce({self._ino_sql(dirs)}, -1) != {p}"
+            f" OR NOT EXISTS (SELECT 1 FROM fs_edge WHERE parent = {p} AND name = {literal(name)} AND ino = {ino})"
+            f" OR NOT EXISTS (SELECT 1 FROM fs_node WHERE ino = {ino} AND nlink = {node.nlink})",
+            f"DELETE FROM fs_edge WHERE parent = {p} AND name = {literal(name)}",
+            f"UPDATE fs_node SET mtime = {now}, ctime = {now} WHERE ino = {p}",
+            *self._drop_link_sql(node, now),
+        ]
+
+        def committed() -> bool:
+            row = self.store.read(
+                lambda c: c.execute(
+                    "SELECT 1 FROM fs_edge WHERE parent = ? AND name = ? AND ino = ?",
+                    (p, name, ino),
+                ).fetchone(),
+                linearizable=True,
+            )
+            return row is None
+
+        if not self.store.scripted(statements, committed):
+            return None
+        self._touched_dir(path.rstrip("/").rsplit("/", 1)[0] or "/", p, now, 0)
+        for tid, made in list(self._just_made.items()):  # (transactions: by store.commits)
+            if made[0] == path:
+                self._just_made.pop(tid, None)
+        shared = node.nlink > 1 or node.ino in self._hidden_paths
+        return [node.ino] if shared else []
 
     def _hide(self, old: str, new: str, hidden: bytes) -> None:
         """libfuse hides a file unlinked (or renamed over) while this mount has it open by
