@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 from aiohttp.web_request import BaseRequest
 
+from cowsqlpy.app import App
 from cowsqlpy.runtime import BusyPoll
 from cowsqlpy.tls import ClientTLS, TLSConfig
 from kvstore import AsyncKV, OutcomeUnknownError
@@ -328,7 +329,7 @@ class NodeIdentity:
 class Api:
     """Request handling for one demo node."""
 
-    def __init__(self, kv: AsyncKV, app: Any, me: NodeIdentity,
+    def __init__(self, kv: AsyncKV, app: App, me: NodeIdentity,
                  poller: BusyPoll | None = None, tls: TLSConfig | None = None) -> None:
         self.kv = kv
         # the other nodes' APIs speak HTTPS with the cluster certificate when we do

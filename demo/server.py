@@ -13,7 +13,7 @@ import socket
 import ssl
 import urllib.parse
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -25,6 +25,10 @@ from cowsqlpy.tls import TLSConfig, make_server_context
 from kvstore import AsyncKV, AsyncTempKey, KVError
 
 from . import DATABASE, DEFAULT_BUSY_POLL, DEFAULT_COMPACT_RETENTION
+
+if TYPE_CHECKING:
+    from cowsqlpy.app import App
+
 from .api import REGISTRY, REGISTRY_TTL, Api, NodeIdentity
 
 log = logging.getLogger("demo")
@@ -114,7 +118,7 @@ class DemoNode:
         self.network_latency = network_latency
         self.roles_adjustment_frequency = roles_adjustment_frequency
         self.request_timeout = request_timeout
-        self.app: Any = None
+        self._app: App | None = None
         self.kv: AsyncKV | None = None
         self._registration: AsyncTempKey | None = None
         self.api: Api | None = None
@@ -131,15 +135,21 @@ class DemoNode:
         if fresh:
             check_port_free(self.db_address, "--db")
         os.makedirs(self.data_dir, exist_ok=True)
-        self.app = App(self.data_dir, self.db_address, cluster=self.join or None,
+        self._app = App(self.data_dir, self.db_address, cluster=self.join or None,
                        roles_adjustment_frequency=self.roles_adjustment_frequency,
                        network_latency=self.network_latency, tls=self.tls)
+
+    @property
+    def app(self) -> App:
+        """The node's App (after `start_app`)."""
+        if self._app is None:
+            raise RuntimeError("start_app() first")
+        return self._app
 
     def start_http(self) -> None:
         run_sync(self._start_http(), self.request_timeout + 60)
 
     async def _start_http(self) -> None:
-        assert self.app is not None
         read = "linearizable" if self.linearizable_reads else "serializable"
         url = (f"cowsql:///{DATABASE}?timeout={self.request_timeout}"
                f"&auto_compact={self.compact_retention}&read={read}")
@@ -177,8 +187,8 @@ class DemoNode:
             run_sync(self._stop_http(), 30)
         except Exception:  # stopping anyway
             log.warning("stopping the HTTP server failed", exc_info=True)
-        if self.app is not None:
-            self.app.close(timeout=handover_timeout)
+        if self._app is not None:
+            self._app.close(timeout=handover_timeout)
 
     async def _stop_http(self) -> None:
         if self._server is not None:

@@ -18,7 +18,11 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import KV
+    from .backends.raft import RaftBackend
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -190,8 +194,8 @@ class RaftCluster:
         self.durable = durable
         self.options = options
         self.ports = free_ports(nodes + spares)
-        self.handles: list[Any] = []
-        self._spare_handles: dict[int, Any] = {}
+        self.handles: list[KV] = []
+        self._spare_handles: dict[int, KV] = {}
 
     @property
     def addrs(self) -> list[str]:
@@ -209,7 +213,7 @@ class RaftCluster:
             q += "&" + self.options
         return f"raft://{self.addrs[i]}?{q}"
 
-    def open_spare(self, timeout: float = 30.0) -> Any:
+    def open_spare(self, timeout: float = 30.0) -> KV:
         """Start a member in a free spare slot (listed as a peer by everyone
         but not started by ``start``); closing the handle frees the slot. The
         slot keeps its journal, so reuse is a restart, not a new empty node."""
@@ -217,16 +221,16 @@ class RaftCluster:
         for i in range(self.n, self.n + self.spares):
             h = self._spare_handles.get(i)
             if h is None or h.closed:
-                h = self._spare_handles[i] = _raft(kvstore.open(self.url(i)))
-                h.backend.wait_ready(timeout)
+                h = self._spare_handles[i] = kvstore.open(self.url(i))
+                _raft_backend(h).wait_ready(timeout)
                 return h
         raise RuntimeError("no free spare raft slot")
 
     def start(self, timeout: float = 30.0) -> RaftCluster:
         import kvstore
-        self.handles = [_raft(kvstore.open(self.url(i))) for i in range(self.n)]
+        self.handles = [kvstore.open(self.url(i)) for i in range(self.n)]
         for h in self.handles:
-            h.backend.wait_ready(timeout)
+            _raft_backend(h).wait_ready(timeout)
         return self
 
     def stop(self) -> None:
@@ -260,7 +264,7 @@ class RaftCluster:
         self.stop()
 
 
-def _raft(kv: Any) -> Any:
+def _raft_backend(kv: KV) -> RaftBackend:
     from .backends.raft import RaftBackend
     assert isinstance(kv.backend, RaftBackend)
-    return kv
+    return kv.backend
