@@ -272,21 +272,29 @@ class WireConnection(asyncio.Protocol):
         fmt = args[0] if rtype == protocol.CLUSTER and args else 1
         return self._reply(self._send(rtype, args, stream=False, fmt=fmt), timeout)
 
+    def _deadline(self, timeout: float | None, what: str) -> asyncio.TimerHandle | None:
+        """A timer that fails the connection (every waiter) with ReplyTimeoutError
+        unless cancelled within `timeout`: a tenth of asyncio.timeout's cost, paid on
+        every request."""
+        if timeout is None:
+            return None
+        return self._loop.call_later(timeout, self._time_out, f"{self.address}: {what} within {timeout}s")
+
+    def _time_out(self, message: str) -> None:
+        self._fail(ReplyTimeoutError(message))
+
     async def _reply(self, waiter: _Waiter, timeout: float | None) -> Any:
         assert waiter.future is not None
+        timer = self._deadline(timeout, "no reply")
         try:
-            if timeout is None:
-                frame = await waiter.future
-            else:
-                async with asyncio.timeout(timeout):
-                    frame = await waiter.future
-        except TimeoutError:
-            self._fail(ReplyTimeoutError(f"{self.address}: no reply within {timeout}s"))
-            raise ReplyTimeoutError(f"{self.address}: no reply within {timeout}s") from None
+            frame = await waiter.future  # ReplyTimeoutError once the timer fires
         except asyncio.CancelledError:
             # The reply can no longer be matched to anyone: the connection is unusable.
             self._fail(ConnectionLostError(f"{self.address}: request cancelled"))
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return self._decode(waiter, frame)
 
     async def query(self, rtype: int, *args: Any, timeout: float | None = None) -> AsyncIterator[tuple[list[str], list[tuple[Any, ...]]]]:
@@ -302,12 +310,12 @@ class WireConnection(asyncio.Protocol):
             while True:
                 if not waiter.frames:
                     waiter.wakeup.clear()
+                    timer = self._deadline(timeout, "no rows")  # fires: the error joins the frames
                     try:
-                        async with asyncio.timeout(timeout):
-                            await waiter.wakeup.wait()
-                    except TimeoutError:
-                        self._fail(ReplyTimeoutError(f"{self.address}: no rows within {timeout}s"))
-                        raise ReplyTimeoutError(f"{self.address}: no rows within {timeout}s") from None
+                        await waiter.wakeup.wait()
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
                     continue
                 item = waiter.frames.popleft()
                 if self._paused and len(waiter.frames) < _STREAM_HIGH_WATER // 2 and self._transport:
