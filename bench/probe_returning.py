@@ -8,9 +8,11 @@ cluster; this script talks to them over the wire with cowsqlpy's client core (no
 guard), sending RETURNING the way a driver would: QUERY_SQL (or PREPARE + QUERY) inside
 BEGIN ... COMMIT, the transaction ended by EXEC_SQL. The kinds cycle: one-row INSERT,
 prepared INSERT, a 300-row INSERT ... SELECT (several ROWS batches), UPDATE, DELETE,
-a 4.5 MB INSERT every 300 transactions (spills SQLite's page cache into the WAL before COMMIT), a RETURNING
-between two plain INSERTs, RETURNING rolled back, RETURNING under SAVEPOINT/RELEASE, and
-a control transaction with no RETURNING. Leadership is transferred every
+a 4.5 MB INSERT every 300 transactions (over SQLite's default page cache, so it may
+spill into the WAL before COMMIT), a RETURNING between two plain INSERTs, RETURNING
+rolled back, RETURNING under SAVEPOINT/RELEASE, a RETURNING that fails at its 150th
+row (UNIQUE), RETURNING sent through EXEC_SQL, and a control transaction with no
+RETURNING. Leadership is transferred every
 `--transfer-every` transactions (every other time between the RETURNING and the
 COMMIT), the leader is SIGKILLed and restarted `--kills` times. At the end every node
 in turn leads and must hold exactly the committed rows: the ids RETURNING reported and
