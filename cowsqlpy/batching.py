@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class Item(Protocol):
     @property
-    def future(self) -> asyncio.Future[object]: ...  # pragma: no cover - a protocol
+    def future(self) -> asyncio.Future[Any]: ...  # pragma: no cover - a protocol
 
 
 T = TypeVar("T", bound=Item)

@@ -38,6 +38,7 @@ from typing import Any
 
 from . import protocol
 from .barrier import ReadBarrier
+from .batching import GroupCommitter
 from .client import LeaderTracker, Session, node_gone
 from .errors import (
     BusyError,
@@ -143,8 +144,7 @@ class Database:
         self.barrier = ReadBarrier(self.tracker, policy)
         self.write_lock = asyncio.Lock()
         self._idle: list[Session] = []
-        self._pending: collections.deque[_Write] = collections.deque()
-        self._committer: asyncio.Task[None] | None = None
+        self._committer: GroupCommitter[_Write] = GroupCommitter(self._commit_locked, max_items=MAX_BATCH)
         self._markers_ready = False
         self._client_id = secrets.randbits(63)  # our marker row (secrets: `random` may be seeded)
         self._commits = 0  # the marker's sequence number
@@ -266,9 +266,7 @@ class Database:
         """
         if coalesce and self.group_commit:
             write = _Write(sql, params)
-            self._pending.append(write)
-            if self._committer is None or self._committer.done():
-                self._committer = asyncio.ensure_future(self._commit_loop())
+            self._committer.submit(write)
             return await write.future
         async with self.write_lock:
             return await retrying(lambda: self._exec_once(sql, params), self.policy, on_reconnect=self._forget_leader, what="exec")
@@ -286,18 +284,9 @@ class Database:
         self.release(session)
         return result
 
-    async def _commit_loop(self) -> None:
-        while self._pending:
-            batch = [self._pending.popleft() for _ in range(min(MAX_BATCH, len(self._pending)))]
-            async with self.write_lock:
-                try:
-                    await retrying(functools.partial(self._commit_batch, batch), self.policy, on_reconnect=self._forget_leader, what="group commit")
-                except BaseException as exc:
-                    for w in batch:
-                        if not w.future.done():
-                            w.future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
+    async def _commit_locked(self, batch: list[_Write]) -> None:
+        async with self.write_lock:
+            await retrying(functools.partial(self._commit_batch, batch), self.policy, on_reconnect=self._forget_leader, what="group commit")
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
         todo = [w for w in batch if not w.future.done()]
