@@ -124,6 +124,7 @@ class Nemesis:
         self.paused: set[int] = set()
         self.removed: set[int] = set()
         self.network_fault: str | None = None
+        self.cut: set[frozenset[int]] = set()  # node pairs the active network fault separates
         self.unready: set[int] = set()  # started while partitioned, not waited for
         self._lock = threading.Lock()
 
@@ -146,11 +147,21 @@ class Nemesis:
     def _up(self) -> list[int]:
         return [i for i in range(self.cluster.n) if i not in self.down and i not in self.paused]
 
-    def _may_take_down(self) -> bool:
-        return (
-            len(self.down | self.paused | self.removed) < (self.cluster.n - 1) // 2
-            or self.cluster.n == 1
-        )
+    def _may_take_down(self, i: int | None = None) -> bool:
+        """Whether one more node (`i`, if known) may go down now: within the minority
+        budget, and leaving a node that still reaches a majority over working links."""
+        if self.cluster.n == 1:
+            return True
+        if len(self.down | self.paused | self.removed) >= (self.cluster.n - 1) // 2:
+            return False
+        return i is None or self._majority_connected(self.down | self.paused | self.removed | {i}, self.cut)
+
+    def _majority_connected(self, gone: set[int], cut: set[frozenset[int]]) -> bool:
+        """Some node that is up has working links (both ways) to enough up nodes to
+        form a majority with them: otherwise the faults together leave no quorum."""
+        n = self.cluster.n
+        up = [i for i in range(n) if i not in gone]
+        return any(1 + sum(1 for j in up if j != x and frozenset((x, j)) not in cut) > n // 2 for x in up)
 
     def _pick(self, prefer_leader: bool = True) -> int | None:
         up = self._up()
@@ -191,7 +202,7 @@ class Nemesis:
             if not self._may_take_down():
                 return None
             i = self._pick()
-            if i is None:
+            if i is None or not self._may_take_down(i):
                 return None
             if fault == "kill":
                 c.kill(i)
@@ -221,25 +232,35 @@ class Nemesis:
         others = [i for i in nodes if i != leader]
         if not others:
             return None
-        if fault == "partition-leader-minority":
-            c.partition([leader], others)
-            detail = f"[{leader}] | {others}"
-        elif fault == "partition-leader-majority":
-            alone = self.rng.choice(others)
-            c.partition([alone], [i for i in nodes if i != alone])
-            detail = f"[{alone}] | {[i for i in nodes if i != alone]}"
-        elif fault == "bridge":
-            if c.n < 3:
-                return None
-            bridge = self.rng.choice(nodes)
-            rest = [i for i in nodes if i != bridge]
-            half = len(rest) // 2
-            c.partition(rest[:half], rest[half:])
-            detail = f"{rest[:half]} | {rest[half:]} bridged by {bridge}"
-        elif fault == "one-way":
-            dst = self.rng.choice(others)
-            c.block(leader, dst)
-            detail = f"{leader} -/-> {dst}"
+        if fault in ("partition-leader-minority", "partition-leader-majority", "bridge", "one-way"):
+            if fault == "partition-leader-minority":
+                groups = [[leader], others]
+                detail = f"[{leader}] | {others}"
+            elif fault == "partition-leader-majority":
+                alone = self.rng.choice(others)
+                groups = [[alone], [i for i in nodes if i != alone]]
+                detail = f"{groups[0]} | {groups[1]}"
+            elif fault == "bridge":
+                if c.n < 3:
+                    return None
+                bridge = self.rng.choice(nodes)
+                rest = [i for i in nodes if i != bridge]
+                groups = [rest[: len(rest) // 2], rest[len(rest) // 2 :]]
+                detail = f"{groups[0]} | {groups[1]} bridged by {bridge}"
+            else:
+                dst = self.rng.choice(others)
+                groups = []
+                detail = f"{leader} -/-> {dst}"
+            cut = {frozenset((i, j)) for k, ga in enumerate(groups) for gb in groups[k + 1 :] for i in ga for j in gb}
+            if not groups:
+                cut = {frozenset((leader, dst))}  # one way only, but no Raft exchange works over it
+            if not self._majority_connected(self.down | self.paused | self.removed, cut):
+                return None  # with the nodes already down, this would leave no quorum anywhere
+            if groups:
+                c.partition(*groups)
+            else:
+                c.block(leader, dst)
+            self.cut = cut
         elif fault == "delay":
             src = self.rng.choice(nodes)
             seconds = self.rng.choice([0.02, 0.05, 0.1, 0.2])
@@ -274,7 +295,7 @@ class Nemesis:
         target = self.rng.choice(followers)
         i = c.index_of(target.address)
         assert i is not None
-        if fault == "remove" and not self._may_take_down():
+        if fault == "remove" and not self._may_take_down(i):
             return None
         try:
             with c.client() as admin:
@@ -300,6 +321,7 @@ class Nemesis:
         c = self.cluster
         if kind == "network":
             fault, self.network_fault = self.network_fault, None
+            self.cut = set()
             c.heal()
             return self._record("heal", "network", f"after {fault}")
         if kind == "down":
@@ -336,6 +358,7 @@ class Nemesis:
             c = self.cluster
             if self.network_fault:
                 self.network_fault = None
+            self.cut = set()
             c.heal()
             for i in sorted(self.paused):
                 c.resume(i)

@@ -123,3 +123,26 @@ def test_relay_forwards_to_the_named_target_and_refuses_clearly() -> None:
         dial_via("nowhere")
     with pytest.raises(ValueError, match="no target"):
         FaultProxy(target, relay=True)
+
+
+def test_faults_together_always_leave_a_quorum(cluster_factory) -> None:
+    """A partition and a kill are drawn one at a time; the nemesis refuses the one
+    that, with the other, would leave no node reaching a majority."""
+    c = cluster_factory(3, fault_proxies=True)
+    nemesis = Nemesis(c, 3, faults=["kill", *NETWORK_FAULTS])
+    step = nemesis.inject("partition-leader-minority")
+    assert step is not None
+    isolated = int(step.detail.split("]")[0].strip("["))
+    killed = None
+    for _ in range(30):  # only the isolated node may die now
+        if (kill := nemesis.inject("kill")) is not None:
+            killed = int(kill.target.removeprefix("node"))
+            break
+    assert killed == isolated, nemesis.format_log()
+    assert c.wait_leader(timeout=30) != isolated  # the other two still form a quorum
+    nemesis.heal_all()
+    assert nemesis.inject("kill") is not None and len(nemesis.down) == 1
+    c.wait_leader(timeout=30, exclude=next(iter(nemesis.down)))
+    # isolating the (live) leader now would leave the last two nodes unable to meet
+    assert nemesis.inject("partition-leader-minority") is None, nemesis.format_log()
+    nemesis.heal_all()
