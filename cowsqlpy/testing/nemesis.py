@@ -19,8 +19,9 @@ the cluster supports):
 * process: ``kill`` (SIGKILL; in-process: stop with no hand-over), ``stop``
   (graceful, hand-over), ``restart`` (kill and start again on the same data
   dir at once), ``pause`` (SIGSTOP until healed; processes only). At most a
-  minority of the nodes is down or paused at any time, so the cluster can
-  make progress between steps.
+  minority of the nodes is down or paused at any time, and a process fault and
+  a network fault are never combined so that no up node reaches a majority over
+  working links, so the cluster can make progress between steps.
 * network, per directed Raft link through each node's `FaultProxy`
   (``Cluster(..., fault_proxies=True)``: the dial hook in-process, a relay the
   node process dials through with ``processes=True``): ``partition-leader-minority``
