@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -203,11 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     base = Path(args.dir or tempfile.mkdtemp(prefix="cowsqlpy-crash-"))
     print(f"crash durability: seed {seed}, {args.cycles} cycles, in {base}", flush=True)
-    if args.power_loss:
-        with LazyMount(base / "backing", base / "mnt") as disk:
-            report = run(base / "mnt" / "demo", args.cycles, seed, disk=disk)
-    else:
-        report = run(base / "demo", args.cycles, seed)
+    try:
+        if args.power_loss:
+            with LazyMount(base / "backing", base / "mnt") as disk:
+                report = run(base / "mnt" / "demo", args.cycles, seed, disk=disk)
+        else:
+            report = run(base / "demo", args.cycles, seed)
+    finally:
+        if args.dir is None:  # a temp dir of our own
+            shutil.rmtree(base, ignore_errors=True)
     print(report.summary(), flush=True)
     for i, keys in report.lost.items():
         if keys:
