@@ -52,6 +52,7 @@ HEARTBEAT_SECONDS = 10.0
 SESSION_EXPIRY_NS = int(3 * HEARTBEAT_SECONDS * 1e9)
 MAX_DIRTY_BYTES = 1 << 20  # flush a handle's buffer at 1 MiB
 INO_RESERVE = 256  # inode numbers a mount reserves at a time
+MAX_KNOWN = 1 << 16  # entries whose attributes a mount keeps (see FileSystem._known)
 # libfuse renames a file unlinked while open to such a name (hidden_name() in fuse.c)
 # and keeps using that path for it: fstat, fsetxattr, /proc/self/fd reopens.
 HIDDEN_NAME = re.compile(rb"\.fuse_hidden[0-9a-f]{16}")
@@ -153,9 +154,10 @@ class FileSystem:
         # one callback only
         self._just_made: dict[int, tuple[str, Node, int]] = {}
         self._inos: list[int] = []  # reserved inode numbers, the next one last
-        # directories as last seen: (node, store.commits then, when), for creates, and for
-        # getattr within attr_timeout while this mount ran no other change since
-        self._dirs: OrderedDict[str, tuple[Node, int, float]] = OrderedDict()
+        # path -> (node as last read or as this mount's change left it, store.commits then,
+        # when): parents for creates, and getattr within attr_timeout while this mount ran
+        # no other transaction since (a listing fills it: `ls -l` asks no query per entry)
+        self._known: OrderedDict[str, tuple[Node, int, float]] = OrderedDict()
         self.attr_timeout = attr_timeout
         # Called with the paths whose cached attributes went stale although their own entry
         # was not touched (the other names of a hard-linked inode); the binding tells the kernel.
@@ -370,7 +372,7 @@ class FileSystem:
                 return self._attrs(made[1])
         if path is not None:
             with self._lock:
-                seen = self._dirs.get(path)
+                seen = self._known.get(path)
             if (
                 seen is not None
                 and seen[1] == self.store.commits
@@ -383,7 +385,8 @@ class FileSystem:
         if path is None:
             raise FsError(errno.EBADF)
         node = self.store.read(lambda c: self._resolve(c, path))
-        self._saw_dir(path, node)
+        if node.is_dir:
+            self._saw(path, ("", node))
         attrs = self._attrs(node)
         if attrs["st_nlink"] and self.hidden_ino(path) is not None:
             attrs["st_nlink"] += 1  # libfuse counts the hidden name as a link and subtracts it
@@ -409,9 +412,11 @@ class FileSystem:
                 " WHERE e.parent = ? ORDER BY e.name",
                 (node.ino,),
             ).fetchall()
-            # every attribute: the binding answers READDIRPLUS with them (no lookup per entry)
-            entries += [(os.fsdecode(bytes(r[0])), self._attrs(_node(r[1:]))) for r in rows]
-            return entries
+            listed = [(os.fsdecode(bytes(r[0])), _node(r[1:])) for r in rows]
+            if path is not None:
+                self._saw(path, *listed)
+            # every attribute: the binding answers READDIRPLUS with them
+            return entries + [(name, self._attrs(n)) for name, n in listed]
 
         return self.store.read(q)
 
@@ -521,29 +526,42 @@ class FileSystem:
     def _parent_of(self, dirpath: str) -> Node | None:
         """The directory as this mount last saw it (read when not cached), None if it is not one."""
         with self._lock:
-            seen = self._dirs.get(dirpath)
+            seen = self._known.get(dirpath)
         node = None if seen is None else seen[0]
         if node is None:
             try:
                 node = self.store.read(lambda c: self._resolve(c, dirpath))
             except FsError:
                 return None
-            self._saw_dir(dirpath, node)
+            self._saw(dirpath, ("", node))
         return node if node.is_dir else None
 
-    def _saw_dir(self, path: str, node: Node) -> None:
-        if not node.is_dir:
-            return
+    def _saw(self, path: str, *nodes: tuple[str, Node]) -> None:
+        """Remember directory `path` (a Node) or entries of it ((name, Node) pairs)."""
         with self._lock:
-            self._dirs[path] = (node, self.store.commits, time.monotonic())
-            self._dirs.move_to_end(path)
-            while len(self._dirs) > 1024:
-                self._dirs.popitem(last=False)
+            commits, now = self.store.commits, time.monotonic()
+            for name, node in nodes:
+                key = path if not name else f"{path.rstrip('/')}/{name}"
+                self._known[key] = (node, commits, now)
+                self._known.move_to_end(key)
+            while len(self._known) > MAX_KNOWN:
+                self._known.popitem(last=False)
+
+    def _edge_is(self, parent: int, name: bytes, ino: int) -> bool:
+        """Whether `name` in `parent` is `ino`, read linearizably (after a lost reply)."""
+        row = self.store.read(
+            lambda c: c.execute(
+                "SELECT 1 FROM fs_edge WHERE parent = ? AND name = ? AND ino = ?",
+                (parent, name, ino),
+            ).fetchone(),
+            linearizable=True,
+        )
+        return row is not None
 
     def _touched_dir(self, dirpath: str, ino: int, now: int, nlink_delta: int) -> None:
         """Keep the cached directory as this mount's change (at `now`) left it."""
         with self._lock:
-            seen = self._dirs.get(dirpath)
+            seen = self._known.get(dirpath)
             if seen is not None and seen[0].ino == ino:
                 old = seen[0]
                 new = dataclasses.replace(
@@ -552,7 +570,7 @@ class FileSystem:
                     mtime=max(old.mtime, now),
                     ctime=max(old.ctime, now),
                 )
-                self._dirs[dirpath] = (new, seen[1], seen[2])
+                self._known[dirpath] = (new, seen[1], seen[2])
 
     def _fast_make(self, path: str, mode: int, uid: int, gid: int, rdev: int = 0) -> Node | None:
         """Create in one request, batched with other threads' (`Store.scripted`), when
@@ -587,19 +605,12 @@ class FileSystem:
         ]
 
         def committed() -> bool:
-            row = self.store.read(
-                lambda c: c.execute(
-                    "SELECT 1 FROM fs_edge WHERE parent = ? AND name = ? AND ino = ?",
-                    (p, name, ino),
-                ).fetchone(),
-                linearizable=True,
-            )
-            return row is not None
+            return self._edge_is(p, name, ino)
 
         dirpath = path.rstrip("/").rsplit("/", 1)[0] or "/"
         if not self.store.scripted(statements, committed):
             with self._lock:
-                self._dirs.pop(dirpath, None)
+                self._known.pop(dirpath, None)
             return None
         self._touched_dir(dirpath, p, now, is_dir)
         return Node(ino, mode, uid, gid, 0, 0, 1 + is_dir, rdev, now, now, now, 1)
@@ -790,18 +801,13 @@ class FileSystem:
         ]
 
         def committed() -> bool:
-            row = self.store.read(
-                lambda c: c.execute(
-                    "SELECT 1 FROM fs_edge WHERE parent = ? AND name = ? AND ino = ?",
-                    (p, name, ino),
-                ).fetchone(),
-                linearizable=True,
-            )
-            return row is None
+            return not self._edge_is(p, name, ino)
 
         if not self.store.scripted(statements, committed):
             return None
         self._touched_dir(path.rstrip("/").rsplit("/", 1)[0] or "/", p, now, 0)
+        with self._lock:
+            self._known.pop(path, None)
         for tid, made in list(self._just_made.items()):  # (transactions: by store.commits)
             if made[0] == path:
                 self._just_made.pop(tid, None)
@@ -1303,16 +1309,17 @@ class FileSystem:
             )  # the kernel asks before every write; file capabilities are refused
         raw = self._xattr_name(name)
 
-        def q(conn: Any) -> bytes:
-            node = self._resolve(conn, path)
-            row = conn.execute(
-                "SELECT value FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)
-            ).fetchone()
-            if row is None:
-                raise FsError(errno.ENODATA)
-            return bytes(row[0])
+        return bytes(self.store.read(lambda c: self._xattr(c, path, raw, "value")[1]))
 
-        return self.store.read(q)
+    def _xattr(self, conn: Any, path: str, raw: bytes, column: str) -> tuple[Node, Any]:
+        """(the inode, `column` of its xattr `raw`); ENODATA when it has none."""
+        node = self._resolve(conn, path)
+        row = conn.execute(
+            f"SELECT {column} FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)
+        ).fetchone()
+        if row is None:
+            raise FsError(errno.ENODATA)
+        return node, row[0]
 
     def listxattr(self, path: str) -> list[str]:
         def q(conn: Any) -> list[str]:
@@ -1328,16 +1335,11 @@ class FileSystem:
         raw = self._xattr_name(name)
 
         def tx(conn: Any) -> None:
-            node = self._resolve(conn, path)
-            row = conn.execute(
-                "SELECT length(value) FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw)
-            ).fetchone()
-            if row is None:
-                raise FsError(errno.ENODATA)
+            node, size = self._xattr(conn, path, raw, "length(value)")
             conn.execute("DELETE FROM fs_xattr WHERE ino = ? AND name = ?", (node.ino, raw))
             conn.execute(
                 "UPDATE fs_superblock SET used_bytes = used_bytes - ? WHERE id = 1",
-                (row[0] + len(raw),),
+                (size + len(raw),),
             )
             conn.execute("UPDATE fs_node SET ctime = ? WHERE ino = ?", (time.time_ns(), node.ino))
 
