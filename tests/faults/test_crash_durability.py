@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cowsqlpy.testing import Cluster
 from cowsqlpy.testing.lazyfs import PAGE, LazyFS, LazyMount, unavailable
 
 from .conftest import SEEDS
@@ -170,6 +171,34 @@ def test_demo_loses_no_acknowledged_put_over_power_losses(disk: LazyMount) -> No
         report.summary()
         + f"\nlost (first 10 per node): { {i: k[:10] for i, k in report.lost.items()} }"
     )
+
+
+@pytest.mark.slow
+@needs_fuse
+def test_sql_driver_loses_no_acknowledged_write_over_power_losses(disk: LazyMount) -> None:
+    """Node processes on the LazyMount, autocommit INSERTs through the DB-API; each cycle
+    a whole-cluster power loss, then every acknowledged row must be there."""
+    acked: list[int] = []
+    with Cluster(3, processes=True, base_dir=Path(disk.mountpoint) / "cluster") as cluster:
+        for cycle in range(2):
+            conn = cluster.connect("durable", autocommit=True)
+            conn.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY)")
+            for k in range(cycle * 1000, cycle * 1000 + 150):
+                conn.execute("INSERT INTO t (k) VALUES (?)", (k,))
+                acked.append(k)
+            conn.close()
+            for i in range(3):
+                cluster.kill(i)
+            disk.crash()
+            for i in range(3):
+                cluster.start(i, wait=False)
+            for i in range(3):
+                cluster.wait_ready(i)
+            conn = cluster.connect("durable", autocommit=True)
+            present = {k for (k,) in conn.execute("SELECT k FROM t").fetchall()}
+            conn.close()
+            assert not [k for k in acked if k not in present], f"cycle {cycle}: acknowledged rows lost"
+    assert disk.crashes == 2 and len(acked) == 300
 
 
 # -- raft:// (pysyncobj) ------------------------------------------------------------------
