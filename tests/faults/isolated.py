@@ -21,8 +21,9 @@ def run_isolated(module: str, args: list[str], timeout: float = 300) -> subproce
                           timeout=timeout)
     if proc.returncode == -signal.SIGSEGV:
         # A finding, not a flaw of the test: libraft 0.22.1 segfaults now and then in an
-        # engine thread when a restarted follower installs a snapshot while taking its own
-        # (docs/consistency.md; reproducer: tests/faults/libraft_snapshot_crash.py).
+        # engine thread when a follower's own snapshot completes while it holds back an
+        # InstallSnapshot (src/legacy.c takeSnapshotCb reads snapshot_pending after
+        # clearing it; docs/consistency.md; reproducer: tests/faults/libraft_snapshot_crash.py).
         steps = [line for line in proc.stderr.splitlines() if "cowsqlpy.testing.nemesis" in line][-5:]
         print(proc.stdout[-8000:], proc.stderr[-20000:], sep="\n")
         pytest.xfail(f"engine SIGSEGV (libraft 0.22.1, snapshot install on restart) in {module} {args}; "

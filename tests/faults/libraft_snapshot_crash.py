@@ -6,6 +6,10 @@ The restarted node catches up, is sent an InstallSnapshot by the leader (its log
 trimmed past the follower's) and, in the same moments, reaches its own snapshot
 threshold; it dies of SIGSEGV in an engine thread right after libraft reports
 ``new snapshot (N^T), 128 trailing entries`` (run with ``LIBRAFT_TRACE=1`` to see it).
+The cause (docs/consistency.md): ``takeSnapshotCb`` in src/legacy.c clears
+``r->legacy.snapshot_pending`` before it reads the held-back install from it, then
+passes NULL to ``legacyPersistSnapshotStart``. ``LD_LIBRARY_PATH`` pointing at a
+libraft built with those two lines swapped makes every run here pass.
 
     python -m tests.faults.libraft_snapshot_crash [--processes] [--cycles 15] [--seed 1]
         [--snapshot 64,128 | --snapshot default]
