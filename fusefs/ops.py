@@ -53,6 +53,7 @@ SESSION_EXPIRY_NS = int(3 * HEARTBEAT_SECONDS * 1e9)
 MAX_DIRTY_BYTES = 1 << 20  # flush a handle's buffer at 1 MiB
 INO_RESERVE = 256  # inode numbers a mount reserves at a time
 MAX_KNOWN = 1 << 16  # entries whose attributes a mount keeps (see FileSystem._known)
+RELIST_WITHIN = 60.0  # seconds after a listing in which a miss below it lists it again
 # libfuse renames a file unlinked while open to such a name (hidden_name() in fuse.c)
 # and keeps using that path for it: fstat, fsetxattr, /proc/self/fd reopens.
 HIDDEN_NAME = re.compile(rb"\.fuse_hidden[0-9a-f]{16}")
@@ -159,6 +160,8 @@ class FileSystem:
         # no other transaction since (a listing fills it: `ls -l` asks no query per entry)
         self._known: OrderedDict[str, tuple[Node, int, float]] = OrderedDict()
         self.attr_timeout = attr_timeout
+        self._listed: dict[str, float] = {}  # directory -> when this mount last listed it
+        self._relisting: set[str] = set()
         # Called with the paths whose cached attributes went stale although their own entry
         # was not touched (the other names of a hard-linked inode); the binding tells the kernel.
         self.on_stale: Callable[[list[str]], None] | None = None
@@ -371,14 +374,11 @@ class FileSystem:
             if made[0] == path and made[2] == self.store.commits:  # nothing changed since
                 return self._attrs(made[1])
         if path is not None:
-            with self._lock:
-                seen = self._known.get(path)
-            if (
-                seen is not None
-                and seen[1] == self.store.commits
-                and time.monotonic() - seen[2] < self.attr_timeout
-            ):
-                return self._attrs(seen[0])
+            known = self._known_node(path)
+            if known is None and self._relist_parent(path):
+                known = self._known_node(path)
+            if known is not None:
+                return self._attrs(known)
         if fh is not None and fh in self._handles:
             ino = self._handles[fh].ino
             return self._attrs(self.store.read(lambda c: self._get(c, ino)))
@@ -391,6 +391,40 @@ class FileSystem:
         if attrs["st_nlink"] and self.hidden_ino(path) is not None:
             attrs["st_nlink"] += 1  # libfuse counts the hidden name as a link and subtracts it
         return attrs
+
+    def _known_node(self, path: str) -> Node | None:
+        """`path` as this mount knows it, if that is fresh (see `_known`)."""
+        with self._lock:
+            seen = self._known.get(path)
+        if (
+            seen is not None
+            and seen[1] == self.store.commits
+            and time.monotonic() - seen[2] < self.attr_timeout
+        ):
+            return seen[0]
+        return None
+
+    def _relist_parent(self, path: str) -> bool:
+        """List again the directory of `path` when it was listed lately (one query for all
+        its entries: `stat` of every entry after `ls` stays fresh past the attribute
+        timeout). Whether it was."""
+        parent = path.rstrip("/").rsplit("/", 1)[0] or "/"
+        with self._lock:
+            listed = self._listed.get(parent)
+            age = None if listed is None else time.monotonic() - listed
+            if age is None or not self.attr_timeout <= age <= RELIST_WITHIN:
+                return False  # never listed, long ago, or fresh (the entry is not in it)
+            if parent in self._relisting:
+                return False  # another thread does it: ask for this one entry meanwhile
+            self._relisting.add(parent)
+        try:
+            self.readdir(parent)
+        except FsError:
+            return False
+        finally:
+            with self._lock:
+                self._relisting.discard(parent)
+        return True
 
     def readdir(self, path: str | None, fh: int | None = None) -> list[tuple[str, dict[str, int]]]:
         def q(conn: Any) -> list[tuple[str, dict[str, int]]]:
@@ -413,8 +447,12 @@ class FileSystem:
                 (node.ino,),
             ).fetchall()
             listed = [(os.fsdecode(bytes(r[0])), _node(r[1:])) for r in rows]
-            if path is not None:
+            if path is not None and len(listed) <= MAX_KNOWN // 2:
                 self._saw(path, *listed)
+                with self._lock:
+                    self._listed[path] = time.monotonic()
+                    while len(self._listed) > 1024:
+                        del self._listed[next(iter(self._listed))]
             # every attribute: the binding answers READDIRPLUS with them
             return entries + [(name, self._attrs(n)) for name, n in listed]
 
