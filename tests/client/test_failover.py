@@ -82,7 +82,16 @@ def test_transaction_lost_on_leader_change(fresh_cluster: InProcessCluster) -> N
     conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction on the leader
     admin = cowsqlpy.SyncClient(fresh_cluster.addresses)
     leader = fresh_cluster.leader()
-    admin.transfer(next(n.id for n in fresh_cluster.nodes if n is not leader))
+    target = next(n.id for n in fresh_cluster.nodes if n is not leader)
+
+    def transferred() -> bool:
+        try:
+            admin.transfer(target)
+            return True
+        except cowsqlpy.OperationalError:   # "leadership transfer failed": target behind; again
+            return False
+
+    wait_for(transferred, 30, "a leadership transfer")
     with pytest.raises(cowsqlpy.TransactionLostError):
         conn.execute("INSERT INTO t VALUES (2)")
     assert not conn.in_transaction
