@@ -126,8 +126,8 @@ def check_single(sql: object, features: EngineFeatures) -> Statement:
         raise ProgrammingError(
             "you can only execute one statement at a time (use executescript for scripts)"
         )
-    check_returning(stmt, features)
-    check_engine_safe(sql, features)
+    check_returning(stmt, features, wrapped=True)
+    check_engine_safe(sql, features, wrapped=True)
     return stmt
 
 
@@ -136,23 +136,31 @@ def _refusal(sql: str, returning_safe: bool) -> str | None:
     return guard.check_sql(sql, returning_safe)
 
 
-def check_engine_safe(sql: str, features: EngineFeatures) -> None:
+def returning_allowed(features: EngineFeatures, wrapped: bool) -> bool:
+    """Whether RETURNING may be sent: anywhere, or (``wrapped``: the driver sends it as a
+    query inside a transaction it opened and commits with EXEC) where that is proven safe."""
+    return features.returning or (wrapped and features.returning_in_transaction)
+
+
+def check_engine_safe(sql: str, features: EngineFeatures, *, wrapped: bool) -> None:
     """The guard's SQL rules (`cowsqlpy.guard.check_sql`, the same the front applies to
     every client): no ATTACH, VACUUM INTO, extension loading or PRAGMA off the
     allow-list, so our own driver cannot crash a node either. Cached per SQL text.
 
     :raises NotSupportedError: with the reason.
     """
-    reason = _refusal(sql, features.returning)
+    reason = _refusal(sql, returning_allowed(features, wrapped))
     if reason is not None:
         raise NotSupportedError(f"refused: {reason} (docs/security.md)")
 
 
-def check_returning(stmt: Statement, features: EngineFeatures) -> None:
-    if stmt.returning and not features.returning:
+def check_returning(stmt: Statement, features: EngineFeatures, *, wrapped: bool) -> None:
+    if stmt.returning and not returning_allowed(features, wrapped):
+        how = "in a script" if features.returning_in_transaction else ""
         raise NotSupportedError(
-            f"RETURNING is refused on {features.name}: it aborts the node on the next write "
-            "(go-dqlite#192); run a SELECT after the write instead"
+            f"RETURNING is refused {how or 'on ' + features.name}: it aborts the node on the "
+            "next write or never gives its rows (go-dqlite#192, docs/sqlalchemy.md); run a "
+            "SELECT after the write instead"
         )
 
 
@@ -925,8 +933,8 @@ class Cursor:
         if not isinstance(sql, str):
             raise ProgrammingError(f"sql must be str, not {type(sql).__name__}")
         conn = self.connection
-        check_returning(analyze(sql), conn._features)
-        check_engine_safe(sql, conn._features)
+        check_returning(analyze(sql), conn._features, wrapped=False)   # EXEC'd, one by one
+        check_engine_safe(sql, conn._features, wrapped=False)
         async with conn._op:
             await self._reset()
             await conn._executescript(sql)

@@ -8,6 +8,7 @@ guarded input to a node of that engine in a child process
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 DQLITE = "dqlite"
@@ -18,7 +19,10 @@ COWSQL = "cowsql"
 class EngineFeatures:
     name: str
     max_params: int  # params per statement in the tuple format our codec sends (schema 0: u8 count)
-    returning: bool  # INSERT/UPDATE/DELETE ... RETURNING is safe and gives its rows
+    returning: bool  # INSERT/UPDATE/DELETE ... RETURNING is safe and gives its rows, sent any way
+    #: RETURNING sent as a query inside a transaction the connection opened, ended by an
+    #: EXEC'd COMMIT, is safe and gives its rows (the driver sends every RETURNING so)
+    returning_in_transaction: bool
     describe_formats: tuple[int, ...]  # DESCRIBE formats that do not abort the node
     heartbeat: bool  # HEARTBEAT gets a reply, if only FAILURE (1.11.1 wedges the connection)
     unknown_request_fails: bool  # unknown request type gets FAILURE rather than a hang
@@ -36,6 +40,9 @@ DQLITE_1_11 = EngineFeatures(
     name="dqlite 1.11",
     max_params=255,
     returning=False,
+    # measured against dqlite-demo nodes (tests/sql/test_returning_dqlite.py,
+    # bench/probe_returning.py: 19,369 statements, 60 leadership transfers, 3 leader kills)
+    returning_in_transaction=True,
     describe_formats=(0,),
     heartbeat=False,
     unknown_request_fails=False,
@@ -59,6 +66,7 @@ COWSQL_1_15 = EngineFeatures(
     name="cowsql 1.15",
     max_params=255,
     returning=False,
+    returning_in_transaction=False,   # FAILURE 100: the rows never arrive
     describe_formats=(0,),
     heartbeat=True,
     unknown_request_fails=True,
@@ -75,9 +83,37 @@ _TABLE: tuple[tuple[str, int, int, EngineFeatures], ...] = (
     (COWSQL, 11500, 11600, COWSQL_1_15),
 )
 
-#: What the client assumes of a server it has not identified: the oldest engine
-#: we support. `cowsqlpy.connect(engine=...)` or the engine probe lifts it.
-CLIENT_TARGET = DQLITE_1_11
+def _strictest(name: str, *rows: EngineFeatures) -> EngineFeatures:
+    """What every row takes: each switch on only where it is on in all of them (every
+    boolean says "safe"), the smallest limit, every fatal PRAGMA of any row."""
+    fatal: dict[str, frozenset[str]] = {}
+    for row in rows:
+        for pragma, values in row.fatal_pragmas:
+            seen = fatal.get(pragma)
+            # an empty set means "any value": it absorbs the others
+            fatal[pragma] = values if seen is None else (frozenset() if not seen or not values
+                                                         else seen | values)
+    merged: dict[str, object] = {}
+    for f in dataclasses.fields(EngineFeatures):
+        per_row = [getattr(row, f.name) for row in rows]
+        if f.name == "name":
+            merged[f.name] = name
+        elif f.name == "max_params":
+            merged[f.name] = min(per_row)
+        elif f.name == "describe_formats":
+            merged[f.name] = tuple(sorted(set.intersection(*(set(v) for v in per_row))))
+        elif f.name == "fatal_pragmas":
+            merged[f.name] = tuple(sorted(fatal.items()))
+        else:
+            assert all(isinstance(v, bool) for v in per_row), f.name
+            merged[f.name] = all(per_row)
+    return EngineFeatures(**merged)  # type: ignore[arg-type]
+
+
+#: What the client assumes of a server it has not identified: only what every engine
+#: we support takes. `cowsqlpy.connect(engine=...)` or the engine probe lifts it.
+CLIENT_TARGET = _strictest("an engine not identified (dqlite 1.11 or cowsql 1.15)",
+                           DQLITE_1_11, COWSQL_1_15)
 
 #: The values `connect(engine=...)` takes.
 ENGINE_CHOICES = {"dqlite-1.11": DQLITE_1_11, "cowsql-1.15": COWSQL_1_15, "cowsql": COWSQL_1_15}

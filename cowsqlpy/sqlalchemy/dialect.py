@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.engine.interfaces import IsolationLevel
 
 from .. import dbapi as cowsql_dbapi
+from ..aio import returning_allowed
 from ..database import MARKERS
 from ..retry import RetryPolicy
 
@@ -220,7 +221,7 @@ class CowsqlDialect(SQLiteDialect_pysqlite):
     def initialize(self, connection: Connection) -> None:
         super().initialize(connection)
         features = connection.connection.dbapi_connection.features  # type: ignore[union-attr]
-        returning = bool(features.returning) and self.server_version_info >= (3, 35)  # type: ignore[operator]
+        returning = returning_allowed(features, wrapped=True) and self.server_version_info >= (3, 35)  # type: ignore[operator]
         self.insert_returning = self.update_returning = self.delete_returning = returning
 
     def set_isolation_level(self, dbapi_connection: Any, level: IsolationLevel) -> None:
