@@ -119,15 +119,25 @@ class FUSE3(mfusepy.FUSE):
     def readdir_fuse_3(
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
     ) -> int:
-        # mfusepy ignores READDIRPLUS: entries given with every attribute go to the kernel
-        # with them, so `ls -l` and `find` cost no lookup per entry
+        # mfusepy ignores READDIRPLUS. Entries given with every attribute and an offset
+        # (libfuse sends a plus entry's attributes only with one: without, its node id
+        # is 0 and the kernel drops them) leave the kernel with them: `ls -l` and
+        # `find` cost no lookup per entry.
         plus = FUSE_FILL_DIR_PLUS if flags & FUSE_READDIR_PLUS else 0
-        for item in self.operations.readdir(self._path(path), fip.contents.fh):
+        listing = getattr(self.operations, "listing", None)
+        fh = fip.contents.fh
+        items = (
+            listing(self._path(path), fh, offset)
+            if listing is not None
+            else self.operations.readdir(self._path(path), fh)
+        )
+        for at, item in enumerate(items, offset + 1):
             name, attrs = (item, {}) if isinstance(item, str) else item[:2]
             st = mfusepy.c_stat()
             mfusepy.set_st_attrs(st, attrs, use_ns=True)
             full = plus if "st_nlink" in attrs else 0
-            if filler(buf, name.encode(self.encoding, self.errors), st, 0, full) != 0:
+            next_offset = at if listing is not None else 0
+            if filler(buf, name.encode(self.encoding, self.errors), st, next_offset, full) != 0:
                 break
         return 0
 
@@ -177,6 +187,7 @@ class Operations(mfusepy.Operations):
         self.fs = fs
         self.options = options
         self.kernel = KernelCache()
+        self._listings: dict[int, list[tuple[str, dict[str, int], int]]] = {}  # by dir handle
         if hasattr(fs, "on_stale"):
             fs.on_stale = self.kernel.invalidate
 
@@ -211,6 +222,15 @@ class Operations(mfusepy.Operations):
     def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], int]]:
         return [(name, attrs, 0) for name, attrs in self.fs.readdir(path, fh)]
 
+    def listing(
+        self, path: str | None, fh: int, offset: int
+    ) -> list[tuple[str, dict[str, int], int]]:
+        """The entries of an open directory from `offset` on: read at offset 0 (opendir
+        or rewinddir), then served from that listing until releasedir."""
+        if offset == 0 or fh not in self._listings:
+            self._listings[fh] = self.readdir(path, fh)
+        return self._listings[fh][offset:]
+
     @_errno
     def opendir(self, path: str) -> int:
         result: int = self.fs.opendir(path)
@@ -218,6 +238,7 @@ class Operations(mfusepy.Operations):
 
     @_errno
     def releasedir(self, path: str | None, fh: int) -> int:
+        self._listings.pop(fh, None)
         self.fs.releasedir(fh)
         return 0
 

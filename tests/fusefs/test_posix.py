@@ -294,6 +294,9 @@ def test_link_limit_gives_emlink(fs_mount: Mount) -> None:
         conn.close()
     os.link(m / "f", m / "last")
     assert os.stat(m / "last").st_nlink == LINK_MAX
+    # a listing of 64,998 entries: READDIRPLUS in hundreds of requests, resumed by offset
+    assert sorted(os.listdir(m / "many")) == [f"l{i:05d}" for i in range(LINK_MAX - 2)]
+    assert os.stat(m / "many" / "l04321").st_nlink == LINK_MAX
     assert err(os.link, m / "f", m / "over") == errno.EMLINK
     assert not (m / "over").exists()
     os.unlink(m / "last")
