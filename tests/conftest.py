@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,3 +25,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     loop.close()
     return [f"cowsqlpy codec: {codec.IMPLEMENTATION} (COWSQLPY_PUREPYTHON={os.environ.get('COWSQLPY_PUREPYTHON', '')}), "
             f"event loop: {kind} (COWSQLPY_LOOP={os.environ.get('COWSQLPY_LOOP', '')})"]
+
+
+@pytest.fixture
+def dqlite_demo(tmp_path: Path) -> Iterator[Any]:
+    """One Canonical dqlite-demo node (Debian go-dqlite on libdqlite 1.11.1): a real 1.11
+    server for the client's wire and version-table tests."""
+    from tests.app.conftest import Demo
+
+    if shutil.which("dqlite-demo") is None:
+        pytest.skip("dqlite-demo (Debian go-dqlite) not installed")
+    demo = Demo(tmp_path / "demo", binary="dqlite-demo")
+    try:
+        demo.wait_up()
+        yield demo
+    finally:
+        demo.stop()

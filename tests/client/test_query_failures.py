@@ -6,10 +6,6 @@ go-dqlite on libdqlite 1.11.1) and against our own engine."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 import cowsqlpy
@@ -21,18 +17,6 @@ FAILING = [
     ("SELECT abs(-9223372036854775807 - 1) AS a", "integer overflow"),
     ("SELECT json('not json') AS j, 1 AS one", "malformed JSON"),
 ]
-
-
-@pytest.fixture
-def dqlite_demo(tmp_path: Path) -> Iterator[Demo]:
-    if shutil.which("dqlite-demo") is None:
-        pytest.skip("dqlite-demo (Debian go-dqlite) not installed")
-    demo = Demo(tmp_path / "demo", binary="dqlite-demo")
-    try:
-        demo.wait_up()
-        yield demo
-    finally:
-        demo.stop()
 
 
 def _check(addresses: list[str], **options: object) -> None:

@@ -7,9 +7,6 @@ in autocommit, which aborts the node on the next write, is not sent here)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Integer, String
@@ -27,18 +24,6 @@ class Item(Base):
     __tablename__ = "items"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(20))
-
-
-@pytest.fixture
-def dqlite_demo(tmp_path: Path) -> Iterator[Demo]:
-    if shutil.which("dqlite-demo") is None:
-        pytest.skip("dqlite-demo (Debian go-dqlite) not installed")
-    demo = Demo(tmp_path / "demo", binary="dqlite-demo")
-    try:
-        demo.wait_up()
-        yield demo
-    finally:
-        demo.stop()
 
 
 async def _scenario(address: str) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
