@@ -390,6 +390,9 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ca", help="CA that signs peers' certificates (default: --cert itself)")
     parser.add_argument("--guard", action="store_true",
                         help="put the guarded front before the engine without TLS too (docs/security.md)")
+    parser.add_argument("--rights", metavar="CN=LEVEL,...",
+                        help="access per client certificate CN, LEVEL one of none, read, write, admin, peer; "
+                             "'*' for every other certificate (e.g. node=peer,app=write,*=read; needs --cert)")
     parser.add_argument("--snapshot-params", metavar="THRESHOLD,TRAILING",
                         help="Raft entries between snapshots and entries kept after one (e.g. 64,128)")
     parser.add_argument("--dial-via", metavar="HOST:PORT",
@@ -414,6 +417,19 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         print("cowsqlpy-node: --cert and --key go together (and --ca needs them)", file=sys.stderr, flush=True)
         return 2
     tls = TLSConfig(args.cert, args.key, args.ca) if args.cert else None
+    rights = None
+    if args.rights is not None:
+        from .rights import Rights
+
+        try:
+            rights = Rights.parse(args.rights)
+        except ValueError as exc:
+            print(f"cowsqlpy-node: --rights: {exc}", file=sys.stderr, flush=True)
+            return 2
+        if tls is None:
+            print("cowsqlpy-node: --rights needs --cert and --key (rights come from client certificates)",
+                  file=sys.stderr, flush=True)
+            return 2
     snapshot_params = None
     if args.snapshot_params:
         try:
@@ -442,7 +458,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
             voters=args.voters, standbys=args.standbys,
             roles_adjustment_frequency=args.roles_adjustment_frequency,
             network_latency=args.network_latency, failure_domain=args.failure_domain,
-            tls=tls, guard=args.guard, dial=dial, snapshot_params=snapshot_params,
+            tls=tls, guard=args.guard, rights=rights, dial=dial, snapshot_params=snapshot_params,
         )
     except (Error, ValueError, OSError) as exc:
         print(f"cowsqlpy-node: {exc}", file=sys.stderr, flush=True)

@@ -129,6 +129,14 @@ class LeadershipLostError(OutcomeUnknownError):
     """Leadership was lost while a write was replicating (10506 / legacy 8458)."""
 
 
+class AccessDeniedError(OperationalError, PermissionError):
+    """The node's front refused a request this connection's certificate has no right to
+    (SQLITE_AUTH_USER, 279: a read-only certificate writing, a non-admin one changing the
+    cluster; see `cowsqlpy.rights`). Nothing was applied; never retried."""
+
+    errno = 13  # EACCES, for callers that handle it as a PermissionError
+
+
 class TransactionLostError(OperationalError):
     """The open transaction died (leader change, lost connection); nothing of it was
     committed. Retry the whole transaction, not the statement."""
@@ -220,6 +228,7 @@ for _code, _cls in {
     8458: LeadershipLostError,  # legacy LEADERSHIP_LOST
     1001: EngineProtocolError,  # DQLITE_PROTO
     1005: EngineProtocolError,  # DQLITE_PARSE
+    279: AccessDeniedError,  # SQLITE_AUTH_USER: the front's rights (cowsqlpy.rights)
 }.items():
     register(_code, _cls)
 
@@ -248,6 +257,7 @@ __all__ = [
     "EngineProtocolError",
     "ConnectionLostError",
     "ReplyTimeoutError",
+    "AccessDeniedError",
     "NoLeaderError",
     "NotLeaderError",
     "RaftNotLeaderError",

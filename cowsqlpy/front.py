@@ -11,9 +11,13 @@ address; the front accepts on the public address, optionally with mutual TLS
   ROWS included) to keep requests and replies matched and to learn prepared statement ids.
 * a Raft peer: it sends the handshake and then CONNECT (type 11) as its first request; the
   front passes it and becomes a byte pipe. With TLS every peer has shown a certificate
-  the CA signed (and, with ``admin=``, an admin one); without TLS there is nothing to
-  authenticate and CONNECT passes from any admitted address (loopback only, unless
-  ``allow_remote``).
+  the CA signed (and, with ``rights=``, one with `Access.PEER`); without TLS there is
+  nothing to authenticate and CONNECT passes from any admitted address (loopback only,
+  unless ``allow_remote``).
+
+With TLS, ``rights=`` (`cowsqlpy.rights.Rights`) gives each client certificate a level:
+read-only, read-write, admin or peer; the guard refuses what the level does not cover
+with FAILURE 279 (`cowsqlpy.errors.AccessDeniedError` in the client).
 
 Limits (`Limits`): connections in total and per peer address, handshake and idle
 timeouts, request frame size. Without TLS, non-loopback peers are refused unless
@@ -46,13 +50,12 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import protocol as P
 from ._loop import BusyPoll, enable_busy_poll, new_event_loop
 from .guard import FORWARD, HANDSHAKES, PIPE, ConnectionGuard, Refusal, failure_frame
+from .rights import Access, Rights
 from .tls import ClientTLS, TLSConfig, make_server_context
 from .versions import EngineFeatures
 from .wire import connect_abstract
@@ -300,8 +303,7 @@ class _ClientSide(_Link):
             self.closed = True
             return
         self.counted = True
-        admin = self.front._is_admin(transport)
-        self.guard = ConnectionGuard(self.front.features, may_connect=admin, admin=admin)
+        self.guard = ConnectionGuard(self.front.features, access=self.front._access(transport))
 
     def eof_received(self) -> bool | None:
         """The client finished sending: answer what it sent in whole frames, then close."""
@@ -478,15 +480,15 @@ class Front:
     :param tls: mutual TLS with the cluster certificate; None: plain TCP.
     :param limits: connection, time and size bounds.
     :param allow_remote: without TLS, admit peers that are not on loopback.
-    :param admin: with TLS, which client certificates (`ssl.SSLSocket.getpeercert()`
-        dicts) may send admin requests (`guard.ADMIN_REQUESTS`) and CONNECT (Raft): e.g.
-        ``lambda cert: tls.subject_cn(cert) == "node"`` with a CA that signs node and
-        client certificates. None: every certificate the CA signed (go-cowsql's scheme,
-        where nodes and clients share one certificate).
+    :param rights: with TLS, the access level of each client certificate
+        (`cowsqlpy.rights.Rights`, e.g. ``Rights.parse("node=peer,app=write,*=read")``
+        with a CA that signs node and client certificates). None: every certificate the
+        CA signed is a peer (go-cowsql's scheme, where nodes and clients share one
+        certificate).
     :param busy_poll: seconds the front's loop polls instead of sleeping after network
         activity (0: off; see `cowsqlpy.runtime`): saves a thread wake-up per hop at the
         price of CPU.
-    :raises ValueError: bad address or limits, `admin` without TLS; ssl.SSLError/OSError:
+    :raises ValueError: bad address or limits, `rights` without TLS; ssl.SSLError/OSError:
         unusable certificate.
     """
 
@@ -499,14 +501,14 @@ class Front:
         tls: TLSConfig | None = None,
         limits: Limits | None = None,
         allow_remote: bool = False,
-        admin: Callable[[dict[str, Any]], bool] | None = None,
+        rights: Rights | None = None,
         busy_poll: float = 0.0,
     ) -> None:
         self.busy_poll = busy_poll
         self.poller: BusyPoll | None = None
-        if admin is not None and tls is None:
-            raise ValueError("admin= needs tls= (rights come from client certificates)")
-        self.admin = admin
+        if rights is not None and tls is None:
+            raise ValueError("rights= needs tls= (rights come from client certificates)")
+        self.rights = rights
         self._host, self._port = _split_address(address)
         if not engine_address.startswith("@"):
             _split_address(engine_address)
@@ -696,15 +698,14 @@ class Front:
         self.stats.open = len(self._clients)
         return None
 
-    def _is_admin(self, transport: asyncio.BaseTransport) -> bool:
-        if self.admin is None:
-            return True
-        cert = transport.get_extra_info("peercert")
+    def _access(self, transport: asyncio.BaseTransport) -> Access:
+        if self.rights is None:
+            return Access.PEER
         try:
-            return bool(cert) and bool(self.admin(cert))
-        except Exception:  # a failing rights callback grants nothing
-            log.exception("front %s: the admin callback failed", self.address)
-            return False
+            return self.rights.access(transport.get_extra_info("peercert"))
+        except Exception:  # a failing rights map (a subclass's bug) grants nothing
+            log.exception("front %s: the rights map failed", self.address)
+            return Access.NONE
 
     def _forget(self, client: _ClientSide) -> None:
         self._clients.discard(client)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import protocol as P
+from .barrier import BARRIER_DATABASE, BARRIER_SCHEMA, BARRIER_WRITE
+from .rights import Access
 from .sqltext import _TOKEN
 from .versions import EngineFeatures
 
@@ -36,6 +38,9 @@ from .versions import EngineFeatures
 REFUSED: Final = 23
 #: FAILURE code of a body that does not follow its layout: DQLITE_PARSE, as the engine
 MALFORMED: Final = 1005
+#: FAILURE code of a request the connection's certificate has no right to: SQLITE_AUTH_USER
+#: (`cowsqlpy.errors.AccessDeniedError`)
+DENIED: Final = 279
 
 #: the protocol versions a client may start with (§2: current and legacy pre-1.0)
 HANDSHAKES: Final = frozenset({P.PROTOCOL_VERSION, 0x86104DD760433FE5})
@@ -49,8 +54,10 @@ _STMT_TYPES = frozenset({P.EXEC, P.QUERY, P.FINALIZE})
 _FIXED_VALUES = frozenset({P.INTEGER, P.FLOAT, P.NULL, P.BOOLEAN})
 _TEXT_VALUES = frozenset({P.TEXT, P.ISO8601})
 _ENGINE_VFS = frozenset({"", "volatile"})
-#: requests that change the cluster or copy a whole database (`ConnectionGuard(admin=...)`)
+#: requests that change the cluster or copy a whole database (`Access.ADMIN` and up)
 ADMIN_REQUESTS: Final = frozenset({P.ADD, P.ASSIGN, P.REMOVE, P.TRANSFER, P.WEIGHT, P.DUMP})
+#: requests served to every certificate the CA signed (`Access.NONE`): finding the leader
+_NONE_REQUESTS: Final = frozenset({P.LEADER, P.CLIENT})
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,18 @@ def _malformed(name: str, what: str) -> Refusal:
 
 def _refused(what: str) -> Refusal:
     return Refusal(REFUSED, f"refused by the node's guard: {what}")
+
+
+_ACCESS_NAMES = {
+    Access.NONE: "a certificate without rights",
+    Access.READ: "a read-only certificate",
+    Access.WRITE: "a read-write certificate",
+}
+
+
+def _denied(access: Access, what: str) -> Refusal:
+    who = _ACCESS_NAMES.get(access, f"an {access.name.lower()} certificate")
+    return Refusal(DENIED, f"refused by the node's guard for {who}: {what}")
 
 
 # -- SQL ------------------------------------------------------------------------
@@ -168,8 +187,9 @@ def _unquote(kind: str, text: str) -> str:
     return text
 
 
-def _pragma_reason(words: list[tuple[str, str]]) -> str | None:
-    """`words`: the statement's tokens after PRAGMA as (kind, text), comments dropped."""
+def _pragma_parts(words: list[tuple[str, str]]) -> tuple[str | None, bool]:
+    """The name (schema prefix dropped, lower case) and whether an argument follows, of
+    `words`: a statement's tokens after PRAGMA as (kind, text), comments dropped."""
     names = []
     i = 0
     while i < len(words) and words[i][0] in ("word", "quoted"):
@@ -179,10 +199,13 @@ def _pragma_reason(words: list[tuple[str, str]]) -> str | None:
             i += 1
             continue
         break
-    if not names:
+    return (names[-1] if names else None), i < len(words)
+
+
+def _pragma_reason(words: list[tuple[str, str]]) -> str | None:
+    name, has_argument = _pragma_parts(words)
+    if name is None:
         return "PRAGMA without a name"
-    name = names[-1]
-    has_argument = i < len(words)
     if name in PRAGMA_INFO or name in PRAGMA_SET:
         return None
     if name in PRAGMA_READ:
@@ -194,9 +217,8 @@ def _pragma_reason(words: list[tuple[str, str]]) -> str | None:
     return f"PRAGMA {name} is not on the allow-list"
 
 
-@functools.lru_cache(maxsize=2048)
-def check_sql(sql: str, returning_safe: bool) -> str | None:
-    """Why `sql` (every statement of it) is refused, or None if it may run."""
+def _statements(sql: str) -> list[list[tuple[str, str]]]:
+    """The statements of `sql`, each as its (kind, text) tokens, whitespace and comments dropped."""
     statements: list[list[tuple[str, str]]] = [[]]
     for m in _TOKEN.finditer(sql):
         kind = m.lastgroup
@@ -207,7 +229,13 @@ def check_sql(sql: str, returning_safe: bool) -> str | None:
             statements.append([])
             continue
         statements[-1].append((kind, m.group()))
-    for tokens in statements:
+    return statements
+
+
+@functools.lru_cache(maxsize=2048)
+def check_sql(sql: str, returning_safe: bool) -> str | None:
+    """Why `sql` (every statement of it) is refused, or None if it may run."""
+    for tokens in _statements(sql):
         for kind, text in tokens:
             if kind not in ("word", "quoted"):
                 continue
@@ -237,6 +265,95 @@ def check_sql(sql: str, returning_safe: bool) -> str | None:
             reason = _pragma_reason(tokens[index + 1 :])
             if reason is not None:
                 return reason
+    return None
+
+
+# Words that write, or may, wherever they stand in a statement (outside literals, comments
+# and quoted identifiers). REPLACE before "(" is the string function; ROLLBACK may only be
+# a whole statement of its own.
+WRITE_WORDS: Final = frozenset(
+    {
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "REPLACE",
+        "UPSERT",
+        "RETURNING",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "ATTACH",
+        "DETACH",
+        "VACUUM",
+        "REINDEX",
+        "ANALYZE",
+        "PRAGMA",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+    }
+)
+_READ_VERBS = frozenset({"SELECT", "VALUES", "WITH"})
+# Pragmas whose no-argument form writes all the same.
+_PRAGMA_WRITES_BARE = frozenset({"optimize"})
+
+
+def _read_only_statement(tokens: list[tuple[str, str]]) -> str | None:
+    start = 0
+    while (
+        start < len(tokens)
+        and tokens[start][0] == "word"
+        and tokens[start][1].upper() in _TRANSPARENT
+    ):
+        start += 1
+    tokens = tokens[start:]
+    if not tokens:
+        return None
+    kind, first = tokens[0]
+    verb = first.upper() if kind == "word" else first
+    if verb == "ROLLBACK":  # undoes nothing without writes; the drivers send it after scripts
+        rest = [t.upper() for _, t in tokens[1:]]
+        return None if rest in ([], ["TRANSACTION"]) else "ROLLBACK TO may only follow writes"
+    if verb == "PRAGMA":
+        reason = _pragma_reason(tokens[1:])
+        if reason is not None:
+            return reason
+        name, has_argument = _pragma_parts(tokens[1:])
+        if name in PRAGMA_INFO:
+            return None
+        if has_argument:
+            return f"PRAGMA {name} with a value may write"
+        if name in _PRAGMA_WRITES_BARE:
+            return f"PRAGMA {name} writes"
+        return None
+    if verb not in _READ_VERBS:
+        return f"{verb} may write"
+    for i, (kind, text) in enumerate(tokens):
+        if kind != "word":
+            continue
+        word = text.upper()
+        if word in WRITE_WORDS:
+            if word == "REPLACE" and i + 1 < len(tokens) and tokens[i + 1][0] == "open":
+                continue
+            return f"{word} may write"
+    return None
+
+
+@functools.lru_cache(maxsize=2048)
+def read_only_reason(sql: str) -> str | None:
+    """Why `sql` may write (some statement of it), or None if it cannot: the rule for
+    `Access.READ` connections.
+
+    An allow-list: every statement is SELECT, VALUES or WITH ... (EXPLAIN prefixes looked
+    through) with no `WRITE_WORDS` outside literals, comments and quoted identifiers; a
+    PRAGMA in its reading form (information pragmas, or no value); or a bare ROLLBACK.
+    """
+    for tokens in _statements(sql):
+        reason = _read_only_statement(tokens)
+        if reason is not None:
+            return reason
     return None
 
 
@@ -338,17 +455,18 @@ class ConnectionGuard:
     """The rules for one client connection, with the statement ids it prepared.
 
     :param features: the engine version's switches.
-    :param may_connect: this connection may hand itself to Raft with CONNECT (a peer
-        authenticated by TLS, or a permitted address when TLS is off).
-    :param admin: this connection may send the admin requests (`ADMIN_REQUESTS`).
+    :param access: what the connection may do (`cowsqlpy.rights.Access`): PEER may hand
+        itself to Raft with CONNECT (a peer authenticated by TLS, or any admitted address
+        when TLS is off), ADMIN may send `ADMIN_REQUESTS`, READ only SQL that cannot write
+        (`read_only_reason`).
     """
 
-    def __init__(self, features: EngineFeatures, *, may_connect: bool, admin: bool = True) -> None:
+    def __init__(self, features: EngineFeatures, *, access: Access = Access.PEER) -> None:
         self.features = features
-        self.may_connect = may_connect
-        self.admin = admin
+        self.access = access
         self.requests = 0
         self.live: set[int] = set()
+        self.database: str | None = None  # the name of the connection's OPEN
         self._schema1 = features.max_params > P.MAX_PARAMS  # the engine reads params schema 1
 
     def prepared(self, stmt_id: int) -> None:
@@ -370,7 +488,7 @@ class ConnectionGuard:
 
     def _check(self, rtype: int, schema: int, body: bytes, name: str) -> Decision:
         if rtype == P.CONNECT:
-            if not self.may_connect or self.requests != 1:
+            if self.access < Access.PEER or self.requests != 1:
                 return Refusal(
                     REFUSED, "CONNECT is for Raft peers, as their first request", close=True
                 )
@@ -385,8 +503,12 @@ class ConnectionGuard:
             if rtype == P.HEARTBEAT:
                 return _refused("HEARTBEAT is not served to clients")
             return _refused(f"unknown request type {rtype}")
-        if rtype in ADMIN_REQUESTS and not self.admin:
-            return _refused(f"{name} needs an admin certificate")
+        if self.access < Access.WRITE:
+            denied = self._denied(rtype, name)
+            if denied is not None:
+                return denied
+        elif rtype in ADMIN_REQUESTS and self.access < Access.ADMIN:
+            return _denied(self.access, f"{name} needs an admin certificate")
         if schema and not (self._schema1 and (rtype in _PARAM_TYPES or rtype == P.PREPARE)):
             return _malformed(name, f"schema {schema} is not read by this engine for {name}")
         cur = _Body(body, name)
@@ -424,9 +546,34 @@ class ConnectionGuard:
             reason = check_sql(sql, self.features.returning)
             if reason is not None:
                 return _refused(reason)
+            if self.access < Access.WRITE and not self._barrier(sql):
+                reason = read_only_reason(sql)
+                if reason is not None:
+                    return _denied(self.access, reason)
         elif rtype == P.OPEN:
-            return self._check_open(*values)
+            decision = self._check_open(*values)
+            if decision == FORWARD:
+                assert isinstance(values[0], str)
+                self.database = values[0]
+            return decision
         return FORWARD
+
+    def _denied(self, rtype: int, name: str) -> Refusal | None:
+        """Below WRITE: the request types refused whatever their body."""
+        if self.access == Access.NONE and rtype not in _NONE_REQUESTS:
+            return _denied(self.access, f"{name} needs at least read rights")
+        if rtype in ADMIN_REQUESTS:
+            return _denied(self.access, f"{name} needs an admin certificate")
+        if rtype == P.OPEN and self.database is not None:
+            # One database a connection (the engine takes no second OPEN): the barrier's
+            # exception below must not follow the connection to another database.
+            return _denied(self.access, "a second OPEN on this connection")
+        return None
+
+    def _barrier(self, sql: str) -> bool:
+        """The read barrier's own statements in its own database: what makes a READ
+        connection's reads linearizable (`cowsqlpy.barrier`)."""
+        return self.database == BARRIER_DATABASE and sql in (BARRIER_SCHEMA, BARRIER_WRITE)
 
     @staticmethod
     def _check_open(name: int | str, flags: int | str, vfs: int | str) -> Decision:
@@ -452,6 +599,9 @@ def failure_frame(refusal: Refusal) -> bytes:
 __all__ = [
     "REFUSED",
     "MALFORMED",
+    "DENIED",
+    "WRITE_WORDS",
+    "read_only_reason",
     "ADMIN_REQUESTS",
     "HANDSHAKES",
     "FORWARD",

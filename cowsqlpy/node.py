@@ -32,6 +32,7 @@ from .versions import COWSQL, EngineFeatures, describe_engine, features_for
 
 if TYPE_CHECKING:
     from .front import Front, Limits
+    from .rights import Rights
     from .tls import TLSConfig
 
 log = logging.getLogger("cowsqlpy.node")
@@ -224,7 +225,9 @@ class Node:
     """A replicated SQLite node that runs inside this process.
 
     ``tls=`` or ``guard=True`` put the guarded front (`cowsqlpy.front`) on `address` and
-    the engine on an abstract socket of this process (docs/security.md).
+    the engine on an abstract socket of this process (docs/security.md); with ``tls=``,
+    ``rights=`` (`cowsqlpy.rights.Rights`) gives client certificates read-only,
+    read-write or admin rights (the node's own certificate must be a peer).
 
     Options can be changed until `start()`; afterwards they raise
     `NodeStateError`. After `stop()`, `start()` runs the node again on the same
@@ -254,6 +257,7 @@ class Node:
         guard: bool = False,
         front_limits: Limits | None = None,
         allow_remote: bool = False,
+        rights: Rights | None = None,
     ) -> None:
         self._id = _check_id(id)
         self._address = _resolve_port_zero(_check_address(address))
@@ -273,6 +277,7 @@ class Node:
         self._guard = guard or tls is not None
         self._front_limits = front_limits
         self._allow_remote = allow_remote
+        self._rights = rights
         self._front: Front | None = None
         self.dial_calls = 0
         """How many Raft connections the engine asked `dial` for."""
@@ -287,6 +292,8 @@ class Node:
         self.block_size = block_size
         self.auto_recovery = auto_recovery
         self.role_management = role_management
+        if rights is not None and tls is None:
+            raise ValueError("rights= needs tls= (rights come from client certificates)")
         if self._guard and bind_address is not None:
             raise ValueError("bind_address cannot be set with tls= or guard=: the front takes the public "
                              "address and the engine an internal one")
@@ -586,7 +593,7 @@ class Node:
 
         internal = f"@cowsqlpy-{os.getpid()}-{self._id:x}-{secrets.token_hex(4)}"
         front = Front(self._address, internal, engine_features(), tls=self._tls, limits=self._front_limits,
-                      allow_remote=self._allow_remote)
+                      allow_remote=self._allow_remote, rights=self._rights)
         front.start()  # raises OSError when the public address is taken
         self._front = front
 

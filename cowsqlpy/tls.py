@@ -22,7 +22,7 @@ import ipaddress
 import os
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +75,8 @@ def dns_names(cert: str | os.PathLike[str]) -> list[str]:
     return list(san.get_values_for_type(x509.DNSName))
 
 
-def subject_cn(peercert: dict[str, Any]) -> str | None:
-    """The subject common name of a `getpeercert()` dict (for `Front(admin=...)`)."""
+def subject_cn(peercert: Mapping[str, Any]) -> str | None:
+    """The subject common name of a `getpeercert()` dict (what `cowsqlpy.rights.Rights` keys on)."""
     for rdn in peercert.get("subject", ()):
         for key, value in rdn:
             if key == "commonName":
@@ -237,4 +237,5 @@ __all__ = [
     "make_client_context",
     "make_cert",
     "dns_names",
+    "subject_cn",
 ]

@@ -24,6 +24,7 @@ from ..node import (
 )
 from ..protocol import SPARE, VOTER, NodeInfo
 from ..retry import DEFAULT_POLICY, RetryPolicy, retrying
+from ..rights import Rights
 from ..store import SqliteNodeStore
 from ..tls import TLSConfig, client_tls
 from .files import STATE_FILE, Identity, check_foreign_dir
@@ -86,6 +87,8 @@ class App:
         App's own requests.
     :param dial: how the engine dials its Raft peers (see `Node`); e.g. a
         `cowsqlpy.testing.FaultProxy`.
+    :param tls, guard, rights: as `Node` (docs/security.md); with ``rights=`` the App's
+        own certificate must be a peer (it dials Raft and changes roles with it).
 
     :raises NodeIdentityError: restart with another address, a data dir made by
         something else, or (`ClusterMismatchError`) by a node of another cluster.
@@ -109,6 +112,7 @@ class App:
         dial: DialFunc | None = None,
         tls: TLSConfig | None = None,
         guard: bool = False,
+        rights: Rights | None = None,
     ) -> None:
         if isinstance(voters, bool) or not isinstance(voters, int) or voters < 1 or voters % 2 == 0:
             raise ValueError(f"voters must be a positive odd number, got {voters!r}")
@@ -165,6 +169,7 @@ class App:
                     dial=dial,
                     tls=tls,
                     guard=guard,
+                    rights=rights,
                 )
                 self._node.start()
             except BaseException:

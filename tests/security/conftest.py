@@ -12,6 +12,7 @@ import pytest
 import cowsqlpy
 from cowsqlpy.front import Front, Limits
 from cowsqlpy.node import engine_features
+from cowsqlpy.rights import Rights
 from cowsqlpy.testing import wait_for
 from cowsqlpy.tls import TLSConfig, make_cert
 from tests import rawwire
@@ -37,6 +38,7 @@ class GuardedNode:
         limits: Limits | None = None,
         tls: TLSConfig | None = None,
         busy_poll: float = 0.0,
+        rights: Rights | None = None,
     ) -> None:
         self.engine_address = f"127.0.0.1:{_free_port()}"
         self.front = Front(
@@ -46,6 +48,7 @@ class GuardedNode:
             limits=limits,
             tls=tls,
             busy_poll=busy_poll,
+            rights=rights,
         )
         self.front.start()
         self.address = self.front.address

@@ -23,6 +23,7 @@ from cowsqlpy.guard import (
     Refusal,
     check_sql,
 )
+from cowsqlpy.rights import Access
 from cowsqlpy.versions import COWSQL_1_15, DQLITE_1_11
 
 FEATURES = [DQLITE_1_11, COWSQL_1_15]
@@ -122,7 +123,7 @@ def test_returning_follows_the_version_table() -> None:
     assert check_sql(sql, False) is not None
     assert check_sql(sql, True) is None
     for features in FEATURES:
-        guard = ConnectionGuard(features, may_connect=False)
+        guard = ConnectionGuard(features, access=Access.ADMIN)
         verdict = _check(guard, codec.encode_request(P.EXEC_SQL, 0, sql))
         assert (verdict == FORWARD) == features.returning
 
@@ -143,7 +144,7 @@ def _check(guard: ConnectionGuard, data: bytes) -> object:
 
 @pytest.mark.parametrize("features", FEATURES, ids=lambda f: f.name)
 def test_every_request_the_client_encodes_passes(features: object) -> None:
-    guard = ConnectionGuard(features, may_connect=False)  # type: ignore[arg-type]
+    guard = ConnectionGuard(features, access=Access.ADMIN)  # type: ignore[arg-type]
     guard.prepared(3)
     for data in [
         codec.encode_request(P.LEADER),
@@ -167,7 +168,7 @@ def test_a_body_cut_short_is_malformed(rtype: int, cut: int) -> None:
     values = [f.allowed[0] if f.allowed else args[f.kind] for f in layout.fields]
     data = codec.encode_request(rtype, *values)
     body = data[8:][: max(0, len(data) - 8 - cut * 8)]
-    verdict = ConnectionGuard(COWSQL_1_15, may_connect=False).check(rtype, 0, body)
+    verdict = ConnectionGuard(COWSQL_1_15, access=Access.ADMIN).check(rtype, 0, body)
     assert isinstance(verdict, Refusal) and verdict.code in (MALFORMED, REFUSED)
 
 
@@ -175,10 +176,10 @@ def test_connect_only_first_and_only_for_peers() -> None:
     connect = (
         (11).to_bytes(8, "little")[:0] + (7).to_bytes(8, "little") + b"127.0.0.1:1\0" + bytes(4)
     )
-    assert ConnectionGuard(COWSQL_1_15, may_connect=True).check(P.CONNECT, 0, connect) == PIPE
-    refused = ConnectionGuard(COWSQL_1_15, may_connect=False).check(P.CONNECT, 0, connect)
+    assert ConnectionGuard(COWSQL_1_15, access=Access.PEER).check(P.CONNECT, 0, connect) == PIPE
+    refused = ConnectionGuard(COWSQL_1_15, access=Access.ADMIN).check(P.CONNECT, 0, connect)
     assert isinstance(refused, Refusal) and refused.close
-    guard = ConnectionGuard(COWSQL_1_15, may_connect=True)
+    guard = ConnectionGuard(COWSQL_1_15, access=Access.PEER)
     guard.check(P.LEADER, 0, bytes(8))
     late = guard.check(P.CONNECT, 0, connect)
     assert isinstance(late, Refusal) and late.close
@@ -186,7 +187,7 @@ def test_connect_only_first_and_only_for_peers() -> None:
 
 def test_params_over_the_engines_limit_are_refused() -> None:
     small = dataclasses.replace(COWSQL_1_15, max_params=2)
-    guard = ConnectionGuard(small, may_connect=False)
+    guard = ConnectionGuard(small, access=Access.ADMIN)
     guard.prepared(0)
     verdict = _check(guard, codec.encode_request(P.EXEC, 0, 0, [1, 2, 3]))
     assert isinstance(verdict, Refusal) and verdict.code == MALFORMED
