@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from .client import LeaderTracker, Session
 from .errors import ConnectionLostError, LeadershipLostError, NoDatabaseError, NotLeaderError
 from .retry import RetryPolicy, retrying
+
+if TYPE_CHECKING:
+    from .watchdog import StallWatchdog
 
 log = logging.getLogger("cowsqlpy.barrier")
 
@@ -37,9 +41,10 @@ _GONE = (NotLeaderError, ConnectionLostError, NoDatabaseError, LeadershipLostErr
 class ReadBarrier:
     """Batched read barriers for one cluster, seen from one event loop."""
 
-    def __init__(self, tracker: LeaderTracker, policy: RetryPolicy) -> None:
+    def __init__(self, tracker: LeaderTracker, policy: RetryPolicy, watchdog: StallWatchdog | None = None) -> None:
         self.tracker = tracker
         self.policy = policy
+        self.watchdog = watchdog  # abandons a barrier stuck on a frozen leader
         self.rounds = 0  # barriers committed (tests, metrics)
         self._session: Session | None = None
         self._running: asyncio.Future[str] | None = None  # the round in flight
@@ -85,6 +90,8 @@ class ReadBarrier:
                 session.close()
                 raise
             self._session = session
+        if self.watchdog is not None:
+            self.watchdog.watch(session)
         try:
             await session.exec_sql(BARRIER_WRITE)
         except ConnectionLostError as exc:
@@ -94,7 +101,15 @@ class ReadBarrier:
         except _GONE:
             await self._reconnect()
             raise
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.unwatch(session)
         return session.address
+
+    def drop_node(self, address: str) -> None:
+        """Another node leads: the next barrier must not go to `address`."""
+        if self._session is not None and self._session.address == address:
+            self.close()
 
     async def _reconnect(self) -> None:
         if self._session is not None:

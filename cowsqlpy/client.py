@@ -279,6 +279,47 @@ async def find_leader(
     raise NoLeaderError(f"no available leader among {[n.address for n in nodes]}" + (f" ({detail})" if detail else ""))
 
 
+async def claimed_leader(
+    addresses: Iterable[str], policy: RetryPolicy = DEFAULT_POLICY, *, exclude: str, timeout: float,
+    tls: ClientTLS | None = None,
+) -> str | None:
+    """The address of a node that answers, itself, that it leads: every node of
+    `addresses` is asked at once, and a node named as leader by another is asked too
+    (a follower's word is no evidence: its reply carries no term). `exclude` is never
+    asked (the node whose leadership is in question). None when no node claims it
+    within `timeout`."""
+    asked = {exclude}
+    probes: list[asyncio.Future[tuple[WireConnection | None, str]]] = []
+
+    def ask(address: str) -> None:
+        if address and address not in asked:
+            asked.add(address)
+            probes.append(asyncio.ensure_future(_probe(address, policy, tls)))
+
+    for address in addresses:
+        ask(address)
+    try:
+        async with asyncio.timeout(timeout):
+            while pending := [p for p in probes if not p.done()]:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for probe in [p for p in probes if p.done()]:
+                    if probe.exception() is not None:
+                        continue
+                    conn, leader_address = probe.result()
+                    if conn is not None:
+                        return conn.address
+                    ask(leader_address)
+    except TimeoutError:
+        pass
+    finally:
+        for probe in probes:
+            if not probe.done():
+                probe.cancel()  # a cancelled probe closes its own connection
+            elif not probe.cancelled() and probe.exception() is None and (conn := probe.result()[0]) is not None:
+                conn.close()
+    return None
+
+
 #: How long a node whose connection just dropped gets to answer a fresh one before it
 #: counts as gone (`node_gone`).
 GONE_CHECK_TIMEOUT = 1.0

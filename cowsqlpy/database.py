@@ -55,6 +55,7 @@ from .errors import (
 from .retry import RetryPolicy, retrying
 from .store import NodeStore
 from .tls import ClientTLS, TLSConfig
+from .watchdog import StallWatchdog
 
 log = logging.getLogger("cowsqlpy.database")
 
@@ -141,7 +142,9 @@ class Database:
         self.policy = policy
         self.group_commit = group_commit
         self.tracker = LeaderTracker(store, policy, tls)  # tls: mutual TLS to every node
-        self.barrier = ReadBarrier(self.tracker, policy)
+        # sessions carrying writes: abandoned when their node froze and another leads
+        self.watchdog = StallWatchdog(self.tracker, policy, on_abandon=self._drop_node)
+        self.barrier = ReadBarrier(self.tracker, policy, self.watchdog)
         self.write_lock = asyncio.Lock()
         self._idle: list[Session] = []
         self._committer: GroupCommitter[_Write] = GroupCommitter(self._commit_locked, max_items=MAX_BATCH)
@@ -154,8 +157,18 @@ class Database:
 
     # -- sessions ---------------------------------------------------------------
 
-    async def acquire(self) -> Session:
-        """A session to the leader with this database open (retried across leader changes)."""
+    async def acquire(self, *, write: bool = False) -> Session:
+        """A session to the leader with this database open (retried across leader changes).
+
+        `write`: it will carry writes (or a transaction): the stall watchdog abandons it
+        if its node stops answering while another node leads (`cowsqlpy.watchdog`).
+        """
+        session = await self._acquire()
+        if write:
+            self.watchdog.watch(session)
+        return session
+
+    async def _acquire(self) -> Session:
         while self._idle:
             session = self._idle.pop()
             if session.closed:
@@ -179,6 +192,7 @@ class Database:
 
     def release(self, session: Session, error: BaseException | None = None) -> None:
         """Give a session back; one that failed with a leader/connection error is dropped."""
+        self.watchdog.unwatch(session)
         if session.closed or isinstance(error, SESSION_GONE):
             session.close()
             if error is not None:
@@ -203,6 +217,13 @@ class Database:
     async def _forget_leader(self) -> None:
         self._drop_idle()
 
+    def _drop_node(self, address: str) -> None:
+        """The watchdog abandoned `address` (another node leads): pool nothing of it."""
+        for session in [s for s in self._idle if s.address == address]:
+            session.close()
+            self._idle.remove(session)
+        self.barrier.drop_node(address)
+
     def _drop_idle(self) -> None:
         self.tracker.forget()
         for session in self._idle:
@@ -212,6 +233,7 @@ class Database:
     async def close(self) -> None:
         self._drop_idle()
         self.barrier.close()
+        self.watchdog.close()
 
     # -- reads ------------------------------------------------------------------
 
@@ -272,7 +294,7 @@ class Database:
             return await retrying(lambda: self._exec_once(sql, params), self.policy, on_reconnect=self._forget_leader, what="exec")
 
     async def _exec_once(self, sql: str, params: Sequence[Any]) -> tuple[int, int]:
-        session = await self.acquire()
+        session = await self.acquire(write=True)
         try:
             result = await session.exec_sql(sql, params)
         except ConnectionLostError as exc:
@@ -318,7 +340,7 @@ class Database:
         (`_resolve`). Where nothing can say what happened, the caller gets
         `OutcomeUnknownError`, never a false acknowledgement.
         """
-        session = await self.acquire()
+        session = await self.acquire(write=True)
         try:
             await self._ensure_markers(session)
         except BaseException as exc:
@@ -466,7 +488,7 @@ class Database:
         """
 
         async def attempt() -> bool | None:
-            session = await self.acquire()
+            session = await self.acquire(write=True)
             try:
                 try:
                     await session.exec_sql(MARKER_PROBE, (self._client_id,))
@@ -524,7 +546,7 @@ class Database:
         """Run every statement of `sql` (EXEC_SQL). Never retried once sent: the engine
         commits statement by statement, so a failure part-way leaves the outcome unknown."""
         async with self.write_lock:
-            session = await self.acquire()
+            session = await self.acquire(write=True)
             try:
                 result = await session.exec_sql(sql)
             except SESSION_GONE as exc:
@@ -576,7 +598,7 @@ class Database:
 
             async def attempt() -> tuple[Session, list[tuple[Any, ...]]]:
                 barrier_node = await self.read_barrier() if linearizable else None
-                session = await self.acquire()
+                session = await self.acquire(write=True)
                 if barrier_node is not None and session.address != barrier_node:
                     self.release(session)
                     raise NotLeaderError(f"the leader moved from {barrier_node} after the read barrier")
@@ -662,7 +684,7 @@ class Database:
         :raises OutcomeUnknownError: the reply was lost and no leader could tell.
         """
         async with self.write_lock:
-            session = await self.acquire()
+            session = await self.acquire(write=True)
             try:
                 await self._ensure_markers(session)  # for the probe of a lost reply
                 stmt = await session.cached_statement(sql)

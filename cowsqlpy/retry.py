@@ -30,6 +30,10 @@ class RetryPolicy:
     # first delay after SQLITE_BUSY: another process's write transaction holds the
     # lock for a millisecond or two, so poll soon (as SQLite's own busy handler does)
     busy_backoff: float = 0.001
+    # how long a write may wait for its reply before the other nodes are asked whether
+    # one of them now leads (None: never ask; it waits `attempt_timeout`): see
+    # cowsqlpy.watchdog, which also says why 0.25 s
+    stall_grace: float | None = 0.25
 
     def delay(self, attempt: int, busy: bool = False) -> float:
         """Back-off before try `attempt` + 1 (attempt counts from 1), with jitter;

@@ -120,6 +120,7 @@ class WireConnection(asyncio.Protocol):
         self._closed_exc: BaseException | None = None
         self._paused = False
         self._loop = asyncio.get_running_loop()
+        self._progress_at = 0.0  # loop time of the last frame received, or of a send to an idle connection
 
     # -- set-up ---------------------------------------------------------------
 
@@ -160,6 +161,7 @@ class WireConnection(asyncio.Protocol):
     # -- I/O callbacks ----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        self._progress_at = self._loop.time()
         if (poller := busy_poll_of(self._loop)) is not None:
             poller.touch()
         self._reader.feed(data)
@@ -230,6 +232,8 @@ class WireConnection(asyncio.Protocol):
             raise ConnectionLostError(f"connection to {self.address} is closed") from self._closed_exc
         data = codec.encode_request(rtype, *args)  # refuses what the engine must not receive
         waiter = _Waiter(rtype, self._loop, stream, fmt)
+        if not self._waiters:
+            self._progress_at = self._loop.time()
         self._waiters.append(waiter)
         assert self._transport is not None
         if _TRACE:
@@ -353,9 +357,17 @@ class WireConnection(asyncio.Protocol):
             self._paused = False
             self._transport.resume_reading()
 
-    def close(self) -> None:
+    def stalled_for(self) -> float:
+        """Seconds a reply has been owed with nothing received from the node meanwhile
+        (0 when none is owed, or while we stopped reading a stream ourselves)."""
+        if not self._waiters or self._paused or self._closed_exc is not None:
+            return 0.0
+        return self._loop.time() - self._progress_at
+
+    def close(self, error: ConnectionLostError | None = None) -> None:
+        """Close; every reply still owed fails with `error` (default: closed by the client)."""
         if self._closed_exc is None:
-            self._fail(ConnectionLostError(f"connection to {self.address} closed by the client"))
+            self._fail(error or ConnectionLostError(f"connection to {self.address} closed by the client"))
 
     def __repr__(self) -> str:
         return f"<WireConnection {self.address} {'closed' if self.closed else 'open'}>"
