@@ -129,56 +129,12 @@ def client_tls(tls: TLSConfig | ClientTLS | None) -> ClientTLS | None:
 # -- Certificates ---------------------------------------------------------------
 
 
-def make_cert(
-    out_dir: str | os.PathLike[str],
-    *,
-    names: Sequence[str] = (DEFAULT_NAME, "localhost"),
-    ips: Sequence[str] = ("127.0.0.1", "::1"),
-    days: int = 3650,
-) -> TLSConfig:
-    """Write a self-signed cluster certificate (``cluster.crt``) and its key
-    (``cluster.key``, mode 0600) to `out_dir`; the first of `names` is what clients
-    check. Returns the `TLSConfig` for them.
+def _write_pair(cert_path: str, key_path: str, cert: Any, key: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
 
-    :raises FileExistsError: either file exists already (never overwritten).
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    if not names:
-        raise ValueError("a cluster certificate needs at least one DNS name")
-    os.makedirs(out_dir, exist_ok=True)
-    cert_path = os.path.join(out_dir, "cluster.crt")
-    key_path = os.path.join(out_dir, "cluster.key")
     for path in (cert_path, key_path):
         if os.path.exists(path):
             raise FileExistsError(17, "refusing to overwrite", path)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.UTC)
-    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
-    alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        # It is its own CA: every node and client trusts exactly this certificate.
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(
@@ -190,14 +146,142 @@ def make_cert(
         )
     with open(cert_path, "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return TLSConfig(cert_path, key_path)
+
+
+def _builder(cn: str, days: int) -> tuple[Any, Any]:
+    """A certificate builder with subject CN `cn` and validity set; and that subject."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return subject, (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+
+
+def make_ca(
+    out_dir: str | os.PathLike[str], *, name: str = "cowsql CA", days: int = 3650
+) -> TLSConfig:
+    """Write a CA certificate (``ca.crt``) and its key (``ca.key``, mode 0600) to
+    `out_dir`, to sign node and client certificates with (`make_cert(ca=...)`); the
+    returned `TLSConfig` names them. Keep ``ca.key`` off the nodes.
+
+    :raises FileExistsError: either file exists already (never overwritten).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    os.makedirs(out_dir, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject, builder = _builder(name, days)
+    cert = (
+        builder.issuer_name(subject)
+        .public_key(key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        .sign(key, hashes.SHA256())
+    )
+    paths = os.path.join(out_dir, "ca.crt"), os.path.join(out_dir, "ca.key")
+    _write_pair(*paths, cert, key)
+    return TLSConfig(*paths)
+
+
+def make_cert(
+    out_dir: str | os.PathLike[str],
+    *,
+    names: Sequence[str] = (DEFAULT_NAME, "localhost"),
+    ips: Sequence[str] = ("127.0.0.1", "::1"),
+    days: int = 3650,
+    ca: TLSConfig | None = None,
+    cn: str | None = None,
+) -> TLSConfig:
+    """Write a certificate and its key (mode 0600) to `out_dir`; the first of `names` is
+    what clients check. Returns the `TLSConfig` for them.
+
+    Without `ca`: the self-signed cluster certificate of go-cowsql's scheme, its own CA
+    (``cluster.crt``, ``cluster.key``). With `ca` (`make_ca`'s config: its ``cert`` and
+    ``key``): a certificate that CA signs, with subject CN `cn` (what
+    `cowsqlpy.rights.Rights` keys on), as ``<cn>.crt`` and ``<cn>.key``; the config's
+    ``ca`` is the CA's certificate.
+
+    :raises FileExistsError: either file exists already (never overwritten).
+    :raises ValueError: no DNS name; `cn` without `ca` or the other way round.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    if not names:
+        raise ValueError("a certificate needs at least one DNS name (clients check the first)")
+    if (ca is None) != (cn is None):
+        raise ValueError("a certificate signed by a CA needs a cn, and a cn needs the ca")
+    if cn is not None and (not cn or "/" in cn or cn.startswith(".")):
+        raise ValueError(f"cn {cn!r} cannot name a file")
+    os.makedirs(out_dir, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alt += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    subject, builder = _builder(cn or names[0], days)
+    builder = builder.public_key(key.public_key())
+    if ca is None:
+        # Its own CA: every node and client trusts exactly this certificate.
+        signer: Any = key
+        builder = builder.issuer_name(subject).add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )
+    else:
+        with open(ca.cert, "rb") as f:
+            issuer = x509.load_pem_x509_certificate(f.read())
+        with open(ca.key, "rb") as f:
+            signer = serialization.load_pem_private_key(f.read(), password=None)
+        builder = builder.issuer_name(issuer.subject).add_extension(
+            x509.BasicConstraints(ca=False, path_length=None), critical=True
+        )
+    cert = (
+        builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .sign(signer, hashes.SHA256())
+    )
+    base = cn or "cluster"
+    cert_path = os.path.join(out_dir, f"{base}.crt")
+    key_path = os.path.join(out_dir, f"{base}.key")
+    _write_pair(cert_path, key_path, cert, key)
+    return TLSConfig(cert_path, key_path, ca=None if ca is None else ca.cert)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cowsqlpy.tls")
     sub = parser.add_subparsers(dest="command", required=True)
-    mk = sub.add_parser("make-cert", help="write a self-signed cluster certificate and key")
-    mk.add_argument("--out", required=True, help="directory for cluster.crt and cluster.key")
+    mk = sub.add_parser(
+        "make-cert",
+        help="write a self-signed cluster certificate and key, or (--ca --cn) one a CA signs",
+    )
+    mk.add_argument("--out", required=True, help="directory for the .crt and .key")
     mk.add_argument(
         "--name",
         action="append",
@@ -211,16 +295,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="IP address (repeatable; default 127.0.0.1, ::1)",
     )
     mk.add_argument("--days", type=int, default=3650)
+    mk.add_argument(
+        "--ca", metavar="DIR", help="sign with the CA make-ca wrote to DIR (ca.crt, ca.key)"
+    )
+    mk.add_argument(
+        "--cn", help="subject CN with --ca (what --rights keys on); files CN.crt, CN.key"
+    )
+    mkca = sub.add_parser(
+        "make-ca", help="write a CA (ca.crt, ca.key) to sign node and client certificates"
+    )
+    mkca.add_argument("--out", required=True, help="directory for ca.crt and ca.key")
+    mkca.add_argument("--name", default="cowsql CA", help="the CA's subject CN")
+    mkca.add_argument("--days", type=int, default=3650)
     args = parser.parse_args(argv)
     try:
-        config = make_cert(
-            args.out,
-            names=args.name or (DEFAULT_NAME, "localhost"),
-            ips=args.ip or ("127.0.0.1", "::1"),
-            days=args.days,
-        )
+        if args.command == "make-ca":
+            config = make_ca(args.out, name=args.name, days=args.days)
+        else:
+            ca = None
+            if args.ca:
+                ca = TLSConfig(os.path.join(args.ca, "ca.crt"), os.path.join(args.ca, "ca.key"))
+            config = make_cert(
+                args.out,
+                names=args.name or (DEFAULT_NAME, "localhost"),
+                ips=args.ip or ("127.0.0.1", "::1"),
+                days=args.days,
+                ca=ca,
+                cn=args.cn,
+            )
     except (OSError, ValueError) as exc:
-        print(f"make-cert: {exc}", file=sys.stderr)
+        print(f"{args.command}: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {config.cert} and {config.key}")
     return 0
@@ -236,6 +340,7 @@ __all__ = [
     "make_server_context",
     "make_client_context",
     "make_cert",
+    "make_ca",
     "dns_names",
     "subject_cn",
 ]

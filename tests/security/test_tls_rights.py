@@ -228,3 +228,27 @@ def test_policy_refusals_stay_policy_refusals(node: GuardedNode, pki: dict[str, 
         raw.call(frame(P.OPEN, text("r") + u64(0) + text("volatile")))
         reply = raw.call(frame(P.EXEC_SQL, u64(0) + text("ATTACH 'x' AS y")))
         assert reply is not None and reply[0] == P.FAILURE and reply[1].code == 23  # type: ignore[attr-defined]
+
+
+def test_the_cert_tool_makes_a_ca_and_certificates_it_signs(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from cowsqlpy.tls import main, make_cert, subject_cn
+
+    assert main(["make-ca", "--out", str(tmp_path / "ca")]) == 0
+    assert (
+        main(["make-cert", "--out", str(tmp_path), "--ca", str(tmp_path / "ca"), "--cn", "app"])
+        == 0
+    )
+    assert (
+        main(["make-cert", "--out", str(tmp_path), "--ca", str(tmp_path / "ca"), "--cn", "app"])
+        == 1
+    )
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.crt").read_bytes())
+    app = x509.load_pem_x509_certificate((tmp_path / "app.crt").read_bytes())
+    app.verify_directly_issued_by(ca)
+    assert (tmp_path / "app.key").stat().st_mode & 0o777 == 0o600
+    assert app.subject.rfc4514_string() == "CN=app"
+    assert subject_cn({"subject": ((("commonName", "app"),),)}) == "app"
+    with pytest.raises(ValueError):
+        make_cert(tmp_path / "x", cn="app")  # a CN needs the CA
