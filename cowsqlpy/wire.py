@@ -120,6 +120,7 @@ class WireConnection(asyncio.Protocol):
         self._closed_exc: BaseException | None = None
         self._paused = False
         self._loop = asyncio.get_running_loop()
+        self._outbox: list[bytes] = []  # requests written at the next `_flush`
         self._progress_at = 0.0  # loop time of the last frame received, or of a send to an idle connection
 
     # -- set-up ---------------------------------------------------------------
@@ -238,10 +239,25 @@ class WireConnection(asyncio.Protocol):
         assert self._transport is not None
         if _TRACE:
             log.debug("%s -> %s %r", self.address, protocol.REQUEST_NAMES.get(rtype, rtype), args)
-        self._transport.write(data)
+        if not self._outbox:
+            self._loop.call_soon(self._flush)
+        self._outbox.append(data)
+        return waiter
+
+    def _flush(self) -> None:
+        """Write every request queued since the last flush in one send.
+
+        A send on loopback TCP runs the receiver's TCP path inside the system call
+        (30 % of the loop thread's CPU with 32 connections): the requests a loop
+        iteration pipelines on one connection (a group commit's BEGIN, statements
+        and COMMIT; executemany's window) go out together, one iteration later.
+        """
+        out, self._outbox = self._outbox, []
+        if self._closed_exc is not None or self._transport is None:
+            return  # their waiters have failed already
+        self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         if (poller := busy_poll_of(self._loop)) is not None:
             poller.touch()  # the reply may be back within microseconds: poll for it
-        return waiter
 
     def _decode(self, waiter: _Waiter, frame: tuple[int, bytes]) -> Any:
         ftype, body = frame

@@ -1,0 +1,198 @@
+"""Where the async driver's time goes against the sync driver's (diagnostic for issue 17).
+
+    .venv/bin/python bench/probe_aio_split.py [--rounds 6] [--ops 400] [--workers 1]
+        [--kind write|read] [--profile DIR]
+
+One 3-node cluster (nodes in child processes). Each round runs `--ops` operations a
+worker on each driver, the two alternating (sync first in even rounds): autocommit
+INSERTs (``write``) or point SELECTs (``read``), the bench_sqlalchemy driver cells'
+statements. Per operation: wall time, and CPU of this process (every thread: the sync
+driver's caller threads and its loop thread; the async driver's one loop), so a
+difference in CPU is the client's own; the nodes' CPU (all three processes) is
+printed beside it; the rest is waiting (Raft, the CPU scheduler). Medians of the rounds. `--profile DIR` writes one cProfile dump a side
+(the last round; the sync side profiles its loop thread, where the driver runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import itertools
+import os
+import random
+import resource
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cowsqlpy  # noqa: E402
+import cowsqlpy.aio  # noqa: E402
+from cowsqlpy.testing import Cluster  # noqa: E402
+
+INSERT = "INSERT INTO kv (k, v) VALUES (?, ?)"
+POINT = "SELECT v FROM kv WHERE k = ?"
+KEYS = 2_000
+_ranges = itertools.count(1)
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def nodes_cpu(pids: list[int]) -> float:
+    """CPU seconds the node processes used so far (/proc/PID/stat utime + stime)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def statement(kind: str, rng: random.Random, n: int) -> tuple[str, tuple[Any, ...]]:
+    if kind == "write":
+        return INSERT, (n, "x" * 100)
+    return POINT, (rng.randrange(KEYS),)
+
+
+def sync_side(
+    addresses: list[str], args: argparse.Namespace, profile: cProfile.Profile | None
+) -> tuple[float, float]:
+    conns = [
+        cowsqlpy.connect(addresses, database="probe", autocommit=True) for _ in range(args.workers)
+    ]
+    for c in conns:
+        c.execute(POINT, (0,)).fetchall()
+    if profile is not None:  # the driver's work happens on the loop thread
+        cowsqlpy.dbapi.run_sync(_enable(profile))
+    start = threading.Barrier(args.workers + 1)
+
+    def work(w: int) -> None:
+        cur, rng, n = conns[w].cursor(), random.Random(w), next(_ranges) * 10_000_000
+        start.wait()
+        for i in range(args.ops):
+            sql, params = statement(args.kind, rng, n + i)
+            cur.execute(sql, params)
+            if args.kind == "read":
+                cur.fetchone()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(args.workers)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0, c0 = time.perf_counter(), cpu()
+    for t in threads:
+        t.join()
+    wall, used = time.perf_counter() - t0, cpu() - c0
+    if profile is not None:
+        cowsqlpy.dbapi.run_sync(_disable(profile))
+    for c in conns:
+        c.close()
+    return wall, used
+
+
+async def _enable(profile: cProfile.Profile) -> None:
+    profile.enable()
+
+
+async def _disable(profile: cProfile.Profile) -> None:
+    profile.disable()
+
+
+async def async_side(
+    addresses: list[str], args: argparse.Namespace, profile: cProfile.Profile | None
+) -> tuple[float, float]:
+    conns = [
+        await cowsqlpy.aio.connect(addresses, database="probe", autocommit=True)
+        for _ in range(args.workers)
+    ]
+    for c in conns:
+        await (await c.execute(POINT, (0,))).fetchall()
+
+    async def work(w: int) -> None:
+        cur, rng, n = conns[w].cursor(), random.Random(w), next(_ranges) * 10_000_000
+        for i in range(args.ops):
+            sql, params = statement(args.kind, rng, n + i)
+            await cur.execute(sql, params)
+            if args.kind == "read":
+                await cur.fetchone()
+
+    if profile is not None:
+        profile.enable()
+    t0, c0 = time.perf_counter(), cpu()
+    await asyncio.gather(*(work(w) for w in range(args.workers)))
+    wall, used = time.perf_counter() - t0, cpu() - c0
+    if profile is not None:
+        profile.disable()
+    for c in conns:
+        await c.close()
+    return wall, used
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--ops", type=int, default=400, help="operations a worker a round")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--kind", choices=("write", "read"), default="write")
+    parser.add_argument("--profile", type=Path, help="a directory for one cProfile dump a side")
+    args = parser.parse_args()
+    with Cluster(3, processes=True) as cluster:
+        addresses = cluster.addresses
+        setup = cowsqlpy.connect(addresses, database="probe", autocommit=True)
+        setup.execute("CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v TEXT)")
+        setup.executemany(
+            "INSERT OR IGNORE INTO kv (k, v) VALUES (?, ?)", [(k, "x" * 100) for k in range(KEYS)]
+        )
+        setup.close()
+        sides: dict[str, Callable[[cProfile.Profile | None], tuple[float, float]]] = {
+            "sync": lambda p: sync_side(addresses, args, p),
+            "async": lambda p: uvloop.run(async_side(addresses, args, p)),
+        }
+        pids = [pid for i in range(3) if (pid := cluster.pid(i)) is not None]
+        results: dict[str, list[tuple[float, float]]] = {"sync": [], "async": []}
+        node_cpu: dict[str, list[float]] = {"sync": [], "async": []}
+        total = args.ops * args.workers
+        for r in range(args.rounds):
+            for side in ("sync", "async") if r % 2 == 0 else ("async", "sync"):
+                profile = cProfile.Profile() if args.profile and r == args.rounds - 1 else None
+                before = nodes_cpu(pids)
+                wall, used = sides[side](profile)
+                node_cpu[side].append((nodes_cpu(pids) - before) / total * 1e6)
+                results[side].append((wall / total * 1e6, used / total * 1e6))
+                if profile is not None:
+                    args.profile.mkdir(parents=True, exist_ok=True)
+                    profile.dump_stats(args.profile / f"{side}.prof")
+        print(
+            f"{args.kind} x{args.workers}, {args.ops} ops a worker, {args.rounds} rounds; us per op, medians"
+        )
+        for side, rows in results.items():
+            walls, cpus = [w for w, _ in rows], [c for _, c in rows]
+            print(
+                f"  {side:>5}: wall {statistics.median(walls):8.1f}  cpu {statistics.median(cpus):7.1f}"
+                f"  nodes' cpu {statistics.median(node_cpu[side]):7.1f}"
+                f"   walls {' '.join(f'{w:.0f}' for w in walls)}"
+            )
+        pairs = [s[0] / a[0] for s, a in zip(results["sync"], results["async"], strict=True)]
+        print(
+            f"  async/sync throughput: {statistics.median(pairs):.2f}x ({' '.join(f'{p:.2f}' for p in pairs)})"
+        )
+
+
+if __name__ == "__main__":
+    main()
