@@ -15,6 +15,7 @@ import pytest
 
 import kvstore
 from cowsqlpy import RetryPolicy
+from cowsqlpy.client import claimed_leader
 from cowsqlpy.database import Database
 from cowsqlpy.store import MemoryNodeStore
 from cowsqlpy.testing import Cluster, wait_for
@@ -144,7 +145,7 @@ def test_dbapi_write_in_flight_on_a_paused_leader_completes_on_the_new_leader(
         paused_at, in_flight = pause_leader_under_writes(cluster, writer, caplog)
         assert_write_resumed(paused_at, in_flight, ATTEMPT_TIMEOUT, writer)
         rows = conn.execute("SELECT seq, count(*) FROM w GROUP BY seq").fetchall()
-        counts = dict(rows)
+        counts: dict[int, int] = {seq: n for seq, n in rows}
         acked = writer.acked()
         assert [s for s in acked if s not in counts] == []  # none lost
         assert {s: n for s, n in counts.items() if n != 1} == {}  # none applied twice
@@ -194,7 +195,22 @@ def test_a_long_write_on_a_healthy_leader_is_not_abandoned() -> None:
                 await db.close()
 
         n, checks, abandoned, counts = asyncio.run(run())
+        print(f"a count to {n}: the watchdog asked {checks} time(s)")
         assert checks > 0, f"a count to {n} never outlasted the watchdog's grace"
         assert abandoned == 0
         assert counts[-1] == n  # it completed, once, on the healthy leader
         assert counts == sorted(set(counts))
+
+
+def test_only_a_node_that_itself_leads_is_evidence() -> None:
+    with Cluster(3) as cluster:
+        leader = cluster.addresses[cluster.wait_leader()]
+        follower = next(a for a in cluster.addresses if a != leader)
+
+        async def ask(exclude: str) -> str | None:
+            return await claimed_leader(cluster.addresses, POLICY, exclude=exclude, timeout=5.0)
+
+        # asked about a follower: the leader answers for itself
+        assert asyncio.run(ask(follower)) == leader
+        # asked about the leader: the followers name it, and it is not asked
+        assert asyncio.run(ask(leader)) is None
