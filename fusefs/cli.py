@@ -83,6 +83,11 @@ def parser() -> argparse.ArgumentParser:
         "--chunk-size", type=size, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk (default 64K)"
     )
     p.add_argument("--max-inodes", type=int, default=DEFAULT_MAX_INODES)
+    p.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="bring an older format to this one in place (while nothing has it mounted)",
+    )
 
     p = sub.add_parser("mount", parents=[common], help="mount the filesystem")
     _cluster_args(p, required=False)
@@ -138,7 +143,11 @@ def _connection(args: argparse.Namespace) -> Iterator[Any]:
 def cmd_mkfs(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
         sb, created = mkfs(
-            conn, capacity=args.capacity, chunk_size=args.chunk_size, max_inodes=args.max_inodes
+            conn,
+            capacity=args.capacity,
+            chunk_size=args.chunk_size,
+            max_inodes=args.max_inodes,
+            upgrade=args.upgrade,
         )
     print(
         f"{'created' if created else 'found'} filesystem {sb.uuid} in database {args.database!r}: "

@@ -90,6 +90,11 @@ CHECKS: tuple[tuple[str, str], ...] = (
         "superblock over capacity",
         "SELECT used_bytes, capacity FROM fs_superblock WHERE used_bytes > capacity",
     ),
+    (
+        "create procedure missing (format 2: view fs_create_op, trigger fs_create_op_run)",
+        "SELECT 'fs_create_op_run' WHERE (SELECT count(*) FROM sqlite_master"
+        " WHERE name IN ('fs_create_op', 'fs_create_op_run')) != 2",
+    ),
 )
 
 

@@ -53,6 +53,7 @@ SESSION_EXPIRY_NS = int(3 * HEARTBEAT_SECONDS * 1e9)
 MAX_DIRTY_BYTES = 1 << 20  # flush a handle's buffer at 1 MiB
 INO_RESERVE = 256  # inode numbers a mount reserves at a time
 MAX_KNOWN = 1 << 16  # entries whose attributes a mount keeps (see FileSystem._known)
+MAX_ABSENT = 1024  # missed lookups a mount keeps for the creates that follow them
 RELIST_WITHIN = 60.0  # seconds after a listing in which a miss below it lists it again
 # libfuse renames a file unlinked while open to such a name (hidden_name() in fuse.c)
 # and keeps using that path for it: fstat, fsetxattr, /proc/self/fd reopens.
@@ -121,6 +122,24 @@ def _resolve_sql(depth: int) -> str:
     return f"SELECT {node_columns} FROM {tables}, fs_node n WHERE {' AND '.join(conds)} AND n.ino = e{depth - 1}.ino"
 
 
+@functools.lru_cache(maxsize=256)
+def _probe_sql(depth: int) -> str:
+    """`_resolve_sql(depth)` for the parent directory, and the inode of the name below
+    it (first parameter), NULL columns when there is none: a lookup that misses tells
+    which directory it missed in."""
+    child = ", ".join(f"m.{c.strip()}" for c in NODE_COLUMNS.split(","))
+    return (
+        _resolve_sql(depth)
+        .replace(
+            " WHERE ",
+            " LEFT JOIN fs_edge c ON c.parent = n.ino AND c.name = ?"
+            " LEFT JOIN fs_node m ON m.ino = c.ino WHERE ",
+            1,
+        )
+        .replace(" FROM ", f", {child} FROM ", 1)
+    )
+
+
 class FileSystem:
     """A mounted filesystem's logic over a `Store`.
 
@@ -154,7 +173,11 @@ class FileSystem:
         # per thread id: FUSE's threads are foreign to Python, whose thread-locals last
         # one callback only
         self._just_made: dict[int, tuple[str, Node, int]] = {}
+        # path -> (its parent directory, when) of lookups that missed: the kernel asks one
+        # right before a create (on any of libfuse's threads), which then reads nothing
+        self._absent: OrderedDict[str, tuple[Node, float]] = OrderedDict()
         self._inos: list[int] = []  # reserved inode numbers, the next one last
+        self._ino_lock = threading.Lock()
         # path -> (node as last read or as this mount's change left it, store.commits then,
         # when): parents for creates, and getattr within attr_timeout while this mount ran
         # no other transaction since (a listing fills it: `ls -l` asks no query per entry)
@@ -384,13 +407,37 @@ class FileSystem:
             return self._attrs(self.store.read(lambda c: self._get(c, ino)))
         if path is None:
             raise FsError(errno.EBADF)
-        node = self.store.read(lambda c: self._resolve(c, path))
+        node = self._probe(path)
         if node.is_dir:
             self._saw(path, ("", node))
         attrs = self._attrs(node)
         if attrs["st_nlink"] and self.hidden_ino(path) is not None:
             attrs["st_nlink"] += 1  # libfuse counts the hidden name as a link and subtracts it
         return attrs
+
+    def _probe(self, path: str) -> Node:
+        """The inode at `path`, in one query; on ENOENT in a directory that exists, this
+        mount remembers the directory for the create that follows (`_fast_make`)."""
+        names = components(path)
+        if not names or len(names) > MAX_DEPTH_PER_QUERY or names[-1] in self._hidden:
+            return self.store.read(lambda c: self._resolve(c, path))
+        *dirs, name = names
+        row = self.store.read(
+            lambda c: c.execute(_probe_sql(len(dirs)), (name, ROOT_INO, *dirs)).fetchone()
+        )
+        if row is None:
+            raise FsError(errno.ENOENT)
+        width = len(NODE_COLUMNS.split(","))
+        if row[width] is not None:
+            return _node(row[width:])
+        parent = _node(row[:width])
+        if not parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        with self._lock:
+            self._absent[path] = (parent, time.monotonic())
+            if len(self._absent) > MAX_ABSENT:
+                self._absent.popitem(last=False)
+        raise FsError(errno.ENOENT)
 
     def _known_node(self, path: str) -> Node | None:
         """`path` as this mount knows it, if that is fresh (see `_known`)."""
@@ -535,10 +582,12 @@ class FileSystem:
 
     def _new_ino(self) -> int:
         """An inode number of this mount's reserved range (reserved INO_RESERVE at a time
-        by moving AUTOINCREMENT's counter: no other mount or transaction gets them)."""
-        with self._lock:
-            if self._inos:
-                return self._inos.pop()
+        by moving AUTOINCREMENT's counter: no other mount or transaction gets them).
+        One thread reserves while the others wait for its range."""
+        with self._ino_lock:
+            return self._inos.pop() if self._inos else self._reserve_inos()
+
+    def _reserve_inos(self) -> int:
 
         def tx(conn: Any) -> int:
             row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'fs_node'").fetchone()
@@ -557,22 +606,8 @@ class FileSystem:
             return seq
 
         seq = self.store.transaction(tx)
-        with self._lock:
-            self._inos.extend(range(seq + INO_RESERVE, seq + 1, -1))
+        self._inos.extend(range(seq + INO_RESERVE, seq + 1, -1))
         return seq + 1
-
-    def _parent_of(self, dirpath: str) -> Node | None:
-        """The directory as this mount last saw it (read when not cached), None if it is not one."""
-        with self._lock:
-            seen = self._known.get(dirpath)
-        node = None if seen is None else seen[0]
-        if node is None:
-            try:
-                node = self.store.read(lambda c: self._resolve(c, dirpath))
-            except FsError:
-                return None
-            self._saw(dirpath, ("", node))
-        return node if node.is_dir else None
 
     def _saw(self, path: str, *nodes: tuple[str, Node]) -> None:
         """Remember directory `path` (a Node) or entries of it ((name, Node) pairs)."""
@@ -611,46 +646,30 @@ class FileSystem:
                 self._known[dirpath] = (new, seen[1], seen[2])
 
     def _fast_make(self, path: str, mode: int, uid: int, gid: int, rdev: int = 0) -> Node | None:
-        """Create in one request, batched with other threads' (`Store.scripted`), when
-        the parent is as this mount last saw it; None: use the transaction (`_make`)."""
-        names = components(path)
-        if not names or len(names) > MAX_DEPTH_PER_QUERY:
+        """Create in one request (the create procedure, batched with other threads'
+        creates: `Store.inserted`) in the directory the lookup of `path` that just missed
+        found, when that was within the attribute timeout (as the kernel's own cached
+        entries); None: use the transaction (`_make`)."""
+        with self._lock:
+            absent = self._absent.pop(path, None)
+        if absent is None or time.monotonic() - absent[1] > self.attr_timeout:
             return None
-        *dirs, name = names
-        parent = self._parent_of(path.rstrip("/").rsplit("/", 1)[0] or "/")
-        if parent is None:
-            return None
+        parent = absent[0]
         if parent.mode & stat.S_ISGID:
             gid = parent.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
-        ino, now = self._new_ino(), time.time_ns()
-        is_dir = int(stat.S_ISDIR(mode))
-        values = ", ".join(
-            literal(v) for v in (ino, mode, uid, gid, 1 + is_dir, rdev, now, now, now)
-        )
-        p = parent.ino
-        statements = [
-            # NOT NULL fails (and the engine stops) unless the parent is as seen and an inode is free
-            "INSERT INTO fs_sustained (sid, ino) SELECT NULL, 0 WHERE"
-            f" NOT EXISTS (SELECT 1 FROM fs_node WHERE ino = {p} AND mode = {parent.mode} AND gid = {parent.gid})"
-            f" OR coalesce({self._ino_sql(dirs)}, -1) != {p}"
-            " OR (SELECT used_inodes >= max_inodes FROM fs_superblock WHERE id = 1)",
-            f"INSERT INTO fs_edge (parent, name, ino) VALUES ({p}, {literal(name)}, {ino})",  # EEXIST: fails
-            f"INSERT INTO fs_node (ino, mode, uid, gid, nlink, rdev, atime, mtime, ctime) VALUES ({values})",
-            f"UPDATE fs_node SET nlink = nlink + {is_dir}, mtime = {now}, ctime = {now} WHERE ino = {p}",
-            "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1",
-        ]
+        name = components(path)[-1]
+        ino, now, p = self._new_ino(), time.time_ns(), parent.ino
+        row = (p, parent.mode, parent.gid, name, ino, mode, uid, gid, rdev, now)
 
         def committed() -> bool:
             return self._edge_is(p, name, ino)
 
-        dirpath = path.rstrip("/").rsplit("/", 1)[0] or "/"
-        if not self.store.scripted(statements, committed):
-            with self._lock:
-                self._known.pop(dirpath, None)
+        if not self.store.inserted("fs_create_op", row, committed):
             return None
-        self._touched_dir(dirpath, p, now, is_dir)
+        is_dir = int(stat.S_ISDIR(mode))
+        self._touched_dir(path.rstrip("/").rsplit("/", 1)[0] or "/", p, now, is_dir)
         return Node(ino, mode, uid, gid, 0, 0, 1 + is_dir, rdev, now, now, now, 1)
 
     def mknod(self, path: str, mode: int, rdev: int, uid: int, gid: int) -> None:

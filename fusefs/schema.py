@@ -4,13 +4,16 @@ the superblock, created by mkfs and checked at every mount."""
 from __future__ import annotations
 
 import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+S_IFMT, S_IFDIR = 0o170000, stat.S_IFDIR
+
 MAGIC = "cowsqlfs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: format 1 and the create procedure (fs_create_op)
 ROOT_INO = 1
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_CAPACITY = 1 << 30
@@ -79,6 +82,29 @@ TABLES = (
 
 NODE_COLUMNS = "ino, mode, uid, gid, size, stored, nlink, rdev, atime, mtime, ctime, generation"
 
+# A create as one statement with parameters (constant text: the driver checks it once, and
+# one INSERT of several rows is several creates in one request, one commit, all or none).
+# The parent must still be the directory this mount read (mode and group: setgid); a taken
+# name fails the entry's primary key. Format 2 adds these two.
+CREATE_OP_COLUMNS = ("parent", "parent_mode", "parent_gid", "name", "ino", "mode", "uid", "gid", "rdev", "now")
+PROCEDURES = (
+    "CREATE VIEW IF NOT EXISTS fs_create_op ({}) AS SELECT {} WHERE 0".format(
+        ", ".join(CREATE_OP_COLUMNS), ", ".join(["NULL"] * len(CREATE_OP_COLUMNS))
+    ),
+    f"""CREATE TRIGGER IF NOT EXISTS fs_create_op_run INSTEAD OF INSERT ON fs_create_op BEGIN
+        SELECT RAISE(ABORT, 'fs_create_op: parent changed') WHERE NOT EXISTS (SELECT 1 FROM fs_node
+            WHERE ino = NEW.parent AND mode = NEW.parent_mode AND gid = NEW.parent_gid);
+        SELECT RAISE(ABORT, 'fs_create_op: no free inode')
+            WHERE (SELECT used_inodes >= max_inodes FROM fs_superblock WHERE id = 1);
+        INSERT INTO fs_edge (parent, name, ino) VALUES (NEW.parent, NEW.name, NEW.ino);
+        INSERT INTO fs_node (ino, mode, uid, gid, nlink, rdev, atime, mtime, ctime) VALUES (NEW.ino,
+            NEW.mode, NEW.uid, NEW.gid, 1 + ((NEW.mode & {S_IFMT}) = {S_IFDIR}), NEW.rdev, NEW.now, NEW.now, NEW.now);
+        UPDATE fs_node SET nlink = nlink + ((NEW.mode & {S_IFMT}) = {S_IFDIR}), mtime = NEW.now,
+            ctime = NEW.now WHERE ino = NEW.parent;
+        UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1;
+    END""",
+)
+
 
 class NotAFilesystemError(Exception):
     """The database holds tables that are not (this format of) a fusefs filesystem."""
@@ -95,11 +121,11 @@ class Superblock:
     used_inodes: int
 
 
-def read_superblock(conn: Any) -> Superblock | None:
-    """The superblock, None on an empty database.
+UPGRADABLE = {1}  # formats mkfs --upgrade brings to FORMAT_VERSION in place
 
-    :raises NotAFilesystemError: tables exist but no valid superblock, or another format.
-    """
+
+def _superblock(conn: Any) -> Superblock | None:
+    """The superblock of any format, None on an empty database."""
     names = {
         r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
     }
@@ -115,11 +141,40 @@ def read_superblock(conn: Any) -> Superblock | None:
     ).fetchone()
     if row is None or row[0] != MAGIC:
         raise NotAFilesystemError("fs_superblock has no valid row: not a filesystem")
-    if row[1] != FORMAT_VERSION:
-        raise NotAFilesystemError(
-            f"filesystem format {row[1]}, this fusefs reads format {FORMAT_VERSION}"
-        )
     return Superblock(row[2], row[1], row[3], row[4], row[5], row[6], row[7])
+
+
+def read_superblock(conn: Any) -> Superblock | None:
+    """The superblock, None on an empty database.
+
+    :raises NotAFilesystemError: tables exist but no valid superblock, or another format.
+    """
+    sb = _superblock(conn)
+    if sb is not None and sb.format != FORMAT_VERSION:
+        how = (
+            "run mkfs --upgrade (in place, while nothing has it mounted)"
+            if sb.format in UPGRADABLE
+            else "a newer fusefs wrote it"
+        )
+        raise NotAFilesystemError(
+            f"filesystem format {sb.format}, this fusefs reads format {FORMAT_VERSION}: {how}"
+        )
+    return sb
+
+
+def _upgrade(conn: Any) -> None:
+    """Format 1 -> 2: the create procedure (additive: every table stays as it is)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        sb = _superblock(conn)
+        if sb is not None and sb.format in UPGRADABLE:  # another mkfs may have done it
+            for ddl in PROCEDURES:
+                conn.executescript(ddl)
+            conn.execute("UPDATE fs_superblock SET format = ? WHERE id = 1", (FORMAT_VERSION,))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 def mkfs(
@@ -131,11 +186,14 @@ def mkfs(
     root_mode: int = 0o755,
     root_uid: int | None = None,
     root_gid: int | None = None,
+    upgrade: bool = False,
 ) -> tuple[Superblock, bool]:
-    """Create the filesystem on `conn`'s database, or check the one there.
+    """Create the filesystem on `conn`'s database, or check the one there (`upgrade`:
+    bring an older format to this one in place, see UPGRADABLE).
 
     :returns: (superblock, created).
-    :raises NotAFilesystemError: the database is something else.
+    :raises NotAFilesystemError: the database is something else, or an older format
+        without `upgrade`.
     :raises ValueError: bad sizes.
     """
     if not 4096 <= chunk_size <= 1 << 20 or chunk_size & (chunk_size - 1):
@@ -144,11 +202,17 @@ def mkfs(
         raise ValueError("capacity must be at least one chunk")
     if max_inodes < 2:
         raise ValueError("max_inodes must be at least 2")
+    if upgrade:
+        old = _superblock(conn)
+        if old is not None and old.format in UPGRADABLE:
+            _upgrade(conn)
     existing = read_superblock(conn)
     if existing is not None:
         return existing, False
     for ddl in TABLES:
         conn.execute(ddl)
+    for ddl in PROCEDURES:
+        conn.executescript(ddl)  # a trigger's body holds semicolons
     now = time.time_ns()
     uid = os.getuid() if root_uid is None else root_uid
     gid = os.getgid() if root_gid is None else root_gid

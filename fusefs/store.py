@@ -132,6 +132,7 @@ class Store:
         self._closed = False
         self._tx_batches = _Batcher(self._run_batch)
         self._script_batches = _Batcher(self._run_scripts)
+        self._row_batches: dict[str, _Batcher] = {}
         self.batches = 0  # transactions committed for several operations (tests, benchmarks)
         self.commits = 0  # transactions committed through this store (not scripts)
 
@@ -270,11 +271,37 @@ class Store:
 
     def _run_scripts(self, todo: list[_Queued]) -> None:
         sql = "; ".join(["BEGIN IMMEDIATE", *(s for item in todo for s in item.work[0]), "COMMIT"])
+        self._one_request(todo, lambda conn: conn.executescript(sql))
+
+    def inserted(self, view: str, row: tuple[Any, ...], committed: Callable[[], bool]) -> bool:
+        """Insert `row` into `view` (a procedure: its INSTEAD OF trigger does the
+        operation, see schema.PROCEDURES) in one request, sharing the statement with the
+        rows other threads queued meanwhile: one INSERT of several rows, one commit, all
+        or none. Returns and raises as `scripted`."""
+        with self._lock:
+            batcher = self._row_batches.get(view)
+            if batcher is None:
+                batcher = self._row_batches[view] = _Batcher(
+                    lambda todo: self._run_rows(view, todo)
+                )
+        done: bool = batcher.submit((row, committed))
+        return done
+
+    def _run_rows(self, view: str, todo: list[_Queued]) -> None:
+        width = len(todo[0].work[0])
+        values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(todo))
+        sql = f"INSERT INTO {view} VALUES {values}"  # one text per batch size: checked once
+        params = [v for item in todo for v in item.work[0]]
+        self._one_request(todo, lambda conn: conn.execute(sql, params))
+
+    def _one_request(self, todo: list[_Queued], send: Callable[[Any], object]) -> None:
+        """Send the batch `todo` (items: (work, committed)) as one request outside a
+        transaction; each item's result: True committed, False a statement failed."""
         deadline = time.monotonic() + self.io_timeout
         while True:
             with self.connection() as conn:
                 try:
-                    conn.executescript(sql)
+                    send(conn)
                 except (cowsqlpy.NoLeaderError, cowsqlpy.NotLeaderError) as exc:
                     if time.monotonic() < deadline:  # refused before it ran
                         time.sleep(0.05)

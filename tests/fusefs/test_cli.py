@@ -44,6 +44,31 @@ def test_mkfs_creates_checks_and_refuses_other_databases(fs_cluster: Cluster) ->
     assert cli("fsck", "--cluster", servers).returncode == 0
 
 
+def test_format_1_is_refused_until_upgraded(fs_cluster: Cluster) -> None:
+    servers = ",".join(fs_cluster.addresses)
+    assert cli("mkfs", "--cluster", servers).returncode == 0
+    conn = cowsqlpy.connect(fs_cluster.addresses, database="fs", autocommit=True)
+    try:  # what format 1 was: the same tables, no create procedure
+        conn.execute("DROP TRIGGER fs_create_op_run")
+        conn.execute("DROP VIEW fs_create_op")
+        conn.execute("UPDATE fs_superblock SET format = 1")
+        for command in ("mkfs", "fsck"):
+            refused = cli(command, "--cluster", servers)
+            assert refused.returncode == 1
+            assert "format 1, this fusefs reads format 2: run mkfs --upgrade" in refused.stderr
+        upgraded = cli("mkfs", "--upgrade", "--cluster", servers)
+        assert upgraded.returncode == 0 and "format 2" in upgraded.stdout, upgraded.stderr
+        assert cli("fsck", "--cluster", servers).returncode == 0
+        conn.execute("DROP TRIGGER fs_create_op_run")
+        damaged = cli("fsck", "--cluster", servers)
+        assert damaged.returncode == 1 and "create procedure missing" in damaged.stdout
+        conn.execute("UPDATE fs_superblock SET format = 3")
+        newer = cli("mkfs", "--upgrade", "--cluster", servers)
+        assert newer.returncode == 1 and "a newer fusefs wrote it" in newer.stderr
+    finally:
+        conn.close()
+
+
 def test_fsck_finds_planted_damage(fs_cluster: Cluster) -> None:
     servers = ",".join(fs_cluster.addresses)
     assert cli("mkfs", "--cluster", servers).returncode == 0

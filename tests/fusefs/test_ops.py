@@ -208,3 +208,73 @@ def test_a_background_flush_error_reaches_the_next_call(fs: FileSystem, servers:
     finally:
         other.close()
         other_store.close()
+
+
+def lookup_then_create(fs: FileSystem, path: str, flags: int = os.O_WRONLY) -> int:
+    """What the kernel sends for open(O_CREAT) of a new name: LOOKUP (a miss), CREATE."""
+    assert code(fs.getattr, path) == errno.ENOENT
+    return fs.create(path, 0o640, flags, 0, 0)
+
+
+def test_creates_after_a_lookup_share_one_statement(fs: FileSystem) -> None:
+    """A create right after the lookup that missed is one request of the create
+    procedure, shared by the threads' creates (no transaction of its own)."""
+    for d in range(4):
+        fs.mkdir(f"/d{d}", 0o2775, 0, 7)  # setgid: the group is inherited
+    assert code(fs.getattr, "/d0/sub") == errno.ENOENT
+    fs.mkdir("/d0/sub", 0o755, 0, 0)  # the procedure too: reserves this mount's inode numbers
+    before, commits = fs.store.batches, fs.store.commits
+    barrier = threading.Barrier(16)
+
+    def create(i: int) -> int:
+        path = f"/d{i % 4}/f{i}"
+        barrier.wait()
+        fs.release(lookup_then_create(fs, path))
+        return fs.getattr(path)["st_gid"]
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(create, range(16))) == [7] * 16
+    assert fs.store.commits == commits  # none fell back to a transaction
+    assert fs.store.batches > before  # several creates in one statement
+    assert sorted(name for name, _ in fs.readdir("/d1"))[2:] == [f"f{i}" for i in (1, 13, 5, 9)]
+    assert fs.statfs()["f_files"] - fs.statfs()["f_ffree"] == 1 + 5 + 16
+    assert fs.getattr("/d0")["st_nlink"] == 3 and fs.getattr("/d1")["st_nlink"] == 2
+
+
+@pytest.fixture
+def other(servers: list[str]) -> Iterator[FileSystem]:
+    """A second mount's operations on the same filesystem."""
+    store = Store(servers, "fs", io_timeout=10)
+    filesystem = FileSystem(store, "/other")
+    yield filesystem
+    filesystem.close()
+    store.close()
+
+
+def test_a_create_sees_what_another_mount_did_since_its_lookup(
+    fs: FileSystem, other: FileSystem
+) -> None:
+    fs.mkdir("/d", 0o755, 0, 0)
+    assert code(fs.getattr, "/d/x") == errno.ENOENT
+    other.chown("/d", -1, 7)
+    other.chmod("/d", 0o2755)  # setgid since the lookup: the new file takes group 7
+    fs.release(fs.create("/d/x", 0o644, os.O_WRONLY, 0, 0))
+    assert fs.getattr("/d/x")["st_gid"] == 7
+    mkdir_gid = [0]
+    assert code(fs.getattr, "/d/sub") == errno.ENOENT
+    fs.mkdir("/d/sub", 0o755, 0, 0)
+    mkdir_gid[0] = fs.getattr("/d/sub")["st_gid"]
+    assert mkdir_gid == [7] and fs.getattr("/d/sub")["st_mode"] & 0o2000
+    assert code(fs.getattr, "/d/y") == errno.ENOENT
+    other.release(other.create("/d/y", 0o600, os.O_WRONLY, 0, 0))  # the name taken since
+    with pytest.raises(FsError) as info:
+        fs.create("/d/y", 0o644, os.O_WRONLY | os.O_EXCL, 0, 0)
+    assert info.value.errno == errno.EEXIST
+    fs.release(fs.create("/d/y", 0o644, os.O_WRONLY, 0, 0))  # without O_EXCL: opens it
+    assert fs.getattr("/d/y")["st_mode"] & 0o777 == 0o600
+    assert code(fs.getattr, "/e/x") == errno.ENOENT
+    fs.mkdir("/e", 0o755, 0, 0)
+    assert code(fs.getattr, "/e/x") == errno.ENOENT
+    other.rmdir("/e")  # the directory gone since the lookup
+    assert code(fs.create, "/e/x", 0o644, os.O_WRONLY, 0, 0) == errno.ENOENT
+    assert code(fs.getattr, "/e") == errno.ENOENT
