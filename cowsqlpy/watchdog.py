@@ -89,22 +89,24 @@ class StallWatchdog:
         )
         if leader is None:
             return  # the others name it (a long statement), or nobody yet: keep waiting
+        stuck = [s for s in sessions if s.conn.stalled_for() >= grace]  # no reply meanwhile
+        if not stuck:
+            return
         log.warning(
             "%s has not answered for %.2fs and %s leads: abandoning %d request(s) there",
             address,
             grace,
             leader,
-            len(sessions),
+            len(stuck),
         )
-        for session in sessions:
-            if not session.closed:
-                self.abandoned += 1
-                session.conn.close(
-                    ReplyTimeoutError(
-                        f"{address}: no reply for {grace}s while {leader} leads (request abandoned)"
-                    )
-                )
+        for session in stuck:
+            self.abandoned += 1
             self._watched.discard(session)
+            session.conn.close(
+                ReplyTimeoutError(
+                    f"{address}: no reply for {grace}s while {leader} leads (request abandoned)"
+                )
+            )
         if self.tracker.last_leader == address:
             self.tracker.last_leader = leader
         if self.on_abandon is not None:
