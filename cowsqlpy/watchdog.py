@@ -42,7 +42,10 @@ log = logging.getLogger("cowsqlpy.watchdog")
 class StallWatchdog:
     """Watches the sessions of one database that carry writes (`watch` / `unwatch`);
     one task per event loop runs while any is watched. `on_abandon(address)` is
-    called after the sessions to `address` were abandoned (to drop pooled ones)."""
+    called after the sessions to `address` were abandoned (to drop pooled ones).
+
+    :raises ValueError: `policy.stall_grace` is neither None nor positive.
+    """
 
     def __init__(
         self,
@@ -52,6 +55,11 @@ class StallWatchdog:
     ) -> None:
         self.tracker = tracker
         self.policy = policy
+        if policy.stall_grace is not None and not policy.stall_grace > 0:
+            raise ValueError(
+                f"RetryPolicy.stall_grace must be a positive number of seconds or None, "
+                f"got {policy.stall_grace!r}"
+            )
         self.grace = policy.stall_grace
         self.on_abandon = on_abandon
         self._watched: set[Session] = set()
