@@ -62,7 +62,9 @@ log = logging.getLogger("cowsqlpy.database")
 MAX_IDLE_SESSIONS = 32
 # A pooled session idle longer than this is asked who leads before it is reused:
 # its node may have been frozen (SIGSTOP, a stalled VM) or deposed meanwhile, and a
-# request to a frozen node would wait the whole attempt timeout.
+# request to a frozen node would wait the whole attempt timeout. It gets the policy's
+# stall_grace to answer (a node silent that long is suspect: cowsqlpy.watchdog), at
+# most IDLE_CHECK_TIMEOUT; dropping a pooled session costs only a reconnect.
 IDLE_CHECK_AFTER = 1.0
 IDLE_CHECK_TIMEOUT = 1.0
 MAX_BATCH = 512  # statements per group commit
@@ -204,11 +206,10 @@ class Database:
         else:
             session.close()
 
-    @staticmethod
-    async def _still_leader(session: Session) -> bool:
+    async def _still_leader(self, session: Session) -> bool:
         """Does the session's node answer, quickly, that it leads?"""
         try:
-            async with asyncio.timeout(IDLE_CHECK_TIMEOUT):
+            async with asyncio.timeout(min(IDLE_CHECK_TIMEOUT, self.policy.stall_grace or IDLE_CHECK_TIMEOUT)):
                 _, leader = await session.call(protocol.LEADER)
         except (Error, TimeoutError):
             return False
