@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import functools
+import logging
 import threading
+import weakref
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +41,7 @@ from .errors import (
     ProgrammingError,
     TransactionLostError,
 )
-from .retry import DEFAULT_POLICY, RetryPolicy
+from .retry import DEFAULT_POLICY, RetryPolicy, retrying
 from .sqltext import Statement, analyze, bind
 from .store import NodeStore
 from .tls import TLSConfig
@@ -52,6 +54,8 @@ DEFAULT_ISOLATION_LEVEL = "IMMEDIATE"  # BUSY then comes at BEGIN, where the dri
 
 Params = Sequence[Any] | Mapping[str, Any]
 Row = tuple[Any, ...]
+
+log = logging.getLogger("cowsqlpy.aio")
 
 
 # -- Argument checks shared by both faces ----------------------------------------------------
@@ -95,8 +99,44 @@ def check_read_consistency(value: object) -> bool:
 
 
 def engine_features(engine: str | None) -> EngineFeatures:
-    """The switches for `connect(engine=...)`. :raises ValueError: an unknown name."""
+    """The switches for `connect(engine=...)` (None: until the engine probe has
+    identified the server, see `identify_engine`). :raises ValueError: an unknown name."""
     return versions.CLIENT_TARGET if engine is None else versions.features_named(engine)
+
+
+_identified: weakref.WeakKeyDictionary[Database, asyncio.Future[EngineFeatures]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def identify_engine(db: Database) -> EngineFeatures:
+    """The version-table row of the engine `db`'s leader runs, from the engine probe
+    (`WireConnection.engine_probe`: cowsql answers FAILURE, libdqlite 1.11 a node
+    list, and both keep serving). One probe per `Database`: concurrent callers share
+    it, a failed one is sent again by the next caller.
+
+    :raises OperationalError subclasses: no leader within the database's retry policy.
+    """
+    probe = _identified.get(db)
+    if probe is None or (probe.done() and (probe.cancelled() or probe.exception() is not None)):
+        probe = _identified[db] = asyncio.ensure_future(_probe_engine(db))
+    return await asyncio.shield(probe)
+
+
+async def _probe_engine(db: Database) -> EngineFeatures:
+    async def attempt() -> bool:
+        session = await db.acquire()
+        try:
+            failed = await session.conn.engine_probe(timeout=db.policy.attempt_timeout)
+        except BaseException as exc:
+            db.release(session, exc)
+            raise
+        db.release(session)
+        return failed
+
+    features = versions.features_from_probe(await retrying(attempt, db.policy, what="engine probe"))
+    log.info("%s: the engine probe says %s", db.name, features.name)
+    return features
 
 
 def node_store_of(
@@ -265,6 +305,7 @@ def new_connection(
         isolation_level=level,
         features=features,
         linearizable=linearizable,
+        identify=engine is None,
     )
 
 
@@ -316,6 +357,7 @@ async def connect(
     db = conn._db
     try:
         db.release(await db.acquire())
+        await conn._learn_engine()
     except BaseException:
         await conn.close()
         raise
@@ -340,6 +382,7 @@ class Connection:
         "_closed",
         "_op",
         "_tx_depth",
+        "_identify",
         "__weakref__",
     )
 
@@ -353,8 +396,10 @@ class Connection:
         isolation_level: str | None,
         features: EngineFeatures | None = None,
         linearizable: bool = True,
+        identify: bool = False,
     ) -> None:
         self._db = db
+        self._identify = identify  # the engine is not declared: probe it before the first statement
         self._linearizable = linearizable
         self._key = key
         self._loop = loop  # the loop that runs it (finalizers hand their clean-up to it)
@@ -397,8 +442,15 @@ class Connection:
 
     @property
     def features(self) -> EngineFeatures:
-        """The engine switches this connection works under (RETURNING and the like)."""
+        """The engine switches this connection works under (RETURNING and the like): the
+        declared engine's row, or for an undeclared one the row the engine probe found
+        (`versions.CLIENT_TARGET` until the first statement has been checked)."""
         return self._features
+
+    async def _learn_engine(self) -> None:
+        if self._identify:
+            self._features = await identify_engine(self._db)
+            self._identify = False
 
     @property
     def closed(self) -> bool:
@@ -908,6 +960,8 @@ class Cursor:
         """
         self._check()
         conn = self.connection
+        if conn._identify:
+            await conn._learn_engine()
         async with conn._op:
             await self._reset()
             await conn._execute(self, sql, parameters)
@@ -917,6 +971,7 @@ class Cursor:
         """Run one DML statement for every parameter set, atomically and pipelined."""
         self._check()
         conn = self.connection
+        await conn._learn_engine()
         stmt = check_single(sql, conn._features)
         if _returns_rows(stmt) is not False or stmt.is_tx_control:
             raise ProgrammingError("executemany() can only run DML statements that return no rows")
@@ -933,6 +988,7 @@ class Cursor:
         if not isinstance(sql, str):
             raise ProgrammingError(f"sql must be str, not {type(sql).__name__}")
         conn = self.connection
+        await conn._learn_engine()
         check_returning(analyze(sql), conn._features, wrapped=False)   # EXEC'd, one by one
         check_engine_safe(sql, conn._features, wrapped=False)
         async with conn._op:

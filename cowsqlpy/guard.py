@@ -527,6 +527,8 @@ class ConnectionGuard:
         if rtype == P.DESCRIBE:
             if values[0] not in self.features.describe_formats:
                 return _refused(f"DESCRIBE format {values[0]} aborts this engine version")
+        elif rtype == P.CLUSTER and values[0] == 2 and self.features.unknown_cluster_format_fails:
+            return FORWARD  # the client's engine probe (`WireConnection.engine_probe`): FAILURE
         else:
             for index, field in _ALLOWED[rtype]:
                 if values[index] not in field.allowed:  # type: ignore[operator]

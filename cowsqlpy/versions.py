@@ -119,6 +119,16 @@ CLIENT_TARGET = _strictest("an engine not identified (dqlite 1.11 or cowsql 1.15
 ENGINE_CHOICES = {"dqlite-1.11": DQLITE_1_11, "cowsql-1.15": COWSQL_1_15, "cowsql": COWSQL_1_15}
 
 
+def features_from_probe(cluster_format_fails: bool) -> EngineFeatures:
+    """The switches for a server identified by the engine probe (CLUSTER format 2:
+    `cluster_format_fails` is whether it answered FAILURE): what every row that answers
+    so takes, `CLIENT_TARGET` when no row does."""
+    rows = [f for _, _, _, f in _TABLE if f.unknown_cluster_format_fails == cluster_format_fails]
+    if not rows:
+        return CLIENT_TARGET
+    return rows[0] if len(rows) == 1 else _strictest(" or ".join(f.name for f in rows), *rows)
+
+
 def features_for(engine: str, version_number: int) -> EngineFeatures:
     """Switches for `engine` ("cowsql" or "dqlite") reporting `version_number`.
 

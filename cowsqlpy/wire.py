@@ -52,6 +52,8 @@ _PART = protocol.PART.to_bytes(8, "little")
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
 
 _QUERIES = (protocol.QUERY, protocol.QUERY_SQL)
+# CLUSTER with format 2, which no engine implements: how each answers tells them apart
+_ENGINE_PROBE = (1).to_bytes(4, "little") + bytes([protocol.CLUSTER, 0, 0, 0]) + (2).to_bytes(8, "little")
 
 
 def _after_rows_header(body: bytes) -> bytes | None:
@@ -228,10 +230,12 @@ class WireConnection(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed_exc is not None
 
-    def _send(self, rtype: int, args: tuple[Any, ...], stream: bool, fmt: int = 1) -> _Waiter:
+    def _send(self, rtype: int, args: tuple[Any, ...], stream: bool, fmt: int = 1, data: bytes | None = None) -> _Waiter:
+        """Queue a request (`data`: already encoded) and the waiter of its reply."""
         if self._closed_exc is not None:
             raise ConnectionLostError(f"connection to {self.address} is closed") from self._closed_exc
-        data = codec.encode_request(rtype, *args)  # refuses what the engine must not receive
+        if data is None:
+            data = codec.encode_request(rtype, *args)  # refuses what the engine must not receive
         waiter = _Waiter(rtype, self._loop, stream, fmt)
         if not self._waiters:
             self._progress_at = self._loop.time()
@@ -258,6 +262,24 @@ class WireConnection(asyncio.Protocol):
         self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         if (poller := busy_poll_of(self._loop)) is not None:
             poller.touch()  # the reply may be back within microseconds: poll for it
+
+    async def engine_probe(self, *, timeout: float | None = None) -> bool:
+        """Send the engine probe, CLUSTER with format 2, and say whether the node
+        answered FAILURE (True: cowsql 1.15) or a node list (False: libdqlite 1.11
+        answers it as format 1). Both engines survive it (test_cluster_format_probe,
+        tests/sql/test_engine_probe.py); the codec refuses the format for any other use.
+
+        :raises ConnectionLostError, ReplyTimeoutError: no reply.
+        :raises ProtocolError: any other reply (the connection is closed).
+        """
+        waiter = self._send(protocol.CLUSTER, (2,), stream=False, data=_ENGINE_PROBE)
+        try:
+            await self._reply(waiter, timeout)  # decoded as format 1, as 1.11 sends it
+        except (ConnectionLostError, ProtocolError):
+            raise
+        except Error:
+            return True  # the engine's FAILURE
+        return False
 
     def _decode(self, waiter: _Waiter, frame: tuple[int, bytes]) -> Any:
         ftype, body = frame
