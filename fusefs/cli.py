@@ -116,6 +116,13 @@ def parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds the kernel caches names (default 1)",
     )
+    p.add_argument(
+        "--read-ahead",
+        type=int,
+        default=1024,
+        metavar="KIB",
+        help="the kernel's read-ahead for the mount, KiB (default 1024; 0: the kernel's 128)",
+    )
     p.add_argument("--allow-other", action="store_true")
     p.add_argument("--debug", action="store_true", help="libfuse debug output")
     p.add_argument("--log-file", help="log here (background mode: default /tmp/cowsqlfs-PID.log)")
@@ -197,6 +204,9 @@ def _background(argv: Sequence[str], args: argparse.Namespace) -> int:
 def cmd_mount(args: argparse.Namespace) -> int:
     from .binding import MountOptions, serve
 
+    if args.read_ahead < 0:
+        print("--read-ahead must be 0 (the kernel's default) or more KiB", file=sys.stderr)
+        return 2
     app: Any = None
     servers = list(args.cluster)
     if args.embed_node:
@@ -216,6 +226,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         entry_timeout=args.entry_timeout,
         allow_other=args.allow_other,
         debug=args.debug,
+        read_ahead_kb=args.read_ahead,
         fsname=f"cowsqlfs:{args.database}" if args.view == "fs" else "cowsqlfs:kv",
     )
     store = None

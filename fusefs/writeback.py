@@ -157,17 +157,19 @@ class OpenFile:
                     top = min(top + READ_AHEAD_CHUNKS, max(0, (self.size - 1) // cs))
                 fetched = self._fetch(min(missing), top)
                 self._keep_clean(fetched)
-            out = bytearray()
+            pieces: list[bytes | bytearray | memoryview] = []
             for idx in range(first, last + 1):
                 data: bytes | bytearray = self._chunk(idx, fetched)
                 lo = max(offset, idx * cs) - idx * cs
                 hi = min(end, (idx + 1) * cs) - idx * cs
-                piece = bytes(data[lo:hi])
-                out += piece + b"\0" * (hi - lo - len(piece))
+                piece = data if lo == 0 and hi == len(data) else memoryview(data)[lo:hi]
+                pieces.append(piece)
+                if len(piece) < hi - lo:  # trailing zeros are not stored
+                    pieces.append(bytes(hi - lo - len(piece)))
             self.last_read_end = end
             if sequential:
                 self._read_ahead(last)
-            return bytes(out)
+            return b"".join(pieces)  # one copy, made while the lock still holds the chunks
 
     # -- writes --
 

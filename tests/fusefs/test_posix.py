@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import cowsqlpy
+from cowsqlpy.testing import wait_for
 from fusefs.schema import LINK_MAX
 
 from .conftest import Mount, check_fs, make_fs, unmount
@@ -301,3 +302,30 @@ def test_link_limit_gives_emlink(fs_mount: Mount) -> None:
     assert not (m / "over").exists()
     os.unlink(m / "last")
     os.link(m / "f", m / "again")  # one below the limit again
+
+
+def test_read_ahead_is_raised_for_whole_mib_reads(fs_cluster, mount_factory) -> None:  # type: ignore[no-untyped-def]
+    """The mount's read-ahead is what --read-ahead says (sysfs, as root), and reads
+    through the larger window return the file's bytes."""
+    if os.geteuid() != 0:
+        pytest.skip("setting a mount's read-ahead (sysfs) needs root")
+    from fusefs.binding import bdi_read_ahead  # mfusepy: present where mounts run
+    make_fs(fs_cluster.addresses, capacity=64 << 20)
+    default = mount_factory(fs_cluster.addresses, name="default")
+    chosen = mount_factory(fs_cluster.addresses, "fs", "--read-ahead", "256", name="chosen")
+
+    def read_ahead(m: Mount) -> str:
+        with open(bdi_read_ahead(str(m.path))) as f:
+            return f.read().strip()
+
+    wait_for(lambda: read_ahead(default) == "1024", 10, "read-ahead 1024 KiB")
+    wait_for(lambda: read_ahead(chosen) == "256", 10, "read-ahead 256 KiB")
+    data = os.urandom(5 << 20 | 12345)
+    (default.path / "f").write_bytes(data)
+    assert (chosen.path / "f").read_bytes() == data  # cold on this mount
+    with open(chosen.path / "f", "rb") as f:
+        f.seek(3 << 20)
+        assert f.read(1 << 20) == data[3 << 20 : 4 << 20]
+    unmount(default)
+    unmount(chosen)
+    assert check_fs(fs_cluster.addresses) == []
