@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)
 
 import cowsqlpy  # noqa: E402
 from cowsqlpy.testing import Cluster, wait_for  # noqa: E402
+from fusefs.testing import mount_command  # noqa: E402
 
 MiB = 1 << 20
 
@@ -373,22 +374,7 @@ def main() -> None:
             path = work / name
             path.mkdir()
             if name == "fusefs":
-                mounts.append(
-                    Mounted(
-                        [
-                            sys.executable,
-                            "-m",
-                            "fusefs",
-                            "mount",
-                            "--foreground",
-                            "--cluster",
-                            ",".join(servers),
-                            str(path),
-                        ],
-                        path,
-                        work / "fusefs.log",
-                    )
-                )
+                mounts.append(Mounted(mount_command(servers, path), path, work / "fusefs.log"))
             elif name == "passthrough":
                 (work / "pt-source").mkdir()
                 mounts.append(

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import cowsqlpy
 from cowsqlpy.testing import Cluster, wait_for
 from fusefs import mkfs
 from fusefs.fsck import fsck
+from fusefs.testing import mount_command
 
 ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -126,22 +126,7 @@ def mount_factory(fuse_available: None, tmp_path: Path) -> Iterator[Callable[...
             os.environ,
             PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p),
         )
-        cmd = [
-            sys.executable,
-            "-m",
-            "fusefs",
-            "mount",
-            "--foreground",
-            "--cluster",
-            ",".join(servers),
-            "--database",
-            database,
-            "--log-file",
-            str(log),
-            "-v",
-            *extra,
-            str(path),
-        ]
+        cmd = mount_command(servers, path, "--log-file", str(log), "-v", *extra, database=database)
         with open(tmp_path / f"{path.name}.out", "ab") as out:
             proc = subprocess.Popen(
                 cmd,

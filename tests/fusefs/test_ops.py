@@ -3,6 +3,7 @@ write-back, sessions and orphans, against a real cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -28,13 +29,22 @@ def servers(cluster_factory: Callable[..., Cluster]) -> list[str]:
     return list(cluster.addresses)
 
 
+@contextlib.contextmanager
+def operations(servers: list[str], mountpoint: str) -> Iterator[FileSystem]:
+    """A mount's operations (no FUSE), closed with their store."""
+    store = Store(servers, "fs", io_timeout=10)
+    filesystem = FileSystem(store, mountpoint)
+    try:
+        yield filesystem
+    finally:
+        filesystem.close()
+        store.close()
+
+
 @pytest.fixture
 def fs(servers: list[str]) -> Iterator[FileSystem]:
-    store = Store(servers, "fs", io_timeout=10)
-    filesystem = FileSystem(store, "/test")
-    yield filesystem
-    filesystem.close()
-    store.close()
+    with operations(servers, "/test") as filesystem:
+        yield filesystem
     conn = cowsqlpy.connect(servers, database="fs")
     try:
         assert fsck(conn) == []
@@ -244,11 +254,8 @@ def test_creates_after_a_lookup_share_one_statement(fs: FileSystem) -> None:
 @pytest.fixture
 def other(servers: list[str]) -> Iterator[FileSystem]:
     """A second mount's operations on the same filesystem."""
-    store = Store(servers, "fs", io_timeout=10)
-    filesystem = FileSystem(store, "/other")
-    yield filesystem
-    filesystem.close()
-    store.close()
+    with operations(servers, "/other") as filesystem:
+        yield filesystem
 
 
 def test_a_create_sees_what_another_mount_did_since_its_lookup(
