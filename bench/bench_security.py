@@ -3,6 +3,11 @@ whose nodes run (one process each) without a front ("direct"), behind a plain gu
 front ("front") and behind a mutual-TLS front with Raft through TLS too ("tls").
 
     .venv/bin/python bench/bench_security.py [--duration 5] [--repeat 3] [--workers 1,8,32] [--modes direct,front,tls] [--nodes 3]
+    .venv/bin/python bench/bench_security.py --other /tmp/base --modes direct,front,other   # A/B of the front
+
+``--other TREE`` adds the mode "other": the front of another tree (e.g. ``git archive
+<commit> | tar -x -C /tmp/base`` plus the compiled modules copied), so a change to the
+front is measured against its base in alternating runs on the same machine.
 
 The workloads are go-cowsql's (as bench/bench_client.py: 32-byte keys, 1 KiB values).
 cowsql-benchmark has no TLS option, so the go-cowsql TLS anchor is not in this run.
@@ -79,7 +84,13 @@ def node_main(argv: list[str]) -> None:
 
 class BenchCluster:
     def __init__(
-        self, mode: str, base: Path, tls: TLSConfig | None, nodes: int = 3, busy_poll: float = 0.0
+        self,
+        mode: str,
+        base: Path,
+        tls: TLSConfig | None,
+        nodes: int = 3,
+        busy_poll: float = 0.0,
+        tree: str | None = None,
     ) -> None:
         self.tls = tls
         ids = NODE_IDS[:nodes]
@@ -88,9 +99,9 @@ class BenchCluster:
         for i, (node_id, address) in enumerate(zip(ids, self.addresses, strict=True)):
             cmd = [
                 sys.executable,
-                __file__,
+                __file__ if tree is None else str(Path(tree) / "bench" / "bench_security.py"),
                 "node",
-                mode,
+                "front" if mode == "other" else mode,
                 str(node_id),
                 address,
                 str(base / f"n{i}"),
@@ -98,7 +109,7 @@ class BenchCluster:
             ]
             if tls is not None:
                 cmd += [str(tls.cert), str(tls.key)]
-            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tree)
             assert p.stdout is not None and b"ready" in p.stdout.readline()
             self.procs.append(p)
         with cowsqlpy.SyncClient(self.addresses[:1], tls=tls) as admin:
@@ -189,6 +200,9 @@ def main() -> None:
     ap.add_argument(
         "--repeat", type=int, default=3, help="runs per cell and mode (medians reported)"
     )
+    ap.add_argument(
+        "--other", metavar="TREE", help="another tree whose front is the mode 'other' (A/B)"
+    )
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-sec-"))
     tls = make_cert(base / "cert")
@@ -200,7 +214,12 @@ def main() -> None:
         # --repeat times, so disk and CPU drift spread over all modes alike.
         for mode in modes:
             clusters[mode] = BenchCluster(
-                mode, base / mode, tls if mode == "tls" else None, args.nodes, args.front_busy_poll
+                mode,
+                base / mode,
+                tls if mode == "tls" else None,
+                args.nodes,
+                args.front_busy_poll,
+                args.other if mode == "other" else None,
             )
         turn = 0
         for workload in args.workloads.split(","):
@@ -223,24 +242,45 @@ def main() -> None:
     }
     print(
         f"# DB-API through {args.nodes} node process(es), {args.duration:g} s per run, median of {args.repeat}, "
-        f"{args.read_consistency} reads, {os.cpu_count()} cores\n"
+        f"{args.read_consistency} reads, {os.cpu_count()} cores, load average at the end "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
+        "# ratio of the medians, then (in brackets) the median of the per-round ratios\n"
     )
+    ratios = [("front", "direct"), ("tls", "front"), ("other", "direct"), ("front", "other")]
+    ratios = [(a, b) for a, b in ratios if a in modes and b in modes]
     print(
         "| workload | workers | op | "
         + " | ".join(f"{m} ok/s" for m in modes)
-        + " | front/direct | tls/front |"
+        + "".join(f" | {a}/{b}" for a, b in ratios)
+        + " |"
     )
-    print("|---|---|---|" + "---|" * len(modes) + "---|---|")
+    print("|---|---|---|" + "---|" * (len(modes) + len(ratios)))
     for workload in args.workloads.split(","):
         for workers in (int(w) for w in args.workers.split(",")):
             for op, k in (("write", 0), ("read", 1)):
                 if workload == "kvwrite" and op == "read":
                     continue
                 cells = {m: results[m, workload, workers][k] for m in modes}
+                pairs = [
+                    statistics.median(
+                        x[k] / y[k]
+                        for x, y in zip(
+                            samples[a, workload, workers],
+                            samples[b, workload, workers],
+                            strict=True,
+                        )
+                        if y[k]
+                    )
+                    for a, b in ratios
+                ]
                 print(
                     f"| {workload} | {workers} | {op} | "
                     + " | ".join(f"{cells[m]:,.0f}" for m in modes)
-                    + f" | {_ratio(cells, 'front', 'direct')} | {_ratio(cells, 'tls', 'front')} |"
+                    + "".join(
+                        f" | {_ratio(cells, a, b)} ({pair:.2f})"
+                        for (a, b), pair in zip(ratios, pairs, strict=True)
+                    )
+                    + " |"
                 )
 
 

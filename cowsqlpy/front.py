@@ -66,6 +66,7 @@ _HEADER = struct.Struct("<IBBH")
 _U64 = struct.Struct("<Q")
 _PART = P.PART.to_bytes(8, "little")
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)
+_HOLD_LIMIT = 64 << 10  # reply bytes held back for a read's last reply (`send_replies`)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class _EngineSide(_Link):
                     kept = data[pos + 8 : pos + 16] if rtype == P.STMT else b""
                     refusals = client.reply_done(rtype, kept)
                     if refusals:
-                        client.transport.write(data[start:end] + refusals)
+                        client.send_replies(data[start:end] + refusals)
                         start = end
                 pos = end
         while pos < n:
@@ -264,10 +265,10 @@ class _EngineSide(_Link):
                 continue
             refusals = client.reply_done(self._rtype, bytes(self._keep))
             if refusals:
-                client.transport.write(data[start:pos] + refusals)
+                client.send_replies(data[start:pos] + refusals)
                 start = pos
         if start < n:
-            client.transport.write(data[start:] if start else data)
+            client.send_replies(data[start:] if start else data)
 
 
 class _ClientSide(_Link):
@@ -288,6 +289,13 @@ class _ClientSide(_Link):
         )  # rtype, or a FAILURE owed
         self.accepted_at = self.last_activity = time.monotonic()
         self.counted = False
+        # Replies to the requests of one read are sent to the client together, so that a
+        # pipelined BEGIN, statement, COMMIT wakes it once, not once per reply.
+        self.queued = 0  # entries ever put in `pending`
+        self.answered = 0  # entries ever taken out of it
+        self.batch_ends: collections.deque[int] = collections.deque()  # `queued` after each read
+        self.held: list[bytes] = []
+        self.held_bytes = 0
 
     # -- accept --
 
@@ -373,45 +381,56 @@ class _ClientSide(_Link):
             self.engine is not None and self.engine.transport is not None and self.guard is not None
         )
         buf: bytes | bytearray = self.buf if data is None else data
-        out: list[bytes] = []
-        pos = 0
+        out: list[bytes | bytearray] = []
+        n = len(buf)
+        pos = run = 0  # `run`: where the frames forwarded since the last refusal start
         limit = self.front.limits.max_frame
-        stats = self.front.stats
-        while len(buf) - pos >= 8:
+        check = self.guard.check
+        pending = self.pending
+        queued = owed = 0  # entries put in `pending` by this read; FAILUREs among them
+        while n - pos >= 8:
             words, rtype, schema, _ = _HEADER.unpack_from(buf, pos)
             size = words * 8
             if size > limit:
                 self.refuse_and_close(f"request body of {size} bytes is over the limit of {limit}")
                 return
             end = pos + 8 + size
-            if len(buf) < end:
+            if n < end:
                 break
-            frame = bytes(buf[pos:end]) if data is None else data[pos:end]
-            pos = end
-            decision = self.guard.check(rtype, schema, frame[8:])
-            if decision == FORWARD:
-                out.append(frame)
-                self.pending.append(rtype)
-                stats.forwarded_requests += 1
-            elif decision == PIPE:
-                out.append(frame)
-                out.append(bytes(buf[pos:]))
-                pos = len(buf)
+            decision = check(rtype, schema, buf[pos + 8 : end])
+            if decision is FORWARD:
+                pending.append(rtype)
+                queued += 1
+                pos = end
+                continue
+            if decision is PIPE:
+                pos = n  # the CONNECT frame and whatever follows it: Raft's bytes
                 self.start_pipe()
                 break
-            else:
-                assert isinstance(decision, Refusal)
-                self.front._refuse_request(self, rtype, decision)
-                if decision.close:
-                    self.refuse_and_close(None)
-                    return
-                if self.pending:
-                    self.pending.append(failure_frame(decision))
-                elif self.transport is not None:
-                    self.transport.write(failure_frame(decision))
+            assert isinstance(decision, Refusal)
+            if run < pos:
+                out.append(buf[run:pos])
+            pos = run = end
+            self.front._refuse_request(self, rtype, decision)
+            if decision.close:
+                self.refuse_and_close(None)
+                return
+            if pending:
+                pending.append(failure_frame(decision))
+                queued += 1
+                owed += 1
+            elif self.transport is not None:
+                self.transport.write(failure_frame(decision))
+        if run < pos:
+            # Frames forwarded as they came: no copy when they are the whole read.
+            out.append(buf if run == 0 and pos == n and data is not None else buf[run:pos])
+        if queued:
+            self.front.stats.forwarded_requests += queued - owed
+            self.queued += queued
+            self.batch_ends.append(self.queued)
         if data is None:
             del self.buf[:pos]
-        elif pos < len(data):
+        elif pos < n:
             self.buf += data[pos:]  # a frame cut short waits for the rest
         if out:
             self.engine.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -427,8 +446,30 @@ class _ClientSide(_Link):
         owed = []
         while self.pending and isinstance(self.pending[0], bytes):
             owed.append(self.pending.popleft())
+        self.answered += 1 + len(owed)
         self.finish_if_done()
         return b"".join(owed)  # type: ignore[arg-type]
+
+    def send_replies(self, chunk: bytes) -> None:
+        """Relay engine replies: held while the oldest read's requests still have replies
+        owed (up to `_HOLD_LIMIT` bytes), sent with the rest once one is answered."""
+        if self.transport is None:
+            return
+        ends = self.batch_ends
+        finished = False
+        while ends and self.answered >= ends[0]:
+            ends.popleft()
+            finished = True
+        if not finished and ends and self.held_bytes + len(chunk) < _HOLD_LIMIT:
+            self.held.append(chunk)
+            self.held_bytes += len(chunk)
+            return
+        if self.held:
+            self.held.append(chunk)
+            chunk = b"".join(self.held)
+            self.held.clear()
+            self.held_bytes = 0
+        self.transport.write(chunk)
 
     def close_gracefully(self) -> None:
         """Close after the replies written so far are flushed (the client sent EOF)."""

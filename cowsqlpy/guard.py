@@ -357,6 +357,16 @@ def read_only_reason(sql: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=2048)
+def _sql_passes(sql: bytes, returning_safe: bool) -> bool:
+    """`check_sql` of a request's raw SQL text: UTF-8 and nothing to refuse."""
+    try:
+        text = sql.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return check_sql(text, returning_safe) is None
+
+
 # -- Frames ---------------------------------------------------------------------
 
 
@@ -365,7 +375,7 @@ class _Body:
 
     __slots__ = ("data", "pos", "name")
 
-    def __init__(self, data: bytes, name: str) -> None:
+    def __init__(self, data: bytes | bytearray, name: str) -> None:
         self.data = data
         self.pos = 0
         self.name = name
@@ -473,20 +483,46 @@ class ConnectionGuard:
         """The engine answered a PREPARE of this connection with `stmt_id`."""
         self.live.add(stmt_id)
 
-    def check(self, rtype: int, schema: int, body: bytes) -> Decision:
+    def check(self, rtype: int, schema: int, body: bytes | bytearray) -> Decision:
         """FORWARD, PIPE or a Refusal for one request frame (its header fields and body)."""
         self.requests += 1
-        if rtype in _STMT_TYPES and not schema and len(body) == 8 and rtype != P.FINALIZE:
-            # The hot path: EXEC/QUERY of a prepared statement without params.
-            if _U32.unpack_from(body, 4)[0] in self.live:
-                return FORWARD
+        if rtype in _PARAM_TYPES and self._fast(rtype, schema, body):
+            return FORWARD
         name = P.REQUEST_NAMES.get(rtype, f"request type {rtype}")
         try:
             return self._check(rtype, schema, body, name)
         except _Bad as exc:
             return _malformed(name, str(exc))
 
-    def _check(self, rtype: int, schema: int, body: bytes, name: str) -> Decision:
+    def _fast(self, rtype: int, schema: int, body: bytes | bytearray) -> bool:
+        """The hot path: whether an EXEC/QUERY of a live statement, or an EXEC_SQL/QUERY_SQL
+        of a SQL text already let through, passes, walking only its params. False: not
+        known here (`_check` decides, and words any refusal)."""
+        if schema and not self._schema1:
+            return False
+        n = len(body)
+        if rtype == P.EXEC or rtype == P.QUERY:
+            if n < 8 or _U32.unpack_from(body, 4)[0] not in self.live:
+                return False
+            pos = 8
+        else:
+            if self.access < Access.WRITE:
+                return False  # read-only rules and the barrier's exception: the full path
+            end = body.find(b"\0", 8)
+            pos = (end + 8) & ~7
+            if end < 0 or pos > n or not _sql_passes(bytes(body[8:end]), self.features.returning):
+                return False
+        if pos == n:
+            return True
+        cur = _Body(body, "")
+        cur.pos = pos
+        try:
+            cur.params(schema, self.features.max_params)
+        except _Bad:
+            return False
+        return cur.pos == n
+
+    def _check(self, rtype: int, schema: int, body: bytes | bytearray, name: str) -> Decision:
         if rtype == P.CONNECT:
             if self.access < Access.PEER or self.requests != 1:
                 return Refusal(
@@ -527,8 +563,6 @@ class ConnectionGuard:
         if rtype == P.DESCRIBE:
             if values[0] not in self.features.describe_formats:
                 return _refused(f"DESCRIBE format {values[0]} aborts this engine version")
-        elif rtype == P.CLUSTER and values[0] == 2 and self.features.unknown_cluster_format_fails:
-            return FORWARD  # the client's engine probe (`WireConnection.engine_probe`): FAILURE
         else:
             for index, field in _ALLOWED[rtype]:
                 if values[index] not in field.allowed:  # type: ignore[operator]

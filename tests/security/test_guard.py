@@ -191,3 +191,53 @@ def test_params_over_the_engines_limit_are_refused() -> None:
     guard.prepared(0)
     verdict = _check(guard, codec.encode_request(P.EXEC, 0, 0, [1, 2, 3]))
     assert isinstance(verdict, Refusal) and verdict.code == MALFORMED
+
+
+_SQL_TEXTS = [
+    "SELECT ?",
+    "INSERT INTO t VALUES (?, ?)",
+    "ATTACH 'x' AS y",
+    "PRAGMA journal_mode = delete",
+    "SELECT 1 RETURNING x",
+    "BEGIN",
+]
+_PARAM = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(st.characters(blacklist_characters="\x00"), max_size=20),
+    st.binary(max_size=40),
+    st.none(),
+    st.floats(allow_nan=False),
+)
+
+
+@given(
+    rtype=st.sampled_from([P.EXEC, P.QUERY, P.EXEC_SQL, P.QUERY_SQL]),
+    sql=st.sampled_from(_SQL_TEXTS),
+    stmt_id=st.integers(0, 3),
+    params=st.lists(_PARAM, max_size=4),
+    cut=st.integers(0, 40),
+    flip=st.tuples(st.integers(0, 2000), st.integers(0, 255)),
+    access=st.sampled_from([Access.READ, Access.WRITE, Access.PEER]),
+)
+def test_the_hot_path_agrees_with_the_full_check(
+    rtype: int, sql: str, stmt_id: int, params: list[object], cut: int,
+    flip: tuple[int, int], access: Access,
+) -> None:  # fmt: skip
+    """Whatever the guard's hot path passes, the full rules pass too (mutated bodies included)."""
+    if rtype in (P.EXEC, P.QUERY):
+        data = codec.encode_request(rtype, 0, stmt_id, params)
+    else:
+        data = codec.encode_request(rtype, 0, sql, params)
+    body = bytearray(data[8:])
+    if cut:
+        del body[len(body) - min(cut, len(body)) :]
+    if body and flip[0] < len(body):
+        body[flip[0]] = flip[1]
+    for features in FEATURES:
+        fast = ConnectionGuard(features, access=access)
+        full = ConnectionGuard(features, access=access)
+        for g in (fast, full):
+            g.prepared(1)
+            g.prepared(2)
+        if fast._fast(rtype, data[5], bytes(body)):
+            assert full._check(rtype, data[5], bytes(body), "x") == FORWARD
