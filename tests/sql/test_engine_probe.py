@@ -12,12 +12,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from sqlalchemy import Integer, String, insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import cowsqlpy
 import cowsqlpy.aio
 from cowsqlpy import versions
 from cowsqlpy.client import Session
 from cowsqlpy.node import engine_features
+from cowsqlpy.sqlalchemy import create_engine
 from cowsqlpy.testing import Cluster
 from tests.app.conftest import Demo
 
@@ -26,8 +29,11 @@ Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 @pytest.mark.parametrize("fails", [True, False])
 def test_a_probe_answer_takes_what_every_row_answering_so_takes(fails: bool) -> None:
-    rows = [r for r in (versions.DQLITE_1_11, versions.COWSQL_1_15)
-            if r.unknown_cluster_format_fails == fails]
+    rows = [
+        r
+        for r in (versions.DQLITE_1_11, versions.COWSQL_1_15)
+        if r.unknown_cluster_format_fails == fails
+    ]
     got = versions.features_from_probe(fails)
     assert got.unknown_cluster_format_fails == fails
     for field in dataclasses.fields(versions.EngineFeatures):
@@ -36,7 +42,9 @@ def test_a_probe_answer_takes_what_every_row_answering_so_takes(fails: bool) -> 
             assert value == all(getattr(r, field.name) for r in rows), field.name
 
 
-def test_the_async_driver_identifies_this_build_s_engine(cluster: Cluster, dbname: str, run: Run) -> None:
+def test_the_async_driver_identifies_this_build_s_engine(
+    cluster: Cluster, dbname: str, run: Run
+) -> None:
     async def main() -> versions.EngineFeatures:
         conn = await cowsqlpy.aio.connect(cluster.addresses, database=dbname, autocommit=True)
         try:
@@ -121,3 +129,28 @@ def test_this_build_s_engine_answers_every_probe_with_failure(cluster: Cluster) 
     answers, rows = asyncio.run(_probe_storm(cluster.addresses[leader]))
     assert answers == [True] * (2 * PROBES)
     assert rows == [(PROBES, sum(range(PROBES)))]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Thing(Base):
+    __tablename__ = "things"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+
+
+def test_the_dialect_turns_returning_on_for_a_probed_1_11_server(dqlite_demo: Demo) -> None:
+    engine = create_engine(f"cowsql://{dqlite_demo.db}/dialect")  # no ?engine=
+    try:
+        Base.metadata.create_all(engine)
+        assert engine.dialect.insert_returning
+        with engine.begin() as c:
+            got = c.execute(
+                insert(Thing).returning(Thing.id, Thing.name), [{"name": "a"}, {"name": "b"}]
+            )
+            assert sorted(got.all()) == [(1, "a"), (2, "b")]
+    finally:
+        engine.dispose()
+    assert dqlite_demo.proc.poll() is None
