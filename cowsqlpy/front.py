@@ -270,6 +270,11 @@ class _EngineSide(_Link):
         if start < n:
             client.send_replies(data[start:] if start else data)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.piping:
+            self.client.flush_held()  # the replies the engine sent before it closed
+        super().connection_lost(exc)
+
 
 class _ClientSide(_Link):
     """A connection accepted on the public address."""
@@ -464,12 +469,15 @@ class _ClientSide(_Link):
             self.held.append(chunk)
             self.held_bytes += len(chunk)
             return
-        if self.held:
-            self.held.append(chunk)
-            chunk = b"".join(self.held)
-            self.held.clear()
-            self.held_bytes = 0
-        self.transport.write(chunk)
+        self.held.append(chunk)
+        self.flush_held()
+
+    def flush_held(self) -> None:
+        """Send the replies held back (also when the engine closes its side)."""
+        if self.held and self.transport is not None:
+            self.transport.write(self.held[0] if len(self.held) == 1 else b"".join(self.held))
+        self.held.clear()
+        self.held_bytes = 0
 
     def close_gracefully(self) -> None:
         """Close after the replies written so far are flushed (the client sent EOF)."""
