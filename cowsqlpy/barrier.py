@@ -94,7 +94,7 @@ class ReadBarrier:
             self.watchdog.watch(session)
         try:
             await session.exec_sql(BARRIER_WRITE)
-        except ConnectionLostError as exc:
+        except (ConnectionLostError, LeadershipLostError) as exc:
             # the write's outcome is unknown; another round decides (a barrier is idempotent)
             await self._reconnect()
             raise NotLeaderError(f"read barrier reply lost: {exc.message}") from exc

@@ -274,6 +274,10 @@ class Database:
                 if stream is None or not stream.finished:  # a stream that ended has given its session back
                     self.release(session, exc)
                 deaths[0] = await self._count_death(session.address, exc, deaths[0], sql)
+                if isinstance(exc, LeadershipLostError):
+                    # the engine's barrier before a query (a new leader applying its log)
+                    # lost leadership: a query wrote nothing, so nothing is in doubt
+                    raise NotLeaderError(f"leadership lost before the query ran: {exc.message}") from exc
                 raise
             return stream
 
