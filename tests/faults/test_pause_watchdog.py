@@ -6,6 +6,8 @@ twice. And the watchdog leaves a long statement on a healthy leader alone."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +39,7 @@ POLICY = RetryPolicy(
 KV_TIMEOUT = 30.0
 KV_ATTEMPT_TIMEOUT = min(10.0, KV_TIMEOUT)
 WRITES_AFTER_PAUSE = 30
+DEMO_REQUEST_TIMEOUT = 5.0  # the demo's default --request-timeout
 
 
 @dataclass
@@ -98,17 +101,16 @@ def running_writer() -> Iterator[Callable[[Callable[[int], None]], Writer]]:
         writer.finish()
 
 
-def pause_leader_under_writes(
-    cluster: Cluster, writer: Writer, caplog: pytest.LogCaptureFixture
+def pause_under_writes(
+    writer: Writer, pause: Callable[[], None], resume: Callable[[], None]
 ) -> tuple[float, Call]:
-    """Freeze the leader while `writer` writes, until WRITES_AFTER_PAUSE more writes
-    returned; resume it. The pause's time and the call that was in flight at it (the
-    first to return after it: sent before it, or at once after to the pooled session
-    of the frozen node)."""
+    """Freeze the leader (`pause`) while `writer` writes, until WRITES_AFTER_PAUSE more
+    writes returned; `resume` it. The pause's time and the call that was in flight at
+    it (the first to return after it: sent before it, or at once after to the pooled
+    session of the frozen node)."""
     wait_for(lambda: len(writer.acked()) >= 20, 30, "writes before the pause")
-    leader = cluster.wait_leader()
     paused_at = time.monotonic()
-    cluster.pause(leader)
+    pause()
     try:
         wait_for(
             lambda: len(writer.finished_after(paused_at)) >= WRITES_AFTER_PAUSE,
@@ -116,12 +118,23 @@ def pause_leader_under_writes(
             "writes after the pause",
         )
     finally:
-        cluster.resume(leader)
+        resume()
     writer.finish()
+    return paused_at, writer.finished_after(paused_at)[0]
+
+
+def pause_leader_under_writes(
+    cluster: Cluster, writer: Writer, caplog: pytest.LogCaptureFixture
+) -> tuple[float, Call]:
+    """`pause_under_writes` on the cluster's leader; the watchdog must have abandoned it."""
+    leader = cluster.wait_leader()
+    paused_at, in_flight = pause_under_writes(
+        writer, lambda: cluster.pause(leader), lambda: cluster.resume(leader)
+    )
     # the write did not just go elsewhere: the watchdog abandoned the frozen node
     abandoned = [r.getMessage() for r in caplog.records if r.name == "cowsqlpy.watchdog"]
     assert any(m.startswith(f"{cluster.addresses[leader]} ") for m in abandoned), abandoned
-    return paused_at, writer.finished_after(paused_at)[0]
+    return paused_at, in_flight
 
 
 def assert_write_resumed(
@@ -166,6 +179,38 @@ def test_kvstore_put_in_flight_on_a_paused_leader_completes_on_the_new_leader(
                 item = stored.get(f"k{seq}".encode())
                 assert item is not None, f"acknowledged put k{seq} lost"
                 assert item.version == 1, f"put k{seq} applied {item.version} times"
+
+
+def test_demo_put_in_flight_on_a_paused_leader_is_answered_within_the_request_timeout(
+    running_writer, tmp_path
+) -> None:
+    """The issue's operator probe: PUTs through a healthy demo node while the leader's
+    process is stopped. Before the watchdog the PUT in flight got `503 no_quorum` after
+    exactly the request timeout."""
+    from demo.testing import DemoCluster, request
+
+    with DemoCluster(tmp_path, 3, request_timeout=DEMO_REQUEST_TIMEOUT) as demo:
+        leader = demo.wait_leader()
+        via = demo.nodes[(leader + 1) % 3].url
+        frozen = demo.nodes[leader].proc
+        assert frozen is not None
+
+        def put(seq: int) -> None:
+            status, _, body = request(
+                "PUT", f"{via}/k{seq}", b"v", timeout=DEMO_REQUEST_TIMEOUT + 30
+            )
+            assert status in (200, 201), (status, body)
+
+        writer = running_writer(put)
+        paused_at, in_flight = pause_under_writes(
+            writer,
+            lambda: os.kill(frozen.pid, signal.SIGSTOP),
+            lambda: os.kill(frozen.pid, signal.SIGCONT),
+        )
+        assert_write_resumed(paused_at, in_flight, DEMO_REQUEST_TIMEOUT, writer)
+        assert "abandoning" in demo.logs(tail=400), "the watchdog did not abandon the frozen leader"
+        for seq in writer.acked():
+            assert request("GET", f"{via}/k{seq}")[2] == b"v", f"acknowledged PUT k{seq} lost"
 
 
 SLOW_COUNT = (
