@@ -17,6 +17,11 @@ Error rules (see errors.py for the classes):
   `OutcomeUnknownError` (the write may have committed), never retried;
 * a failure inside an open transaction: `TransactionLostError`, the
   application retries the whole transaction;
+* a write whose node stops answering while another node says it leads
+  (`cowsqlpy.watchdog`): its connection is closed and it is handled as a lost
+  reply (resolved on the new leader), not after the whole attempt timeout;
+* a query that fails with leadership lost (the engine's barrier before it): it
+  wrote nothing, retried on the new leader;
 * no poison-pill retries: a query or a group-committed write during which its
   node died (the connection dropped and the node answers no fresh one; a reply
   timeout does not count) is sent to the next leader once more; when a second
