@@ -209,7 +209,8 @@ async def find_leader(
 
     `hint` (the last known leader) is asked first; if it has not answered within
     `HINT_GRACE`, every other node of the store is asked at once too, and the first
-    node that leads wins; a node that names another leader sends us there. While a
+    node that leads wins; a node that names another leader sends us there at once
+    (listed in the store or not). While a
     node stays silent, the nodes that answered are asked again every `HINT_GRACE`
     (during an election they name no leader, or the frozen one, until it ends).
     `tls`: dial every node over mutual TLS.
@@ -246,10 +247,22 @@ async def find_leader(
         probes = {n.address: asyncio.ensure_future(_probe(n.address, policy, tls)) for n in nodes if n.address != hint}
         tasks += probes.values()
         pending = {t for t in tasks if not t.done()}
+
+        def ask_pointed() -> None:
+            # A leader named by a node is asked at once, even when the store does not
+            # list it (a new node, a store not refreshed yet), not after the silent ones:
+            # a frozen node would hold it back for the whole attempt timeout.
+            for address in pointed - probes.keys() - {hint}:
+                probes[address] = asyncio.ensure_future(_probe(address, policy, tls))
+                tasks.append(probes[address])
+                pending.add(probes[address])
+
+        ask_pointed()
         while pending:
             done, pending = await asyncio.wait(pending, timeout=HINT_GRACE, return_when=asyncio.FIRST_COMPLETED)
             if (winner := first_leader(done)) is not None:
                 return winner
+            ask_pointed()
             if not done:
                 # Only silent nodes are left (a frozen ex-leader): the nodes that answered
                 # may have elected a leader since, so ask them again rather than wait.
@@ -257,14 +270,6 @@ async def find_leader(
                 probes.update(again)
                 tasks += again.values()
                 pending |= set(again.values())
-        for address in pointed - {hint, *(n.address for n in nodes)}:
-            try:
-                conn, _ = await _probe(address, policy, tls)
-            except Error as exc:
-                errors.append(str(exc))
-                continue
-            if conn is not None:
-                return conn
     finally:
         # Only the winner keeps its connection: a probe cancelled here closes its own, and
         # another node that also claimed to lead (a deposed leader) is let go.

@@ -17,7 +17,7 @@ import pytest
 
 import kvstore
 from cowsqlpy import RetryPolicy
-from cowsqlpy.client import claimed_leader
+from cowsqlpy.client import claimed_leader, find_leader
 from cowsqlpy.database import Database
 from cowsqlpy.store import MemoryNodeStore
 from cowsqlpy.testing import Cluster, wait_for
@@ -268,3 +268,31 @@ def test_a_grace_that_is_not_positive_is_refused(grace: float) -> None:
 
     with pytest.raises(ValueError, match="stall_grace"):
         asyncio.run(make())
+
+
+def test_discovery_asks_a_leader_the_store_does_not_list_without_waiting_for_a_frozen_node(
+    proc_cluster: Cluster,
+) -> None:
+    """A store that lists the frozen ex-leader and one follower, not the new leader (a
+    demo node's store right after it joined): the follower names the new leader, which
+    is asked at once, not after the frozen node's probe ran out its attempt timeout (an
+    hour here). Seen in bench_failover: the demo's first PUT after a pause took 5.6 s,
+    its request timeout."""
+    c = proc_cluster
+    old = c.wait_leader()
+    policy = RetryPolicy(attempt_timeout=3600.0, connect_timeout=5.0)
+
+    async def discover(store: MemoryNodeStore) -> str:
+        async with asyncio.timeout(60):  # far below the attempt timeout: not a speed check
+            conn = await find_leader(store, policy)
+        conn.close()
+        return conn.address
+
+    c.pause(old)
+    try:
+        new = c.wait_leader(timeout=30, exclude=old)
+        follower = next(i for i in range(3) if i not in (old, new))
+        leader = asyncio.run(discover(MemoryNodeStore([c.addresses[old], c.addresses[follower]])))
+    finally:
+        c.resume(old)
+    assert leader == c.addresses[new]
