@@ -95,7 +95,7 @@ class BenchCluster:
         self.tls = tls
         ids = NODE_IDS[:nodes]
         self.addresses = [f"127.0.0.1:{free_port()}" for _ in ids]
-        self.procs = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         for i, (node_id, address) in enumerate(zip(ids, self.addresses, strict=True)):
             cmd = [
                 sys.executable,
@@ -134,10 +134,22 @@ class BenchCluster:
                 p.kill()
 
 
+def _cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU of the node processes (engine and front threads together)."""
+    ticks = 0
+    for p in procs:
+        with open(f"/proc/{p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run(
     cluster: BenchCluster, workload: str, workers: int, duration: float, consistency: str
-) -> tuple[float, float, float]:
-    """(writes/s, reads/s, failed attempts/s) of `workers` DB-API threads (bench_client's)."""
+) -> tuple[float, float, float, float]:
+    """(writes/s, reads/s, failed attempts/s, node CPU us per op) of `workers` DB-API
+    threads (bench_client's)."""
+    cpu_before = _cpu_seconds(cluster.procs)
     stop_at = time.monotonic() + duration
     tallies = [Tally() for _ in range(workers)]
     threads = [
@@ -155,10 +167,12 @@ def run(
     for t in tallies:
         total.merge(t)
     errors = sum(total.errors.values())
+    ops = len(total.latencies["exec"]) + len(total.latencies["query"])
     return (
         len(total.latencies["exec"]) / duration,
         len(total.latencies["query"]) / duration,
         errors / duration,
+        (_cpu_seconds(cluster.procs) - cpu_before) / max(ops, 1) * 1e6,
     )
 
 
@@ -207,7 +221,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-sec-"))
     tls = make_cert(base / "cert")
     modes = args.modes.split(",")
-    samples: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
+    samples: dict[tuple[str, str, int], list[tuple[float, float, float, float]]] = {}
     clusters: dict[str, BenchCluster] = {}
     try:
         # Every cluster stays up; each cell runs the modes back to back in rotating order,
@@ -237,7 +251,7 @@ def main() -> None:
             cluster.close()
         shutil.rmtree(base, ignore_errors=True)
     results = {
-        key: tuple(statistics.median(v[k] for v in values) for k in range(3))
+        key: tuple(statistics.median(v[k] for v in values) for k in range(4))
         for key, values in samples.items()
     }
     print(
@@ -282,6 +296,19 @@ def main() -> None:
                     )
                     + " |"
                 )
+    # CPU is steadier than throughput on a shared machine: what each mode costs the nodes.
+    print(
+        "\nNode processes' CPU per operation (us, median of the runs; engine and front together):\n"
+    )
+    print("| workload | workers | " + " | ".join(modes) + " |")
+    print("|---|---|" + "---|" * len(modes))
+    for workload in args.workloads.split(","):
+        for workers in (int(w) for w in args.workers.split(",")):
+            print(
+                f"| {workload} | {workers} | "
+                + " | ".join(f"{results[m, workload, workers][3]:,.0f}" for m in modes)
+                + " |"
+            )
 
 
 if __name__ == "__main__":
