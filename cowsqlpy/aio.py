@@ -28,8 +28,8 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Generator, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from . import guard, versions
 from .client import as_store
@@ -54,6 +54,7 @@ DEFAULT_ISOLATION_LEVEL = "IMMEDIATE"  # BUSY then comes at BEGIN, where the dri
 
 Params = Sequence[Any] | Mapping[str, Any]
 Row = tuple[Any, ...]
+T = TypeVar("T")
 
 log = logging.getLogger("cowsqlpy.aio")
 
@@ -192,6 +193,22 @@ def check_engine_safe(sql: str, features: EngineFeatures, *, wrapped: bool) -> N
     reason = _refusal(sql, returning_allowed(features, wrapped))
     if reason is not None:
         raise NotSupportedError(f"refused: {reason} (docs/security.md)")
+
+
+def _some_row_takes(check: Callable[[EngineFeatures], object]) -> bool:
+    """Whether `check` passes under some engine's row (else no probe can lift a refusal)."""
+    for row in set(versions.ENGINE_CHOICES.values()):
+        try:
+            check(row)
+        except NotSupportedError:
+            continue
+        return True
+    return False
+
+
+def _check_script(sql: str, features: EngineFeatures) -> None:
+    check_returning(analyze(sql), features, wrapped=False)  # EXEC'd, one by one
+    check_engine_safe(sql, features, wrapped=False)
 
 
 def check_returning(stmt: Statement, features: EngineFeatures, *, wrapped: bool) -> None:
@@ -357,7 +374,7 @@ async def connect(
     db = conn._db
     try:
         db.release(await db.acquire())
-        await conn._learn_engine()
+        await conn.identify_engine()
     except BaseException:
         await conn.close()
         raise
@@ -444,13 +461,28 @@ class Connection:
     def features(self) -> EngineFeatures:
         """The engine switches this connection works under (RETURNING and the like): the
         declared engine's row, or for an undeclared one the row the engine probe found
-        (`versions.CLIENT_TARGET` until the first statement has been checked)."""
+        (`versions.CLIENT_TARGET`, what every row takes, until it is sent: at `connect`,
+        `identify_engine`, or a statement that row refuses)."""
         return self._features
 
-    async def _learn_engine(self) -> None:
+    async def identify_engine(self) -> EngineFeatures:
+        """`features`, after the engine probe for an undeclared engine (once per database
+        core). :raises OperationalError subclasses: no leader within the retry policy."""
         if self._identify:
             self._features = await identify_engine(self._db)
             self._identify = False
+        return self._features
+
+    async def _checked(self, check: Callable[[EngineFeatures], T]) -> T:
+        """`check(features)`. What the assumed row (`CLIENT_TARGET`) refuses another row
+        may take: then the engine is identified first and `check` runs under its row;
+        what it takes every row takes, so most statements never wait for the probe."""
+        try:
+            return check(self._features)
+        except NotSupportedError:
+            if not self._identify or not _some_row_takes(check):
+                raise
+        return check(await self.identify_engine())
 
     @property
     def closed(self) -> bool:
@@ -668,7 +700,8 @@ class Connection:
             raise self._lose_tx(exc) from exc
 
     async def _execute(self, cursor: Cursor, sql: str, parameters: object) -> None:
-        stmt = check_single(sql, self._features)
+        stmt = (await self._checked(functools.partial(check_single, sql)) if self._identify
+                else check_single(sql, self._features))
         values = plain_values(bind(stmt, parameters))
         await self._settle()
         if stmt.is_tx_control:
@@ -960,8 +993,6 @@ class Cursor:
         """
         self._check()
         conn = self.connection
-        if conn._identify:
-            await conn._learn_engine()
         async with conn._op:
             await self._reset()
             await conn._execute(self, sql, parameters)
@@ -971,8 +1002,7 @@ class Cursor:
         """Run one DML statement for every parameter set, atomically and pipelined."""
         self._check()
         conn = self.connection
-        await conn._learn_engine()
-        stmt = check_single(sql, conn._features)
+        stmt = await conn._checked(functools.partial(check_single, sql))
         if _returns_rows(stmt) is not False or stmt.is_tx_control:
             raise ProgrammingError("executemany() can only run DML statements that return no rows")
         seq = [plain_values(bind(stmt, p)) for p in seq_of_parameters]
@@ -988,9 +1018,7 @@ class Cursor:
         if not isinstance(sql, str):
             raise ProgrammingError(f"sql must be str, not {type(sql).__name__}")
         conn = self.connection
-        await conn._learn_engine()
-        check_returning(analyze(sql), conn._features, wrapped=False)   # EXEC'd, one by one
-        check_engine_safe(sql, conn._features, wrapped=False)
+        await conn._checked(functools.partial(_check_script, sql))
         async with conn._op:
             await self._reset()
             await conn._executescript(sql)

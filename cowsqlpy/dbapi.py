@@ -174,7 +174,17 @@ class Connection:
 
     @property
     def features(self) -> EngineFeatures:
-        """The engine switches this connection works under (RETURNING and the like)."""
+        """The engine switches this connection works under (RETURNING and the like); for
+        an undeclared engine `versions.CLIENT_TARGET` until the engine probe identified
+        it (`identify_engine`, or a statement that row refuses)."""
+        return self._core.features
+
+    def identify_engine(self) -> EngineFeatures:
+        """`features`, after the engine probe for an undeclared engine (once per cluster
+        and database in this process). :raises OperationalError subclasses: no leader."""
+        self._check_open()
+        if self._core._identify:
+            run_sync(self._core.identify_engine())
         return self._core.features
 
     @property

@@ -46,6 +46,9 @@ class AsyncAdapt_cowsql_connection(AsyncAdapt_dbapi_connection):
     def features(self) -> EngineFeatures:
         return self._connection.features
 
+    def identify_engine(self) -> EngineFeatures:
+        return await_(self._connection.identify_engine())
+
     @property
     def isolation_level(self) -> str | None:
         return self._connection.isolation_level

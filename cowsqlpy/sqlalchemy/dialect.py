@@ -220,7 +220,7 @@ class CowsqlDialect(SQLiteDialect_pysqlite):
 
     def initialize(self, connection: Connection) -> None:
         super().initialize(connection)
-        features = connection.connection.dbapi_connection.features  # type: ignore[union-attr]
+        features = connection.connection.dbapi_connection.identify_engine()  # type: ignore[union-attr]
         returning = returning_allowed(features, wrapped=True) and self.server_version_info >= (3, 35)  # type: ignore[operator]
         self.insert_returning = self.update_returning = self.delete_returning = returning
 

@@ -56,30 +56,50 @@ def test_the_async_driver_identifies_this_build_s_engine(
     assert run(main()) == engine_features()
 
 
-def test_the_dbapi_identifies_at_its_first_statement(cluster: Cluster, dbname: str) -> None:
+def test_the_dbapi_probes_only_when_the_answer_matters(cluster: Cluster, dbname: str) -> None:
     conn = cowsqlpy.connect(cluster.addresses, database=dbname, autocommit=True)
     try:
-        assert conn.features == versions.CLIENT_TARGET  # nothing dialled yet
-        conn.execute("CREATE TABLE t (x)")
+        conn.execute("CREATE TABLE t (x)")  # every row takes it: no probe needed
+        assert conn.features == versions.CLIENT_TARGET
+        with pytest.raises(cowsqlpy.NotSupportedError, match="RETURNING"):
+            conn.execute("INSERT INTO t VALUES (1) RETURNING x")  # 1.11 takes it: probed
         assert conn.features == engine_features()
+        assert conn.identify_engine() == engine_features()
         declared = cowsqlpy.connect(cluster.addresses, database=dbname, engine="dqlite-1.11")
         try:
-            declared.execute("SELECT 1").fetchall()
-            assert declared.features == versions.DQLITE_1_11  # a declared engine is not probed
+            assert declared.identify_engine() == versions.DQLITE_1_11  # declared: not probed
         finally:
             declared.close()
     finally:
         conn.close()
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "ATTACH 'file:/tmp/x.db' AS other",
+        "VACUUM INTO '/tmp/copy.db'",
+        "SELECT load_extension('x')",
+    ],
+)
+def test_what_no_row_takes_is_refused_without_dialling(sql: str) -> None:
+    conn = cowsqlpy.connect(["127.0.0.1:1"], database="x")  # no node listens there
+    try:
+        with pytest.raises(cowsqlpy.NotSupportedError, match="refused"):
+            conn.execute(sql)
+    finally:
+        conn.close()
+
+
 def test_a_1_11_server_is_identified_and_gets_its_row(dqlite_demo: Demo) -> None:
-    """No engine= given: the driver finds 1.11 and sends RETURNING the way 1.11 takes it."""
+    """No engine= given: RETURNING, which only 1.11's row takes, sends the probe; the
+    driver finds 1.11 and sends RETURNING the way 1.11 takes it."""
     conn = cowsqlpy.connect([dqlite_demo.db], database="probe", autocommit=True)
     try:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-        assert conn.features == versions.DQLITE_1_11
         rows = conn.execute("INSERT INTO t (v) VALUES ('a'), ('b') RETURNING id, v").fetchall()
         assert rows == [(1, "a"), (2, "b")]
+        assert conn.features == versions.DQLITE_1_11
         conn.execute("INSERT INTO t (v) VALUES ('after')")
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (3,)
     finally:
