@@ -16,8 +16,7 @@ import ctypes.util
 import functools
 import logging
 import os
-import threading
-import time
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,6 +40,7 @@ FUSE_CAP_READDIRPLUS = 1 << 13
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14
 
 F = TypeVar("F", bound=Callable[..., Any])
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")  # /proc/self/mountinfo writes a space as \040
 
 
 class _Context(ctypes.Structure):
@@ -188,9 +188,11 @@ class Operations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, fs: Any, options: MountOptions) -> None:
+    def __init__(self, fs: Any, options: MountOptions, mountpoint: str = "") -> None:
         self.fs = fs
         self.options = options
+        self.mountpoint = mountpoint
+        self._read_ahead_due = bool(mountpoint and options.read_ahead_kb)
         self.kernel = KernelCache()
         self._listings: dict[int, list[tuple[str, dict[str, int], int]]] = {}  # by dir handle
         if hasattr(fs, "on_stale"):
@@ -321,8 +323,21 @@ class Operations(mfusepy.Operations):
             fi.keep_cache = 1 if keep_cache else 0
         return 0
 
+    def _raise_read_ahead(self) -> None:
+        """Set the mount's read-ahead window. The kernel takes at most its own offer
+        (128 KiB) from libfuse's init reply, and caps what sysfs held before that reply;
+        done at the first open, which the kernel sends only after the reply."""
+        self._read_ahead_due = False
+        try:
+            with open(bdi_read_ahead(self.mountpoint), "w") as f:
+                f.write(str(self.options.read_ahead_kb))
+        except OSError as exc:  # not root, or no sysfs: the kernel's default stays
+            log.info("read-ahead of %s left at the kernel's: %s", self.mountpoint, exc)
+
     @_errno
     def open(self, path: str, fi: Any) -> int:
+        if self._read_ahead_due:
+            self._raise_read_ahead()
         fh, keep = self.fs.open(path, fi.flags)
         if not keep:  # changed since this mount last saw it: drop the kernel's attributes too
             self.kernel.invalidate([path])
@@ -330,6 +345,8 @@ class Operations(mfusepy.Operations):
 
     @_errno
     def create(self, path: str, mode: int, fi: Any) -> int:
+        if self._read_ahead_due:
+            self._raise_read_ahead()
         fh = self.fs.create(path, mode, fi.flags, *self._ctx())
         return self._opened(fi, fh, True)
 
@@ -390,36 +407,28 @@ class Operations(mfusepy.Operations):
 
 
 def bdi_read_ahead(mountpoint: str) -> str:
-    """The sysfs file of the kernel's read-ahead (KiB) for the filesystem at `mountpoint`."""
-    dev = os.stat(mountpoint).st_dev
-    return f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    """The sysfs file of the kernel's read-ahead (KiB) for the filesystem mounted at
+    `mountpoint`, found in /proc/self/mountinfo (a stat of a FUSE mount from its own
+    daemon would wait on that daemon).
 
-
-def _raise_read_ahead(mountpoint: str, kib: int, serving: threading.Thread) -> None:
-    """Set the mount's read-ahead once it is up. libfuse's init reply caps it at the
-    kernel's offer (128 KiB), so it is raised through sysfs after the mount."""
-    while serving.is_alive():
-        if os.path.ismount(mountpoint):  # blocks until the kernel had the init reply
-            try:
-                with open(bdi_read_ahead(mountpoint), "w") as f:
-                    f.write(str(kib))
-            except OSError as exc:  # not root, or no sysfs: the kernel's default stays
-                log.info("read-ahead of %s left at the kernel's default: %s", mountpoint, exc)
-            return
-        time.sleep(0.01)
+    :raises FileNotFoundError: nothing is mounted there.
+    """
+    target = os.path.realpath(mountpoint)
+    dev = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()  # id, parent, major:minor, root, mountpoint, ...
+            if _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4]) == target:
+                dev = fields[2]  # the last mount there is the one on top
+    if dev is None:
+        raise FileNotFoundError(f"nothing mounted at {mountpoint}")
+    return f"/sys/class/bdi/{dev}/read_ahead_kb"
 
 
 def serve(fs: Any, mountpoint: str, options: MountOptions | None = None) -> None:
     """Mount `fs` at `mountpoint` and serve it until unmounted (or SIGINT/SIGTERM/SIGHUP,
     which libfuse turns into a clean unmount); blocks. Multi-threaded, default_permissions."""
     options = options or MountOptions()
-    if options.read_ahead_kb:
-        threading.Thread(
-            target=_raise_read_ahead,
-            args=(mountpoint, options.read_ahead_kb, threading.current_thread()),
-            name="fusefs-read-ahead",
-            daemon=True,
-        ).start()
     kwargs: dict[str, Any] = dict(
         foreground=True, default_permissions=True, fsname=options.fsname, subtype="cowsqlfs"
     )
@@ -428,7 +437,7 @@ def serve(fs: Any, mountpoint: str, options: MountOptions | None = None) -> None
     if options.debug:
         kwargs["debug"] = True
     try:
-        FUSE3(Operations(fs, options), mountpoint, raw_fi=True, **kwargs)
+        FUSE3(Operations(fs, options, mountpoint), mountpoint, raw_fi=True, **kwargs)
     except RuntimeError as exc:
         # fuse_main returns 8 when a signal ended the loop: libfuse unmounted, destroy flushed.
         if exc.args != (8,):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import cowsqlpy
-from cowsqlpy.testing import wait_for
 from fusefs.schema import LINK_MAX
 
 from .conftest import Mount, check_fs, make_fs, unmount
@@ -305,11 +304,12 @@ def test_link_limit_gives_emlink(fs_mount: Mount) -> None:
 
 
 def test_read_ahead_is_raised_for_whole_mib_reads(fs_cluster, mount_factory) -> None:  # type: ignore[no-untyped-def]
-    """The mount's read-ahead is what --read-ahead says (sysfs, as root), and reads
-    through the larger window return the file's bytes."""
+    """The mount's read-ahead is what --read-ahead says (sysfs, as root, from the first
+    open on), and reads through the larger window return the file's bytes."""
     if os.geteuid() != 0:
         pytest.skip("setting a mount's read-ahead (sysfs) needs root")
     from fusefs.binding import bdi_read_ahead  # mfusepy: present where mounts run
+
     make_fs(fs_cluster.addresses, capacity=64 << 20)
     default = mount_factory(fs_cluster.addresses, name="default")
     chosen = mount_factory(fs_cluster.addresses, "fs", "--read-ahead", "256", name="chosen")
@@ -318,11 +318,10 @@ def test_read_ahead_is_raised_for_whole_mib_reads(fs_cluster, mount_factory) -> 
         with open(bdi_read_ahead(str(m.path))) as f:
             return f.read().strip()
 
-    wait_for(lambda: read_ahead(default) == "1024", 10, "read-ahead 1024 KiB")
-    wait_for(lambda: read_ahead(chosen) == "256", 10, "read-ahead 256 KiB")
     data = os.urandom(5 << 20 | 12345)
-    (default.path / "f").write_bytes(data)
+    (default.path / "f").write_bytes(data)  # set at the first open or create
     assert (chosen.path / "f").read_bytes() == data  # cold on this mount
+    assert read_ahead(default) == "1024" and read_ahead(chosen) == "256"
     with open(chosen.path / "f", "rb") as f:
         f.seek(3 << 20)
         assert f.read(1 << 20) == data[3 << 20 : 4 << 20]
