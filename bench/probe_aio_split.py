@@ -9,7 +9,9 @@ INSERTs (``write``) or point SELECTs (``read``), the bench_sqlalchemy driver cel
 statements. Per operation: wall time, and CPU of this process (every thread: the sync
 driver's caller threads and its loop thread; the async driver's one loop), so a
 difference in CPU is the client's own; the nodes' CPU (all three processes) is
-printed beside it; the rest is waiting (Raft, the CPU scheduler). Medians of the rounds. `--profile DIR` writes one cProfile dump a side
+printed beside it, and how often per operation this process was preempted (on a busy
+2-core machine, mostly by the node a send wakes); the rest is waiting (Raft, the CPU
+scheduler). Medians of the rounds. `--profile DIR` writes one cProfile dump a side
 (the last round; the sync side profiles its loop thread, where the driver runs).
 """
 
@@ -48,6 +50,11 @@ _ranges = itertools.count(1)
 def cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def involuntary_switches() -> int:
+    """Times this process's threads were preempted so far (a woken node taking the CPU)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -167,13 +174,15 @@ def main() -> None:
         pids = [pid for i in range(3) if (pid := cluster.pid(i)) is not None]
         results: dict[str, list[tuple[float, float]]] = {"sync": [], "async": []}
         node_cpu: dict[str, list[float]] = {"sync": [], "async": []}
+        preempted: dict[str, list[float]] = {"sync": [], "async": []}
         total = args.ops * args.workers
         for r in range(args.rounds):
             for side in ("sync", "async") if r % 2 == 0 else ("async", "sync"):
                 profile = cProfile.Profile() if args.profile and r == args.rounds - 1 else None
-                before = nodes_cpu(pids)
+                before, switched = nodes_cpu(pids), involuntary_switches()
                 wall, used = sides[side](profile)
                 node_cpu[side].append((nodes_cpu(pids) - before) / total * 1e6)
+                preempted[side].append((involuntary_switches() - switched) / total)
                 results[side].append((wall / total * 1e6, used / total * 1e6))
                 if profile is not None:
                     args.profile.mkdir(parents=True, exist_ok=True)
@@ -186,6 +195,7 @@ def main() -> None:
             print(
                 f"  {side:>5}: wall {statistics.median(walls):8.1f}  cpu {statistics.median(cpus):7.1f}"
                 f"  nodes' cpu {statistics.median(node_cpu[side]):7.1f}"
+                f"  preempted {statistics.median(preempted[side]):5.2f}"
                 f"   walls {' '.join(f'{w:.0f}' for w in walls)}"
             )
         pairs = [s[0] / a[0] for s, a in zip(results["sync"], results["async"], strict=True)]
