@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 
 from .client import LeaderTracker, Session, claimed_leader
@@ -44,7 +45,7 @@ class StallWatchdog:
     one task per event loop runs while any is watched. `on_abandon(address)` is
     called after the sessions to `address` were abandoned (to drop pooled ones).
 
-    :raises ValueError: `policy.stall_grace` is neither None nor positive.
+    :raises ValueError: `policy.stall_grace` is neither None nor positive and finite.
     """
 
     def __init__(
@@ -55,9 +56,9 @@ class StallWatchdog:
     ) -> None:
         self.tracker = tracker
         self.policy = policy
-        if policy.stall_grace is not None and not policy.stall_grace > 0:
+        if policy.stall_grace is not None and not 0 < policy.stall_grace < math.inf:
             raise ValueError(
-                f"RetryPolicy.stall_grace must be a positive number of seconds or None, "
+                f"RetryPolicy.stall_grace must be a positive, finite number of seconds or None, "
                 f"got {policy.stall_grace!r}"
             )
         self.grace = policy.stall_grace

@@ -261,8 +261,8 @@ def test_only_a_node_that_itself_leads_is_evidence() -> None:
         assert asyncio.run(ask(leader)) is None
 
 
-@pytest.mark.parametrize("grace", [0.0, -1.0, float("nan")])
-def test_a_grace_that_is_not_positive_is_refused(grace: float) -> None:
+@pytest.mark.parametrize("grace", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_grace_that_is_not_positive_and_finite_is_refused(grace: float) -> None:
     async def make() -> None:
         Database(MemoryNodeStore(["127.0.0.1:1"]), "db", RetryPolicy(stall_grace=grace))
 
