@@ -12,7 +12,7 @@ import pytest
 import cowsqlpy
 from cowsqlpy import protocol as P
 from cowsqlpy.client import SyncClient
-from cowsqlpy.errors import AccessDeniedError
+from cowsqlpy.errors import AccessDeniedError, OperationalError
 from cowsqlpy.front import Front
 from cowsqlpy.node import engine_features
 from cowsqlpy.rights import Access, Rights
@@ -172,6 +172,10 @@ def test_admin_certificate_changes_the_cluster_but_is_no_raft_peer(
         assert admin.dump("r")["r"].startswith(b"SQLite format 3\0")
         admin.add(9, "127.0.0.1:1")
         assert 9 in {n.id for n in admin.cluster()}
+        admin.assign(9, P.STANDBY)
+        with pytest.raises(OperationalError) as caught:  # the engine's answer, not the front's
+            admin.transfer(9)  # a stand-by cannot lead
+        assert not isinstance(caught.value, AccessDeniedError)
         admin.remove(9)
         assert 9 not in {n.id for n in admin.cluster()}
         admin.weight(node.address, 2)
