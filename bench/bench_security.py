@@ -5,7 +5,8 @@ front ("front") and behind a mutual-TLS front with Raft through TLS too ("tls").
     .venv/bin/python bench/bench_security.py [--duration 5] [--repeat 3] [--workers 1,8,32] [--modes direct,front,tls] [--nodes 3]
     .venv/bin/python bench/bench_security.py --other /tmp/base --modes direct,front,other   # A/B of the front
 
-``--other TREE`` adds the mode "other": the front of another tree (e.g. ``git archive
+The mode "tls-asyncio" is "tls" with the nodes on stock asyncio (its SSL) instead of
+uvloop. ``--other TREE`` adds the mode "other": the front of another tree (e.g. ``git archive
 <commit> | tar -x -C /tmp/base`` plus the compiled modules copied), so a change to the
 front is measured against its base in alternating runs on the same machine.
 
@@ -101,7 +102,7 @@ class BenchCluster:
                 sys.executable,
                 __file__ if tree is None else str(Path(tree) / "bench" / "bench_security.py"),
                 "node",
-                "front" if mode == "other" else mode,
+                {"other": "front", "tls-asyncio": "tls"}.get(mode, mode),
                 str(node_id),
                 address,
                 str(base / f"n{i}"),
@@ -109,7 +110,10 @@ class BenchCluster:
             ]
             if tls is not None:
                 cmd += [str(tls.cert), str(tls.key)]
-            p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tree)
+            env = dict(os.environ, COWSQLPY_LOOP="asyncio") if mode == "tls-asyncio" else None
+            p = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tree, env=env
+            )
             assert p.stdout is not None and b"ready" in p.stdout.readline()
             self.procs.append(p)
         with cowsqlpy.SyncClient(self.addresses[:1], tls=tls) as admin:
@@ -230,7 +234,7 @@ def main() -> None:
             clusters[mode] = BenchCluster(
                 mode,
                 base / mode,
-                tls if mode == "tls" else None,
+                tls if mode.startswith("tls") else None,
                 args.nodes,
                 args.front_busy_poll,
                 args.other if mode == "other" else None,
@@ -260,7 +264,13 @@ def main() -> None:
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
         "# ratio of the medians, then (in brackets) the median of the per-round ratios\n"
     )
-    ratios = [("front", "direct"), ("tls", "front"), ("other", "direct"), ("front", "other")]
+    ratios = [
+        ("front", "direct"),
+        ("tls", "front"),
+        ("other", "direct"),
+        ("front", "other"),
+        ("tls-asyncio", "tls"),
+    ]
     ratios = [(a, b) for a, b in ratios if a in modes and b in modes]
     print(
         "| workload | workers | op | "
