@@ -585,7 +585,8 @@ class ConnectionGuard:
             if self.access < Access.WRITE and not self._barrier(sql):
                 reason = read_only_reason(sql)
                 if reason is not None:
-                    return _denied(self.access, reason)
+                    shown = sql if len(sql) <= 60 else sql[:57] + "..."
+                    return _denied(self.access, f"{reason} ({shown!r})")
         elif rtype == P.OPEN:
             decision = self._check_open(*values)
             if decision == FORWARD:
