@@ -275,9 +275,10 @@ class Store:
 
     def inserted(self, view: str, row: tuple[Any, ...], committed: Callable[[], bool]) -> bool:
         """Insert `row` into `view` (a procedure: its INSTEAD OF trigger does the
-        operation, see schema.PROCEDURES) in one request, sharing the statement with the
-        rows other threads queued meanwhile: one INSERT of several rows, one commit, all
-        or none. Returns and raises as `scripted`."""
+        operation, see schema.PROCEDURES) as one autocommit statement (the driver
+        pipelines it with its BEGIN and COMMIT: one round trip), sharing it with the rows
+        other threads queued meanwhile: one INSERT of several rows, one commit, all or
+        none. Returns and raises as `scripted`."""
         with self._lock:
             batcher = self._row_batches.get(view)
             if batcher is None:
