@@ -101,7 +101,7 @@ def check_read_consistency(value: object) -> bool:
 
 def engine_features(engine: str | None) -> EngineFeatures:
     """The switches for `connect(engine=...)` (None: until the engine probe has
-    identified the server, see `identify_engine`). :raises ValueError: an unknown name."""
+    identified the server, see `Connection.identify_engine`). :raises ValueError: an unknown name."""
     return versions.CLIENT_TARGET if engine is None else versions.features_named(engine)
 
 
@@ -110,7 +110,7 @@ _identified: weakref.WeakKeyDictionary[Database, asyncio.Future[EngineFeatures]]
 )
 
 
-async def identify_engine(db: Database) -> EngineFeatures:
+async def probed_features(db: Database) -> EngineFeatures:
     """The version-table row of the engine `db`'s leader runs, from the engine probe
     (`WireConnection.engine_probe`: cowsql answers FAILURE, libdqlite 1.11 a node
     list, and both keep serving). One probe per `Database`: concurrent callers share
@@ -469,7 +469,7 @@ class Connection:
         """`features`, after the engine probe for an undeclared engine (once per database
         core). :raises OperationalError subclasses: no leader within the retry policy."""
         if self._identify:
-            self._features = await identify_engine(self._db)
+            self._features = await probed_features(self._db)
             self._identify = False
         return self._features
 
