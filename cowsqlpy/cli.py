@@ -482,11 +482,15 @@ def node_main(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("node", "shell"):
-        print("usage: python -m cowsqlpy {node|shell} [options]  (see --help of each)", file=sys.stderr)
+    if not argv or argv[0] not in ("node", "shell", "tls"):
+        print("usage: python -m cowsqlpy {node|shell|tls} [options]  (see --help of each)", file=sys.stderr)
         return 2
     if argv[0] == "node":
         return node_main(argv[1:])
+    if argv[0] == "tls":  # make-ca, make-cert: as python -m cowsqlpy.tls, without runpy's warning
+        from .tls import main as tls_main
+
+        return tls_main(argv[1:])
     return shell_main(argv[1:])
 
 

@@ -6,7 +6,7 @@ by every node and every client, is also the only CA. Both sides verify each othe
 the certificate, as go-cowsql's dial config does, so contexts built here interoperate with
 ``cowsql-demo --cert --key`` and the ``cowsql`` shell.
 
-Make a cluster certificate with ``python -m cowsqlpy.tls make-cert --out DIR`` (writes
+Make a cluster certificate with ``python -m cowsqlpy tls make-cert --out DIR`` (writes
 ``cluster.crt`` and ``cluster.key``), or with openssl as go-cowsql documents::
 
     openssl req -x509 -newkey rsa:4096 -sha256 -days 3650 -nodes \\
@@ -275,7 +275,7 @@ def make_cert(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cowsqlpy.tls")
+    parser = argparse.ArgumentParser(prog="python -m cowsqlpy tls")
     sub = parser.add_subparsers(dest="command", required=True)
     mk = sub.add_parser(
         "make-cert",

@@ -92,3 +92,16 @@ def test_rights_without_a_certificate_are_refused(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2 and "--rights needs --cert" in proc.stderr, proc.stderr
+
+
+def test_the_cert_tool_runs_from_the_package_cli(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "cowsqlpy", "tls"]
+    made = subprocess.run(
+        [*run, "make-ca", "--out", str(tmp_path / "ca")], capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0 and made.stderr == "", made.stderr
+    cert = subprocess.run(
+        [*run, "make-cert", "--out", str(tmp_path), "--ca", str(tmp_path / "ca"), "--cn", "app"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cert.returncode == 0 and (tmp_path / "app.crt").exists(), cert.stderr
