@@ -385,7 +385,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--failure-domain", type=int, default=None)
     parser.add_argument("--handover-timeout", type=float, default=60.0, metavar="SECONDS")
     parser.add_argument("--cert", help="cluster certificate (PEM): mutual TLS for clients and Raft "
-                                       "(go-cowsql's scheme; python -m cowsqlpy.tls make-cert)")
+                                       "(go-cowsql's scheme; python -m cowsqlpy tls make-cert)")
     parser.add_argument("--key", help="private key of --cert (PEM)")
     parser.add_argument("--ca", help="CA that signs peers' certificates (default: --cert itself)")
     parser.add_argument("--guard", action="store_true",
