@@ -56,6 +56,9 @@ _TEXT_VALUES = frozenset({P.TEXT, P.ISO8601})
 _ENGINE_VFS = frozenset({"", "volatile"})
 #: requests that change the cluster or copy a whole database (`Access.ADMIN` and up)
 ADMIN_REQUESTS: Final = frozenset({P.ADD, P.ASSIGN, P.REMOVE, P.TRANSFER, P.WEIGHT, P.DUMP})
+#: CLUSTER format the client's engine probe sends (`wire.WireConnection.engine_probe`):
+#: both engines take it (1.11 answers as format 1, 1.15 with FAILURE), so the engine answers
+ENGINE_PROBE_FORMAT: Final = 2
 #: requests served to every certificate the CA signed (`Access.NONE`): finding the leader
 _NONE_REQUESTS: Final = frozenset({P.LEADER, P.CLIENT})
 
@@ -563,7 +566,7 @@ class ConnectionGuard:
         if rtype == P.DESCRIBE:
             if values[0] not in self.features.describe_formats:
                 return _refused(f"DESCRIBE format {values[0]} aborts this engine version")
-        else:
+        elif not (rtype == P.CLUSTER and values[0] == ENGINE_PROBE_FORMAT):
             for index, field in _ALLOWED[rtype]:
                 if values[index] not in field.allowed:  # type: ignore[operator]
                     return _refused(f"{name} {field.name}={values[index]}: {field.why}")

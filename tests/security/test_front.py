@@ -264,3 +264,22 @@ def test_busy_polling_front_serves(guarded_factory) -> None:  # type: ignore[no-
     node = guarded_factory(busy_poll=0.0001)
     node.assert_serving()
     assert node.front.poller is not None and node.front.poller.spins > 0
+
+
+def test_the_engine_probe_gets_the_engines_answer(guarded: GuardedNode) -> None:
+    """The client's engine probe (CLUSTER format 2) passes the front: the engine itself
+    answers (cowsql 1.15: FAILURE), and the node keeps serving."""
+    import asyncio
+
+    from cowsqlpy.wire import WireConnection
+
+    async def probe() -> bool:
+        conn = await WireConnection.connect(guarded.address)
+        try:
+            return await conn.engine_probe(timeout=5.0)
+        finally:
+            conn.close()
+
+    assert asyncio.run(probe()) is True
+    assert guarded.front.stats.refused_requests == 0
+    guarded.assert_serving()

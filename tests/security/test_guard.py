@@ -241,3 +241,12 @@ def test_the_hot_path_agrees_with_the_full_check(
             g.prepared(2)
         if fast._fast(rtype, data[5], bytes(body)):
             assert full._check(rtype, data[5], bytes(body), "x") == FORWARD
+
+
+def test_the_engine_probe_reaches_the_engine() -> None:
+    """CLUSTER format 2 is the client's engine probe: the engine's answer tells 1.11 from
+    1.15, so the guard passes it (and no other format outside the table)."""
+    guard = ConnectionGuard(COWSQL_1_15, access=Access.READ)
+    assert guard.check(P.CLUSTER, 0, (2).to_bytes(8, "little")) == FORWARD
+    refused = guard.check(P.CLUSTER, 0, (3).to_bytes(8, "little"))
+    assert isinstance(refused, Refusal) and refused.code == REFUSED
