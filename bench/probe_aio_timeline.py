@@ -50,7 +50,7 @@ def stamp_before(owner: Any, name: str, stage: str, first_only: bool = False) ->
 
 stamp_before(batching.GroupCommitter, "submit", "submit")
 stamp_before(database.Database, "_run_batch", "batch")
-stamp_before(wire.WireConnection, "_flush", "flush")
+stamp_before(wire.WireConnection, "_flush", "flush", first_only=True)
 stamp_before(wire.WireConnection, "data_received", "first_reply", first_only=True)
 stamp_before(wire.WireConnection, "data_received", "last_reply")
 stamp_before(database, "_deliver", "deliver")
