@@ -27,6 +27,7 @@ from .dbapi import (
     threadsafety,
 )
 from .errors import (
+    AccessDeniedError,
     BusyError,
     ConnectionLostError,
     DatabaseError,
@@ -75,6 +76,6 @@ __all__ = [
     "LEGACY_TRANSACTION_CONTROL",
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError",
     "IntegrityError", "InternalError", "ProgrammingError", "NotSupportedError",
-    "BusyError", "ConnectionLostError", "LeadershipLostError", "NoLeaderError", "NotLeaderError",
+    "AccessDeniedError", "BusyError", "ConnectionLostError", "LeadershipLostError", "NoLeaderError", "NotLeaderError",
     "OutcomeUnknownError", "QueryOfDeathError", "ReplyTimeoutError", "TransactionLostError",
 ]

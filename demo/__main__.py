@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cert", metavar="PEM", help="cluster certificate: mutual TLS between "
                    "nodes and for engine clients (go-cowsql's scheme, as cowsql-demo --cert), "
                    "and HTTPS for the API, which then asks clients for a certificate the "
-                   "cluster trusts (make one: python -m cowsqlpy.tls make-cert --out DIR)")
+                   "cluster trusts (make one: python -m cowsqlpy tls make-cert --out DIR)")
     p.add_argument("--key", metavar="PEM", help="private key of --cert")
     p.add_argument("--ca", metavar="PEM", help="CA bundle to trust (default: --cert itself)")
     p.add_argument("--api-tls", choices=("mutual", "server"), default="mutual",
