@@ -46,6 +46,7 @@ from .barrier import ReadBarrier
 from .batching import GroupCommitter
 from .client import LeaderTracker, Session, node_gone
 from .errors import (
+    AccessDeniedError,
     BusyError,
     ConnectionLostError,
     Error,
@@ -467,7 +468,14 @@ class Database:
 
     async def _ensure_markers(self, session: Session) -> None:
         if not self._markers_ready:
-            await session.exec_sql(MARKERS_SCHEMA)
+            try:
+                await session.exec_sql(MARKERS_SCHEMA)
+            except AccessDeniedError as exc:
+                # the driver's own first write: name what the caller did, not our DDL
+                raise AccessDeniedError(
+                    f"{session.address}: this connection may not write (its certificate's rights): {exc.message}",
+                    exc.code,
+                ) from exc
             self._markers_ready = True
 
     def _next_marker(self) -> int:

@@ -98,6 +98,12 @@ def test_read_only_certificate_reads_and_cannot_write(
                 conn.execute(sql)
         assert isinstance(caught.value, PermissionError) and caught.value.code == 279, sql
     conn.close()
+    # Outside autocommit the driver's own first write (its commit markers) is refused
+    # first: the error says the connection may not write.
+    conn = cowsqlpy.connect(node.address, database="r", tls=pki["reader"])
+    with pytest.raises(AccessDeniedError, match="may not write"):
+        conn.execute("INSERT INTO t VALUES (5, 'five')")
+    conn.close()
 
     with _raw(node, pki["reader"]) as raw:
         assert raw.call(frame(P.OPEN, text("r") + u64(0) + text("volatile")))[0] == P.DB  # type: ignore[index]
