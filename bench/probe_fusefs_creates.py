@@ -1,0 +1,107 @@
+"""fusefs creates and unlinks against the engine's single-row autocommit inserts,
+alternating in rounds on one cluster and one mount (the shared machine's load moves
+during a long run; alternating keeps each ratio's two sides in the same minutes).
+
+    .venv/bin/python bench/probe_fusefs_creates.py [--rounds 6] [--files 200]
+
+Each round: N inserts, then N creates from 1 thread and 2N from 8 (each thread in a
+directory of its own), and their unlinks. Prints medians and ratios to the inserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+import cowsqlpy  # noqa: E402
+from cowsqlpy.testing import Cluster, wait_for  # noqa: E402
+from fusefs import mkfs  # noqa: E402
+from fusefs.testing import mount_command  # noqa: E402
+
+
+def rate(n: int, workers: int, jobs: list[list[Path]], fn: Callable[[Path], object]) -> float:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda paths: [fn(p) for p in paths], jobs))
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--files", type=int, default=200)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="probe-fusefs-"))
+    mnt = work / "mnt"
+    mnt.mkdir()
+    cluster = Cluster(3, processes=True, base_dir=work / "cluster", network_latency=0.1)
+    proc = None
+    try:
+        servers = cluster.addresses
+        conn = cowsqlpy.connect(servers, database="fs")
+        mkfs(conn, capacity=1 << 30)
+        conn.close()
+        auto = cowsqlpy.connect(servers, database="raw", autocommit=True)
+        auto.execute("CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, v TEXT)")
+        with open(work / "mount.log", "wb") as log:
+            proc = subprocess.Popen(
+                mount_command(servers, mnt),
+                env=dict(os.environ, PYTHONPATH=ROOT),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(lambda: os.path.ismount(mnt), 60, "mount")
+        n = args.files
+        figures: dict[str, list[float]] = {}
+        for r in range(args.rounds):
+            start = time.perf_counter()
+            for _ in range(n):
+                auto.execute("INSERT INTO rows (v) VALUES ('x')")
+            figures.setdefault("insert", []).append(n / (time.perf_counter() - start))
+            for workers in (1, 8):
+                count = n * (2 if workers > 1 else 1)
+                dirs = [mnt / f"r{r}w{workers}" / f"t{t}" for t in range(workers)]
+                for d in dirs:
+                    d.mkdir(parents=True)
+                jobs = [[d / f"f{i:06d}" for i in range(count // workers)] for d in dirs]
+
+                def create(p: Path) -> None:
+                    os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
+
+                figures.setdefault(f"create {workers} w", []).append(
+                    rate(count, workers, jobs, create)
+                )
+                figures.setdefault(f"unlink {workers} w", []).append(
+                    rate(count, workers, jobs, os.unlink)
+                )
+        inserts = statistics.median(figures["insert"])
+        print(f"load {os.getloadavg()[0]:.1f}, {args.rounds} rounds of {n}")
+        for name, values in figures.items():
+            m = statistics.median(values)
+            print(
+                f"{name:12s} median {m:7.1f}/s  ratio {m / inserts:.2f}  {[round(v) for v in values]}"
+            )
+        auto.close()
+    finally:
+        if proc is not None:
+            subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+            proc.wait(30)
+        cluster.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
