@@ -86,7 +86,18 @@ NODE_COLUMNS = "ino, mode, uid, gid, size, stored, nlink, rdev, atime, mtime, ct
 # one INSERT of several rows is several creates in one request, one commit, all or none).
 # The parent must still be the directory this mount read (mode and group: setgid); a taken
 # name fails the entry's primary key. Format 2 adds these two.
-CREATE_OP_COLUMNS = ("parent", "parent_mode", "parent_gid", "name", "ino", "mode", "uid", "gid", "rdev", "now")
+CREATE_OP_COLUMNS = (
+    "parent",
+    "parent_mode",
+    "parent_gid",
+    "name",
+    "ino",
+    "mode",
+    "uid",
+    "gid",
+    "rdev",
+    "now",
+)
 PROCEDURES = (
     "CREATE VIEW IF NOT EXISTS fs_create_op ({}) AS SELECT {} WHERE 0".format(
         ", ".join(CREATE_OP_COLUMNS), ", ".join(["NULL"] * len(CREATE_OP_COLUMNS))
