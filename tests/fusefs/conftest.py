@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,7 +97,7 @@ def fs_cluster(fuse_available: None, cluster_factory: Callable[..., Cluster]) ->
     return cluster_factory(3, network_latency=0.1)
 
 
-def make_fs(servers: list[str], database: str = "fs", **options: int) -> None:
+def make_fs(servers: list[str], database: str = "fs", **options: Any) -> None:
     conn = cowsqlpy.connect(servers, database=database)
     try:
         mkfs(conn, **options)
