@@ -103,7 +103,9 @@ def test_cowsql_demo_joins_a_cowsqlpy_cluster(demo_factory, app_factory) -> None
 @pytest.mark.skipif(DQLITE_DEMO is None, reason="dqlite-demo (Debian go-dqlite) not installed")
 def test_the_client_talks_to_a_dqlite_demo_cluster(demo_factory) -> None:
     """libdqlite 1.11.1 and cowsql 1.15 cannot share a Raft cluster (raft 0.15 and 0.22
-    differ), but our client still serves dqlite-demo's nodes, with the 1.11 guards."""
+    differ), but our client still serves dqlite-demo's nodes, with the 1.11 rules: the
+    engine probe identifies it (no engine= given), so RETURNING goes the one way 1.11
+    takes it (a query inside a transaction) and the node lives on."""
     demo = demo_factory(binary="dqlite-demo")
     demo.wait_up()
     demo.put("from-demo", "1")
@@ -112,8 +114,11 @@ def test_the_client_talks_to_a_dqlite_demo_cluster(demo_factory) -> None:
         assert _kv(conn)["from-demo"] == "1"
         conn.execute("INSERT OR REPLACE INTO model (key, value) VALUES ('from-cowsqlpy', '2')")
         assert demo.get("from-cowsqlpy") == "2"
-        with pytest.raises(cowsqlpy.NotSupportedError):
-            conn.execute("INSERT INTO model (key, value) VALUES ('r', 'r') RETURNING key")
+        returned = conn.execute("INSERT INTO model (key, value) VALUES ('r', 'r') RETURNING key")
+        assert returned.fetchall() == [("r",)]
+        assert conn.features.name == "dqlite 1.11"  # what the probe, sent for RETURNING, found
+        conn.execute("INSERT OR REPLACE INTO model (key, value) VALUES ('after', '3')")  # 1.11 aborts here if RETURNING was unsafe
+        assert demo.get("r") == "r" and demo.get("after") == "3"
         assert demo.get("from-demo") == "1"  # the node is alive
     finally:
         conn.close()
