@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 echo "== pass 1: Cython codec, uvloop"
-"$PY" -m pytest -q "$@"
+"$PY" -m pytest -q --durations=15 "$@"  # the slowest tests: the 20-minute budget
 echo "== pass 2: pure-Python codec, stock asyncio"
 COWSQLPY_PUREPYTHON=1 COWSQLPY_LOOP=asyncio "$PY" -m pytest -q "$@" \
   tests/test_codec.py tests/test_codec_properties.py tests/test_implementations.py \
