@@ -6,6 +6,10 @@ tests/sql/suite/: the plugin, the requirements (what the engine cannot do, each
 with its reason) and the suite module. Stock SQLite with the SQLite part of the
 requirements must pass whole: that proves those declarations are SQLite's, not
 excuses; cowsql must pass whole with its own few more. Counts: docs/sqlalchemy.md.
+
+The stock-SQLite run checks our requirement declarations, not cowsqlpy, so CI leaves it
+out to stay in its 20-minute budget; COWSQLPY_SQLA_BASELINE=1 runs it (as before each
+change to tests/sql/suite/requirements.py).
 """
 
 from __future__ import annotations
@@ -75,5 +79,9 @@ def test_compliance_suite_on_a_cowsql_cluster(cluster: Cluster, tmp_path: Path) 
     run_suite(tmp_path, f"cowsql://[{','.join(cluster.addresses)}]/sqla_suite", "Requirements")
 
 
+@pytest.mark.skipif(
+    os.environ.get("COWSQLPY_SQLA_BASELINE") != "1",
+    reason="the stock-SQLite baseline runs with COWSQLPY_SQLA_BASELINE=1 (left out of CI's budget)",
+)
 def test_compliance_suite_on_stock_sqlite(tmp_path: Path) -> None:
     run_suite(tmp_path, f"sqlite:///{tmp_path}/stock.db", "SQLiteRequirements")
