@@ -93,7 +93,8 @@ class GuardedNode:
             cur.execute("CREATE TABLE IF NOT EXISTS beat (n INTEGER)")
             cur.execute("INSERT INTO beat (n) VALUES (1)")
             cur.execute("SELECT count(*) FROM beat")
-            assert cur.fetchone()[0] >= 1
+            row = cur.fetchone()
+            assert row is not None and row[0] >= 1
         finally:
             conn.close()
 
