@@ -13,7 +13,9 @@ address; the front accepts on the public address, optionally with mutual TLS
   front passes it and becomes a byte pipe. With TLS every peer has shown a certificate
   the CA signed (and, with ``rights=``, one with `Access.PEER`); without TLS there is
   nothing to authenticate and CONNECT passes from any admitted address (loopback only,
-  unless ``allow_remote``).
+  unless ``allow_remote``), and the pipe leaves the event loop: both sockets go to a C
+  loop on a thread of their own (`cowsqlpy.node.relay_sockets`, no GIL held), so a Raft
+  message costs no wake-up of the front's loop.
 
 With TLS, ``rights=`` (`cowsqlpy.rights.Rights`) gives each client certificate a level:
 read-only, read-write, admin or peer; the guard refuses what the level does not cover
@@ -45,15 +47,18 @@ import collections
 import concurrent.futures
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import protocol as P
 from ._loop import BusyPoll, enable_busy_poll, new_event_loop
+from .errors import EngineUnavailableError
 from .guard import FORWARD, HANDSHAKES, PIPE, ConnectionGuard, Refusal, failure_frame
 from .rights import Access, Rights
 from .tls import ClientTLS, TLSConfig, make_server_context
@@ -106,6 +111,7 @@ class FrontStats:
     forwarded_requests: int = 0
     closed_idle: int = 0
     pipes: int = 0
+    native_pipes: int = 0  # of `pipes`, those relayed off the event loop (`relay_sockets`)
     open: int = 0
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -157,6 +163,7 @@ class _Link(asyncio.Protocol):
         self.peer: _Link | None = None
         self.piping = False
         self.closed = False
+        self.detached = False  # the socket went to a native relay: the transport is a husk
         self.sock: socket.socket | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -187,7 +194,7 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.peer is not None:
+        if self.peer is not None and not self.detached:
             self.peer.close()
 
     def close(self) -> None:
@@ -271,7 +278,7 @@ class _EngineSide(_Link):
             client.send_replies(data[start:] if start else data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.piping:
+        if not self.piping and not self.detached:
             self.client.flush_held()  # the replies the engine sent before it closed
         super().connection_lost(exc)
 
@@ -301,6 +308,7 @@ class _ClientSide(_Link):
         self.batch_ends: collections.deque[int] = collections.deque()  # `queued` after each read
         self.held: list[bytes] = []
         self.held_bytes = 0
+        self.relay: _NativeRelay | None = None
 
     # -- accept --
 
@@ -337,7 +345,7 @@ class _ClientSide(_Link):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self.counted:
+        if self.counted and not self.detached:  # a relayed pipe is forgotten when it ends
             self.counted = False
             self.front._forget(self)
 
@@ -490,9 +498,49 @@ class _ClientSide(_Link):
         if self.engine is not None:
             self.engine.piping = True
         self.front.stats.pipes += 1
-        log.info("Raft peer %s: CONNECT passed, piping", self.host)
+        native = self.front._relay is not None and self.engine is not None
+        log.info("Raft peer %s: CONNECT passed, piping%s", self.host, " (native)" if native else "")
+        if native:
+            assert self.transport is not None and self.engine is not None
+            assert self.engine.transport is not None
+            self.transport.pause_reading()
+            self.engine.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self.hand_over)
+
+    def hand_over(self) -> None:
+        """Give both sockets to a native relay, once the engine took what we wrote to it."""
+        engine = self.engine
+        if self.closed or engine is None or engine.closed:
+            return
+        assert self.transport is not None and engine.transport is not None
+        if self.transport.get_write_buffer_size() or engine.transport.get_write_buffer_size():
+            asyncio.get_running_loop().call_later(0.001, self.hand_over)
+            return
+        relay = self.front._relay
+        assert relay is not None
+        fds: list[int] = []
+        try:
+            for link in (self, engine):
+                assert link.transport is not None
+                fds.append(os.dup(link.transport.get_extra_info("socket").fileno()))
+        except OSError as exc:  # out of descriptors: stay on the loop
+            for fd in fds:
+                os.close(fd)
+            log.warning("Raft peer %s: pipe stays on the event loop: %s", self.host, exc)
+            self.transport.resume_reading()
+            engine.transport.resume_reading()
+            return
+        self.detached = engine.detached = True
+        self.transport.close()  # our duplicates keep the connections open
+        engine.transport.close()
+        self.front._relays.add(self)
+        self.relay = _NativeRelay(relay, fds[0], fds[1], self.front._relay_ended, self)
+        self.front.stats.native_pipes += 1
 
     def refuse_and_close(self, reason: str | None) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+            return
         if reason is not None:
             self.front._refuse_connection(self, reason)
         if self.transport is not None:
@@ -517,6 +565,58 @@ class _ClientSide(_Link):
         return None
 
 
+class _NativeRelay:
+    """A Raft pipe moved by `relay_sockets` on a thread of its own; `stop()` ends it."""
+
+    def __init__(
+        self,
+        relay: Callable[[int, int, int], int],
+        a: int,
+        b: int,
+        done: Callable[[_ClientSide, int], None],
+        client: _ClientSide,
+    ) -> None:
+        self._stop_r, self._stop_w = os.pipe()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(
+            target=self._run, args=(relay, a, b, done, client), name="cowsqlpy-relay", daemon=True
+        )
+        self.thread.start()
+
+    def _run(
+        self,
+        relay: Callable[[int, int, int], int],
+        a: int,
+        b: int,
+        done: Callable[[_ClientSide, int], None],
+        client: _ClientSide,
+    ) -> None:
+        try:
+            err = relay(a, b, self._stop_r)
+        finally:
+            with self._lock:
+                os.close(self._stop_r)
+                os.close(self._stop_w)
+                self._stop_w = -1
+        done(client, err)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stop_w >= 0:
+                os.write(self._stop_w, b"x")
+
+
+def _native_relay() -> Callable[[int, int, int], int] | None:
+    from .node import engine_version, relay_sockets
+
+    try:
+        engine_version()
+    except EngineUnavailableError:
+        log.warning("no engine binding: the front's Raft pipes stay on its event loop")
+        return None
+    return relay_sockets
+
+
 # -- The front ------------------------------------------------------------------------
 
 
@@ -537,6 +637,8 @@ class Front:
     :param busy_poll: seconds the front's loop polls instead of sleeping after network
         activity (0: off; see `cowsqlpy.runtime`): saves a thread wake-up per hop at the
         price of CPU.
+    :param native_relay: without TLS, relay Raft pipes in C off the event loop (the
+        default); False keeps them on the loop (for A/B measurements).
     :raises ValueError: bad address or limits, `rights` without TLS; ssl.SSLError/OSError:
         unusable certificate.
     """
@@ -552,6 +654,7 @@ class Front:
         allow_remote: bool = False,
         rights: Rights | None = None,
         busy_poll: float = 0.0,
+        native_relay: bool = True,
     ) -> None:
         self.busy_poll = busy_poll
         self.poller: BusyPoll | None = None
@@ -577,6 +680,9 @@ class Front:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._log = _RateLimitedLog()
+        # TLS pipes need the loop's SSL; plain ones go to C.
+        self._relay = _native_relay() if native_relay and tls is None else None
+        self._relays: set[_ClientSide] = set()
 
     @property
     def address(self) -> str:
@@ -676,6 +782,9 @@ class Front:
             return
         self._loop.call_soon_threadsafe(self._loop.stop)
         thread.join()
+        for client in list(self._relays):
+            if client.relay is not None:
+                client.relay.thread.join(5.0)
 
     def __enter__(self) -> Front:
         self.start()
@@ -755,6 +864,25 @@ class Front:
         except Exception:  # a failing rights map (a subclass's bug) grants nothing
             log.exception("front %s: the rights map failed", self.address)
             return Access.NONE
+
+    def _relay_ended(self, client: _ClientSide, err: int) -> None:
+        """From a relay's thread: the pipe is closed; forget it on the loop."""
+        if err:
+            log.info("Raft peer %s: pipe ended: %s", client.host, os.strerror(err))
+        loop = self._loop
+        try:
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(self._forget_relay, client)
+                return
+        except RuntimeError:  # the loop closed meanwhile
+            pass
+        self._forget_relay(client)
+
+    def _forget_relay(self, client: _ClientSide) -> None:
+        if client.counted:
+            client.counted = False
+            self._forget(client)
+        self._relays.discard(client)
 
     def _forget(self, client: _ClientSide) -> None:
         self._clients.discard(client)

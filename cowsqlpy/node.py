@@ -104,6 +104,17 @@ def engine_features() -> EngineFeatures:
     return features_for(ENGINE_NAME, engine_version())
 
 
+def relay_sockets(a: int, b: int, stop: int) -> int:
+    """Move bytes both ways between the connected sockets `a` and `b` until one side
+    closes or `stop` (e.g. a pipe's read end) becomes readable. Runs in C with the GIL
+    released: call it on a thread of its own (the front's Raft pipes). Closes `a` and `b`.
+
+    :returns: 0, or the errno that ended the relay.
+    :raises EngineUnavailableError: the engine binding is not built.
+    """
+    return int(_engine().lib.cowsqlpy_relay(a, b, stop))
+
+
 def generate_id(address: str) -> int:
     """A fresh random node id, as the engine generates it (mixes in `address`)."""
     _check_address(address)
@@ -724,6 +735,7 @@ __all__ = [
     "engine_version",
     "engine_features",
     "generate_id",
+    "relay_sockets",
     "reconfigure_membership",
     "default_dial",
 ]

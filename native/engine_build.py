@@ -73,6 +73,7 @@ ffibuilder.cdef(
     int cowsqlpy_connect_nodelay(void *arg, const char *address, int *fd);
     int cowsqlpy_set_checkpoint_threshold(cowsql_node *n, cowsql_node_id id, const char *address,
                                           unsigned threshold);
+    int cowsqlpy_relay(int a, int b, int stop);
     """
 )
 
@@ -95,6 +96,10 @@ ffibuilder.set_source(
     #include <unistd.h>
     #include <pthread.h>
     #include <stdarg.h>
+    #include <errno.h>
+    #include <fcntl.h>
+    #include <poll.h>
+    #include <stdlib.h>
 
     /* cowsql 1.15 has no setter for the WAL checkpoint threshold (1,000 frames),
        and on every applied commit each node opens a follower connection to decide
@@ -133,6 +138,120 @@ ffibuilder.set_source(
         }
         h->config.checkpoint_threshold = threshold;
         return 0;
+    }
+
+    /* The front's Raft pipes without TLS: after CONNECT the front only moves bytes, so
+       it hands both sockets to this loop, run from a Python thread with the GIL released
+       (cffi releases it), instead of waking the front's event loop for every Raft
+       message. One direction's bytes are read only once the previous read is written
+       out, so a slow reader stalls its own direction only. Returns 0 when a side closed
+       or `stop` became readable, else an errno; closes a and b in every case. */
+    #define COWSQLPY_RELAY_BUF (256 * 1024)
+
+    struct cowsqlpy_direction {
+        int from, to, tcp_from;
+        char *buf;
+        size_t len, off;
+    };
+
+    static int cowsqlpy_is_tcp(int fd)
+    {
+        int domain = 0;
+        socklen_t len = sizeof domain;
+        return getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0
+               && (domain == AF_INET || domain == AF_INET6);
+    }
+
+    /* Write what is buffered; 1: all out, 0: the socket is full, -1: error (errno). */
+    static int cowsqlpy_flush(struct cowsqlpy_direction *d)
+    {
+        while (d->off < d->len) {
+            ssize_t n = send(d->to, d->buf + d->off, d->len - d->off, MSG_NOSIGNAL);
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+            }
+            d->off += (size_t)n;
+        }
+        d->off = d->len = 0;
+        return 1;
+    }
+
+    /* Read once and write at once; 1: go on, 0: end of stream, -1: error (errno). */
+    static int cowsqlpy_pump(struct cowsqlpy_direction *d)
+    {
+        ssize_t n;
+        do {
+            n = recv(d->from, d->buf, COWSQLPY_RELAY_BUF, 0);
+        } while (n < 0 && errno == EINTR);
+        if (n == 0) return 0;
+        if (n < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? 1 : -1;
+        if (d->tcp_from) {  /* the sender may keep Nagle on: do not delay our ACK */
+            int one = 1;
+            setsockopt(d->from, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+        }
+        d->len = (size_t)n;
+        d->off = 0;
+        return cowsqlpy_flush(d) < 0 ? -1 : 1;
+    }
+
+    int cowsqlpy_relay(int a, int b, int stop)
+    {
+        struct cowsqlpy_direction dirs[2] = {
+            {a, b, cowsqlpy_is_tcp(a), NULL, 0, 0},
+            {b, a, cowsqlpy_is_tcp(b), NULL, 0, 0},
+        };
+        int err = 0;
+        char *mem = malloc(2 * COWSQLPY_RELAY_BUF);
+        if (mem == NULL) {
+            err = ENOMEM;
+            goto out;
+        }
+        dirs[0].buf = mem;
+        dirs[1].buf = mem + COWSQLPY_RELAY_BUF;
+        int fds[2] = {a, b};
+        for (int i = 0; i < 2; i++) {
+            int flags = fcntl(fds[i], F_GETFL);
+            if (flags < 0 || fcntl(fds[i], F_SETFL, flags | O_NONBLOCK) < 0) {
+                err = errno;
+                goto out;
+            }
+        }
+        for (;;) {
+            struct pollfd p[3] = {{a, 0, 0}, {b, 0, 0}, {stop, POLLIN, 0}};
+            for (int i = 0; i < 2; i++) {
+                struct cowsqlpy_direction *d = &dirs[i];
+                if (d->len) p[d->to == a ? 0 : 1].events |= POLLOUT;
+                else p[d->from == a ? 0 : 1].events |= POLLIN;
+            }
+            if (poll(p, 3, -1) < 0) {
+                if (errno == EINTR) continue;
+                err = errno;
+                goto out;
+            }
+            if (p[2].revents) goto out;
+            for (int i = 0; i < 2; i++) {
+                struct cowsqlpy_direction *d = &dirs[i];
+                short from_ev = p[d->from == a ? 0 : 1].revents;
+                short to_ev = p[d->to == a ? 0 : 1].revents;
+                int rv = 1;
+                if (d->len && (to_ev & (POLLOUT | POLLERR | POLLHUP))) rv = cowsqlpy_flush(d);
+                else if (!d->len && (from_ev & (POLLIN | POLLERR | POLLHUP))) rv = cowsqlpy_pump(d);
+                if (rv == 0 && !d->len) goto out;  /* end of stream */
+                if (rv < 0) {
+                    err = errno;
+                    goto out;
+                }
+                /* A side that hung up while its bytes wait for the other: poll would
+                   report it at once, for ever; the peer is gone, end the pipe. */
+                if (d->len && (from_ev & (POLLHUP | POLLERR))) goto out;
+            }
+        }
+    out:
+        free(mem);
+        close(a);
+        close(b);
+        return err;
     }
 
     /* The engine's own Raft dialer leaves Nagle on; with delayed ACKs that stalls
