@@ -31,7 +31,7 @@ from typing import Final
 from . import protocol as P
 from .barrier import BARRIER_DATABASE, BARRIER_SCHEMA, BARRIER_WRITE
 from .rights import Access
-from .sqltext import _TOKEN
+from .sqltext import _TOKEN, mentions_any
 from .versions import EngineFeatures
 
 #: FAILURE code of a refused request: SQLITE_AUTH, what SQLite's own authorizer answers
@@ -235,9 +235,17 @@ def _statements(sql: str) -> list[list[tuple[str, str]]]:
     return statements
 
 
+# Every word a refusal of `check_sql` starts from: text without any of them passes unlexed.
+_REFUSAL_WORDS: Final = FORBIDDEN_NAMES | {"pragma", "returning", "attach", "detach", "vacuum"}
+
+
 @functools.lru_cache(maxsize=2048)
 def check_sql(sql: str, returning_safe: bool) -> str | None:
     """Why `sql` (every statement of it) is refused, or None if it may run."""
+    return _lexed_check(sql, returning_safe) if mentions_any(sql, _REFUSAL_WORDS) else None
+
+
+def _lexed_check(sql: str, returning_safe: bool) -> str | None:
     for tokens in _statements(sql):
         for kind, text in tokens:
             if kind not in ("word", "quoted"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import ProgrammingError
@@ -141,6 +142,14 @@ def analyze(sql: str) -> Statement:
         names=tuple(names),
         numbered=numbered,
     )
+
+
+def mentions_any(sql: str, words: Iterable[str]) -> bool:
+    """A cheap screen before a lexing check: False when no word of `words` (lower case)
+    occurs in `sql` in any case, as a keyword, a quoted name or any part of a token, so a
+    check that only looks for those words has nothing to find. True: run the check."""
+    low = sql.lower()
+    return any(word in low for word in words)
 
 
 def bind(stmt: Statement, params: object) -> tuple[object, ...]:

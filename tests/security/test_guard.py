@@ -21,6 +21,7 @@ from cowsqlpy.guard import (
     REFUSED,
     ConnectionGuard,
     Refusal,
+    _lexed_check,
     check_sql,
 )
 from cowsqlpy.rights import Access
@@ -250,3 +251,21 @@ def test_the_engine_probe_reaches_the_engine() -> None:
     assert guard.check(P.CLUSTER, 0, (2).to_bytes(8, "little")) == FORWARD
     refused = guard.check(P.CLUSTER, 0, (3).to_bytes(8, "little"))
     assert isinstance(refused, Refusal) and refused.code == REFUSED
+
+
+_WORDS = sorted(FORBIDDEN_NAMES) + ["pragma", "returning", "attach", "detach", "vacuum", "into"]
+_PIECE = st.one_of(
+    st.sampled_from(_WORDS).flatmap(_cased),
+    st.tuples(st.sampled_from(_WORDS).flatmap(_cased), QUOTES).map(lambda wq: wq[1].format(wq[0])),
+    st.sampled_from(
+        ["SELECT", "x", "main.", "pragma_table_info", "journal_mode", "=", "(1)", "'edit'", ";"]
+    ),
+    st.sampled_from(["\u212a", "\u0130", "\u017f"]),  # lower/upper to ASCII or to two chars
+    SPACE,
+)
+
+
+@given(st.lists(_PIECE, max_size=12).map("".join), st.booleans())
+def test_the_keyword_screen_never_skips_a_refusal(sql: str, returning_safe: bool) -> None:
+    """check_sql skips the lexer for text without a refusal word: its answer is the lexer's."""
+    assert check_sql(sql, returning_safe) == _lexed_check(sql, returning_safe)
