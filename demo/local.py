@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         web = "http" if tls is None else "https"
         curl = "curl" if tls is None else \
             f"curl --cacert {tls.cert} --cert {tls.cert} --key {tls.key}"
+        py = sys.executable  # the interpreter with fusefs installed, as the user can type it
+        if py.startswith(os.getcwd() + os.sep):
+            py = os.path.relpath(py)
         fs_tls = "" if tls is None else " (fusefs has no TLS option yet: run it on a plain cluster)"
         print(f"""
 The cluster is up: {len(procs)} nodes, each serves the whole API.
@@ -136,8 +139,8 @@ The cluster is up: {len(procs)} nodes, each serves the whole API.
   temporary key    {curl} -X PUT -d here '{web}://{a[0]}/session?ttl=10'
   cluster / health {curl} {web}://{a[0]}/_cluster ; {curl} {web}://{a[0]}/_health
   mount it{fs_tls}
-  (fusefs)         python -m fusefs mkfs --cluster {dbs} && mkdir -p /tmp/cowsqlfs &&
-                   python -m fusefs mount --cluster {dbs} /tmp/cowsqlfs     (umount: fusermount3 -u /tmp/cowsqlfs)
+  (fusefs)         {py} -m fusefs mkfs --cluster {dbs} && mkdir -p /tmp/cowsqlfs &&
+                   {py} -m fusefs mount --cluster {dbs} /tmp/cowsqlfs     (umount: fusermount3 -u /tmp/cowsqlfs)
 
 Kill a node (here node 1, pid {procs[0].proc.pid if procs[0].proc else '?'}) and the others keep serving:
   kill -9 {procs[0].proc.pid if procs[0].proc else '<pid>'}
