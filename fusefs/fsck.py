@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from typing import Any
 
-from .schema import ROOT_INO, NotAFilesystemError, read_superblock
+from .schema import PROCEDURE_NAMES, ROOT_INO, NotAFilesystemError, read_superblock
 
 IFMT = 0o170000
 
@@ -91,9 +91,11 @@ CHECKS: tuple[tuple[str, str], ...] = (
         "SELECT used_bytes, capacity FROM fs_superblock WHERE used_bytes > capacity",
     ),
     (
-        "create procedure missing (format 2: view fs_create_op, trigger fs_create_op_run)",
-        "SELECT 'fs_create_op_run' WHERE (SELECT count(*) FROM sqlite_master"
-        " WHERE name IN ('fs_create_op', 'fs_create_op_run')) != 2",
+        "procedure missing (format 3: views fs_create_op and fs_unlink_op with their triggers)",
+        "SELECT group_concat(p.name) FROM ({}) p WHERE p.name NOT IN (SELECT name FROM sqlite_master)"
+        " HAVING count(*)".format(
+            " UNION ALL ".join(f"SELECT '{n}' AS name" for n in PROCEDURE_NAMES)
+        ),
     ),
 )
 

@@ -22,12 +22,14 @@ from cowsqlpy.sqltext import literal
 
 from .errors import FsError
 from .schema import (
+    CREATE_OP_COLUMNS,
     LINK_MAX,
     MAX_FILE_SIZE,
     NAME_MAX,
     NODE_COLUMNS,
     PATH_MAX,
     ROOT_INO,
+    UNLINK_OP_COLUMNS,
     NotAFilesystemError,
     Superblock,
     read_superblock,
@@ -106,6 +108,12 @@ def components(path: str) -> list[bytes]:
 NEW_INODE_SQL = (
     "(SELECT used_inodes < max_inodes FROM fs_superblock WHERE id = 1),"
     " coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'fs_node'), (SELECT max(ino) FROM fs_node))"
+)
+CREATE_OP_SQL = "INSERT INTO fs_create_op VALUES ({})".format(
+    ", ".join("?" * len(CREATE_OP_COLUMNS))
+)
+UNLINK_OP_SQL = "INSERT INTO fs_unlink_op VALUES ({})".format(
+    ", ".join("?" * len(UNLINK_OP_COLUMNS))
 )
 READDIR_COLUMNS = ", ".join(f"n.{c.strip()}" for c in NODE_COLUMNS.split(","))
 
@@ -541,44 +549,33 @@ class FileSystem:
 
     # -- creating --
 
+    @staticmethod
+    def _inherit(parent: Node, mode: int, gid: int) -> tuple[int, int]:
+        """(mode, gid) of a new inode in `parent`: a setgid directory gives its group,
+        and to subdirectories its setgid bit."""
+        if parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return mode, gid
+
     def _make(self, conn: Any, path: str, mode: int, uid: int, gid: int, rdev: int = 0) -> Node:
-        """Create the inode and its entry: one query for every check, then the writes in
-        one request (batchable: every FsError comes before the first write)."""
+        """Create the inode and its entry: one query for every check, then one statement
+        of the create procedure (batchable: every FsError comes before the first write)."""
         parent, name, taken, (room, seq) = self._entry(conn, path, NEW_INODE_SQL)
         if taken is not None:
             raise FsError(errno.EEXIST)
         if not room:
             raise FsError(errno.ENOSPC, "no free inodes")
-        if (
-            parent.mode & stat.S_ISGID
-        ):  # setgid directory: the group is inherited, and by subdirectories the bit
-            gid = parent.gid
-            if stat.S_ISDIR(mode):
-                mode |= stat.S_ISGID
+        mode, gid = self._inherit(parent, mode, gid)
         now = time.time_ns()
-        nlink = 2 if stat.S_ISDIR(mode) else 1
         ino = int(seq) + 1  # what AUTOINCREMENT would give: inode numbers are never reused
-        values = ", ".join(literal(v) for v in (ino, mode, uid, gid, nlink, rdev, now, now, now))
-        conn.executescript(
-            "UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1;"
-            f" INSERT INTO fs_node (ino, mode, uid, gid, nlink, rdev, atime, mtime, ctime) VALUES ({values});"
-            f" INSERT INTO fs_edge (parent, name, ino) VALUES ({parent.ino}, {literal(name)}, {ino});"
-            f" UPDATE fs_node SET nlink = nlink + {1 if stat.S_ISDIR(mode) else 0},"
-            f" mtime = {now}, ctime = {now} WHERE ino = {parent.ino}"
+        conn.execute(
+            CREATE_OP_SQL,
+            (parent.ino, parent.mode, parent.gid, name, ino, mode, uid, gid, rdev, now),
         )
+        nlink = 2 if stat.S_ISDIR(mode) else 1
         return Node(ino, mode, uid, gid, 0, 0, nlink, rdev, now, now, now, 1)
-
-    def _ino_sql(self, dirs: list[bytes]) -> str:
-        """SQL for the inode `dirs` lead to from the root (NULL when they do not)."""
-        if not dirs:
-            return str(ROOT_INO)
-        tables = ", ".join(f"fs_edge e{i}" for i in range(len(dirs)))
-        conds = [f"e0.parent = {ROOT_INO} AND e0.name = {literal(dirs[0])}"]
-        conds += [
-            f"e{i}.parent = e{i - 1}.ino AND e{i}.name = {literal(d)}"
-            for i, d in enumerate(dirs[1:], 1)
-        ]
-        return f"(SELECT e{len(dirs) - 1}.ino FROM {tables} WHERE {' AND '.join(conds)})"
 
     def _new_ino(self) -> int:
         """An inode number of this mount's reserved range (reserved INO_RESERVE at a time
@@ -655,10 +652,7 @@ class FileSystem:
         if absent is None or time.monotonic() - absent[1] > self.attr_timeout:
             return None
         parent = absent[0]
-        if parent.mode & stat.S_ISGID:
-            gid = parent.gid
-            if stat.S_ISDIR(mode):
-                mode |= stat.S_ISGID
+        mode, gid = self._inherit(parent, mode, gid)
         name = components(path)[-1]
         ino, now, p = self._new_ino(), time.time_ns(), parent.ino
         row = (p, parent.mode, parent.gid, name, ino, mode, uid, gid, rdev, now)
@@ -775,25 +769,37 @@ class FileSystem:
     def _delete_inode(self, conn: Any, ino: int) -> None:
         conn.executescript("; ".join(self._delete_inode_sql(ino)))
 
+    def _sustain(self, node: Node) -> int | None:
+        """This mount's session when `node`'s last name goes while this mount has it open
+        (it is then kept, nlink 0, until released), else None."""
+        if node.is_dir or node.nlink > 1:
+            return None
+        with self._lock:
+            if node.ino not in self._open:
+                return None
+            self._sustained.add(node.ino)
+        return self.sid
+
     def _drop_link_sql(self, node: Node, now: int) -> list[str]:
         """One name of `node` is gone: free it, or keep it while this mount has it open."""
         if node.is_dir:
             return self._delete_inode_sql(node.ino)
         if node.nlink > 1:
             return [f"UPDATE fs_node SET nlink = nlink - 1, ctime = {now} WHERE ino = {node.ino}"]
-        with self._lock:
-            still_open = node.ino in self._open
-            if still_open:
-                self._sustained.add(node.ino)
-        if not still_open:
+        sid = self._sustain(node)
+        if sid is None:
             return self._delete_inode_sql(node.ino)
         return [
             f"UPDATE fs_node SET nlink = 0, ctime = {now} WHERE ino = {node.ino}",
-            f"INSERT OR IGNORE INTO fs_sustained (sid, ino) VALUES ({self.sid}, {node.ino})",
+            f"INSERT OR IGNORE INTO fs_sustained (sid, ino) VALUES ({sid}, {node.ino})",
         ]
 
     def _drop_link(self, conn: Any, node: Node, now: int) -> None:
         conn.executescript("; ".join(self._drop_link_sql(node, now)))
+
+    def _unlink_row(self, parent: int, name: bytes, node: Node) -> tuple[Any, ...]:
+        """The row of the unlink procedure (schema.UNLINK_OP_COLUMNS) for `name` in `parent`."""
+        return (parent, name, node.ino, node.nlink, self._sustain(node), time.time_ns())
 
     def _unlink(self, conn: Any, path: str) -> tuple[int, list[int]]:
         """Batchable: every FsError comes before the first write."""
@@ -803,16 +809,7 @@ class FileSystem:
         node = self._get(conn, ino)
         if node.is_dir:
             raise FsError(errno.EISDIR)
-        now = time.time_ns()
-        conn.executescript(
-            "; ".join(
-                [
-                    f"DELETE FROM fs_edge WHERE parent = {parent.ino} AND name = {literal(name)}",
-                    f"UPDATE fs_node SET mtime = {now}, ctime = {now} WHERE ino = {parent.ino}",
-                    *self._drop_link_sql(node, now),
-                ]
-            )
-        )
+        conn.execute(UNLINK_OP_SQL, self._unlink_row(parent.ino, name, node))
         shared = node.nlink > 1 or node.ino in self._hidden_paths
         return node.ino, [node.ino] if shared else []
 
@@ -828,12 +825,12 @@ class FileSystem:
         self._stale(stale)
 
     def _fast_unlink(self, path: str) -> list[int] | None:
-        """Unlink with one read and one request (batched as `_fast_make`), the request
-        guarded by what the read found; None: use the transaction (`_unlink`)."""
+        """Unlink with one read and one statement of the unlink procedure (batched with
+        other threads' unlinks, as `_fast_make`), guarded by what the read found; None:
+        use the transaction (`_unlink`)."""
         names = components(path)
         if not names or len(names) > MAX_DEPTH_PER_QUERY:
             return None
-        *dirs, name = names
         node_sql = ", ".join(
             f"(SELECT {c} FROM fs_node WHERE ino = c.ino)" for c in NODE_COLUMNS.split(",")
         )
@@ -846,23 +843,15 @@ class FileSystem:
         node = _node(row)
         if node.is_dir:
             return None
-        now, p = time.time_ns(), parent.ino
-        statements = [
-            "INSERT INTO fs_sustained (sid, ino) SELECT NULL, 0 WHERE"
-            f" coalesce({self._ino_sql(dirs)}, -1) != {p}"
-            f" OR NOT EXISTS (SELECT 1 FROM fs_edge WHERE parent = {p} AND name = {literal(name)} AND ino = {ino})"
-            f" OR NOT EXISTS (SELECT 1 FROM fs_node WHERE ino = {ino} AND nlink = {node.nlink})",
-            f"DELETE FROM fs_edge WHERE parent = {p} AND name = {literal(name)}",
-            f"UPDATE fs_node SET mtime = {now}, ctime = {now} WHERE ino = {p}",
-            *self._drop_link_sql(node, now),
-        ]
+        p = parent.ino
+        op = self._unlink_row(p, name, node)
 
         def committed() -> bool:
             return not self._edge_is(p, name, ino)
 
-        if not self.store.scripted(statements, committed):
+        if not self.store.inserted("fs_unlink_op", op, committed):
             return None
-        self._touched_dir(path.rstrip("/").rsplit("/", 1)[0] or "/", p, now, 0)
+        self._touched_dir(path.rstrip("/").rsplit("/", 1)[0] or "/", p, op[-1], 0)
         with self._lock:
             self._known.pop(path, None)
         for tid, made in list(self._just_made.items()):  # (transactions: by store.commits)

@@ -13,7 +13,7 @@ from typing import Any
 S_IFMT, S_IFDIR = 0o170000, stat.S_IFDIR
 
 MAGIC = "cowsqlfs"
-FORMAT_VERSION = 2  # 2: format 1 and the create procedure (fs_create_op)
+FORMAT_VERSION = 3  # 2: format 1 and the create procedure (fs_create_op); 3: and fs_unlink_op
 ROOT_INO = 1
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_CAPACITY = 1 << 30
@@ -85,7 +85,7 @@ NODE_COLUMNS = "ino, mode, uid, gid, size, stored, nlink, rdev, atime, mtime, ct
 # A create as one statement with parameters (constant text: the driver checks it once, and
 # one INSERT of several rows is several creates in one request, one commit, all or none).
 # The parent must still be the directory this mount read (mode and group: setgid); a taken
-# name fails the entry's primary key. Format 2 adds these two.
+# name fails the entry's primary key (format 2).
 CREATE_OP_COLUMNS = (
     "parent",
     "parent_mode",
@@ -98,6 +98,9 @@ CREATE_OP_COLUMNS = (
     "rdev",
     "now",
 )
+# An unlink of a name that is not a directory, the same way; the entry must still be the
+# inode with the link count this mount read (format 3).
+UNLINK_OP_COLUMNS = ("parent", "name", "ino", "nlink", "sustain", "now")
 PROCEDURES = (
     "CREATE VIEW IF NOT EXISTS fs_create_op ({}) AS SELECT {} WHERE 0".format(
         ", ".join(CREATE_OP_COLUMNS), ", ".join(["NULL"] * len(CREATE_OP_COLUMNS))
@@ -114,7 +117,34 @@ PROCEDURES = (
             ctime = NEW.now WHERE ino = NEW.parent;
         UPDATE fs_superblock SET used_inodes = used_inodes + 1 WHERE id = 1;
     END""",
+    "CREATE VIEW IF NOT EXISTS fs_unlink_op ({}) AS SELECT {} WHERE 0".format(
+        ", ".join(UNLINK_OP_COLUMNS), ", ".join(["NULL"] * len(UNLINK_OP_COLUMNS))
+    ),
+    # The last name of an inode: freed (space counted first), or kept with nlink 0 for the
+    # session that still has it open (sustain: its sid; NULL frees it).
+    f"""CREATE TRIGGER IF NOT EXISTS fs_unlink_op_run INSTEAD OF INSERT ON fs_unlink_op BEGIN
+        SELECT RAISE(ABORT, 'fs_unlink_op: entry changed') WHERE NOT EXISTS (SELECT 1 FROM fs_edge e
+            JOIN fs_node n ON n.ino = e.ino WHERE e.parent = NEW.parent AND e.name = NEW.name
+            AND e.ino = NEW.ino AND n.nlink = NEW.nlink AND (n.mode & {S_IFMT}) != {S_IFDIR});
+        DELETE FROM fs_edge WHERE parent = NEW.parent AND name = NEW.name;
+        UPDATE fs_node SET mtime = NEW.now, ctime = NEW.now WHERE ino = NEW.parent;
+        UPDATE fs_node SET nlink = nlink - 1, ctime = NEW.now
+            WHERE ino = NEW.ino AND (NEW.nlink > 1 OR NEW.sustain IS NOT NULL);
+        INSERT OR IGNORE INTO fs_sustained (sid, ino) SELECT NEW.sustain, NEW.ino
+            WHERE NEW.nlink = 1 AND NEW.sustain IS NOT NULL;
+        UPDATE fs_superblock SET used_inodes = used_inodes - 1, used_bytes = used_bytes
+            - (SELECT stored FROM fs_node WHERE ino = NEW.ino)
+            - coalesce((SELECT length(target) FROM fs_symlink WHERE ino = NEW.ino), 0)
+            - coalesce((SELECT sum(length(name) + length(value)) FROM fs_xattr WHERE ino = NEW.ino), 0)
+            WHERE id = 1 AND NEW.nlink = 1 AND NEW.sustain IS NULL;
+        DELETE FROM fs_chunk WHERE ino = NEW.ino AND NEW.nlink = 1 AND NEW.sustain IS NULL;
+        DELETE FROM fs_symlink WHERE ino = NEW.ino AND NEW.nlink = 1 AND NEW.sustain IS NULL;
+        DELETE FROM fs_xattr WHERE ino = NEW.ino AND NEW.nlink = 1 AND NEW.sustain IS NULL;
+        DELETE FROM fs_node WHERE ino = NEW.ino AND NEW.nlink = 1 AND NEW.sustain IS NULL;
+    END""",
 )
+# the objects PROCEDURES makes (fsck checks they are all there)
+PROCEDURE_NAMES = ("fs_create_op", "fs_create_op_run", "fs_unlink_op", "fs_unlink_op_run")
 
 
 class NotAFilesystemError(Exception):
@@ -132,7 +162,7 @@ class Superblock:
     used_inodes: int
 
 
-UPGRADABLE = {1}  # formats mkfs --upgrade brings to FORMAT_VERSION in place
+UPGRADABLE = {1, 2}  # formats mkfs --upgrade brings to FORMAT_VERSION in place
 
 
 def _superblock(conn: Any) -> Superblock | None:
@@ -174,7 +204,7 @@ def read_superblock(conn: Any) -> Superblock | None:
 
 
 def _upgrade(conn: Any) -> None:
-    """Format 1 -> 2: the create procedure (additive: every table stays as it is)."""
+    """Format 1 or 2 -> 3: the procedures missing (additive: every table stays as it is)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         sb = _superblock(conn)

@@ -44,7 +44,7 @@ def io_policy(io_timeout: float) -> cowsqlpy.RetryPolicy:
 
 @dataclass
 class _Queued:
-    """Work waiting to join a batch: a transaction's function, or a script's statements."""
+    """Work waiting to join a batch: a transaction's function, or a procedure's row."""
 
     work: Any
     done: threading.Event = field(default_factory=threading.Event)
@@ -131,10 +131,9 @@ class Store:
         self._lock = threading.Lock()
         self._closed = False
         self._tx_batches = _Batcher(self._run_batch)
-        self._script_batches = _Batcher(self._run_scripts)
         self._row_batches: dict[str, _Batcher] = {}
         self.batches = 0  # transactions committed for several operations (tests, benchmarks)
-        self.commits = 0  # transactions committed through this store (not scripts)
+        self.commits = 0  # transactions committed through this store (not procedure rows)
 
     def _new(self, linearizable: bool) -> Any:
         # autocommit=True: BEGIN/COMMIT are ours, and executescript runs inside them
@@ -254,31 +253,20 @@ class Store:
             except BaseException as exc:
                 item.error = exc
 
-    def scripted(self, statements: list[str], committed: Callable[[], bool]) -> bool:
-        """Run `statements` (SQL with literal values, see `cowsqlpy.sqltext.literal`) as
-        one transaction in one request, sharing it with the scripts other threads queued
-        meanwhile (BEGIN IMMEDIATE, every statement, COMMIT: one round trip, one commit).
-
-        :param committed: after a lost reply, tells whether these statements committed
-            (a linearizable read of what they wrote).
-        :returns: True when they committed; False when a statement of the batch failed
-            (the engine stops there, nothing of the batch is kept): the caller runs its
-            operation again its own way (for its precise errno).
-        :raises FsError: EIO when the cluster cannot tell.
-        """
-        done: bool = self._script_batches.submit((statements, committed))
-        return done
-
-    def _run_scripts(self, todo: list[_Queued]) -> None:
-        sql = "; ".join(["BEGIN IMMEDIATE", *(s for item in todo for s in item.work[0]), "COMMIT"])
-        self._one_request(todo, lambda conn: conn.executescript(sql))
-
     def inserted(self, view: str, row: tuple[Any, ...], committed: Callable[[], bool]) -> bool:
         """Insert `row` into `view` (a procedure: its INSTEAD OF trigger does the
         operation, see schema.PROCEDURES) as one autocommit statement (the driver
         pipelines it with its BEGIN and COMMIT: one round trip), sharing it with the rows
         other threads queued meanwhile: one INSERT of several rows, one commit, all or
-        none. Returns and raises as `scripted`."""
+        none.
+
+        :param committed: after a lost reply, tells whether the row's operation committed
+            (a linearizable read of what it wrote).
+        :returns: True when it committed; False when a row of the batch failed (the
+            engine stops there, nothing of the batch is kept): the caller runs its
+            operation again its own way (for its precise errno).
+        :raises FsError: EIO when the cluster cannot tell.
+        """
         with self._lock:
             batcher = self._row_batches.get(view)
             if batcher is None:

@@ -44,25 +44,35 @@ def test_mkfs_creates_checks_and_refuses_other_databases(fs_cluster: Cluster) ->
     assert cli("fsck", "--cluster", servers).returncode == 0
 
 
-def test_format_1_is_refused_until_upgraded(fs_cluster: Cluster) -> None:
+# what each older format lacked: format 1 had no procedures, format 2 no unlink procedure
+OLDER_FORMATS = {
+    1: ("fs_create_op_run", "fs_create_op", "fs_unlink_op_run", "fs_unlink_op"),
+    2: ("fs_unlink_op_run", "fs_unlink_op"),
+}
+
+
+def test_older_formats_are_refused_until_upgraded(fs_cluster: Cluster) -> None:
     servers = ",".join(fs_cluster.addresses)
     assert cli("mkfs", "--cluster", servers).returncode == 0
     conn = cowsqlpy.connect(fs_cluster.addresses, database="fs", autocommit=True)
-    try:  # what format 1 was: the same tables, no create procedure
-        conn.execute("DROP TRIGGER fs_create_op_run")
-        conn.execute("DROP VIEW fs_create_op")
-        conn.execute("UPDATE fs_superblock SET format = 1")
-        for command in ("mkfs", "fsck"):
-            refused = cli(command, "--cluster", servers)
+    try:
+        for old, missing in OLDER_FORMATS.items():
+            for name in missing:
+                kind = "TRIGGER" if name.endswith("_run") else "VIEW"
+                conn.execute(f"DROP {kind} {name}")
+            conn.execute("UPDATE fs_superblock SET format = ?", (old,))
+            refused = cli("mkfs" if old == 1 else "fsck", "--cluster", servers)  # one check each
             assert refused.returncode == 1
-            assert "format 1, this fusefs reads format 2: run mkfs --upgrade" in refused.stderr
-        upgraded = cli("mkfs", "--upgrade", "--cluster", servers)
-        assert upgraded.returncode == 0 and "format 2" in upgraded.stdout, upgraded.stderr
-        assert cli("fsck", "--cluster", servers).returncode == 0
-        conn.execute("DROP TRIGGER fs_create_op_run")
+            want = f"format {old}, this fusefs reads format 3: run mkfs --upgrade"
+            assert want in refused.stderr
+            upgraded = cli("mkfs", "--upgrade", "--cluster", servers)
+            assert upgraded.returncode == 0 and "format 3" in upgraded.stdout, upgraded.stderr
+            assert cli("fsck", "--cluster", servers).returncode == 0
+        conn.execute("DROP TRIGGER fs_unlink_op_run")
         damaged = cli("fsck", "--cluster", servers)
-        assert damaged.returncode == 1 and "create procedure missing" in damaged.stdout
-        conn.execute("UPDATE fs_superblock SET format = 3")
+        assert damaged.returncode == 1 and "procedure missing" in damaged.stdout
+        assert "fs_unlink_op_run" in damaged.stdout
+        conn.execute("UPDATE fs_superblock SET format = 4")
         newer = cli("mkfs", "--upgrade", "--cluster", servers)
         assert newer.returncode == 1 and "a newer fusefs wrote it" in newer.stderr
     finally:

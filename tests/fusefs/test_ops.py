@@ -285,3 +285,67 @@ def test_a_create_sees_what_another_mount_did_since_its_lookup(
     other.rmdir("/e")  # the directory gone since the lookup
     assert code(fs.create, "/e/x", 0o644, os.O_WRONLY, 0, 0) == errno.ENOENT
     assert code(fs.getattr, "/e") == errno.ENOENT
+
+
+def test_concurrent_unlinks_share_one_statement_each_with_its_outcome(
+    fs: FileSystem, other: FileSystem
+) -> None:
+    """Unlinks of many threads are rows of the unlink procedure in shared statements
+    (no transaction of their own); each frees, keeps (open) or unlinks one of several
+    names as a lone unlink would, and one raced by another mount gets its own ENOENT."""
+    for d in range(4):
+        fs.mkdir(f"/d{d}", 0o755, 0, 0)
+    for i in range(16):
+        fh = fs.create(f"/d{i % 4}/f{i}", 0o644, os.O_WRONLY, 0, 0)
+        fs.write(fh, b"x" * 1000, 0)
+        fs.release(fh)
+    fs.link("/d0/kept-name", "/d1/f1")  # f1 has two names: unlinking one keeps the inode
+    fs.setxattr("/d2/f2", "user.k", b"v" * 100, 0)  # freed with its inode (fsck: the space)
+    still_open = fs.open("/d3/f3", os.O_RDONLY)[0]
+    used = fs.statfs()["f_bfree"]
+    barrier = threading.Barrier(16)
+
+    def unlink(i: int) -> str:
+        path = f"/d{i % 4}/f{i}"
+        fs.getattr(path)  # each read before another mount's unlink of f15
+        barrier.wait()
+        if i == 15:
+            other.unlink(path)
+        try:
+            fs.unlink(path)
+        except FsError as exc:
+            return errno.errorcode[exc.errno or 0]
+        return "ok"
+
+    before, commits = fs.store.batches, fs.store.commits
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(unlink, range(16)))
+    assert results == ["ok"] * 15 + ["ENOENT"]
+    assert fs.store.batches > before  # several unlinks in one statement
+    assert fs.store.commits - commits <= 1  # only the raced one fell back to a transaction
+    assert all(len(fs.readdir(f"/d{d}")) == 2 for d in (1, 2, 3))
+    assert fs.getattr("/d0/kept-name")["st_nlink"] == 1
+    assert fs.read(still_open, 10, 0) == b"x" * 10  # kept while open
+    assert fs.statfs()["f_bfree"] > used and fs.statfs()["f_files"] - fs.statfs()["f_ffree"] == 7
+    fs.release(still_open)
+    assert fs.statfs()["f_files"] - fs.statfs()["f_ffree"] == 6  # root, 4 dirs, kept-name
+
+
+def test_the_unlink_procedure_refuses_an_entry_changed_since_it_was_read(
+    fs: FileSystem, servers: list[str]
+) -> None:
+    fs.release(fs.create("/f", 0o644, os.O_WRONLY, 0, 0))
+    fs.mkdir("/d", 0o755, 0, 0)
+    f, d = fs.getattr("/f")["st_ino"], fs.getattr("/d")["st_ino"]
+    conn = cowsqlpy.connect(servers, database="fs", autocommit=True)
+    try:
+        for row in (
+            (1, b"f", f, 2, None, 1),  # another link count than the entry's inode has
+            (1, b"f", f + 100, 1, None, 1),  # the name holds another inode
+            (1, b"d", d, 2, None, 1),  # a directory
+        ):
+            with pytest.raises(cowsqlpy.IntegrityError, match="fs_unlink_op: entry changed"):
+                conn.execute("INSERT INTO fs_unlink_op VALUES (?, ?, ?, ?, ?, ?)", row)
+    finally:
+        conn.close()
+    assert fs.getattr("/f")["st_nlink"] == 1 and fs.getattr("/d")["st_nlink"] == 2
