@@ -6,13 +6,16 @@ front ("front") and behind a mutual-TLS front with Raft through TLS too ("tls").
     .venv/bin/python bench/bench_security.py --other /tmp/base --modes direct,front,other   # A/B of the front
 
 The mode "tls-asyncio" is "tls" with the nodes on stock asyncio (its SSL) instead of
-uvloop. ``--other TREE`` adds the mode "other": the front of another tree (e.g. ``git archive
+uvloop; "front-loop" is "front" with its Raft pipes on the front's event loop
+(``Front(native_relay=False)``) instead of the C relay. ``--other TREE`` adds the mode "other": the front of another tree (e.g. ``git archive
 <commit> | tar -x -C /tmp/base`` plus the compiled modules copied), so a change to the
 front is measured against its base in alternating runs on the same machine.
 
 The workloads are go-cowsql's (as bench/bench_client.py: 32-byte keys, 1 KiB values).
-cowsql-benchmark has no TLS option, so the go-cowsql TLS anchor is not in this run.
-Reported: median ok ops/s per cell and the ratios front/direct and tls/front.
+cowsql-benchmark has no TLS option, so the go-cowsql TLS anchor is the demo's: after the
+DB-API cells the run measures the HTTP demo with ``bench/bench_demo.py --tls`` (GET/PUT at
+1 / 8 / 32 connections, HTTPS against HTTP and against ``cowsql-demo --cert``; ``--no-demo``
+skips it). Reported: median ok ops/s per cell and the ratios front/direct and tls/front.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def node_main(argv: list[str]) -> None:
             engine_features(),
             tls=tls,
             busy_poll=busy_poll,
+            native_relay=mode != "front-loop",
         )
         front.start()
         node = Node(
@@ -168,8 +172,8 @@ def run(
     for t in threads:
         t.join(duration + 60)
     total = Tally()
-    for t in tallies:
-        total.merge(t)
+    for tally in tallies:
+        total.merge(tally)
     errors = sum(total.errors.values())
     ops = len(total.latencies["exec"]) + len(total.latencies["query"])
     return (
@@ -221,6 +225,9 @@ def main() -> None:
     ap.add_argument(
         "--other", metavar="TREE", help="another tree whose front is the mode 'other' (A/B)"
     )
+    ap.add_argument(
+        "--no-demo", action="store_true", help="skip the demo cells (bench_demo.py --tls)"
+    )
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-sec-"))
     tls = make_cert(base / "cert")
@@ -269,6 +276,7 @@ def main() -> None:
         ("tls", "front"),
         ("other", "direct"),
         ("front", "other"),
+        ("front", "front-loop"),
         ("tls-asyncio", "tls"),
     ]
     ratios = [(a, b) for a, b in ratios if a in modes and b in modes]
@@ -319,6 +327,13 @@ def main() -> None:
                 + " | ".join(f"{results[m, workload, workers][3]:,.0f}" for m in modes)
                 + " |"
             )
+    if not args.no_demo:
+        # The demo over HTTPS against HTTP and against cowsql-demo --cert (the Go TLS anchor).
+        print("\nThe HTTP demo (bench/bench_demo.py --tls):", flush=True)
+        demo = Path(__file__).with_name("bench_demo.py")
+        seconds = str(max(1, round(args.duration)))
+        cmd = [sys.executable, str(demo), "--tls", "--failover-runs", "0"]
+        subprocess.run([*cmd, "--duration", seconds, "--repeat", str(args.repeat)], check=True)
 
 
 if __name__ == "__main__":
