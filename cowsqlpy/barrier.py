@@ -14,12 +14,21 @@ orders the entries of every database of a node in one log, and the engine's
 write lock is per database, so barriers never wait for, or deadlock with, an
 application's open write transaction. Reads that arrive while a barrier is in
 flight share the next one, as etcd batches ReadIndex requests.
+
+A round is not started while the reads the last one let through are still on
+their way to the engine (`reading`, at most `READ_GATE`): a leader that has a log
+entry in flight (the next barrier) makes every query it receives wait for a Raft
+barrier entry of its own (`needsBarrier` in the engine's src/leader.c: last
+applied < last index), so a barrier sent under the previous round's queries costs
+each of them a Raft round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from .client import LeaderTracker, Session
@@ -36,6 +45,9 @@ BARRIER_SCHEMA = "CREATE TABLE IF NOT EXISTS barrier (id INTEGER PRIMARY KEY CHE
 BARRIER_WRITE = "INSERT INTO barrier (id, n) VALUES (0, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1"
 
 _GONE = (NotLeaderError, ConnectionLostError, NoDatabaseError, LeadershipLostError)
+#: longest a round waits for the previous round's reads to reach the engine (a slow
+#: query must not hold every other linearizable read back)
+READ_GATE = 0.005
 
 
 class ReadBarrier:
@@ -49,6 +61,8 @@ class ReadBarrier:
         self._session: Session | None = None
         self._running: asyncio.Future[str] | None = None  # the round in flight
         self._next: asyncio.Future[str] | None = None  # the round that starts after it
+        self._reading = 0  # reads let through by a round whose query has no reply yet
+        self._reads_sent: asyncio.Event | None = None  # set when _reading falls to 0
 
     async def wait(self) -> str:
         """Return once a barrier that started after this call has committed; the
@@ -62,8 +76,32 @@ class ReadBarrier:
                 asyncio.ensure_future(self._run_rounds())
         return await asyncio.shield(self._next)
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Around a read sent after `wait()`, until its query's first reply (or error):
+        the next round waits for it (see the module's doc)."""
+        self._reading += 1
+        try:
+            yield
+        finally:
+            self._reading -= 1
+            if self._reading == 0 and self._reads_sent is not None:
+                self._reads_sent.set()
+
+    async def _reads_reached_engine(self) -> None:
+        if self._reading:
+            self._reads_sent = asyncio.Event()
+            try:
+                async with asyncio.timeout(READ_GATE):
+                    await self._reads_sent.wait()
+            except TimeoutError:
+                pass
+            finally:
+                self._reads_sent = None
+
     async def _run_rounds(self) -> None:
         while self._next is not None:
+            await self._reads_reached_engine()
             self._running, self._next = self._next, None
             try:
                 address = await retrying(self._commit_one, self.policy, on_reconnect=self._reconnect,

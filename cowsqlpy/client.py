@@ -156,6 +156,10 @@ class Session:
             _, old = self._cache.popitem(last=False)
             await self.finalize(old)
         stmt = await self.prepare(sql)
+        if (sibling := self._cache.get(sql)) is not None:
+            # another query sharing this session prepared it meanwhile (cowsqlpy.shared_reads)
+            await self.finalize(stmt)
+            return sibling
         self._cache[sql] = stmt
         return stmt
 

@@ -59,6 +59,7 @@ from .errors import (
     TransactionLostError,
 )
 from .retry import RetryPolicy, retrying
+from .shared_reads import SharedReads
 from .store import NodeStore
 from .tls import ClientTLS, TLSConfig
 from .watchdog import StallWatchdog
@@ -155,6 +156,8 @@ class Database:
         self.barrier = ReadBarrier(self.tracker, policy, self.watchdog)
         self.write_lock = asyncio.Lock()
         self._idle: list[Session] = []
+        # autocommit queries, several pipelined on a session (cowsqlpy.shared_reads)
+        self.reads = SharedReads(self._acquire, self.release, lambda exc: isinstance(exc, SESSION_GONE))
         self._committer: GroupCommitter[_Write] = GroupCommitter(self._commit_locked, max_items=MAX_BATCH)
         self._markers_ready = False
         self._client_id = secrets.randbits(63)  # our marker row (secrets: `random` may be seeded)
@@ -229,10 +232,12 @@ class Database:
         for session in [s for s in self._idle if s.address == address]:
             session.close()
             self._idle.remove(session)
+        self.reads.retire_all(address)
         self.barrier.drop_node(address)
 
     def _drop_idle(self) -> None:
         self.tracker.forget()
+        self.reads.retire_all()
         for session in self._idle:
             session.close()
         self._idle.clear()
@@ -265,20 +270,26 @@ class Database:
         """
 
         async def attempt() -> ResultStream:
-            barrier_node = await self.read_barrier() if linearizable else None
-            session = await self.acquire()
+            if not linearizable:
+                return await start(None)
+            barrier_node = await self.read_barrier()
+            with self.barrier.reading():
+                return await start(barrier_node)
+
+        async def start(barrier_node: str | None) -> ResultStream:
+            session = await self.reads.lease()
             if barrier_node is not None and session.address != barrier_node:
-                self.release(session)
+                self.reads.release(session)
                 raise NotLeaderError(f"the leader moved from {barrier_node} after the read barrier")
             stream: ResultStream | None = None
             try:
                 stmt = await session.cached_statement(sql) if prepared else None
                 rows = session.query_sql(sql, params) if stmt is None else session.query(stmt, params)
-                stream = ResultStream(rows, session, self)
+                stream = ResultStream(rows, session, self.reads.release)
                 await stream.start()
             except BaseException as exc:
                 if stream is None or not stream.finished:  # a stream that ended has given its session back
-                    self.release(session, exc)
+                    self.reads.release(session, exc)
                 deaths[0] = await self._count_death(session.address, exc, deaths[0], sql)
                 if isinstance(exc, LeadershipLostError):
                     # the engine's barrier before a query (a new leader applying its log)
@@ -798,11 +809,11 @@ class ResultStream:
         self,
         batches: AsyncIterator[tuple[list[str], list[tuple[Any, ...]]]],
         session: Session,
-        owner: Database | None,
+        release: Callable[[Session, BaseException | None], None] | None,
     ) -> None:
         self._batches = batches
         self.session = session
-        self._owner = owner  # set: release the session to it when done
+        self._release = release  # set: gives the session back when the stream ends
         self.columns: list[str] = []
         self.first: list[tuple[Any, ...]] | None = None
         self.finished = False
@@ -835,8 +846,8 @@ class ResultStream:
     def _finish(self, exc: BaseException | None = None) -> None:
         if not self.finished:
             self.finished = True
-            if self._owner is not None:
-                self._owner.release(self.session, exc)
+            if self._release is not None:
+                self._release(self.session, exc)
 
     async def materialize(self) -> None:
         """Read the rest into memory now, so the session can take the next request."""

@@ -96,7 +96,7 @@ async def connect_abstract(loop: asyncio.AbstractEventLoop, factory: Callable[[]
 class _Waiter:
     """The reply (or stream of ROWS replies) owed to one request."""
 
-    __slots__ = ("rtype", "expect", "future", "frames", "wakeup", "format", "discard")
+    __slots__ = ("rtype", "expect", "future", "frames", "wakeup", "format", "discard", "begun")
 
     def __init__(self, rtype: int, loop: asyncio.AbstractEventLoop, stream: bool, fmt: int) -> None:
         self.rtype = rtype
@@ -108,6 +108,7 @@ class _Waiter:
         )
         self.wakeup: asyncio.Event | None = asyncio.Event() if stream else None
         self.discard = False  # the consumer left early: drop the rest of the stream
+        self.begun = False  # a stream's first frame arrived (its last has not, while it is owed)
 
 
 class WireConnection(asyncio.Protocol):
@@ -198,13 +199,18 @@ class WireConnection(asyncio.Protocol):
         ftype, body = frame
         # Anything but a ROWS body ending in the PART marker ends the stream.
         last = ftype != protocol.ROWS or body[-8:] != _PART
+        waiter.begun = True
         if not waiter.discard:
             waiter.frames.append(frame)
             assert waiter.wakeup is not None
             waiter.wakeup.set()
         if last:
             self._waiters.popleft()
-        elif len(waiter.frames) >= _STREAM_HIGH_WATER and not self._paused and self._transport:
+        elif (len(waiter.frames) >= _STREAM_HIGH_WATER and len(self._waiters) == 1
+              and not self._paused and self._transport):
+            # Back-pressure only while the stream is the last reply owed: a reply queued
+            # behind it (a pipelined read of another task) can only arrive once the rest
+            # of the stream is read, and its owner must never wait on our consumer.
             self._paused = True
             self._transport.pause_reading()
 
@@ -240,6 +246,9 @@ class WireConnection(asyncio.Protocol):
         if not self._waiters:
             self._progress_at = self._loop.time()
         self._waiters.append(waiter)
+        if self._paused and self._transport:
+            self._paused = False  # this reply comes after the rest of the stream: read it all
+            self._transport.resume_reading()
         assert self._transport is not None
         if _TRACE:
             log.debug("%s -> %s %r", self.address, protocol.REQUEST_NAMES.get(rtype, rtype), args)
@@ -394,6 +403,12 @@ class WireConnection(asyncio.Protocol):
         if self._paused and self._transport:
             self._paused = False
             self._transport.resume_reading()
+
+    @property
+    def mid_stream(self) -> bool:
+        """A result set is arriving: its first page came, its last has not. A request
+        sent now is answered only after the rest of it (see `cowsqlpy.shared_reads`)."""
+        return bool(self._waiters) and self._waiters[0].begun
 
     def stalled_for(self) -> float:
         """Seconds a reply has been owed with nothing received from the node meanwhile
