@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import cowsqlpy
-from cowsqlpy.front import Front, Limits
+from cowsqlpy.front import Front, FrontStats, Limits
 from cowsqlpy.node import engine_features
 from cowsqlpy.rights import Rights
 from cowsqlpy.testing import wait_for
@@ -127,9 +127,26 @@ def guarded_factory(tmp_path: Path) -> Iterator[Callable[..., GuardedNode]]:
         node.close()
 
 
+@pytest.fixture(scope="module")
+def _module_guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[GuardedNode]]:
+    made: list[GuardedNode] = []
+    yield made
+    for node in made:
+        node.close()
+
+
 @pytest.fixture
-def guarded(guarded_factory: Callable[..., GuardedNode]) -> GuardedNode:
-    return guarded_factory()
+def guarded(
+    _module_guarded: list[GuardedNode], tmp_path_factory: pytest.TempPathFactory
+) -> GuardedNode:
+    """A default guarded node shared by a module's tests, since each costs a child engine
+    process (2-3 s): every test that attacks it ends by proving it still serves, and a
+    test that left it dead gets it replaced for the next one. Its counters start at zero."""
+    if not _module_guarded or not _module_guarded[-1].alive():
+        _module_guarded.append(GuardedNode(tmp_path_factory.mktemp("guarded")))
+    node = _module_guarded[-1]
+    node.front.stats = FrontStats()
+    return node
 
 
 @pytest.fixture(scope="session")
