@@ -27,7 +27,6 @@ import datetime as _dt
 import functools
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -41,7 +40,7 @@ from .errors import (
     ProgrammingError,
     TransactionLostError,
 )
-from .retry import DEFAULT_POLICY, RetryPolicy, retrying
+from .retry import DEFAULT_POLICY, RetryPolicy
 from .sqltext import Statement, analyze, bind
 from .store import NodeStore
 from .tls import TLSConfig
@@ -103,41 +102,6 @@ def engine_features(engine: str | None) -> EngineFeatures:
     """The switches for `connect(engine=...)` (None: until the engine probe has
     identified the server, see `Connection.identify_engine`). :raises ValueError: an unknown name."""
     return versions.CLIENT_TARGET if engine is None else versions.features_named(engine)
-
-
-_identified: weakref.WeakKeyDictionary[Database, asyncio.Future[EngineFeatures]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def probed_features(db: Database) -> EngineFeatures:
-    """The version-table row of the engine `db`'s leader runs, from the engine probe
-    (`WireConnection.engine_probe`: cowsql answers FAILURE, libdqlite 1.11 a node
-    list, and both keep serving). One probe per `Database`: concurrent callers share
-    it, a failed one is sent again by the next caller.
-
-    :raises OperationalError subclasses: no leader within the database's retry policy.
-    """
-    probe = _identified.get(db)
-    if probe is None or (probe.done() and (probe.cancelled() or probe.exception() is not None)):
-        probe = _identified[db] = asyncio.ensure_future(_probe_engine(db))
-    return await asyncio.shield(probe)
-
-
-async def _probe_engine(db: Database) -> EngineFeatures:
-    async def attempt() -> bool:
-        session = await db.acquire()
-        try:
-            failed = await session.conn.engine_probe(timeout=db.policy.attempt_timeout)
-        except BaseException as exc:
-            db.release(session, exc)
-            raise
-        db.release(session)
-        return failed
-
-    features = versions.features_from_probe(await retrying(attempt, db.policy, what="engine probe"))
-    log.info("%s: the engine probe says %s", db.name, features.name)
-    return features
 
 
 def node_store_of(
@@ -469,7 +433,7 @@ class Connection:
         """`features`, after the engine probe for an undeclared engine (once per database
         core). :raises OperationalError subclasses: no leader within the retry policy."""
         if self._identify:
-            self._features = await probed_features(self._db)
+            self._features = await self._db.engine_features()
             self._identify = False
         return self._features
 

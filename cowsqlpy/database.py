@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import protocol
+from . import protocol, versions
 from .barrier import ReadBarrier
 from .batching import GroupCommitter
 from .client import LeaderTracker, Session, node_gone
@@ -62,6 +62,7 @@ from .retry import RetryPolicy, retrying
 from .shared_reads import SharedReads
 from .store import NodeStore
 from .tls import ClientTLS, TLSConfig
+from .versions import EngineFeatures
 from .watchdog import StallWatchdog
 
 log = logging.getLogger("cowsqlpy.database")
@@ -160,6 +161,7 @@ class Database:
         self.reads = SharedReads(self._acquire, self.release, lambda exc: isinstance(exc, SESSION_GONE))
         self._committer: GroupCommitter[_Write] = GroupCommitter(self._commit_locked, max_items=MAX_BATCH)
         self._markers_ready = False
+        self._engine_probe: asyncio.Future[EngineFeatures] | None = None  # see engine_features
         self._client_id = secrets.randbits(63)  # our marker row (secrets: `random` may be seeded)
         self._commits = 0  # the marker's sequence number
         self.resolutions = 0  # lost commit replies resolved through the marker (tests, metrics)
@@ -243,9 +245,41 @@ class Database:
         self._idle.clear()
 
     async def close(self) -> None:
+        if self._engine_probe is not None and not self._engine_probe.done():
+            self._engine_probe.cancel()
         self._drop_idle()
         self.barrier.close()
         self.watchdog.close()
+
+    # -- the engine ---------------------------------------------------------------
+
+    async def engine_features(self) -> EngineFeatures:
+        """The version-table row of the engine the leader runs, from the engine probe
+        (`WireConnection.engine_probe`: cowsql answers FAILURE, libdqlite 1.11 a node
+        list, and both keep serving). Sent once per `Database`: concurrent callers
+        share it, a failed one is sent again by the next caller.
+
+        :raises OperationalError subclasses: no leader within the retry policy.
+        """
+        probe = self._engine_probe
+        if probe is None or (probe.done() and (probe.cancelled() or probe.exception() is not None)):
+            probe = self._engine_probe = asyncio.ensure_future(self._probe_engine())
+        return await asyncio.shield(probe)
+
+    async def _probe_engine(self) -> EngineFeatures:
+        async def attempt() -> bool:
+            session = await self.acquire()
+            try:
+                failed = await session.conn.engine_probe(timeout=self.policy.attempt_timeout)
+            except BaseException as exc:
+                self.release(session, exc)
+                raise
+            self.release(session)
+            return failed
+
+        features = versions.features_from_probe(await retrying(attempt, self.policy, what="engine probe"))
+        log.info("%s: the engine probe says %s", self.name, features.name)
+        return features
 
     # -- reads ------------------------------------------------------------------
 
