@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         py = sys.executable  # the interpreter with fusefs installed, as the user can type it
         if py.startswith(os.getcwd() + os.sep):
             py = os.path.relpath(py)
-        fs_tls = "" if tls is None else " (fusefs has no TLS option yet: run it on a plain cluster)"
+        fs_tls = "" if tls is None else f" --cert {tls.cert} --key {tls.key}"
         print(f"""
 The cluster is up: {len(procs)} nodes, each serves the whole API.
 
@@ -138,9 +138,9 @@ The cluster is up: {len(procs)} nodes, each serves the whole API.
   watch a key      {curl} '{web}://{a[1 % len(a)]}/my-key?watch=1'      (waits for the next change)
   temporary key    {curl} -X PUT -d here '{web}://{a[0]}/session?ttl=10'
   cluster / health {curl} {web}://{a[0]}/_cluster ; {curl} {web}://{a[0]}/_health
-  mount it{fs_tls}
-  (fusefs)         {py} -m fusefs mkfs --cluster {dbs} && mkdir -p /tmp/cowsqlfs &&
-                   {py} -m fusefs mount --cluster {dbs} /tmp/cowsqlfs     (umount: fusermount3 -u /tmp/cowsqlfs)
+  mount it
+  (fusefs)         {py} -m fusefs mkfs --cluster {dbs}{fs_tls} && mkdir -p /tmp/cowsqlfs &&
+                   {py} -m fusefs mount --cluster {dbs}{fs_tls} /tmp/cowsqlfs     (umount: fusermount3 -u /tmp/cowsqlfs)
 
 Kill a node (here node 1, pid {procs[0].proc.pid if procs[0].proc else '?'}) and the others keep serving:
   kill -9 {procs[0].proc.pid if procs[0].proc else '<pid>'}

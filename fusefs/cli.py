@@ -9,10 +9,12 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cowsqlpy
+from cowsqlpy.tls import TLSConfig
 
 from .fsck import fsck
 from .schema import (
@@ -62,6 +64,18 @@ def _cluster_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         default=30.0,
         help="seconds an operation waits for a quorum before EIO (default 30)",
     )
+    p.add_argument(
+        "--cert", help="cluster TLS certificate (PEM; mutual TLS, as the cowsql shell's)"
+    )
+    p.add_argument("--key", help="private key of --cert (PEM)")
+    p.add_argument("--ca", help="CA that signs the nodes' certificates (default: --cert itself)")
+
+
+def _tls(args: argparse.Namespace) -> TLSConfig | None:
+    """The TLS options as a config; ValueError (one line) when they do not go together."""
+    if (args.cert is None) != (args.key is None) or (args.ca and not args.cert):
+        raise ValueError("--cert and --key go together (and --ca needs them)")
+    return TLSConfig(args.cert, args.key, args.ca) if args.cert else None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -140,7 +154,9 @@ def parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _connection(args: argparse.Namespace) -> Iterator[Any]:
-    conn = cowsqlpy.connect(args.cluster, database=args.database, policy=io_policy(args.io_timeout))
+    conn = cowsqlpy.connect(
+        args.cluster, database=args.database, policy=io_policy(args.io_timeout), tls=_tls(args)
+    )
     try:
         yield conn
     finally:
@@ -201,6 +217,16 @@ def _background(argv: Sequence[str], args: argparse.Namespace) -> int:
     return 1
 
 
+def _kv_url(servers: list[str], tls: TLSConfig | None) -> str:
+    url = f"cowsql://{','.join(servers)}/kv"
+    if tls is None:
+        return url
+    query = {"cert": str(tls.cert), "key": str(tls.key)}
+    if tls.ca:
+        query["ca"] = str(tls.ca)
+    return f"{url}?{urllib.parse.urlencode(query)}"
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from .binding import MountOptions, serve
 
@@ -208,6 +234,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         print("--read-ahead must be 0 (the kernel's default) or more KiB", file=sys.stderr)
         return 2
     app: Any = None
+    tls = _tls(args)
     servers = list(args.cluster)
     if args.embed_node:
         if not args.address or not args.dir:
@@ -215,7 +242,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             return 2
         from cowsqlpy.app import App
 
-        app = App(args.dir, args.address, cluster=args.join or None)
+        app = App(args.dir, args.address, cluster=args.join or None, tls=tls)
         app.ready(timeout=max(60.0, args.io_timeout))
         servers = [app.address, *args.join, *servers]
     if not servers and not (args.view == "kv" and args.kv_url):
@@ -235,11 +262,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if args.view == "kv":
             from .kvview import KVFileSystem
 
-            fs = KVFileSystem(args.kv_url or f"cowsql://{','.join(servers)}/kv")
+            fs = KVFileSystem(args.kv_url or _kv_url(servers, tls))
         else:
             from .ops import FileSystem
 
-            store = Store(servers, args.database, io_timeout=args.io_timeout)
+            store = Store(servers, args.database, io_timeout=args.io_timeout, tls=tls)
             fs = FileSystem(store, os.path.abspath(args.mountpoint), attr_timeout=args.attr_timeout)
         log.info("serving %s on %s", args.view, args.mountpoint)
         serve(fs, args.mountpoint, options)

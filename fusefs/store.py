@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import cowsqlpy
+from cowsqlpy.tls import TLSConfig
 
 from .errors import FsError, as_fs_error
 
@@ -114,14 +115,22 @@ class Store:
     :param servers: cluster addresses.
     :param database: the database that holds the filesystem.
     :param io_timeout: seconds an operation may wait for the cluster before EIO.
+    :param tls: mutual TLS with the cluster (`cowsqlpy.tls.TLSConfig`), or None.
     """
 
-    def __init__(self, servers: Iterable[str], database: str, io_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        servers: Iterable[str],
+        database: str,
+        io_timeout: float = 30.0,
+        tls: TLSConfig | None = None,
+    ) -> None:
         self.servers = [s.strip() for s in servers if s.strip()]
         if not self.servers:
             raise ValueError("no cluster address given")
         self.database = database
         self.io_timeout = io_timeout
+        self.tls = tls
         self.policy = io_policy(io_timeout)
         self._idle: dict[bool, queue.LifoQueue[Any]] = {
             False: queue.LifoQueue(),
@@ -143,6 +152,7 @@ class Store:
             policy=self.policy,
             autocommit=True,
             read_consistency="linearizable" if linearizable else "serializable",
+            tls=self.tls,
         )
         with self._lock:
             self._all.append(conn)

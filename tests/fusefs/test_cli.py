@@ -6,12 +6,18 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import cowsqlpy
-from cowsqlpy.testing import Cluster, wait_for
+import pytest
 
-from .conftest import ROOT, _mounted, check_fs, lazy_unmount
+import cowsqlpy
+from cowsqlpy.app import App
+from cowsqlpy.testing import Cluster, wait_for
+from cowsqlpy.tls import make_cert
+from fusefs.cli import main
+
+from .conftest import ROOT, Mount, _mounted, check_fs, lazy_unmount, unmount
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -131,3 +137,31 @@ def test_background_mount_flushes_on_sigterm(fs_cluster: Cluster, tmp_path: Path
     finally:
         lazy_unmount(mnt)
     assert check_fs(fs_cluster.addresses) == []
+
+
+def test_mkfs_and_mount_over_mutual_tls(
+    mount_factory: Callable[..., Mount], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cluster whose nodes run with TLS: mkfs and the mount take --cert/--key; without
+    them the command says it could not reach the cluster (one line, no traceback)."""
+    cert = make_cert(tmp_path / "cert")
+    app = App(tmp_path / "node", "127.0.0.1:0", tls=cert)
+    try:
+        app.ready(timeout=30)
+        tls_args = ("--cert", str(cert.cert), "--key", str(cert.key))
+        made = cli("mkfs", "--cluster", app.address, "--io-timeout", "5", *tls_args)
+        assert made.returncode == 0, made.stderr
+        plain = cli("fsck", "--cluster", app.address, "--io-timeout", "2")
+        assert plain.returncode == 1 and "cowsqlfs: cluster error" in plain.stderr
+        assert "Traceback" not in plain.stderr
+        assert main(["fsck", "--cluster", app.address, "--cert", str(cert.cert)]) == 1
+        assert "--cert and --key go together" in capsys.readouterr().err
+        mnt = mount_factory([app.address], "fs", *tls_args)
+        (mnt.path / "d").mkdir()
+        (mnt.path / "d" / "f").write_bytes(b"over TLS")
+        assert (mnt.path / "d" / "f").read_bytes() == b"over TLS"
+        unmount(mnt)
+        checked = cli("fsck", "--cluster", app.address, *tls_args)
+        assert checked.returncode == 0 and "fsck: clean" in checked.stdout, checked.stdout
+    finally:
+        app.close()
