@@ -5,7 +5,9 @@ during a long run; alternating keeps each ratio's two sides in the same minutes)
     .venv/bin/python bench/probe_fusefs_creates.py [--rounds 6] [--files 200]
 
 Each round: N inserts, then N creates from 1 thread and 2N from 8 (each thread in a
-directory of its own), and their unlinks. Prints medians and ratios to the inserts.
+directory of its own), and their unlinks. Prints medians and ratios to the inserts, and
+how many operations each engine transaction of the mount carried (group commit): the
+driver's commit-marker table counts the daemon's write transactions.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ def rate(n: int, workers: int, jobs: list[list[Path]], fn: Callable[[Path], obje
     return n / (time.perf_counter() - start)
 
 
+def transactions(conn: cowsqlpy.Connection) -> int:
+    """Write transactions committed so far by the clients of the filesystem's database."""
+    row = conn.execute("SELECT coalesce(sum(seq), 0) FROM cowsqlpy_commit_markers").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=6)
@@ -52,7 +60,6 @@ def main() -> None:
         servers = cluster.addresses
         conn = cowsqlpy.connect(servers, database="fs")
         mkfs(conn, capacity=1 << 30)
-        conn.close()
         auto = cowsqlpy.connect(servers, database="raw", autocommit=True)
         auto.execute("CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, v TEXT)")
         with open(work / "mount.log", "wb") as log:
@@ -66,6 +73,7 @@ def main() -> None:
         wait_for(lambda: os.path.ismount(mnt), 60, "mount")
         n = args.files
         figures: dict[str, list[float]] = {}
+        per_tx: dict[str, list[float]] = {}
         for r in range(args.rounds):
             start = time.perf_counter()
             for _ in range(n):
@@ -81,20 +89,22 @@ def main() -> None:
                 def create(p: Path) -> None:
                     os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
 
-                figures.setdefault(f"create {workers} w", []).append(
-                    rate(count, workers, jobs, create)
-                )
-                figures.setdefault(f"unlink {workers} w", []).append(
-                    rate(count, workers, jobs, os.unlink)
-                )
+                for what, fn in (("create", create), ("unlink", os.unlink)):
+                    name, before = f"{what} {workers} w", transactions(conn)
+                    figures.setdefault(name, []).append(rate(count, workers, jobs, fn))
+                    per_tx.setdefault(name, []).append(count / max(1, transactions(conn) - before))
         inserts = statistics.median(figures["insert"])
         print(f"load {os.getloadavg()[0]:.1f}, {args.rounds} rounds of {n}")
         for name, values in figures.items():
             m = statistics.median(values)
+            batched = (
+                f"  {statistics.median(per_tx[name]):.1f} per engine tx" if name in per_tx else ""
+            )
             print(
-                f"{name:12s} median {m:7.1f}/s  ratio {m / inserts:.2f}  {[round(v) for v in values]}"
+                f"{name:12s} median {m:7.1f}/s  ratio {m / inserts:.2f}  {[round(v) for v in values]}{batched}"
             )
         auto.close()
+        conn.close()
     finally:
         if proc is not None:
             subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
