@@ -160,9 +160,20 @@ def test_executemany_100k_rows(connect: Connect) -> None:
     conn = connect()
     cur = conn.cursor()
     cur.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, v TEXT)")
-    cur.executemany("INSERT INTO big (id, v) VALUES (?, ?)", ((i, f"value-{i}") for i in range(100_000)))
-    assert cur.rowcount == 100_000
-    conn.commit()
+    for _ in range(3):
+        try:
+            cur.executemany("INSERT INTO big (id, v) VALUES (?, ?)", ((i, f"value-{i}") for i in range(100_000)))
+            assert cur.rowcount == 100_000
+            conn.commit()
+            break
+        except cowsqlpy.TransactionLostError:
+            # The transaction stays open for seconds (5-14 s on a loaded machine), and this
+            # cluster elects a new leader after 0.3 s without heartbeats (network_latency
+            # 0.02): a starved leader process loses it, and the transaction with it. That is
+            # the driver's contract, not a flaw: nothing of it committed, so run it again.
+            assert cur.execute("SELECT count(*) FROM big").fetchone() == (0,)
+    else:
+        pytest.fail("the leader changed during each of three tries")
     assert cur.execute("SELECT count(*), sum(id) FROM big").fetchone() == (100_000, sum(range(100_000)))
 
 
