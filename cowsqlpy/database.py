@@ -44,7 +44,7 @@ from typing import Any
 from . import protocol, versions
 from .barrier import ReadBarrier
 from .batching import GroupCommitter
-from .client import LeaderTracker, Session, node_gone
+from .client import STATEMENT_CACHE_SIZE, LeaderTracker, PreparedStatement, Session, node_gone
 from .errors import (
     AccessDeniedError,
     BusyError,
@@ -76,6 +76,9 @@ MAX_IDLE_SESSIONS = 32
 IDLE_CHECK_AFTER = 1.0
 IDLE_CHECK_TIMEOUT = 1.0
 MAX_BATCH = 512  # statements per group commit
+# distinct statement texts of a batch run as prepared statements (well under the
+# session's STATEMENT_CACHE_SIZE: see Database._prepared_texts); 0 turns it off
+MAX_PREPARED_TEXTS = STATEMENT_CACHE_SIZE // 4
 PIPELINE_WINDOW = 256  # EXEC requests in flight during executemany
 # Node deaths one statement may see before it is given up (see QueryOfDeathError): the
 # first may be an ordinary crash that happened to hit it, the second is its own doing.
@@ -402,9 +405,14 @@ class Database:
         except BaseException as exc:
             self.release(session, exc)
             raise
+        prepared = await self._prepared_texts(session, todo)
         marker = self._next_marker()
         replies = [session.submit_exec_sql("BEGIN")]
-        replies += [session.submit_exec_sql(w.sql, w.params) for w in todo]
+        replies += [
+            session.submit_exec_sql(w.sql, w.params) if (stmt := prepared.get(w.sql)) is None
+            else session.send_exec(stmt, w.params)
+            for w in todo
+        ]
         replies.append(session.submit_exec_sql(COMMIT_WITH_MARKER, (self._client_id, marker)))
         begin, *outcomes, tail = await _gather_outcomes(replies)
 
@@ -476,6 +484,27 @@ class Database:
                 _deliver(w, outcome)
         if busy:
             raise _Rerun(busy=True)
+
+    @staticmethod
+    async def _prepared_texts(session: Session, todo: list[_Write]) -> dict[str, PreparedStatement]:
+        """The batch's statement texts this session has prepared (`Session.cached_statement`:
+        from a text's second use), so the leader runs them without compiling each.
+
+        A text whose PREPARE fails is left to EXEC_SQL, which gives its write that error.
+        Few texts only: preparing one evicts the least recently used statement, which
+        must never be one this batch is about to run (the engine reuses freed ids)."""
+        texts = dict.fromkeys(w.sql for w in todo)
+        if len(texts) > MAX_PREPARED_TEXTS:
+            return {}
+        prepared: dict[str, PreparedStatement] = {}
+        for sql in texts:
+            try:
+                stmt = await session.cached_statement(sql)
+            except Error:
+                continue
+            if stmt is not None:
+                prepared[sql] = stmt
+        return prepared
 
     async def _node_died(self, address: str, exc: BaseException) -> bool:
         """Whether `exc`, which ended a try of a statement on `address`, means that node

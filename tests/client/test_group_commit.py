@@ -136,3 +136,24 @@ def test_lost_commit_reply_is_resolved_exactly_once(
     assert fired and db.resolutions == 1
     assert all(isinstance(r, tuple) and r[1] == 1 for r in results), results
     assert cluster.rows(dbname, "SELECT count(*) FROM g") == [(5,)]
+
+
+def test_prepared_batch_statements_keep_their_own_outcomes(cluster: InProcessCluster, dbname: str) -> None:
+    """From a text's second use on a session, a batch runs it as a prepared statement
+    (the leader skips compiling it); each write still gets its own result or error, and
+    a text whose PREPARE fails gets its error from the statement itself."""
+    db = cluster.database(dbname)
+    run_sync(db.execute("CREATE TABLE g (k TEXT PRIMARY KEY)", (), coalesce=False))
+    insert, broken = "INSERT INTO g VALUES (?)", "INSERT INTO nowhere VALUES (?)"
+    for round_ in ("a", "b"):  # the texts are seen, then prepared
+        run_sync(_batch(db, [(insert, (f"{round_}{i}",)) for i in range(5)] + [(broken, (round_,))]))
+    keys = ["c0", "a0", "c1", "c2"]
+    results = run_sync(_batch(db, [(insert, (k,)) for k in keys[:2]] + [(broken, ("c",))] + [(insert, (k,)) for k in keys[2:]]))
+    cached = {sql for session in db._idle for sql in session._cache}  # white-box: the prepared path ran
+    assert insert in cached and broken not in cached
+    assert isinstance(results[1], cowsqlpy.IntegrityError), results[1]
+    assert isinstance(results[2], cowsqlpy.OperationalError) and "no such table" in str(results[2])
+    assert all(isinstance(results[i], tuple) and results[i][1] == 1 for i in (0, 3, 4)), results  # type: ignore[index]
+    rows = {k for (k,) in cluster.rows(dbname, "SELECT k FROM g")}
+    assert rows == {f"{r}{i}" for r in "ab" for i in range(5)} | {"c0", "c1", "c2"}
+    run_sync(db.close())
