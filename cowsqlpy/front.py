@@ -507,23 +507,26 @@ class _ClientSide(_Link):
             self.engine.transport.pause_reading()
             asyncio.get_running_loop().call_soon(self.hand_over)
 
-    def hand_over(self) -> None:
-        """Give both sockets to a native relay, once the engine took what we wrote to it."""
+    def hand_over(self, tries: int = 1000) -> None:
+        """Give both sockets to a native relay, once both sides took what we wrote to them
+        (polled each millisecond; after `tries` the pipe stays on the loop)."""
         engine = self.engine
         if self.closed or engine is None or engine.closed:
             return
         assert self.transport is not None and engine.transport is not None
-        if self.transport.get_write_buffer_size() or engine.transport.get_write_buffer_size():
-            asyncio.get_running_loop().call_later(0.001, self.hand_over)
-            return
         relay = self.front._relay
         assert relay is not None
         fds: list[int] = []
         try:
+            if self.transport.get_write_buffer_size() or engine.transport.get_write_buffer_size():
+                if tries > 0:
+                    asyncio.get_running_loop().call_later(0.001, self.hand_over, tries - 1)
+                    return
+                raise OSError("the bytes written before CONNECT passed were not taken")
             for link in (self, engine):
                 assert link.transport is not None
                 fds.append(os.dup(link.transport.get_extra_info("socket").fileno()))
-        except OSError as exc:  # out of descriptors: stay on the loop
+        except OSError as exc:  # e.g. out of descriptors: stay on the loop
             for fd in fds:
                 os.close(fd)
             log.warning("Raft peer %s: pipe stays on the event loop: %s", self.host, exc)
@@ -785,6 +788,7 @@ class Front:
         for client in list(self._relays):
             if client.relay is not None:
                 client.relay.thread.join(5.0)
+            self._forget_relay(client)  # its call on the loop may have come too late
 
     def __enter__(self) -> Front:
         self.start()
