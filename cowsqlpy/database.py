@@ -161,7 +161,9 @@ class Database:
         self.write_lock = asyncio.Lock()
         self._idle: list[Session] = []
         # autocommit queries, several pipelined on a session (cowsqlpy.shared_reads)
-        self.reads = SharedReads(self._acquire, self.release, lambda exc: isinstance(exc, SESSION_GONE))
+        self.reads = SharedReads(
+            self._acquire, self.release, lambda exc: isinstance(exc, SESSION_GONE), self._take_idle
+        )
         self._committer: GroupCommitter[_Write] = GroupCommitter(self._commit_locked, max_items=MAX_BATCH)
         self._markers_ready = False
         self._engine_probe: asyncio.Future[EngineFeatures] | None = None  # see engine_features
@@ -183,6 +185,16 @@ class Database:
         if write:
             self.watchdog.watch(session)
         return session
+
+    def _take_idle(self) -> Session | None:
+        """A pooled session used within IDLE_CHECK_AFTER (no check needed), or None."""
+        while self._idle:
+            session = self._idle[-1]
+            if session.closed:
+                self._idle.pop()
+                continue
+            return self._idle.pop() if time.monotonic() - session.idle_since <= IDLE_CHECK_AFTER else None
+        return None
 
     async def _acquire(self) -> Session:
         while self._idle:

@@ -40,7 +40,8 @@ class SharedReads:
     """Leases sessions to autocommit queries, several queries a session.
 
     `acquire` gives a session to the leader (the pool's), `release(session, error)`
-    takes it back; `gone` says whether an error means the session is unusable.
+    takes it back; `gone` says whether an error means the session is unusable;
+    `take` gives a pooled session at once when one needs no check (else None).
     """
 
     def __init__(
@@ -48,9 +49,11 @@ class SharedReads:
         acquire: Callable[[], Awaitable[Session]],
         release: Callable[[Session, BaseException | None], None],
         gone: Callable[[BaseException], bool],
+        take: Callable[[], Session | None] = lambda: None,
         depth: int = READ_DEPTH,
     ) -> None:
         self._acquire = acquire
+        self._take = take
         self._release = release
         self._gone = gone
         self.depth = depth
@@ -79,6 +82,9 @@ class SharedReads:
         if best is not None:
             self._loads[best] += 1
             return best
+        if not self._opening and (pooled := self._take()) is not None:
+            self._loads[pooled] = 1  # the common case of a lone reader: no task, no wait
+            return pooled
         # Every session is full: wait for one from the pool, sharing it with the queries
         # that arrive meanwhile (not one dial per query while the first one is under way).
         opening = next((f for f, n in self._opening.items() if n < self.depth), None)
