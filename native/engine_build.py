@@ -230,6 +230,10 @@ ffibuilder.set_source(
                 goto out;
             }
             if (p[2].revents) goto out;
+            if ((p[0].revents | p[1].revents) & POLLNVAL) {  /* not ours any more: never spin */
+                err = EBADF;
+                goto out;
+            }
             for (int i = 0; i < 2; i++) {
                 struct cowsqlpy_direction *d = &dirs[i];
                 short from_ev = p[d->from == a ? 0 : 1].revents;
