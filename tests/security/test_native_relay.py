@@ -107,13 +107,15 @@ def test_stop_ends_an_idle_relay(relay: Relay) -> None:
     assert relay.left.recv(1) == b"" and relay.right.recv(1) == b""
 
 
-@pytest.fixture
-def plain_cluster(tmp_path: Path) -> Iterator[list[tuple[Node, Front]]]:
+@pytest.fixture(params=[True, False], ids=["native", "loop"])
+def plain_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[list[tuple[Node, Front]]]:
     made: list[tuple[Node, Front]] = []
     try:
         for i in range(3):
             internal = f"@cowsqlpy-relay-test-{os.getpid()}-{i}-{secrets.token_hex(4)}"
-            front = Front("127.0.0.1:0", internal, engine_features())
+            front = Front("127.0.0.1:0", internal, engine_features(), native_relay=request.param)
             front.start()
             node = Node(
                 BOOTSTRAP_ID if i == 0 else 1000 + i,
@@ -131,7 +133,10 @@ def plain_cluster(tmp_path: Path) -> Iterator[list[tuple[Node, Front]]]:
             front.stop()
 
 
-def test_raft_runs_through_native_relays(plain_cluster: list[tuple[Node, Front]]) -> None:
+def test_raft_runs_through_plain_fronts(
+    plain_cluster: list[tuple[Node, Front]], request: pytest.FixtureRequest
+) -> None:
+    """With the C relay (the default) and with `native_relay=False` (the loop's pipes)."""
     addresses = [front.address for _, front in plain_cluster]
     with SyncClient(addresses) as client:
         wait_for(lambda: client.leader() is not None, 10.0, "a leader")
@@ -158,8 +163,9 @@ def test_raft_runs_through_native_relays(plain_cluster: list[tuple[Node, Front]]
             conn.close()
     fronts = [front for _, front in plain_cluster]
     assert all(f.stats.pipes >= 1 for f in fronts)
-    assert all(f.stats.native_pipes == f.stats.pipes for f in fronts)
-    assert _relay_threads()  # the pipes are still up
+    native = request.node.callspec.params["plain_cluster"]
+    assert all(f.stats.native_pipes == (f.stats.pipes if native else 0) for f in fronts)
+    assert bool(_relay_threads()) == native  # the pipes are still up
     for front in fronts:
         front.stop()
     assert _relay_threads() == []  # stop() ended and joined them
