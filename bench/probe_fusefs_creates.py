@@ -5,9 +5,12 @@ during a long run; alternating keeps each ratio's two sides in the same minutes)
     .venv/bin/python bench/probe_fusefs_creates.py [--rounds 6] [--files 200]
 
 Each round: N inserts, then N creates from 1 thread and 2N from 8 (each thread in a
-directory of its own), and their unlinks. Prints medians and ratios to the inserts, and
-how many operations each engine transaction of the mount carried (group commit): the
-driver's commit-marker table counts the daemon's write transactions.
+directory of its own), and their unlinks. Prints medians and ratios to the inserts, how
+many operations each engine transaction of the mount carried (group commit: the driver's
+commit-marker table counts the daemon's write transactions), and the CPU time per
+operation of this probe's child processes (the mount daemon and the three nodes, less
+what they use idle, measured first): a figure the machine's other load moves much less
+than the rates.
 """
 
 from __future__ import annotations
@@ -33,17 +36,32 @@ from fusefs import mkfs  # noqa: E402
 from fusefs.testing import mount_command  # noqa: E402
 
 
-def rate(n: int, workers: int, jobs: list[list[Path]], fn: Callable[[Path], object]) -> float:
+def timed(workers: int, jobs: list[list[Path]], fn: Callable[[Path], object]) -> float:
+    """Seconds to run `fn` on every path, each job's paths in order in a thread of its own."""
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(lambda paths: [fn(p) for p in paths], jobs))
-    return n / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
 def transactions(conn: cowsqlpy.Connection) -> int:
     """Write transactions committed so far by the clients of the filesystem's database."""
     row = conn.execute("SELECT coalesce(sum(seq), 0) FROM cowsqlpy_commit_markers").fetchone()
     return int(row[0]) if row is not None else 0
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's children (the nodes and the daemon)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return total
 
 
 def main() -> None:
@@ -71,9 +89,13 @@ def main() -> None:
                 start_new_session=True,
             )
         wait_for(lambda: os.path.ismount(mnt), 60, "mount")
+        cpu, start = children_cpu(), time.perf_counter()
+        time.sleep(2)
+        idle = (children_cpu() - cpu) / (time.perf_counter() - start)  # CPU s per s, idle
         n = args.files
         figures: dict[str, list[float]] = {}
         per_tx: dict[str, list[float]] = {}
+        cpu_ms: dict[str, list[float]] = {}
         for r in range(args.rounds):
             start = time.perf_counter()
             for _ in range(n):
@@ -90,15 +112,24 @@ def main() -> None:
                     os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o644))
 
                 for what, fn in (("create", create), ("unlink", os.unlink)):
-                    name, before = f"{what} {workers} w", transactions(conn)
-                    figures.setdefault(name, []).append(rate(count, workers, jobs, fn))
+                    name, before, cpu = f"{what} {workers} w", transactions(conn), children_cpu()
+                    took = timed(workers, jobs, fn)
+                    figures.setdefault(name, []).append(count / took)
+                    busy = children_cpu() - cpu - idle * took
+                    cpu_ms.setdefault(name, []).append(1000 * busy / count)
                     per_tx.setdefault(name, []).append(count / max(1, transactions(conn) - before))
         inserts = statistics.median(figures["insert"])
-        print(f"load {os.getloadavg()[0]:.1f}, {args.rounds} rounds of {n}")
+        print(
+            f"load {os.getloadavg()[0]:.1f}, {args.rounds} rounds of {n};"
+            f" children idle {1000 * idle:.0f} ms CPU/s"
+        )
         for name, values in figures.items():
             m = statistics.median(values)
             batched = (
-                f"  {statistics.median(per_tx[name]):.1f} per engine tx" if name in per_tx else ""
+                f"  {statistics.median(per_tx[name]):.1f} per engine tx,"
+                f" {statistics.median(cpu_ms[name]):.2f} ms CPU each"
+                if name in per_tx
+                else ""
             )
             print(
                 f"{name:12s} median {m:7.1f}/s  ratio {m / inserts:.2f}  {[round(v) for v in values]}{batched}"
