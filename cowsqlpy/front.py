@@ -596,6 +596,10 @@ class _NativeRelay:
     ) -> None:
         try:
             err = relay(a, b, self._stop_r)
+        except BaseException:  # never here with a binding that passed `_native_relay`
+            os.close(a)
+            os.close(b)
+            raise
         finally:
             with self._lock:
                 os.close(self._stop_r)
@@ -610,12 +614,17 @@ class _NativeRelay:
 
 
 def _native_relay() -> Callable[[int, int, int], int] | None:
-    from .node import engine_version, relay_sockets
+    from .node import relay_sockets
 
     try:
-        engine_version()
-    except EngineUnavailableError:
-        log.warning("no engine binding: the front's Raft pipes stay on its event loop")
+        relay_sockets(-1, -1, -1)  # returns EBADF at once: the binding has the relay
+    except (EngineUnavailableError, AttributeError) as exc:
+        log.warning(
+            "the front's Raft pipes stay on its event loop: %s",
+            "no engine binding"
+            if isinstance(exc, EngineUnavailableError)
+            else "the engine binding predates the relay (rebuild: scripts/setup.sh)",
+        )
         return None
     return relay_sockets
 

@@ -148,7 +148,8 @@ def test_raft_runs_through_plain_fronts(
             cur.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, v BLOB)")
             # Rows past the relay's buffer too, so an append is more than one read.
             cur.executemany("INSERT INTO t VALUES (?, ?)", [(n, bytes(300_000)) for n in range(5)])
-            client.transfer(plain_cluster[2][0].id)
+            # The target may still be catching up: the engine refuses until it has.
+            wait_for(lambda: _transferred(client, plain_cluster[2][0].id), 10.0, "a transfer")
             wait_for(
                 lambda: (
                     (leader := client.leader()) is not None and leader.id == plain_cluster[2][0].id
@@ -170,6 +171,14 @@ def test_raft_runs_through_plain_fronts(
         front.stop()
     assert _relay_threads() == []  # stop() ended and joined them
     assert all(f.stats.open == 0 for f in fronts)
+
+
+def _transferred(client: SyncClient, node_id: int) -> bool:
+    try:
+        client.transfer(node_id)
+    except cowsqlpy.OperationalError:
+        return False
+    return True
 
 
 def _relay_threads() -> list[threading.Thread]:
