@@ -144,3 +144,22 @@ def test_a_cancelled_reader_leaves_the_session_in_step(db: Database) -> None:
     assert rows == [[(k,)] for k in range(READ_DEPTH) if k != 2]
     assert after == [(99,)]  # the next query on that session gets its own reply
     assert same_session
+
+
+def test_a_lost_shared_session_retries_each_query_and_is_dropped(db: Database) -> None:
+    async def go() -> tuple[list[list[tuple[object, ...]]], bool, int]:
+        await _all(await _started(db, "SELECT 1"))
+        tasks = [
+            asyncio.ensure_future(_started(db, "SELECT ? + 0", (k,))) for k in range(READ_DEPTH)
+        ]
+        await asyncio.sleep(0)  # every query is queued on one session
+        shared = next(iter(db.reads._loads))  # white-box: the session carrying them
+        await asyncio.sleep(0)  # and sent
+        shared.conn.close()  # the connection drops with every reply owed
+        streams = await asyncio.gather(*tasks)
+        rows = [await _all(s) for s in streams]
+        return rows, any(s is shared for s in db._idle), db.reads.sessions
+
+    rows, pooled, carrying = run_sync(go())
+    assert rows == [[(k,)] for k in range(READ_DEPTH)]  # each retried on its own
+    assert not pooled and carrying == 0
