@@ -145,10 +145,12 @@ def test_prepared_batch_statements_keep_their_own_outcomes(cluster: InProcessClu
     db = cluster.database(dbname)
     run_sync(db.execute("CREATE TABLE g (k TEXT PRIMARY KEY)", (), coalesce=False))
     insert, broken = "INSERT INTO g VALUES (?)", "INSERT INTO nowhere VALUES (?)"
+    Batch = list[tuple[str, tuple[object, ...]]]
     for round_ in ("a", "b"):  # the texts are seen, then prepared
-        run_sync(_batch(db, [(insert, (f"{round_}{i}",)) for i in range(5)] + [(broken, (round_,))]))
-    keys = ["c0", "a0", "c1", "c2"]
-    results = run_sync(_batch(db, [(insert, (k,)) for k in keys[:2]] + [(broken, ("c",))] + [(insert, (k,)) for k in keys[2:]]))
+        warm: Batch = [(insert, (f"{round_}{i}",)) for i in range(5)]
+        run_sync(_batch(db, [*warm, (broken, (round_,))]))
+    last: Batch = [(insert, ("c0",)), (insert, ("a0",)), (broken, ("c",)), (insert, ("c1",)), (insert, ("c2",))]
+    results = run_sync(_batch(db, last))
     cached = {sql for session in db._idle for sql in session._cache}  # white-box: the prepared path ran
     assert insert in cached and broken not in cached
     assert isinstance(results[1], cowsqlpy.IntegrityError), results[1]
