@@ -581,31 +581,23 @@ class _NativeRelay:
     ) -> None:
         self._stop_r, self._stop_w = os.pipe()
         self._lock = threading.Lock()
-        self.thread = threading.Thread(
-            target=self._run, args=(relay, a, b, done, client), name="cowsqlpy-relay", daemon=True
-        )
-        self.thread.start()
 
-    def _run(
-        self,
-        relay: Callable[[int, int, int], int],
-        a: int,
-        b: int,
-        done: Callable[[_ClientSide, int], None],
-        client: _ClientSide,
-    ) -> None:
-        try:
-            err = relay(a, b, self._stop_r)
-        except BaseException:  # never here with a binding that passed `_native_relay`
-            os.close(a)
-            os.close(b)
-            raise
-        finally:
-            with self._lock:
-                os.close(self._stop_r)
-                os.close(self._stop_w)
-                self._stop_w = -1
-        done(client, err)
+        def run() -> None:
+            try:
+                err = relay(a, b, self._stop_r)
+            except BaseException:  # never here with a binding that passed `_native_relay`
+                os.close(a)
+                os.close(b)
+                raise
+            finally:
+                with self._lock:
+                    os.close(self._stop_r)
+                    os.close(self._stop_w)
+                    self._stop_w = -1
+            done(client, err)
+
+        self.thread = threading.Thread(target=run, name="cowsqlpy-relay", daemon=True)
+        self.thread.start()
 
     def stop(self) -> None:
         with self._lock:
