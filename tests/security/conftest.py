@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import cowsqlpy
 from cowsqlpy.front import Front, FrontStats, Limits
-from cowsqlpy.node import engine_features
+from cowsqlpy.node import BOOTSTRAP_ID, Node, engine_features
 from cowsqlpy.rights import Rights
 from cowsqlpy.testing import wait_for
 from cowsqlpy.tls import TLSConfig, make_cert
@@ -152,3 +154,33 @@ def guarded(
 @pytest.fixture(scope="session")
 def cluster_cert(tmp_path_factory: pytest.TempPathFactory) -> TLSConfig:
     return make_cert(tmp_path_factory.mktemp("cert"))
+
+
+@contextlib.contextmanager
+def fronted_cluster(
+    base: Path, internal: Callable[[int], str], **front_options: Any
+) -> Iterator[list[tuple[Node, Front]]]:
+    """Three engine nodes in this process, node i's engine on `internal(i)` behind a
+    `Front(**front_options)` on a loopback port; with ``tls=`` the fronts dial Raft too.
+    Node 0 bootstraps; the others start as bare nodes for the test to add."""
+    made: list[tuple[Node, Front]] = []
+    try:
+        for i in range(3):
+            address = internal(i)
+            front = Front("127.0.0.1:0", address, engine_features(), **front_options)
+            front.start()
+            node = Node(
+                BOOTSTRAP_ID if i == 0 else 1000 + i,
+                front.address,
+                base / f"n{i}",
+                bind_address=address,
+                network_latency=0.02,
+                dial=front.dial if front_options.get("tls") is not None else None,
+            )
+            made.append((node, front))
+            node.start()
+        yield made
+    finally:
+        for node, front in made:
+            node.close()
+            front.stop()

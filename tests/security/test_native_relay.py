@@ -19,8 +19,10 @@ import cowsqlpy
 from cowsqlpy import protocol as P
 from cowsqlpy.client import SyncClient
 from cowsqlpy.front import Front
-from cowsqlpy.node import BOOTSTRAP_ID, Node, engine_features, relay_sockets
+from cowsqlpy.node import Node, relay_sockets
 from cowsqlpy.testing import wait_for
+
+from .conftest import fronted_cluster
 
 
 class Relay:
@@ -111,26 +113,11 @@ def test_stop_ends_an_idle_relay(relay: Relay) -> None:
 def plain_cluster(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[list[tuple[Node, Front]]]:
-    made: list[tuple[Node, Front]] = []
-    try:
-        for i in range(3):
-            internal = f"@cowsqlpy-relay-test-{os.getpid()}-{i}-{secrets.token_hex(4)}"
-            front = Front("127.0.0.1:0", internal, engine_features(), native_relay=request.param)
-            front.start()
-            node = Node(
-                BOOTSTRAP_ID if i == 0 else 1000 + i,
-                front.address,
-                tmp_path / f"n{i}",
-                bind_address=internal,
-                network_latency=0.02,
-            )
-            made.append((node, front))
-            node.start()
+    def internal(i: int) -> str:
+        return f"@cowsqlpy-relay-test-{os.getpid()}-{i}-{secrets.token_hex(4)}"
+
+    with fronted_cluster(tmp_path, internal, native_relay=request.param) as made:
         yield made
-    finally:
-        for node, front in made:
-            node.close()
-            front.stop()
 
 
 def test_raft_runs_through_plain_fronts(

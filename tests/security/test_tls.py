@@ -14,11 +14,11 @@ import pytest
 from cowsqlpy import protocol as P
 from cowsqlpy.client import SyncClient
 from cowsqlpy.front import Front
-from cowsqlpy.node import BOOTSTRAP_ID, Node, engine_features
+from cowsqlpy.node import Node
 from cowsqlpy.testing import wait_for
 from cowsqlpy.tls import TLSConfig, make_cert, make_client_context
 
-from .conftest import GuardedNode, _free_port
+from .conftest import GuardedNode, _free_port, fronted_cluster
 from .raw import Raw, frame, text, u64
 
 
@@ -110,27 +110,8 @@ def test_go_cowsql_shell_with_cert_and_key(tls_node: GuardedNode, cluster_cert: 
 
 @pytest.fixture
 def tls_cluster(tmp_path: Path, cluster_cert: TLSConfig) -> Iterator[list[tuple[Node, Front]]]:
-    made: list[tuple[Node, Front]] = []
-    try:
-        for i in range(3):
-            internal = f"127.0.0.1:{_free_port()}"
-            front = Front("127.0.0.1:0", internal, engine_features(), tls=cluster_cert)
-            front.start()
-            node = Node(
-                BOOTSTRAP_ID if i == 0 else 1000 + i,
-                front.address,
-                tmp_path / f"n{i}",
-                bind_address=internal,
-                network_latency=0.02,
-                dial=front.dial,
-            )
-            made.append((node, front))
-            node.start()
+    with fronted_cluster(tmp_path, lambda i: f"127.0.0.1:{_free_port()}", tls=cluster_cert) as made:
         yield made
-    finally:
-        for node, front in made:
-            node.close()
-            front.stop()
 
 
 def test_raft_runs_through_tls_fronts(
