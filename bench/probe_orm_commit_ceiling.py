@@ -9,7 +9,7 @@ commit of the same row (bench_sqlalchemy's model):
 
 - ``orm``: ``session.add`` + ``session.commit`` through our dialect (serializable);
 - ``peer_orm``: the same through sqlalchemy-dqlite (its own Python, pointed at the leader);
-- ``tx``: the bare driver, the ORM's INSERT and ``commit()`` (BEGIN IMMEDIATE, INSERT,
+- ``tx``: the bare driver (serializable, as the ORM cell: no read barrier), the ORM's INSERT and ``commit()`` (BEGIN IMMEDIATE, INSERT,
   COMMIT with the marker row: the ORM's three requests, no ORM);
 - ``auto``: an autocommit INSERT (group commit of one: BEGIN, INSERT, COMMIT with the
   marker in one send);
@@ -87,7 +87,9 @@ def driver_commits(addresses: list[str], ops: int, base: int, **options: Any) ->
     """The ORM's INSERT through the bare driver; `options` to `cowsqlpy.connect`."""
     import cowsqlpy
 
-    conn = cowsqlpy.connect(addresses, database="ceiling_driver", **options)
+    conn = cowsqlpy.connect(
+        addresses, database="ceiling_driver", read_consistency="serializable", **options
+    )
     conn.execute(
         "CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name VARCHAR(40), qty INTEGER, at DATETIME, done BOOLEAN)"
     )
