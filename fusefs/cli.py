@@ -47,6 +47,21 @@ def _addresses(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
 
+def _snapshot_params(text: str) -> tuple[int, int]:
+    """'THRESHOLD,TRAILING' -> two positive ints, the threshold not above the trailing."""
+    try:
+        threshold, trailing = (int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--snapshot-params takes THRESHOLD,TRAILING (two integers), got {text!r}"
+        ) from None
+    if not 0 < threshold <= trailing:
+        raise argparse.ArgumentTypeError(
+            f"--snapshot-params needs 0 < THRESHOLD <= TRAILING, got {text!r}"
+        )
+    return threshold, trailing
+
+
 def _cluster_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
         "--cluster",
@@ -117,6 +132,13 @@ def parser() -> argparse.ArgumentParser:
         type=_addresses,
         default=[],
         help="addresses of the cluster the embedded node joins",
+    )
+    p.add_argument(
+        "--snapshot-params",
+        type=_snapshot_params,
+        metavar="THRESHOLD,TRAILING",
+        help="the embedded node's Raft entries between snapshots of the whole database and"
+        " entries kept after one (default: the engine's 1024,8192; docs/fusefs.md, Limits)",
     )
     p.add_argument(
         "--attr-timeout",
@@ -242,7 +264,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
             return 2
         from cowsqlpy.app import App
 
-        app = App(args.dir, args.address, cluster=args.join or None, tls=tls)
+        app = App(
+            args.dir,
+            args.address,
+            cluster=args.join or None,
+            tls=tls,
+            snapshot_params=args.snapshot_params,
+        )
         app.ready(timeout=max(60.0, args.io_timeout))
         servers = [app.address, *args.join, *servers]
     if not servers and not (args.view == "kv" and args.kv_url):

@@ -86,6 +86,16 @@ def test_older_formats_are_refused_until_upgraded(fs_cluster: Cluster) -> None:
         conn.close()
 
 
+@pytest.mark.parametrize("value", ["x", "64", "128,64", "0,8", "1,2,3"])
+def test_mount_refuses_bad_snapshot_params(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["mount", "--embed-node", "--snapshot-params", value, str(tmp_path)])
+    assert exited.value.code == 2
+    assert "--snapshot-params" in capsys.readouterr().err
+
+
 def test_fsck_finds_planted_damage(fs_cluster: Cluster) -> None:
     servers = ",".join(fs_cluster.addresses)
     assert cli("mkfs", "--cluster", servers).returncode == 0
