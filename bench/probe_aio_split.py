@@ -9,7 +9,7 @@ INSERTs (``write``) or point SELECTs (``read``), the bench_sqlalchemy driver cel
 statements. Per operation: wall time, and CPU of this process (every thread: the sync
 driver's caller threads and its loop thread; the async driver's one loop), so a
 difference in CPU is the client's own; the nodes' CPU (all three processes) is
-printed beside it, and how often per operation this process was preempted (on a busy
+printed beside it, and the statements each group commit carried, and how often per operation this process was preempted (on a busy
 2-core machine, mostly by the node a send wakes); the rest is waiting (Raft, the CPU
 scheduler). Medians of the rounds. `--profile DIR` writes one cProfile dump a side
 (the last round; the sync side profiles its loop thread, where the driver runs).
@@ -69,6 +69,15 @@ def nodes_cpu(pids: list[int]) -> float:
     return total / _TICK
 
 
+def batch_counts(db: Any) -> tuple[int, int]:
+    """(group commits, statements they carried) so far on a driver's shared Database."""
+    return db.batches, db.batched_statements
+
+
+#: per side, the group commits and statements of its last run (set by the sides)
+BATCHES: dict[str, tuple[int, int]] = {}
+
+
 def statement(kind: str, rng: random.Random, n: int) -> tuple[str, tuple[Any, ...]]:
     if kind == "write":
         return INSERT, (n, "x" * 100)
@@ -83,6 +92,8 @@ def sync_side(
     ]
     for c in conns:
         c.execute(POINT, (0,)).fetchall()
+    db = conns[0]._core._db
+    counted = batch_counts(db)
     if profile is not None:  # the driver's work happens on the loop thread
         cowsqlpy.dbapi.run_sync(_enable(profile))
     start = threading.Barrier(args.workers + 1)
@@ -104,6 +115,7 @@ def sync_side(
     for t in threads:
         t.join()
     wall, used = time.perf_counter() - t0, cpu() - c0
+    BATCHES["sync"] = tuple(b - a for a, b in zip(counted, batch_counts(db), strict=True))  # type: ignore[assignment]
     if profile is not None:
         cowsqlpy.dbapi.run_sync(_disable(profile))
     for c in conns:
@@ -128,6 +140,8 @@ async def async_side(
     ]
     for c in conns:
         await (await c.execute(POINT, (0,))).fetchall()
+    db = conns[0]._db
+    counted = batch_counts(db)
 
     async def work(w: int) -> None:
         cur, rng, n = conns[w].cursor(), random.Random(w), next(_ranges) * 10_000_000
@@ -142,6 +156,7 @@ async def async_side(
     t0, c0 = time.perf_counter(), cpu()
     await asyncio.gather(*(work(w) for w in range(args.workers)))
     wall, used = time.perf_counter() - t0, cpu() - c0
+    BATCHES["async"] = tuple(b - a for a, b in zip(counted, batch_counts(db), strict=True))  # type: ignore[assignment]
     if profile is not None:
         profile.disable()
     for c in conns:
@@ -175,6 +190,7 @@ def main() -> None:
         results: dict[str, list[tuple[float, float]]] = {"sync": [], "async": []}
         node_cpu: dict[str, list[float]] = {"sync": [], "async": []}
         preempted: dict[str, list[float]] = {"sync": [], "async": []}
+        per_batch: dict[str, list[float]] = {"sync": [], "async": []}
         total = args.ops * args.workers
         for r in range(args.rounds):
             for side in ("sync", "async") if r % 2 == 0 else ("async", "sync"):
@@ -184,6 +200,8 @@ def main() -> None:
                 node_cpu[side].append((nodes_cpu(pids) - before) / total * 1e6)
                 preempted[side].append((involuntary_switches() - switched) / total)
                 results[side].append((wall / total * 1e6, used / total * 1e6))
+                batches, statements = BATCHES[side]
+                per_batch[side].append(statements / batches if batches else 0.0)
                 if profile is not None:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     profile.dump_stats(args.profile / f"{side}.prof")
@@ -196,6 +214,7 @@ def main() -> None:
                 f"  {side:>5}: wall {statistics.median(walls):8.1f}  cpu {statistics.median(cpus):7.1f}"
                 f"  nodes' cpu {statistics.median(node_cpu[side]):7.1f}"
                 f"  preempted {statistics.median(preempted[side]):5.2f}"
+                f"  statements/group commit {statistics.median(per_batch[side]):5.1f}"
                 f"   walls {' '.join(f'{w:.0f}' for w in walls)}"
             )
         pairs = [s[0] / a[0] for s, a in zip(results["sync"], results["async"], strict=True)]
