@@ -22,7 +22,8 @@ def test_two_mounts_on_two_nodes(
     servers = fs_cluster.addresses
     make_fs(servers)
     a = mount_factory([servers[1]], name="a")
-    # the second mount embeds its own node, which joins the cluster
+    # the second mount embeds its own node, which joins the cluster (and snapshots the
+    # whole database every 64 entries: the file below is taken over snapshots)
     b = mount_factory(
         [],
         "fs",
@@ -33,6 +34,8 @@ def test_two_mounts_on_two_nodes(
         str(tmp_path / "embedded"),
         "--join",
         ",".join(servers),
+        "--snapshot-params",
+        "64,128",
         name="b",
     )
     data = os.urandom(3 << 20)
