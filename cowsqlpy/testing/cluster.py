@@ -40,6 +40,20 @@ def live_clusters() -> list[Cluster]:
     return list(_LIVE)
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """No thread of process `pid` can run its own code: each is stopped, or in an
+    uninterruptible wait that ends in the stop (Linux /proc)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except FileNotFoundError:  # the thread ended
+            continue
+        if state not in ("T", "t", "D"):
+            return False
+    return True
+
+
 class HarnessError(RuntimeError):
     """A harness call that cannot work as asked (e.g. pause() of an in-process node),
     or a cluster that did not come up; the message carries the nodes' log tails."""
@@ -415,8 +429,12 @@ class Cluster:
     def pause(self, i: int) -> None:
         """SIGSTOP node i's process (processes=True only)."""
         m = self._process(i, "pause")
-        os.kill(m.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+        pid = m.proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)
         m.paused = True
+        # kill() only queues the stop: on a busy machine a thread of the node can still
+        # answer a request for a while. Return once every thread is stopped.
+        wait_for(lambda: _all_threads_stopped(pid), 10.0, f"node{i} to stop", interval=0.001)
 
     def resume(self, i: int) -> None:
         """SIGCONT node i's process (processes=True only)."""

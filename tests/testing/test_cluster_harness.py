@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -120,6 +121,11 @@ def test_isolate_partitions_raft_and_heal_recovers(cluster_factory) -> None:
     assert conn.execute("SELECT count(*) FROM t").fetchall() == [(1,)]
 
 
+def _state(pid: int | None, tid: str) -> str:
+    with open(f"/proc/{pid}/task/{tid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
 def test_process_cluster_pause_resume_kill(cluster3_processes: Cluster) -> None:
     c = cluster3_processes
     assert all(c.pid(i) for i in range(3))
@@ -127,6 +133,10 @@ def test_process_cluster_pause_resume_kill(cluster3_processes: Cluster) -> None:
     conn.execute("CREATE TABLE t (x)")
     leader = c.wait_leader()
     c.pause(leader)
+    # pause() returns once the node is stopped, not merely signalled: no thread of it
+    # runs (a frozen node that still answered would make a pause test pass for nothing)
+    tasks = os.listdir(f"/proc/{c.pid(leader)}/task")
+    assert len(tasks) > 1 and all(_state(c.pid(leader), t) in "TtD" for t in tasks)
     new = c.wait_leader(exclude=leader, timeout=20)
     # `conn`'s pooled session still points at the frozen node, where a write would be
     # in doubt (no reply): write through a fresh pool (a distinct policy = own pool).
