@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import queue
 import threading
 import time
@@ -17,6 +18,7 @@ from cowsqlpy.tls import TLSConfig
 
 from .errors import FsError, as_fs_error
 
+log = logging.getLogger("fusefs.store")
 T = TypeVar("T")
 # what a leader change does to a request; a read (changing nothing) may always run again
 TRANSIENT = (
@@ -156,9 +158,11 @@ class Store:
         self.io_timeout = io_timeout
         self.tls = tls
         self.policy = io_policy(io_timeout)
-        self._idle: dict[bool, queue.LifoQueue[Any]] = {
-            False: queue.LifoQueue(),
-            True: queue.LifoQueue(),
+        # by (linearizable reads, group commit): see connection()
+        self._idle: dict[tuple[bool, bool], queue.LifoQueue[Any]] = {
+            (False, True): queue.LifoQueue(),
+            (True, True): queue.LifoQueue(),
+            (False, False): queue.LifoQueue(),
         }
         self._all: list[Any] = []
         self._lock = threading.Lock()
@@ -168,13 +172,14 @@ class Store:
         self.batches = 0  # transactions committed for several operations (tests, benchmarks)
         self.commits = 0  # transactions committed through this store (not procedure rows)
 
-    def _new(self, linearizable: bool) -> Any:
+    def _new(self, linearizable: bool, group_commit: bool) -> Any:
         # autocommit=True: BEGIN/COMMIT are ours, and executescript runs inside them
         conn = cowsqlpy.connect(
             self.servers,
             database=self.database,
             policy=self.policy,
             autocommit=True,
+            group_commit=group_commit,
             read_consistency="linearizable" if linearizable else "serializable",
             tls=self.tls,
         )
@@ -183,14 +188,18 @@ class Store:
         return conn
 
     @contextlib.contextmanager
-    def connection(self, linearizable: bool = False) -> Iterator[Any]:
+    def connection(self, linearizable: bool = False, group_commit: bool = True) -> Iterator[Any]:
+        """A pooled connection. Without `group_commit`, a write statement outside a
+        transaction is one request of its own (the engine's autocommit: no BEGIN, no
+        commit marker, no COMMIT to compile and run), and a lost reply is the caller's
+        to resolve (OutcomeUnknownError)."""
         if self._closed:
             raise FsError(errno.EIO, "filesystem store closed")
-        idle = self._idle[linearizable]
+        idle = self._idle[linearizable, group_commit]
         try:
             conn = idle.get_nowait()
         except queue.Empty:
-            conn = self._new(linearizable)
+            conn = self._new(linearizable, group_commit)
         try:
             yield conn
         finally:
@@ -289,10 +298,9 @@ class Store:
 
     def inserted(self, view: str, row: tuple[Any, ...], committed: Callable[[], bool]) -> bool:
         """Insert `row` into `view` (a procedure: its INSTEAD OF trigger does the
-        operation, see schema.PROCEDURES) as one autocommit statement (the driver
-        pipelines it with its BEGIN and COMMIT: one round trip), sharing it with the rows
-        other threads queued meanwhile: one INSERT of several rows, one commit, all or
-        none.
+        operation, see schema.PROCEDURES) as one statement in the engine's autocommit
+        (one request, one round trip), sharing it with the rows other threads queued
+        meanwhile: one INSERT of several rows, one commit, all or none.
 
         :param committed: after a lost reply, tells whether the row's operation committed
             (a linearizable read of what it wrote).
@@ -322,7 +330,7 @@ class Store:
         transaction; each item's result: True committed, False a statement failed."""
         deadline = time.monotonic() + self.io_timeout
         while True:
-            with self.connection() as conn:
+            with self.connection(group_commit=False) as conn:
                 try:
                     send(conn)
                 except (cowsqlpy.NoLeaderError, cowsqlpy.NotLeaderError) as exc:
@@ -342,6 +350,7 @@ class Store:
                             item.error = exc
                     return
             self.batches += len(todo) > 1
+            log.debug("committed %d operations in one request", len(todo))
             for item in todo:
                 item.result = True
             return
