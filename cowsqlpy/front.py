@@ -37,7 +37,12 @@ An abstract socket ('@name') is the internal address to use: cowsql serves it on
 connections from its own process, i.e. the front.
 
 `Front.dial` is the node's Raft dial hook when TLS is on: it opens a TLS connection to a
-peer's public address and hands the engine one end of a local socket pair.
+peer's public address and hands the engine one end of a local socket pair. The TLS of
+that pipe runs in C (`cowsqlpy.node.NativeTLSClient`, OpenSSL with the settings of
+`cowsqlpy.tls.make_client_context`): the handshake on the engine's dial thread, then a
+thread of its own per pipe moves engine bytes <-> TLS records, the GIL released
+(``native_tls=False``, or a binding built without OpenSSL, keeps it on the loop's SSL).
+The accepting side of a TLS pipe stays on the loop (uvloop's SSL).
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ class FrontStats:
     closed_idle: int = 0
     pipes: int = 0
     native_pipes: int = 0  # of `pipes`, those relayed off the event loop (`relay_sockets`)
+    native_tls_dials: int = 0  # Raft pipes `dial` opened with the TLS in C (`native_tls`)
     open: int = 0
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -537,7 +543,12 @@ class _ClientSide(_Link):
         self.transport.close()  # our duplicates keep the connections open
         engine.transport.close()
         self.front._relays.add(self)
-        self.relay = _NativeRelay(relay, fds[0], fds[1], self.front._relay_ended, self)
+        a, b = fds
+        self.relay = _NativeRelay(
+            lambda stop: relay(a, b, stop),
+            lambda: _close_fds(a, b),
+            lambda _relay, err: self.front._relay_ended(self, err),
+        )
         self.front.stats.native_pipes += 1
 
     def refuse_and_close(self, reason: str | None) -> None:
@@ -569,40 +580,106 @@ class _ClientSide(_Link):
 
 
 class _NativeRelay:
-    """A Raft pipe moved by `relay_sockets` on a thread of its own; `stop()` ends it."""
+    """A Raft pipe moved in C on a thread of its own; `stop()` ends it.
+
+    `work(stop_fd)` runs the C relay (GIL released) and returns its errno; it owns the
+    pipe's descriptors, `release()` closes them if it raised; `done(relay, err)` follows.
+    """
 
     def __init__(
         self,
-        relay: Callable[[int, int, int], int],
-        a: int,
-        b: int,
-        done: Callable[[_ClientSide, int], None],
-        client: _ClientSide,
+        work: Callable[[int], int],
+        release: Callable[[], None],
+        done: Callable[[_NativeRelay, int], None],
     ) -> None:
         self._stop_r, self._stop_w = os.pipe()
         self._lock = threading.Lock()
+        self.finished = False
 
         def run() -> None:
             try:
-                err = relay(a, b, self._stop_r)
-            except BaseException:  # never here with a binding that passed `_native_relay`
-                os.close(a)
-                os.close(b)
+                err = work(self._stop_r)
+            except BaseException:  # never here with a binding that passed its probe
+                release()
                 raise
             finally:
                 with self._lock:
                     os.close(self._stop_r)
                     os.close(self._stop_w)
                     self._stop_w = -1
-            done(client, err)
+            self.finished = True
+            done(self, err)
 
         self.thread = threading.Thread(target=run, name="cowsqlpy-relay", daemon=True)
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:  # e.g. no thread to be had: the caller still owns the pipe
+            os.close(self._stop_r)
+            os.close(self._stop_w)
+            raise
 
     def stop(self) -> None:
         with self._lock:
             if self._stop_w >= 0:
                 os.write(self._stop_w, b"x")
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+class _NativeTLSDialer:
+    """`Front.dial`'s TLS in C (`cowsqlpy.node.NativeTLSClient`, OpenSSL): the client
+    handshake with the settings of `cowsqlpy.tls.make_client_context`, then a
+    `_NativeRelay` moves engine bytes <-> TLS records with no Python on a Raft message's
+    path."""
+
+    def __init__(self, config: TLSConfig, server_name: str) -> None:
+        from .node import NativeTLSClient
+
+        self.client = NativeTLSClient(config, server_name)
+
+    def dial(
+        self, address: str, timeout: float, done: Callable[[_NativeRelay, int], None]
+    ) -> tuple[socket.socket, _NativeRelay]:
+        """Connect, handshake (both within `timeout`) and start the relay; returns the
+        engine's end of a socket pair and the relay, which owns everything else.
+
+        :raises OSError: cannot connect, or the handshake failed (ssl.SSLError; the
+            server's certificate refused: ssl.SSLCertVerificationError) or timed out
+            (TimeoutError).
+        """
+        deadline = time.monotonic() + timeout
+        sock = socket.create_connection(_split_address(address), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"TLS dial of {address}: timed out connecting")
+            session = self.client.connect(sock.fileno(), left)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            engine_end, our_end = socket.socketpair()
+        except BaseException:
+            session.close()
+            sock.close()
+            raise
+        tcp, plain = sock.detach(), our_end.detach()  # the relay closes both
+        try:
+            relay = _NativeRelay(
+                lambda stop: session.relay(plain, stop),
+                lambda: _close_fds(tcp, plain),
+                done,
+            )
+        except BaseException:  # no thread: nothing owns the session
+            session.close()
+            _close_fds(tcp, plain)
+            engine_end.close()
+            raise
+        return engine_end, relay
 
 
 def _native_relay() -> Callable[[int, int, int], int] | None:
@@ -619,6 +696,14 @@ def _native_relay() -> Callable[[int, int, int], int] | None:
         )
         return None
     return relay_sockets
+
+
+def _native_tls_dialer(config: TLSConfig, server_name: str) -> _NativeTLSDialer | None:
+    try:
+        return _NativeTLSDialer(config, server_name)
+    except EngineUnavailableError as exc:
+        log.warning("the front's TLS Raft pipes stay on its event loop: %s", exc)
+        return None
 
 
 # -- The front ------------------------------------------------------------------------
@@ -643,6 +728,10 @@ class Front:
         price of CPU.
     :param native_relay: without TLS, relay Raft pipes in C off the event loop (the
         default); False keeps them on the loop (for A/B measurements).
+    :param native_tls: with TLS, `dial` does the Raft pipes' TLS in C (OpenSSL) on a
+        thread per pipe (the default, where the binding has it); False, or the
+        environment's ``COWSQLPY_NATIVE_TLS=0`` (for fronts that `Node(tls=...)` makes),
+        keeps them on the loop's SSL.
     :raises ValueError: bad address or limits, `rights` without TLS; ssl.SSLError/OSError:
         unusable certificate.
     """
@@ -659,6 +748,7 @@ class Front:
         rights: Rights | None = None,
         busy_poll: float = 0.0,
         native_relay: bool = True,
+        native_tls: bool = True,
     ) -> None:
         self.busy_poll = busy_poll
         self.poller: BusyPoll | None = None
@@ -687,6 +777,15 @@ class Front:
         # TLS pipes need the loop's SSL; plain ones go to C.
         self._relay = _native_relay() if native_relay and tls is None else None
         self._relays: set[_ClientSide] = set()
+        native_tls = native_tls and os.environ.get("COWSQLPY_NATIVE_TLS", "1") != "0"
+        self._tls_dialer = (
+            _native_tls_dialer(tls, self._client_tls.server_name)
+            if native_tls and tls is not None and self._client_tls is not None
+            else None
+        )
+        self._tls_pipes: set[_NativeRelay] = set()  # Raft pipes `dial` gave to C
+        self._tls_lock = threading.Lock()
+        self._tls_closing = False  # stopping: `dial` opens no more pipes in C
 
     @property
     def address(self) -> str:
@@ -741,7 +840,15 @@ class Front:
             c.refuse_and_close(None)
         for link in list(self._dialled):
             link.close()
+        for pipe in self._close_tls_pipes():
+            pipe.stop()
         await asyncio.sleep(0)
+
+    def _close_tls_pipes(self) -> list[_NativeRelay]:
+        """Refuse new TLS pipes in C; the ones still running (to stop)."""
+        with self._tls_lock:
+            self._tls_closing = True
+            return list(self._tls_pipes)
 
     # -- thread face --
 
@@ -790,6 +897,9 @@ class Front:
             if client.relay is not None:
                 client.relay.thread.join(5.0)
             self._forget_relay(client)  # its call on the loop may have come too late
+        for pipe in self._close_tls_pipes():
+            pipe.stop()
+            pipe.thread.join(5.0)
 
     def __enter__(self) -> Front:
         self.start()
@@ -813,6 +923,20 @@ class Front:
             return sock
         if self._loop is None:
             raise OSError("front is not running")
+        if self._tls_dialer is not None:
+            if self._tls_closing:
+                raise OSError("front is stopping")
+            engine_end, pipe = self._tls_dialer.dial(address, timeout, self._tls_pipe_ended)
+            with self._tls_lock:
+                closing = self._tls_closing
+                if not pipe.finished and not closing:  # if finished, it was "forgotten"
+                    self._tls_pipes.add(pipe)
+                self.stats.native_tls_dials += 1
+            if closing:  # stop() came while we dialled: it cannot see this pipe
+                pipe.stop()
+                engine_end.close()
+                raise OSError("front is stopping")
+            return engine_end
         future = asyncio.run_coroutine_threadsafe(self._dial_tls(address, timeout), self._loop)
         try:
             return future.result(timeout + 1)
@@ -844,6 +968,13 @@ class Front:
         near.piping = far.piping = True
         self._dialled.add(far)
         return engine_end
+
+    def _tls_pipe_ended(self, pipe: _NativeRelay, err: int) -> None:
+        """From a TLS pipe's thread, once it closed."""
+        with self._tls_lock:
+            self._tls_pipes.discard(pipe)
+        if err:
+            log.info("front %s: Raft pipe (TLS in C) ended: %s", self.address, os.strerror(err))
 
     # -- connection bookkeeping (loop thread) --
 

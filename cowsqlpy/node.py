@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -113,6 +114,112 @@ def relay_sockets(a: int, b: int, stop: int) -> int:
     :raises EngineUnavailableError: the engine binding is not built.
     """
     return int(_engine().lib.cowsqlpy_relay(a, b, stop))
+
+
+def tls_available() -> bool:
+    """Whether the engine binding has the front's TLS in C (native/tls_relay.c: built
+    with OpenSSL, libssl-dev). False also for a binding built before it existed.
+
+    :raises EngineUnavailableError: the engine binding is not built.
+    """
+    lib = _engine().lib
+    return hasattr(lib, "cowsqlpy_tls_available") and bool(lib.cowsqlpy_tls_available())
+
+
+class NativeTLSClient:
+    """A client TLS context in C (OpenSSL) for the front's Raft pipes, with the settings
+    of `cowsqlpy.tls.make_client_context(config)`; it checks servers against
+    `server_name` (`TLSConfig.check_name()`), as the Python client does.
+
+    :raises EngineUnavailableError: no engine binding, or one without the TLS in C
+        (`tls_available()` is False).
+    :raises ssl.SSLError: unusable certificate, key or CA.
+    """
+
+    def __init__(self, config: TLSConfig, server_name: str) -> None:
+        if not tls_available():
+            raise EngineUnavailableError(
+                "the engine binding has no TLS in C (built without OpenSSL, or before it "
+                "existed): install libssl-dev and rebuild (scripts/setup.sh)"
+            )
+        binding = _engine()
+        self._ffi, self._lib = binding.ffi, binding.lib
+        err = self._ffi.new("char[256]")
+        ctx = self._lib.cowsqlpy_tls_client_ctx(
+            os.fsencode(config.cert), os.fsencode(config.key), os.fsencode(config.ca_path), err, 256
+        )
+        if ctx == self._ffi.NULL:
+            reason = self._ffi.string(err).decode(errors="replace")
+            raise ssl.SSLError(f"TLS client context: {reason}")
+        self._ctx = self._ffi.gc(ctx, self._lib.cowsqlpy_tls_ctx_free)
+        self.server_name = server_name
+        self._name = server_name.encode()
+
+    def settings(self) -> dict[str, object]:
+        """What the context was set to, named as on `ssl.SSLContext` (for tests):
+        ``options``, ``minimum_version``, ``verify_mode``, ``verify_flags``, ``ciphers``
+        (the cipher names, in order)."""
+        lib, ctx = self._lib, self._ctx
+        size = int(lib.cowsqlpy_tls_ctx_ciphers(ctx, self._ffi.NULL, 0)) + 1
+        out = self._ffi.new("char[]", size)
+        lib.cowsqlpy_tls_ctx_ciphers(ctx, out, size)
+        return {
+            "options": int(lib.cowsqlpy_tls_ctx_options(ctx)),
+            "minimum_version": int(lib.cowsqlpy_tls_ctx_min_version(ctx)),
+            "verify_mode": int(lib.cowsqlpy_tls_ctx_verify_mode(ctx)),
+            "verify_flags": int(lib.cowsqlpy_tls_ctx_verify_flags(ctx)),
+            "ciphers": self._ffi.string(out).decode().split(":"),
+        }
+
+    def connect(self, fd: int, timeout: float) -> NativeTLSSession:
+        """The client handshake on the connected TCP socket `fd` (left non-blocking; still
+        the caller's) within `timeout` seconds, GIL released.
+
+        :raises ssl.SSLCertVerificationError: the server's certificate was refused.
+        :raises TimeoutError: no handshake within `timeout`.
+        :raises ssl.SSLError: any other failure of the handshake or the connection.
+        """
+        ffi, lib = self._ffi, self._lib
+        err = ffi.new("char[256]")
+        reason = ffi.new("int *")
+        ms = max(1, min(int(timeout * 1000), 2**31 - 1))
+        session = lib.cowsqlpy_tls_connect(self._ctx, fd, self._name, ms, reason, err, 256)
+        if session == ffi.NULL:
+            message = ffi.string(err).decode(errors="replace")
+            if reason[0] == lib.COWSQLPY_TLS_UNTRUSTED:
+                raise ssl.SSLCertVerificationError(message)
+            if reason[0] == lib.COWSQLPY_TLS_TIMED_OUT:
+                raise TimeoutError(message)
+            raise ssl.SSLError(message)
+        return NativeTLSSession(self, session)
+
+
+class NativeTLSSession:
+    """One client TLS session `NativeTLSClient.connect` made; `relay` it once, or `close`."""
+
+    def __init__(self, client: NativeTLSClient, session: Any) -> None:
+        self._client = client  # keeps the context alive as long as the session
+        self._session: Any = session
+
+    def relay(self, plain: int, stop: int) -> int:
+        """Move bytes between the socket `plain` and the TLS session (engine bytes <->
+        TLS records) until a side closes or `stop` becomes readable; in C with the GIL
+        released: call it on a thread of its own. Frees the session and closes both its
+        TCP socket and `plain`.
+
+        :returns: 0, or the errno that ended the relay (EPROTO: a TLS error).
+        :raises ValueError: the session was relayed or closed already.
+        """
+        session, self._session = self._session, None
+        if session is None:
+            raise ValueError("this TLS session was relayed or closed already")
+        return int(self._client._lib.cowsqlpy_tls_relay(session, plain, stop))
+
+    def close(self) -> None:
+        """Free a session never relayed (its TCP socket stays the caller's)."""
+        session, self._session = self._session, None
+        if session is not None:
+            self._client._lib.cowsqlpy_tls_free(session)
 
 
 def generate_id(address: str) -> int:
@@ -736,6 +843,9 @@ __all__ = [
     "engine_features",
     "generate_id",
     "relay_sockets",
+    "tls_available",
+    "NativeTLSClient",
+    "NativeTLSSession",
     "reconfigure_membership",
     "default_dial",
 ]

@@ -6,6 +6,7 @@ Without the library the build still succeeds: this module is skipped (see
 setup.py) and `cowsqlpy.node.Node` raises `EngineUnavailableError`.
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,10 +20,10 @@ DEBIAN_HINT = (
 )
 
 
-def _pkg_config(*args: str) -> list[str]:
+def _pkg_config(*args: str, pkg: str = PKG) -> list[str]:
     if shutil.which("pkg-config") is None:
         sys.exit(f"cowsqlpy: pkg-config not found; {DEBIAN_HINT}")
-    proc = subprocess.run(["pkg-config", *args, PKG], capture_output=True, text=True)
+    proc = subprocess.run(["pkg-config", *args, pkg], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"cowsqlpy: libcowsql not found by pkg-config ({proc.stderr.strip()}); {DEBIAN_HINT}")
     return proc.stdout.split()
@@ -30,6 +31,19 @@ def _pkg_config(*args: str) -> list[str]:
 
 _cflags = _pkg_config("--cflags")
 _libs = _pkg_config("--libs")
+# OpenSSL (libssl-dev) is optional: without it, or with COWSQLPY_NO_OPENSSL=1,
+# native/tls_relay.c builds stubs and the front's TLS Raft pipes stay on its event loop.
+if os.environ.get("COWSQLPY_NO_OPENSSL") != "1" and (
+    subprocess.run(["pkg-config", "--exists", "openssl"], check=False).returncode == 0
+):
+    _cflags += ["-DCOWSQLPY_HAVE_OPENSSL"] + _pkg_config("--cflags", pkg="openssl")
+    _libs += _pkg_config("--libs", pkg="openssl")
+else:
+    print(
+        "cowsqlpy: building the engine binding without OpenSSL (pkg-config openssl: install "
+        "libssl-dev): the front's TLS Raft pipes will run on its event loop",
+        file=sys.stderr,
+    )
 
 ffibuilder = FFI()
 ffibuilder.cdef(
@@ -74,6 +88,24 @@ ffibuilder.cdef(
     int cowsqlpy_set_checkpoint_threshold(cowsql_node *n, cowsql_node_id id, const char *address,
                                           unsigned threshold);
     int cowsqlpy_relay(int a, int b, int stop);
+
+    /* native/tls_relay.h */
+    int cowsqlpy_tls_available(void);
+    void *cowsqlpy_tls_client_ctx(const char *cert, const char *key, const char *ca, char *err,
+                                  size_t errlen);
+    void cowsqlpy_tls_ctx_free(void *ctx);
+    uint64_t cowsqlpy_tls_ctx_options(void *ctx);
+    int cowsqlpy_tls_ctx_min_version(void *ctx);
+    int cowsqlpy_tls_ctx_verify_mode(void *ctx);
+    unsigned long cowsqlpy_tls_ctx_verify_flags(void *ctx);
+    size_t cowsqlpy_tls_ctx_ciphers(void *ctx, char *out, size_t len);
+    #define COWSQLPY_TLS_FAILED ...
+    #define COWSQLPY_TLS_UNTRUSTED ...
+    #define COWSQLPY_TLS_TIMED_OUT ...
+    void *cowsqlpy_tls_connect(void *ctx, int fd, const char *server_name, int timeout_ms,
+                               int *reason, char *err, size_t errlen);
+    void cowsqlpy_tls_free(void *ssl);
+    int cowsqlpy_tls_relay(void *ssl, int plain, int stop);
     """
 )
 
@@ -100,6 +132,8 @@ ffibuilder.set_source(
     #include <fcntl.h>
     #include <poll.h>
     #include <stdlib.h>
+
+    #include "tls_relay.h"  /* the front's TLS Raft pipes (native/tls_relay.c) */
 
     /* cowsql 1.15 has no setter for the WAL checkpoint threshold (1,000 frames),
        and on every applied commit each node opens a follower connection to decide
@@ -311,7 +345,9 @@ ffibuilder.set_source(
         return 0;
     }
     """,
-    extra_compile_args=[f for f in _cflags],
+    sources=["native/tls_relay.c"],
+    include_dirs=["native"],
+    extra_compile_args=_cflags,
     libraries=[f[2:] for f in _libs if f.startswith("-l")],
     library_dirs=[f[2:] for f in _libs if f.startswith("-L")],
 )

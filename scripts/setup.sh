@@ -11,6 +11,7 @@ BACKPORTS_PACKAGES=(
 APT_PACKAGES=(
   build-essential pkg-config python3-dev python3-venv   # C toolchain for the extensions
   libsqlite3-dev
+  libssl-dev                                             # OpenSSL headers: the fronts' TLS Raft pipes in C (native/tls_relay.c)
   go-dqlite                                              # Canonical's dqlite, dqlite-demo (legacy 1.11.1 interop anchor)
   etcd-server etcd-client                               # kvstore etcd backend and benchmark anchor
   wrk                                                    # HTTP benchmark
