@@ -3,13 +3,15 @@ alternating in rounds on one cluster and one mount (the shared machine's load mo
 during a long run; alternating keeps each ratio's two sides in the same minutes).
 
     .venv/bin/python bench/probe_fusefs_creates.py [--rounds 6] [--files 200] [--tree DIR ...]
+        [--count]
 
 Each round: N inserts, then N creates from 1 thread and 2N from 8 (each thread in a
 directory of its own), and their unlinks. Prints medians and ratios to the inserts, how
 many operations each engine transaction of the mount carried (group commit: the driver's
 commit-marker table counts the daemon's transactions, the daemon's debug log the
-operations it committed in one request without a transaction), and the CPU time per
-operation of this probe's child processes (the mount daemon and the three nodes, less
+requests that committed operations without a transaction: with `--count` only, as the
+daemon's debug logging costs CPU), and the CPU time per operation of this probe's child
+processes (the mount daemon and the three nodes, less
 what they use idle, measured first): a figure the machine's other load moves much less
 than the rates.
 
@@ -84,6 +86,11 @@ def main() -> None:
     ap.add_argument(
         "--tree", action="append", default=[], help="a directory holding a fusefs/ to run"
     )
+    ap.add_argument(
+        "--count",
+        action="store_true",
+        help="operations per engine transaction (the daemons log at debug level: slower)",
+    )
     args = ap.parse_args()
     trees = [os.path.abspath(t) for t in args.tree] or [ROOT]
     work = Path(tempfile.mkdtemp(prefix="probe-fusefs-"))
@@ -101,7 +108,9 @@ def main() -> None:
             mnt.mkdir()
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
-                    mount_command(servers, mnt, "-vv", "--log-file", str(log)),
+                    mount_command(
+                        servers, mnt, *(["-vv"] if args.count else []), "--log-file", str(log)
+                    ),
                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys([tree, ROOT]))),
                     cwd=tree,  # `python -m` puts the working directory first on the path
                     stdout=out,
@@ -153,8 +162,8 @@ def main() -> None:
         for name, values in figures.items():
             m = statistics.median(values)
             batched = (
-                f"  {statistics.median(per_tx[name]):.1f} per engine tx,"
-                f" {statistics.median(cpu_ms[name]):.2f} ms CPU each"
+                (f"  {statistics.median(per_tx[name]):.1f} per engine tx," if args.count else "")
+                + f" {statistics.median(cpu_ms[name]):.2f} ms CPU each"
                 if name in per_tx
                 else ""
             )

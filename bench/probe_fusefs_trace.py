@@ -168,7 +168,7 @@ def report(trace: Path, marks: list[tuple[float, str]], show: int) -> int:
         for i, (_, m) in enumerate(events)
         if m.startswith(("app       open ", "app       unlink "))
     ]
-    for s, e in zip(starts[-show:], [*starts[-show + 1 :], len(events)], strict=False):
+    for s, e in list(zip(starts, [*starts[1:], len(events)], strict=True))[-show:]:
         t0 = events[s][0]
         print("----")
         for t, m in events[s:e]:
