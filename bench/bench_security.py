@@ -7,7 +7,10 @@ front ("front") and behind a mutual-TLS front with Raft through TLS too ("tls").
 
 The mode "tls-asyncio" is "tls" with the nodes on stock asyncio (its SSL) instead of
 uvloop; "front-loop" is "front" with its Raft pipes on the front's event loop
-(``Front(native_relay=False)``) instead of the C relay. ``--other TREE`` adds the mode "other": the front of another tree (e.g. ``git archive
+(``Front(native_relay=False)``) instead of the C relay; "tls-loop" is "tls" with the
+dialled Raft pipes' TLS on the front's event loop (``Front(native_tls=False)``) instead of
+OpenSSL in C (``--modes front,tls,tls-loop --no-demo``: the A/B of the C side with the
+plain cells beside it). ``--other TREE`` adds the mode "other": the front of another tree (e.g. ``git archive
 <commit> | tar -x -C /tmp/base`` plus the compiled modules copied), so a change to the
 front is measured against its base in alternating runs on the same machine.
 
@@ -54,7 +57,7 @@ def node_main(argv: list[str]) -> None:
         argv[3],
         float(argv[4]),
     )
-    tls = TLSConfig(argv[5], argv[6]) if mode == "tls" else None
+    tls = TLSConfig(argv[5], argv[6]) if mode in ("tls", "tls-loop") else None
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     front = None
     if mode == "direct":
@@ -69,6 +72,7 @@ def node_main(argv: list[str]) -> None:
             tls=tls,
             busy_poll=busy_poll,
             native_relay=mode != "front-loop",
+            native_tls=mode != "tls-loop",
         )
         front.start()
         node = Node(
@@ -278,6 +282,8 @@ def main() -> None:
         ("front", "other"),
         ("front", "front-loop"),
         ("tls-asyncio", "tls"),
+        ("tls-loop", "front"),
+        ("tls", "tls-loop"),
     ]
     ratios = [(a, b) for a, b in ratios if a in modes and b in modes]
     print(
