@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 
 CALLBACKS = (
     "getattr", "create", "open", "flush", "release", "unlink", "mknod", "mkdir", "utimens",
+    "write", "read", "fsync",
 )  # fmt: skip
 
 
@@ -82,6 +83,13 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--show", type=int, default=3)
     ap.add_argument("--unlink", action="store_true", help="trace the unlinks too")
+    ap.add_argument(
+        "--write",
+        type=int,
+        default=0,
+        help="instead: MiB written in 1 MiB writes, fsynced, then read back cold (steps per MiB)",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the trace (and work directory)")
     ap.add_argument("--daemon", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     ap.add_argument("--trace", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -121,6 +129,9 @@ def main() -> None:
             os.close(os.open(d / f"w{i}", os.O_CREAT | os.O_WRONLY, 0o644))
         with open(trace, "a") as f:
             f.write(f"{time.monotonic():.6f} 0 app START\n")
+        if args.write:
+            sequential(d / "big", args.write, marks)
+            args.files = 0
         for i in range(args.files):
             p = d / f"f{i:06d}"
             marks.append((time.monotonic(), f"open {p.name}"))
@@ -135,9 +146,13 @@ def main() -> None:
                 os.unlink(p)
                 marks.append((time.monotonic(), "unlinked"))
         creates = sum(1 for _, m in marks if m.startswith("open "))
-        first = next(t for t, m in marks if m.startswith("open "))
-        last = next(t for t, m in reversed(marks) if m == "closed")
-        print(f"load {os.getloadavg()[0]:.1f}; {creates} creates, {creates / (last - first):.1f}/s")
+        if creates:
+            first = next(t for t, m in marks if m.startswith("open "))
+            last = next(t for t, m in reversed(marks) if m == "closed")
+            rate = f"{creates} creates, {creates / (last - first):.1f}/s"
+        else:
+            rate = ", ".join(m for _, m in marks if "MiB/s" in m)
+        print(f"load {os.getloadavg()[0]:.1f}; {rate}")
     finally:
         if proc is not None:
             subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
@@ -145,8 +160,34 @@ def main() -> None:
         cluster.close()
     events = report(trace, marks, args.show)
     print(f"(trace: {trace}, {events} events)")
-    if "--keep" not in sys.argv:
+    if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def sequential(path: Path, mib: int, marks: list[tuple[float, str]]) -> None:
+    """Write `mib` MiB to `path` in 1 MiB writes and fsync, then read it back after
+    dropping its pages: a mark at each MiB (the steps of one MiB are an "operation")."""
+    block = os.urandom(1 << 20)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    start = time.monotonic()
+    for i in range(mib):
+        marks.append((time.monotonic(), f"write {i}"))
+        os.write(fd, block)
+    marks.append((time.monotonic(), "fsync"))
+    os.fsync(fd)
+    os.close(fd)
+    took = time.monotonic() - start
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    start = time.monotonic()
+    for i in range(mib):
+        marks.append((time.monotonic(), f"read {i}"))
+        os.read(fd, 1 << 20)
+    marks.append((time.monotonic(), "done"))
+    os.close(fd)
+    marks.append(
+        (0.0, f"write {mib / took:.1f} MiB/s, read {mib / (time.monotonic() - start):.1f} MiB/s")
+    )
 
 
 def report(trace: Path, marks: list[tuple[float, str]], show: int) -> int:
@@ -161,12 +202,14 @@ def report(trace: Path, marks: list[tuple[float, str]], show: int) -> int:
         if started:
             who = "fuse" if name == "probe" else "wire"
             events.append((float(t), f"{who} {int(thread) % 100000:5d} {msg[:110]}"))
-    events += [(t, f"app       {m}") for t, m in marks]
+    events += [(t, f"app       {m}") for t, m in marks if t]
     events.sort()
     starts = [
         i
         for i, (_, m) in enumerate(events)
-        if m.startswith(("app       open ", "app       unlink "))
+        if m.startswith(
+            ("app       open ", "app       unlink ", "app       write ", "app       read ")
+        )
     ]
     for s, e in list(zip(starts, [*starts[1:], len(events)], strict=True))[-show:]:
         t0 = events[s][0]

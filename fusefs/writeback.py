@@ -12,6 +12,7 @@ is read), or from the database.
 from __future__ import annotations
 
 import errno
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -27,6 +28,21 @@ READ_AHEAD_CHUNKS = 16
 CLEAN_CACHE_CHUNKS = 64
 # background flushes and read-ahead of every open file of the mount
 BACKGROUND = ThreadPoolExecutor(4, thread_name_prefix="fusefs-io")
+
+
+# chunks written (or dropped) by one statement of a flush: one request, not one a chunk
+ROWS_PER_STATEMENT = 64
+
+
+@functools.lru_cache(maxsize=2 * ROWS_PER_STATEMENT)
+def _put_chunks_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?)"] * rows)
+    return f"INSERT OR REPLACE INTO fs_chunk (ino, idx, data) VALUES {values}"
+
+
+@functools.lru_cache(maxsize=2 * ROWS_PER_STATEMENT)
+def _drop_chunks_sql(rows: int) -> str:
+    return f"DELETE FROM fs_chunk WHERE ino = ? AND idx IN ({', '.join('?' * rows)})"
 
 
 class Space:
@@ -352,9 +368,16 @@ class OpenFile:
     def _flush_tx(
         self, chunks: dict[int, bytes], base: dict[int, int], growth: int, mtime: int, size: int
     ) -> Callable[[Any], tuple[int, tuple[int, int, int], int] | None]:
+        """The flush as one transaction of seven requests (BEGIN, the inode with the used
+        bytes, the stored chunk lengths, the capacity-guarded space, the chunks in one
+        statement, the inode, COMMIT): each is a round trip, and the data's own Raft
+        commit is the rest."""
+
         def tx(conn: Any) -> tuple[int, tuple[int, int, int], int] | None:
             row = conn.execute(
-                "SELECT size, nlink FROM fs_node WHERE ino = ?", (self.ino,)
+                "SELECT size, nlink, (SELECT used_bytes FROM fs_superblock WHERE id = 1)"
+                " FROM fs_node WHERE ino = ?",
+                (self.ino,),
             ).fetchone()
             if row is None:
                 return None  # removed by another mount meanwhile: nothing to keep
@@ -374,20 +397,21 @@ class OpenFile:
             )
             if cur.rowcount == 0:
                 raise FsError(errno.ENOSPC)
-            puts = [(self.ino, i, d) for i, d in chunks.items() if d]
-            drops = [(self.ino, i) for i, d in chunks.items() if not d and i in stored]
-            if puts:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO fs_chunk (ino, idx, data) VALUES (?, ?, ?)", puts
-                )
-            if drops:
-                conn.executemany("DELETE FROM fs_chunk WHERE ino = ? AND idx = ?", drops)
+            puts = [(i, d) for i, d in chunks.items() if d]
+            drops = [i for i, d in chunks.items() if not d and i in stored]
+            for at in range(0, len(puts), ROWS_PER_STATEMENT):
+                part = puts[at : at + ROWS_PER_STATEMENT]
+                conn.execute(_put_chunks_sql(len(part)), [v for p in part for v in (self.ino, *p)])
+            for at in range(0, len(drops), ROWS_PER_STATEMENT):
+                idxs = drops[at : at + ROWS_PER_STATEMENT]
+                conn.execute(_drop_chunks_sql(len(idxs)), (self.ino, *idxs))
             conn.execute(
                 "UPDATE fs_node SET size = ?, stored = stored + ?, mtime = ?, ctime = ? WHERE ino = ?",
                 (new_size, delta, mtime, mtime, self.ino),
             )
-            used = conn.execute("SELECT used_bytes FROM fs_superblock WHERE id = 1").fetchone()[0]
-            return int(used), (mtime, mtime, new_size), int(row[1])
+            # the write lock is held since BEGIN IMMEDIATE: nothing else moved it
+            used = int(row[2]) + delta
+            return used, (mtime, mtime, new_size), int(row[1])
 
         return tx
 

@@ -349,3 +349,42 @@ def test_the_unlink_procedure_refuses_an_entry_changed_since_it_was_read(
     finally:
         conn.close()
     assert fs.getattr("/f")["st_nlink"] == 1 and fs.getattr("/d")["st_nlink"] == 2
+
+
+def test_a_flush_of_more_chunks_than_one_statement_takes(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    from fusefs.writeback import ROWS_PER_STATEMENT
+
+    cluster = cluster_factory(1)
+    conn = cowsqlpy.connect(cluster.addresses, database="fs")
+    try:
+        mkfs(conn, capacity=8 << 20, chunk_size=4096)
+    finally:
+        conn.close()
+    chunks = 2 * ROWS_PER_STATEMENT + 5  # three statements of chunks in one flush
+    data = bytearray(os.urandom(chunks * 4096))
+    with operations(list(cluster.addresses), "/test") as fs:
+        fh = fs.create("/f", 0o644, os.O_RDWR, 0, 0)
+        fs.write(fh, bytes(data), 0)
+        fs.fsync(fh)
+        zeroed = range(1, 2 * ROWS_PER_STATEMENT + 2)  # stored chunks dropped: a statement each 64
+        for i in zeroed:
+            data[i * 4096 : (i + 1) * 4096] = bytes(4096)
+            fs.write(fh, bytes(4096), i * 4096)
+        fs.release(fh)
+        fh, _ = fs.open("/f", os.O_RDONLY)
+        fs.release(fh)  # a fresh handle reads what is stored, not the buffers
+        fh, _ = fs.open("/f", os.O_RDONLY)
+        assert fs.read(fh, len(data), 0) == bytes(data)
+        attrs = fs.getattr("/f")
+        assert attrs["st_size"] == len(data)
+        assert attrs["st_blocks"] * 512 == (chunks - len(zeroed)) * 4096
+        fs.release(fh)
+    conn = cowsqlpy.connect(cluster.addresses, database="fs")
+    try:
+        assert fsck(conn) == []
+        stored = conn.execute("SELECT count(*) FROM fs_chunk").fetchone()[0]
+        assert stored == chunks - len(zeroed)
+    finally:
+        conn.close()
