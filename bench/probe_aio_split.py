@@ -1,7 +1,7 @@
 """Where the async driver's time goes against the sync driver's (diagnostic for issue 17).
 
     .venv/bin/python bench/probe_aio_split.py [--rounds 6] [--ops 400] [--workers 1]
-        [--kind write|read] [--profile DIR]
+        [--kind write|read] [--keys ranges|shared] [--profile DIR]
 
 One 3-node cluster (nodes in child processes). Each round runs `--ops` operations a
 worker on each driver, the two alternating (sync first in even rounds): autocommit
@@ -11,7 +11,10 @@ driver's caller threads and its loop thread; the async driver's one loop), so a
 difference in CPU is the client's own; the nodes' CPU (all three processes) is
 printed beside it, and the statements each group commit carried, and how often per operation this process was preempted (on a busy
 2-core machine, mostly by the node a send wakes); the rest is waiting (Raft, the CPU
-scheduler). Medians of the rounds. `--profile DIR` writes one cProfile dump a side
+scheduler). Medians of the rounds. ``--keys``: each writer inserts into a key range of
+its own (``ranges``, bench_sqlalchemy's layout: a group commit of n writers' rows
+dirties about n b-tree leaves) or all take the next key of one counter (``shared``, as
+an autoincrement id: a group commit's rows share a leaf or two). `--profile DIR` writes one cProfile dump a side
 (the last round; the sync side profiles its loop thread, where the driver runs).
 """
 
@@ -78,6 +81,21 @@ def batch_counts(db: Any) -> tuple[int, int]:
 BATCHES: dict[str, tuple[int, int]] = {}
 
 
+class Keys:
+    """The write keys of one side's run: a range a worker (`first(w) + i`), or one
+    counter for all (``shared``: `next_key` ignores the worker's own count)."""
+
+    def __init__(self, shared: bool) -> None:
+        self.shared = shared
+        self.counter = itertools.count(next(_ranges) * 10_000_000)
+
+    def first(self) -> int:
+        return next(_ranges) * 10_000_000
+
+    def key(self, own: int) -> int:
+        return next(self.counter) if self.shared else own
+
+
 def statement(kind: str, rng: random.Random, n: int) -> tuple[str, tuple[Any, ...]]:
     if kind == "write":
         return INSERT, (n, "x" * 100)
@@ -97,12 +115,13 @@ def sync_side(
     if profile is not None:  # the driver's work happens on the loop thread
         cowsqlpy.dbapi.run_sync(_enable(profile))
     start = threading.Barrier(args.workers + 1)
+    keys = Keys(args.keys == "shared")
 
     def work(w: int) -> None:
-        cur, rng, n = conns[w].cursor(), random.Random(w), next(_ranges) * 10_000_000
+        cur, rng, n = conns[w].cursor(), random.Random(w), keys.first()
         start.wait()
         for i in range(args.ops):
-            sql, params = statement(args.kind, rng, n + i)
+            sql, params = statement(args.kind, rng, keys.key(n + i))
             cur.execute(sql, params)
             if args.kind == "read":
                 cur.fetchone()
@@ -143,10 +162,12 @@ async def async_side(
     db = conns[0]._db
     counted = batch_counts(db)
 
+    keys = Keys(args.keys == "shared")
+
     async def work(w: int) -> None:
-        cur, rng, n = conns[w].cursor(), random.Random(w), next(_ranges) * 10_000_000
+        cur, rng, n = conns[w].cursor(), random.Random(w), keys.first()
         for i in range(args.ops):
-            sql, params = statement(args.kind, rng, n + i)
+            sql, params = statement(args.kind, rng, keys.key(n + i))
             await cur.execute(sql, params)
             if args.kind == "read":
                 await cur.fetchone()
@@ -172,6 +193,8 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=400, help="operations a worker a round")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--kind", choices=("write", "read"), default="write")
+    parser.add_argument("--keys", choices=("ranges", "shared"), default="ranges",
+                        help="write keys: a range a worker, or one counter for all")
     parser.add_argument("--profile", type=Path, help="a directory for one cProfile dump a side")
     args = parser.parse_args()
     with Cluster(3, processes=True) as cluster:
@@ -206,7 +229,8 @@ def main() -> None:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     profile.dump_stats(args.profile / f"{side}.prof")
         print(
-            f"{args.kind} x{args.workers}, {args.ops} ops a worker, {args.rounds} rounds; us per op, medians"
+            f"{args.kind} x{args.workers} (keys: {args.keys}), {args.ops} ops a worker, {args.rounds} rounds;"
+            " us per op, medians"
         )
         for side, rows in results.items():
             walls, cpus = [w for w, _ in rows], [c for _, c in rows]
