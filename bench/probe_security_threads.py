@@ -8,6 +8,7 @@ workers and (mode front, 3 nodes) the C relays of Raft pipes.
     .venv/bin/python bench/probe_security_threads.py --mode front --workload kvwrite --workers 8
     .venv/bin/python bench/probe_security_threads.py --mode front-loop   # pipes on the loop
     .venv/bin/python bench/probe_security_threads.py --mode tls --nodes 1
+    .venv/bin/python bench/probe_security_threads.py --mode tls-loop   # TLS dials on the loop
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--mode", default="front", choices=("direct", "front", "front-loop", "tls"))
+    ap.add_argument(
+        "--mode", default="front", choices=("direct", "front", "front-loop", "tls", "tls-loop")
+    )
     ap.add_argument("--workload", default="kvwrite", choices=("kvwrite", "kvreadwrite"))
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--duration", type=float, default=5.0)
@@ -53,7 +56,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="probe-sec-"))
     cluster = None
     try:
-        tls = make_cert(base / "cert") if args.mode == "tls" else None
+        tls = make_cert(base / "cert") if args.mode.startswith("tls") else None
         cluster = BenchCluster(args.mode, base / args.mode, tls, args.nodes)
         run(cluster, args.workload, args.workers, 1.0, "serializable")  # warm up
         before = thread_ticks(cluster)
