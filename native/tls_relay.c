@@ -113,7 +113,8 @@ size_t cowsqlpy_tls_ctx_ciphers(void *ctx, char *out, size_t len)
     if (len) out[0] = '\0';
     for (int i = 0; ciphers != NULL && i < sk_SSL_CIPHER_num(ciphers); i++) {
         const char *name = SSL_CIPHER_get_name(sk_SSL_CIPHER_value(ciphers, i));
-        int n = snprintf(out + used, used < len ? len - used : 0, "%s%s", i ? ":" : "", name);
+        int n = used < len ? snprintf(out + used, len - used, "%s%s", i ? ":" : "", name)
+                           : snprintf(NULL, 0, "%s%s", i ? ":" : "", name);
         if (n < 0) break;
         used += (size_t)n;
     }
