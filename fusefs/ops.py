@@ -396,8 +396,11 @@ class FileSystem:
 
     def _made(self, path: str, node: Node) -> None:
         """libfuse asks for the attributes of what it just created, on the same thread:
-        they are known."""
+        they are known (and a file's are kept as a listing keeps its entries: a stat or
+        an unlink within the attribute timeout needs no read)."""
         self._just_made[threading.get_ident()] = (path, node, self.store.commits)
+        if not node.is_dir:
+            self._saw(path, ("", node))
 
     def getattr(self, path: str | None, fh: int | None = None) -> dict[str, int]:
         made = self._just_made.pop(threading.get_ident(), None)
@@ -721,12 +724,14 @@ class FileSystem:
         return paths
 
     def _stale(self, inos: list[int]) -> None:
-        if not inos or self.on_stale is None:
+        if not inos:
             return
         paths = self.store.read(lambda c: [p for ino in inos for p in self._names_of(c, ino)])
         with self._lock:
             paths += [p for ino in inos for p in self._hidden_paths.get(ino, ())]
-        if paths:
+            for path in paths:  # nor may this mount answer for them from what it kept
+                self._known.pop(path, None)
+        if paths and self.on_stale is not None:
             self.on_stale(paths)
 
     def link(self, path: str, existing: str) -> None:
@@ -825,12 +830,21 @@ class FileSystem:
         self._stale(stale)
 
     def _fast_unlink(self, path: str) -> list[int] | None:
-        """Unlink with one read and one statement of the unlink procedure (batched with
-        other threads' unlinks, as `_fast_make`), guarded by what the read found; None:
-        use the transaction (`_unlink`)."""
+        """Unlink with one statement of the unlink procedure (batched with other threads'
+        unlinks, as `_fast_make`), guarded by the entry and inode as this mount knows
+        them (`_known`: fresh, as for getattr) or, when it does not or the procedure
+        refused them, as one read finds them; None: use the transaction (`_unlink`)."""
         names = components(path)
-        if not names or len(names) > MAX_DEPTH_PER_QUERY:
+        if not names or len(names) > MAX_DEPTH_PER_QUERY or names[-1] in self._hidden:
             return None
+        dirpath = path.rstrip("/").rsplit("/", 1)[0] or "/"
+        known = self._known_node(path)
+        parent_known = self._known_node(dirpath) if known is not None else None
+        if known is not None and parent_known is not None and parent_known.is_dir:
+            if not known.is_dir:
+                stale = self._unlink_one(path, parent_known.ino, names[-1], known)
+                if stale is not None:
+                    return stale
         node_sql = ", ".join(
             f"(SELECT {c} FROM fs_node WHERE ino = c.ino)" for c in NODE_COLUMNS.split(",")
         )
@@ -843,8 +857,13 @@ class FileSystem:
         node = _node(row)
         if node.is_dir:
             return None
-        p = parent.ino
+        return self._unlink_one(path, parent.ino, name, node)
+
+    def _unlink_one(self, path: str, p: int, name: bytes, node: Node) -> list[int] | None:
+        """One row of the unlink procedure: `name` in directory `p` is `node` (with its
+        link count); the inodes whose other names went stale, or None: refused."""
         op = self._unlink_row(p, name, node)
+        ino = node.ino
 
         def committed() -> bool:
             return not self._edge_is(p, name, ino)

@@ -388,3 +388,39 @@ def test_a_flush_of_more_chunks_than_one_statement_takes(
         assert stored == chunks - len(zeroed)
     finally:
         conn.close()
+
+
+def test_an_unlink_of_a_file_just_made_reads_nothing_unless_refused(
+    fs: FileSystem, other: FileSystem
+) -> None:
+    """A file this mount just created is unlinked with one statement and no read (what
+    the create left is known); when another mount changed it since (a second name), the
+    procedure refuses and the unlink reads the entry and goes on as a lone one would."""
+    fs.mkdir("/d", 0o755, 0, 0)
+    fs.getattr("/d")  # libfuse's, right after the mkdir
+    assert code(fs.getattr, "/d/w") == errno.ENOENT
+    fs.release(fs.create("/d/w", 0o644, os.O_WRONLY, 0, 0))  # reserves inode numbers
+    fs.getattr("/d")  # the kernel's, before a lookup below it: the directory is read
+    commits, reads = fs.store.commits, [0]
+    read = fs.store.read
+
+    def counted(fn: Callable[..., object], **kwargs: object) -> object:
+        reads[0] += 1
+        return read(fn, **kwargs)  # type: ignore[arg-type]
+
+    for name in ("a", "b"):  # as through the kernel: the lookup that misses, the create
+        assert code(fs.getattr, f"/d/{name}") == errno.ENOENT
+        fs.release(fs.create(f"/d/{name}", 0o644, os.O_WRONLY, 0, 0))
+    assert fs.store.commits == commits  # one statement each, no transaction
+    other.link("/d/b2", "/d/b")  # b has two names since this mount made it
+    fs.store.read = counted  # type: ignore[method-assign]
+    try:
+        fs.unlink("/d/a")
+        assert reads[0] == 0
+        fs.unlink("/d/b")  # refused (nlink 2, not 1): read, then one statement
+        assert reads[0] >= 1
+    finally:
+        fs.store.read = read  # type: ignore[method-assign]
+    assert [name for name, _ in fs.readdir("/d")][2:] == ["b2", "w"]
+    assert other.getattr("/d/b2")["st_nlink"] == 1
+    assert code(other.getattr, "/d/a") == errno.ENOENT
