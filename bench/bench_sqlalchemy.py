@@ -11,6 +11,10 @@ Driver cells: --concurrency writers (autocommit INSERTs) and readers (point
 SELECTs), each with its own connection, for --duration seconds: threads on the
 sync driver, tasks on one uvloop loop with the async driver; --repeat runs a
 cell, the two drivers alternating, medians reported (this machine's load drifts).
+--keys: each writer inserts into a key range of its own (``ranges``, the default,
+as in every recorded run: a group commit of n writers' rows dirties about n b-tree
+leaves) or all writers take the next key of one counter (``shared``, as an
+autoincrement id: a group commit's rows share a leaf or two).
 
     .venv/bin/python bench/bench_sqlalchemy.py [--peer-python /tmp/venv313/bin/python]
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -107,6 +112,15 @@ _cells = iter(range(1, 1_000_000))
 WARM_UP = "SELECT v FROM kv WHERE k = 0"
 
 
+#: set from --keys: all writers of a cell take their keys from one counter
+SHARED_KEYS = False
+
+
+def key_counter() -> itertools.count[int] | None:
+    """One cell's shared write keys (None: each writer its own range, `fresh_keys`)."""
+    return itertools.count(fresh_keys(0)) if SHARED_KEYS else None
+
+
 def fresh_keys(worker: int) -> int:
     """The first key of `worker`'s own range in a new cell (writes never collide)."""
     return (next(_cells) * 1_000 + worker) * 1_000_000
@@ -124,6 +138,7 @@ def sync_cell(
     stop = threading.Event()
 
     starts = [fresh_keys(w) for w in range(workers)]
+    shared = key_counter()
 
     def work(w: int) -> None:
         conn, rng, n = conns[w], random.Random(w), starts[w]
@@ -135,7 +150,7 @@ def sync_cell(
         while not stop.is_set():
             try:
                 if kind == "write":
-                    cur.execute("INSERT INTO kv (k, v) VALUES (?, ?)", (n, "x" * 100))
+                    cur.execute("INSERT INTO kv (k, v) VALUES (?, ?)", (n if shared is None else next(shared), "x" * 100))
                 else:
                     cur.execute("SELECT v FROM kv WHERE k = ?", (rng.randrange(keys),))
                     cur.fetchone()
@@ -173,6 +188,7 @@ async def async_cell(
     deadline = time.monotonic() + duration
 
     starts = [fresh_keys(w) for w in range(workers)]
+    shared = key_counter()
 
     async def work(w: int) -> None:
         conn, rng, n = conns[w], random.Random(w), starts[w]
@@ -180,7 +196,7 @@ async def async_cell(
         while time.monotonic() < deadline:
             try:
                 if kind == "write":
-                    await cur.execute("INSERT INTO kv (k, v) VALUES (?, ?)", (n, "x" * 100))
+                    await cur.execute("INSERT INTO kv (k, v) VALUES (?, ?)", (n if shared is None else next(shared), "x" * 100))
                 else:
                     await cur.execute("SELECT v FROM kv WHERE k = ?", (rng.randrange(keys),))
                     await cur.fetchone()
@@ -237,6 +253,8 @@ def main() -> None:
     parser.add_argument(
         "--peer-python", help="a Python >= 3.13 with sqlalchemy-dqlite (skipped if absent)"
     )
+    parser.add_argument("--keys", choices=("ranges", "shared"), default="ranges",
+                        help="driver write keys: a range a writer, or one counter for all")
     parser.add_argument("--orm-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -244,6 +262,8 @@ def main() -> None:
         orm_worker(args)
         return
 
+    global SHARED_KEYS
+    SHARED_KEYS = args.keys == "shared"
     sys.path.insert(0, str(ROOT))
     import uvloop
 
@@ -314,7 +334,8 @@ def main() -> None:
         )
         setup.close()
         print(
-            f"\ndrivers ({args.duration:g} s a run, {args.repeat} runs a cell, alternating; medians)"
+            f"\ndrivers ({args.duration:g} s a run, {args.repeat} runs a cell, alternating; medians;"
+            f" write keys: {args.keys})"
         )
         print(
             "cell       sync ops/s   async ops/s   async/sync: median (pairs)   errors sync/async"
