@@ -121,7 +121,8 @@ def _tcp(address: str) -> socket.socket:
 def _python_refuses(config: TLSConfig, address: str) -> bool:
     try:
         with _tcp(address) as sock:
-            make_client_context(config).wrap_socket(sock, server_hostname=config.check_name())
+            ctx = make_client_context(config)
+            ctx.wrap_socket(sock, server_hostname=config.check_name()).close()
     except ssl.SSLCertVerificationError:
         return True
     return False
@@ -161,6 +162,23 @@ def test_a_server_certificate_for_another_name_is_refused(
     assert _python_refuses(ours, server.address)
     with _tcp(server.address) as sock, pytest.raises(ssl.SSLCertVerificationError):
         _native(ours).connect(sock.fileno(), 5.0)
+
+
+@pytest.mark.parametrize(("name", "trusted"), [("127.0.0.1", True), ("127.0.0.2", False)])
+def test_an_ip_address_as_the_server_name_is_checked_as_python_checks_it(
+    cluster_cert: TLSConfig, servers: list[Server], name: str, trusted: bool
+) -> None:
+    """The cluster certificate carries IP:127.0.0.1: the name checks against IP SANs."""
+    config = TLSConfig(cluster_cert.cert, cluster_cert.key, server_name=name)
+    server = Server(make_server_context(cluster_cert))
+    servers.append(server)
+    assert _python_refuses(config, server.address) is not trusted
+    with _tcp(server.address) as sock:
+        if trusted:
+            _native(config).connect(sock.fileno(), 5.0).close()
+        else:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                _native(config).connect(sock.fileno(), 5.0)
 
 
 def test_a_server_without_tls_is_an_ssl_error(
