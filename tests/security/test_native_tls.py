@@ -86,13 +86,17 @@ class Server:
                 threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        tls = conn
         try:
-            tls = self.context.wrap_socket(conn, server_side=True) if self.context else conn
-            self.held.append(tls)  # `conn` is detached now
+            if self.context is not None:
+                tls = self.context.wrap_socket(conn, server_side=True)
+                self.held.append(tls)  # `conn` is detached now
             while data := tls.recv(1 << 16):
                 tls.sendall(data)
         except (OSError, ssl.SSLError) as exc:
             self.errors.append(exc)
+        finally:
+            tls.close()
 
     def open_connections(self) -> list[socket.socket]:
         return [c for c in self.held if c.fileno() >= 0]
