@@ -799,6 +799,8 @@ class Front:
         """Listen on the public address (on the running loop). :raises OSError: bind failed."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        with self._tls_lock:
+            self._tls_closing = False  # a front started again dials again
         if self.busy_poll:
             self.poller = enable_busy_poll(loop, self.busy_poll)
         self._server = await loop.create_server(

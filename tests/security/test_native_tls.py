@@ -393,6 +393,9 @@ def _stop_ends_pipes(tls_cluster: list[tuple[Node, Front]], cluster_cert: TLSCon
     assert not front._tls_pipes
     with pytest.raises(OSError):
         front.dial(tls_cluster[1][1].address)  # a stopped front opens no more pipes
+    front.start()  # and one started again does
+    with front.dial(tls_cluster[1][1].address):
+        pass
 
 
 # -- Without OpenSSL ------------------------------------------------------------------
