@@ -2,6 +2,7 @@
 requests each sends, with timestamps, beside the application's open(O_CREAT) and close.
 
     .venv/bin/python bench/probe_fusefs_trace.py [--files 200] [--show 3] [--unlink]
+        [--write MIB] [--keep]
 
 Runs a 3-node cluster (processes, loopback), a mount daemon with its callbacks and the
 driver's wire traced (`COWSQLPY_TRACE=client`), creates N files from one thread
@@ -9,7 +10,9 @@ driver's wire traced (`COWSQLPY_TRACE=client`), creates N files from one thread
 `--show` creates, every event in order with its time since the create's open began (ms,
 CLOCK_MONOTONIC, shared by the processes), then the median time of each FUSE callback and
 of the gaps between them over all N: what the kernel and libfuse cost (the time between a
-callback's return and the next one's start) against the daemon's own time.
+callback's return and the next one's start) against the daemon's own time. With
+`--write MIB`, the same for a file written in 1 MiB writes, fsynced and read back cold
+(each MiB one operation); `--keep` leaves the trace file for a closer look.
 """
 
 from __future__ import annotations
