@@ -36,11 +36,19 @@ crash being abrupt.
 
 from __future__ import annotations
 
-from .cluster import READY_PREFIX, Cluster, HarnessError, cluster, form_cluster, live_clusters
+from .cluster import (
+           READY_PREFIX,
+           Cluster,
+           HarnessError,
+           cluster,
+           form_cluster,
+           live_clusters,
+           transfer_leadership,
+)
 from .faults import FaultProxy
 from .history import History
 from .nemesis import Nemesis
 from .wait import wait_for
 
 __all__ = ["READY_PREFIX", "Cluster", "FaultProxy", "HarnessError", "History", "Nemesis", "cluster", "form_cluster",
-           "live_clusters", "wait_for"]
+           "live_clusters", "transfer_leadership", "wait_for"]

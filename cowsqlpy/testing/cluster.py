@@ -27,7 +27,7 @@ from ..retry import RetryPolicy
 from .faults import FaultProxy
 from .wait import wait_for
 
-__all__ = ["Cluster", "HarnessError", "cluster", "form_cluster", "live_clusters"]
+__all__ = ["Cluster", "HarnessError", "cluster", "form_cluster", "live_clusters", "transfer_leadership"]
 
 READY_PREFIX = "cowsqlpy-node ready"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -91,6 +91,25 @@ def form_cluster(nodes: list[Node], timeout: float = 15.0) -> None:
                  f"node {first.id} to lead")
         for node in nodes[1:]:
             admin.add(node.id, node.address, VOTER)
+
+
+def transfer_leadership(admin: SyncClient, node_id: int, timeout: float = 30.0) -> None:
+    """``admin.transfer(node_id)`` (0: the engine picks a voter), asked again while the
+    engine answers "leadership transfer failed": the target was behind, or lost the
+    election it was handed, as happens on a busy machine.
+
+    :raises TimeoutError: no transfer succeeded within `timeout`.
+    """
+    from ..errors import OperationalError
+
+    def transferred() -> bool:
+        try:
+            admin.transfer(node_id)
+        except OperationalError:
+            return False
+        return True
+
+    wait_for(transferred, timeout, f"a leadership transfer to node {node_id}")
 
 
 class Cluster:

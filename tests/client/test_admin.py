@@ -8,7 +8,7 @@ from pathlib import Path
 import cowsqlpy
 from cowsqlpy.node import Node
 from cowsqlpy.store import SqliteNodeStore
-from cowsqlpy.testing import wait_for
+from cowsqlpy.testing import transfer_leadership, wait_for
 from tests.client.conftest import InProcessCluster
 from tests.node.conftest import LATENCY
 
@@ -31,9 +31,9 @@ def test_membership_roles_and_transfer(fresh_cluster: InProcessCluster, tmp_path
             admin.assign(4, cowsqlpy.VOTER)
             assert {n.id: n.role for n in admin.cluster()}[4] == cowsqlpy.VOTER
 
-            admin.transfer(4)
+            transfer_leadership(admin, 4)
             wait_for(lambda: (admin.leader() or (0,))[0] == 4, what="leadership on node 4")
-            admin.transfer(0)  # the engine picks
+            transfer_leadership(admin, 0)  # the engine picks
             wait_for(lambda: (admin.leader() or (4,))[0] != 4, what="leadership moved off node 4")
 
             admin.assign(4, cowsqlpy.SPARE)

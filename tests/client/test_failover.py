@@ -11,7 +11,7 @@ import pytest
 
 import cowsqlpy
 from cowsqlpy.node import Node
-from cowsqlpy.testing import wait_for
+from cowsqlpy.testing import transfer_leadership, wait_for
 from tests.client.conftest import InProcessCluster
 
 
@@ -84,14 +84,7 @@ def test_transaction_lost_on_leader_change(fresh_cluster: InProcessCluster) -> N
     leader = fresh_cluster.leader()
     target = next(n.id for n in fresh_cluster.nodes if n is not leader)
 
-    def transferred() -> bool:
-        try:
-            admin.transfer(target)
-            return True
-        except cowsqlpy.OperationalError:   # "leadership transfer failed": target behind; again
-            return False
-
-    wait_for(transferred, 30, "a leadership transfer")
+    transfer_leadership(admin, target)
     with pytest.raises(cowsqlpy.TransactionLostError):
         conn.execute("INSERT INTO t VALUES (2)")
     assert not conn.in_transaction

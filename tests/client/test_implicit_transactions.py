@@ -20,7 +20,7 @@ import cowsqlpy
 from cowsqlpy.client import Session
 from cowsqlpy.retry import RetryPolicy
 from cowsqlpy.runtime import run_sync
-from cowsqlpy.testing import wait_for
+from cowsqlpy.testing import transfer_leadership
 from tests.client.conftest import InProcessCluster
 
 
@@ -126,16 +126,8 @@ def _transfer_leadership(cluster: InProcessCluster) -> None:
     admin = cowsqlpy.SyncClient(cluster.addresses)
     leader = cluster.leader()
     target = next(n.id for n in cluster.nodes if n is not None and n is not leader)
-
-    def transferred() -> bool:
-        try:
-            admin.transfer(target)
-            return True
-        except cowsqlpy.OperationalError:  # "leadership transfer failed": target behind; again
-            return False
-
     try:
-        wait_for(transferred, 30, "a leadership transfer")
+        transfer_leadership(admin, target)
     finally:
         admin.close()
 

@@ -20,7 +20,7 @@ from cowsqlpy import protocol as P
 from cowsqlpy.client import SyncClient
 from cowsqlpy.front import Front
 from cowsqlpy.node import Node, relay_sockets
-from cowsqlpy.testing import wait_for
+from cowsqlpy.testing import transfer_leadership, wait_for
 
 from .conftest import fronted_cluster
 
@@ -136,7 +136,7 @@ def test_raft_runs_through_plain_fronts(
             # Rows past the relay's buffer too, so an append is more than one read.
             cur.executemany("INSERT INTO t VALUES (?, ?)", [(n, bytes(300_000)) for n in range(5)])
             # The target may still be catching up: the engine refuses until it has.
-            wait_for(lambda: _transferred(client, plain_cluster[2][0].id), 10.0, "a transfer")
+            transfer_leadership(client, plain_cluster[2][0].id)
             wait_for(
                 lambda: (
                     (leader := client.leader()) is not None and leader.id == plain_cluster[2][0].id
@@ -158,14 +158,6 @@ def test_raft_runs_through_plain_fronts(
         front.stop()
     assert _relay_threads() == []  # stop() ended and joined them
     assert all(f.stats.open == 0 for f in fronts)
-
-
-def _transferred(client: SyncClient, node_id: int) -> bool:
-    try:
-        client.transfer(node_id)
-    except cowsqlpy.OperationalError:
-        return False
-    return True
 
 
 def _relay_threads() -> list[threading.Thread]:

@@ -15,7 +15,7 @@ from cowsqlpy import protocol as P
 from cowsqlpy.client import SyncClient
 from cowsqlpy.front import Front
 from cowsqlpy.node import Node
-from cowsqlpy.testing import wait_for
+from cowsqlpy.testing import transfer_leadership, wait_for
 from cowsqlpy.tls import TLSConfig, make_cert, make_client_context
 
 from .conftest import GuardedNode, _free_port, fronted_cluster
@@ -124,7 +124,7 @@ def test_raft_runs_through_tls_fronts(
             client.add(node.id, front.address, P.VOTER)
         assert sorted(n.role for n in client.cluster()) == [P.VOTER] * 3
         first = tls_cluster[0][0]
-        client.transfer(tls_cluster[2][0].id)
+        transfer_leadership(client, tls_cluster[2][0].id)
         wait_for(
             lambda: (leader := client.leader()) is not None and leader.id != first.id,
             10.0,

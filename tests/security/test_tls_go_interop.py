@@ -19,7 +19,7 @@ from cowsqlpy import protocol as P
 from cowsqlpy.client import SyncClient
 from cowsqlpy.front import Front
 from cowsqlpy.node import BOOTSTRAP_ID, Node, engine_features
-from cowsqlpy.testing import wait_for
+from cowsqlpy.testing import transfer_leadership, wait_for
 from cowsqlpy.tls import TLSConfig
 
 from .conftest import _free_port
@@ -121,7 +121,7 @@ def test_our_tls_node_joins_a_go_tls_cluster(
             30.0,
             "our node a voter",
         )
-        admin.transfer(node.id)
+        transfer_leadership(admin, node.id)
         wait_for(
             lambda: (leader := admin.leader()) is not None and leader.id == node.id,
             30.0,

@@ -20,7 +20,7 @@ from cowsqlpy.retry import RetryPolicy
 from cowsqlpy.sqlalchemy import INTERNAL_TABLES, connect_args, create_engine, make_url
 from cowsqlpy.sqlalchemy.aio import CowsqlAioDialect
 from cowsqlpy.sqlalchemy.dialect import INTERNAL_DATABASE, CowsqlDialect
-from cowsqlpy.testing import Cluster, wait_for
+from cowsqlpy.testing import Cluster, transfer_leadership, wait_for
 
 Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
@@ -354,8 +354,8 @@ def test_engine_follows_a_leader_change(cluster: Cluster, dbname: str) -> None:
         with cowsqlpy.SyncClient(cluster.addresses) as admin:
             leader = admin.leader()
             assert leader is not None
-            admin.transfer(
-                next(i + 1 for i, a in enumerate(cluster.addresses) if a != leader.address)
+            transfer_leadership(
+                admin, next(i + 1 for i, a in enumerate(cluster.addresses) if a != leader.address)
             )
 
             def moved() -> bool:
