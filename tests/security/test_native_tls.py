@@ -25,7 +25,7 @@ from cowsqlpy import protocol as P
 from cowsqlpy.client import SyncClient
 from cowsqlpy.front import Front
 from cowsqlpy.node import NativeTLSClient, Node, engine_features, tls_available
-from cowsqlpy.testing import wait_for
+from cowsqlpy.testing import transfer_leadership, wait_for
 from cowsqlpy.tls import TLSConfig, make_ca, make_cert, make_client_context, make_server_context
 
 from .conftest import _ROOT, _free_port, fronted_cluster
@@ -344,7 +344,7 @@ def test_writes_replicate_over_tls_pipes(
             # Rows past a TLS record and the relay's buffer: an append is many reads.
             cur.executemany("INSERT INTO t VALUES (?, ?)", [(n, bytes(300_000)) for n in range(5)])
             target = tls_cluster[2][0].id
-            wait_for(lambda: _transferred(client, target), 10.0, "a transfer")
+            transfer_leadership(client, target)
             wait_for(
                 lambda: (leader := client.leader()) is not None and leader.id == target,
                 10.0,
@@ -361,14 +361,6 @@ def test_writes_replicate_over_tls_pipes(
             assert front.stats.native_tls_dials >= 1
         else:
             assert front.stats.native_tls_dials == 0 and not front._tls_pipes
-
-
-def _transferred(client: SyncClient, target: int) -> bool:
-    try:
-        client.transfer(target)
-    except cowsqlpy.OperationalError:
-        return False
-    return True
 
 
 def test_stop_ends_the_fronts_tls_pipes(tmp_path: Path, cluster_cert: TLSConfig) -> None:
